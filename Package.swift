@@ -1,0 +1,81 @@
+// swift-tools-version:6.2
+// Ferry: an embedded A/B partition updater. See docs/architecture.md for the module map.
+import PackageDescription
+
+let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
+let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let systemPackage: Target.Dependency = .product(name: "SystemPackage", package: "swift-system")
+
+let package = Package(
+    name: "Ferry",
+    products: [
+        .executable(name: "ferry", targets: ["ferry"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // MARK: - C modules
+        // The one C target: ioctl numbers and _GNU_SOURCE calls that Swift cannot import.
+        .target(
+            name: "CFerryShims",
+            cSettings: [.define("_GNU_SOURCE")]
+        ),
+        .systemLibrary(name: "CLzma", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+
+        // MARK: - Libraries
+        .target(
+            name: "FerrySystem",
+            dependencies: ["CFerryShims", "CBlkid", systemPackage, logging]
+        ),
+        .target(
+            name: "FerryCrypto",
+            dependencies: ["COpenSSL", "FerrySystem"]
+        ),
+        .target(
+            name: "FerryCore",
+            dependencies: ["FerrySystem", "FerryCrypto", logging]
+        ),
+        .target(
+            name: "FerryCLI",
+            dependencies: ["FerryCore", "FerrySystem", argumentParser, logging]
+        ),
+
+        // MARK: - Executables
+        .executableTarget(
+            name: "ferry",
+            dependencies: ["FerryCLI", logging]
+        ),
+
+        // MARK: - Tests
+        .target(
+            name: "FerryTestSupport",
+            dependencies: ["FerrySystem", "FerryCore"],
+            path: "Tests/FerryTestSupport"
+        ),
+        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"]),
+        .testTarget(name: "FerryCryptoTests", dependencies: ["FerryCrypto", "FerryTestSupport"]),
+        .testTarget(name: "FerryCoreTests", dependencies: ["FerryCore", "FerryTestSupport"]),
+        .testTarget(
+            name: "FerryCLITests",
+            dependencies: ["FerryCLI", "FerryTestSupport"],
+            exclude: ["Snapshots"]
+        ),
+        .testTarget(
+            name: "FerryIntegrationTests",
+            dependencies: ["FerryCore", "FerrySystem", "FerryCLI", "FerryTestSupport"]
+        ),
+    ]
+)
+
+for target in package.targets where target.type != .system && target.name != "CFerryShims" {
+    var settings = target.swiftSettings ?? []
+    settings.append(.enableUpcomingFeature("MemberImportVisibility"))
+    target.swiftSettings = settings
+}

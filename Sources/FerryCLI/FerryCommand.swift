@@ -1,0 +1,106 @@
+import ArgumentParser
+import FerryCore
+import FerrySystem
+import FoundationEssentials
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The `ferry` command: device and host faces of the updater.
+public struct FerryCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "ferry",
+        abstract: "Safe A/B partition updates for embedded Linux devices.",
+        discussion: """
+            Device commands read the system configuration (--config, else $FERRY_CONFIG, else \
+            /etc/ferry/system.json). Every failure prints one line 'ferry: error: ...' and exits \
+            with the status documented in docs/errors.md (--verbose adds the cause chain).
+            """,
+        version: FerryVersion.current,
+        subcommands: [Status.self]
+    )
+
+    public init() {}
+
+    /// Parses `arguments`, runs the command, and exits with the status `execute` returns.
+    public static func mainWithFerryErrors(_ arguments: [String]? = nil) async -> Never {
+        let status = await execute(arguments ?? Array(CommandLine.arguments.dropFirst()))
+        Glibc.exit(status)
+    }
+
+    /// Parses `arguments` and runs the command: 0 on success, 2 on a usage error, and the
+    /// documented status of a `FerryError` otherwise, after one line on standard error.
+    public static func execute(_ arguments: [String]) async -> Int32 {
+        let verbose = arguments.contains("--verbose")
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+            return 0
+        } catch let error as FerryError {
+            report(error, verbose: verbose)
+            return error.code.exitStatus
+        } catch {
+            let status = exitCode(for: error)
+            if status == .success {
+                Terminal.writeOutput(fullMessage(for: error) + "\n")
+                return 0
+            }
+            if error is ExitCode { return status.rawValue }
+            // Usage errors: ArgumentParser's message and usage, exit 2 (docs/errors.md).
+            Terminal.writeError(fullMessage(for: error) + "\n")
+            return FerryError.Code.usage.exitStatus
+        }
+    }
+
+    static func report(_ error: FerryError, verbose: Bool) {
+        let line = error.message.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: " ")
+        Terminal.writeError("ferry: error: \(line)\n")
+        if verbose { Terminal.writeError(error.detailedDescription() + "\n") }
+    }
+}
+
+/// Options every device command takes.
+public struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The system configuration file.", valueName: "system.json"))
+    public var config: String?
+
+    @Flag(name: .long, help: "Log debug messages and print the cause chain of errors.")
+    public var verbose = false
+
+    public init() {}
+
+    /// Loads the system configuration named by --config, $FERRY_CONFIG or the default path.
+    func loadConfiguration() throws(FerryError) -> SystemConfiguration {
+        try SystemConfiguration.load(
+            SystemConfiguration.locate(explicit: config, environment: ProcessEnvironment.variables))
+    }
+}
+
+/// Ferry's version, printed by `ferry --version`.
+public enum FerryVersion {
+    public static let current = "0.1.0"
+}
+
+/// Writing to the standard streams without Foundation.
+enum Terminal {
+    static func writeError(_ text: String) {
+        var bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
+            if written <= 0 { return }
+            offset += written
+        }
+    }
+
+    static func writeOutput(_ text: String) {
+        print(text, terminator: "")
+    }
+}

@@ -1,0 +1,92 @@
+import ArgumentParser
+import FerryCore
+import FerrySystem
+import FoundationEssentials
+
+extension FerryCommand {
+    /// `ferry status`: slots, groups, booted group and installed versions (read-only).
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the slots, the booted group and what is installed (read-only).",
+            discussion: "--json prints a document whose format is described in docs/status.md.")
+
+        @OptionGroup var global: GlobalOptions
+
+        @Flag(name: .long, help: "Print machine-readable JSON.")
+        var json = false
+
+        func run() async throws {
+            let configuration = try global.loadConfiguration()
+            let report = try StatusReport.gather(
+                configuration: configuration, commandLine: try KernelCommandLine.current(),
+                mounts: try MountTable.current())
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                let data = try encoder.encode(report)
+                Terminal.writeOutput(String(decoding: data, as: UTF8.self) + "\n")
+            } else {
+                Terminal.writeOutput(Self.render(report))
+            }
+        }
+
+        static func render(_ report: StatusReport) -> String {
+            var lines: [String] = []
+            lines.append("Compatible:    \(report.compatible)")
+            lines.append("Configuration: \(report.configuration)\(report.sandbox ? " (sandbox)" : "")")
+            lines.append("Booted group:  \(report.booted ?? "unknown") (\(report.bootedSource))")
+            lines.append("Bootloader:    \(report.bootloader)")
+            for group in report.groups {
+                lines.append("")
+                lines.append("Group \(group.bootname)\(group.booted ? " (booted)" : "")")
+                let rows = group.slots.map { slot -> [String] in
+                    let installed: String
+                    if let record = slot.installed {
+                        let hash = record.sha256.map { " sha256 \($0.prefix(12))…" } ?? ""
+                        installed = "\(record.version ?? "unversioned")\(record.source.map { " (\($0))" } ?? "")\(hash)"
+                    } else {
+                        installed = "nothing recorded"
+                    }
+                    return [slot.name, slot.slotClass, slot.location, ByteFormat.string(slot.size), slot.state, installed]
+                }
+                lines.append(contentsOf: Table.render(rows, indent: "  "))
+            }
+            return lines.joined(separator: "\n") + "\n"
+        }
+    }
+}
+
+/// Human byte counts ("64.0 MiB").
+enum ByteFormat {
+    static func string(_ bytes: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(bytes)
+        var unit = 0
+        while value >= 1024, unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        if unit == 0 { return "\(bytes) B" }
+        let tenths = (value * 10).rounded() / 10
+        return "\(tenths) \(units[unit])"
+    }
+}
+
+/// Left-aligned columns separated by two spaces.
+enum Table {
+    static func render(_ rows: [[String]], indent: String) -> [String] {
+        guard let columns = rows.map(\.count).max() else { return [] }
+        var widths = [Int](repeating: 0, count: columns)
+        for row in rows {
+            for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) }
+        }
+        return rows.map { row in
+            var line = indent
+            for (index, cell) in row.enumerated() {
+                line += cell
+                if index < row.count - 1 { line += String(repeating: " ", count: widths[index] - cell.count + 2) }
+            }
+            return line
+        }
+    }
+}

@@ -1,0 +1,159 @@
+import FerrySystem
+import Logging
+
+/// A slot opened exclusively for writing. Closing it releases the device and detaches the loop
+/// device Ferry attached for it (a loop device Ferry reused stays attached).
+public final class OpenSlot {
+    public let slot: ResolvedSlot
+    /// The device to write: the block device, the image file, or the loop partition node.
+    public let device: BlockDevice
+    private var loop: LoopDevice?
+
+    init(slot: ResolvedSlot, device: BlockDevice, loop: LoopDevice?) {
+        self.slot = slot
+        self.device = device
+        self.loop = loop
+    }
+
+    deinit { try? close() }
+
+    /// The path written to (for messages): `/dev/loop3p2`, `/dev/mmcblk0p3`, `rootfs_b.img`.
+    public var devicePath: String { device.path }
+
+    /// Closes the device, then detaches the loop device if this process attached it.
+    public func close() throws(FerryError) {
+        defer { loop = nil }
+        try device.close()
+        try loop?.detach()
+    }
+}
+
+/// The only way Ferry opens a slot for writing: every safety rule of ARCHITECTURE.md §4.1 is
+/// checked here, before the device is opened.
+///
+/// Refused: a slot of the booted group (or any slot while the booted group is unknown); a device
+/// that is mounted (`/proc/self/mountinfo`), including through any loop device backed by the same
+/// image file over an overlapping range; a device someone else holds exclusively (`O_EXCL` /
+/// `flock`); a path that the configuration does not name as a slot.
+public struct SlotAccess {
+    public let configuration: SystemConfiguration
+    public let booted: BootedGroup
+    public let mounts: MountTable
+    public let logger: Logger
+
+    public init(configuration: SystemConfiguration, booted: BootedGroup, mounts: MountTable, logger: Logger) {
+        self.configuration = configuration
+        self.booted = booted
+        self.mounts = mounts
+        self.logger = logger
+    }
+
+    /// Refuses unless `slot` may be written: configured, and not in the booted (or an unknown) group.
+    /// - Throws: `.deviceNotConfigured`, `.deviceBooted`.
+    public func checkWritable(_ slot: SlotConfiguration) throws(FerryError) {
+        guard configuration.slot(named: slot.name) == slot else {
+            throw FerryError(code: .deviceNotConfigured, message: "slot '\(slot.name)' is not in \(configuration.path)")
+        }
+        guard let bootedName = booted.bootname else {
+            throw FerryError(
+                code: .deviceBooted,
+                message: "refusing to write slot '\(slot.name)': the booted slot group is unknown (\(booted.source))")
+        }
+        guard slot.bootname != bootedName else {
+            throw FerryError(
+                code: .deviceBooted,
+                message: "refusing to write slot '\(slot.name)': it belongs to the booted group \(bootedName)")
+        }
+    }
+
+    /// Finds the configured slot whose device is `path` (a device node or image file).
+    /// - Throws: `.deviceNotConfigured` when no slot of the configuration is that device.
+    public func slot(forDevice path: String) throws(FerryError) -> SlotConfiguration {
+        var resolver = SlotResolver()
+        let target = try SlotResolver.locate(path: path, key: path).0
+        for slot in configuration.slots {
+            guard let resolved = try? resolver.resolve(slot, configuration: configuration) else { continue }
+            switch (resolved.location, target) {
+            case (.blockDevice(_, let a), .blockDevice(_, let b)) where a == b: return slot
+            case (.imageFile(let a), .imageFile(let b)) where ResolvedSlot.sameFile(a, b): return slot
+            default: continue
+            }
+        }
+        throw FerryError(
+            code: .deviceNotConfigured, message: "'\(path)' is not a slot of \(configuration.path); Ferry writes only configured slots")
+    }
+
+    /// Opens `slot` exclusively for writing after every check above.
+    /// - Throws: `.deviceNotConfigured`, `.deviceBooted`, `.deviceInUse`, `.deviceNotFound`,
+    ///   `.deviceTooSmall`, `.loopDevice`, `.permissionDenied`.
+    public func openForWriting(_ slot: SlotConfiguration) throws(FerryError) -> OpenSlot {
+        try checkWritable(slot)
+        var resolver = SlotResolver()
+        let resolved = try resolver.resolve(slot, configuration: configuration)
+        switch resolved.location {
+        case .blockDevice(let path, let number):
+            try refuseIfMounted(deviceNumber: number, what: "slot '\(slot.name)' (\(path))")
+            let device = try BlockDevice.openExclusive(path)
+            return OpenSlot(slot: resolved, device: device, loop: nil)
+        case .imageFile(let path):
+            try refuseIfLoopMounted(file: path, range: 0..<resolved.byteCount, slot: slot)
+            let device = try BlockDevice.openExclusive(path)
+            return OpenSlot(slot: resolved, device: device, loop: nil)
+        case .diskPartition(let disk, let partition):
+            try refuseIfLoopMounted(file: disk, range: partition.range, slot: slot)
+            let loop = try LoopDevice.attach(disk, logger: logger)
+            do throws(FerryError) {
+                let node = try loop.partitionDevice(partition)
+                let device = try BlockDevice.openExclusive(node)
+                guard device.byteCount == partition.byteCount else {
+                    try? device.close()
+                    throw FerryError(
+                        code: .loopDevice,
+                        message: "\(node) is \(device.byteCount) bytes but partition \(partition.number) of '\(disk)' is \(partition.byteCount)")
+                }
+                logger.debug(
+                    "Opened slot for writing",
+                    metadata: ["slot.name": "\(slot.name)", "slot.device": "\(node)", "loop.reused": "\(!loop.isAttachedByUs)"])
+                return OpenSlot(slot: resolved, device: device, loop: loop)
+            } catch {
+                try? loop.detach()
+                throw error
+            }
+        }
+    }
+
+    private func refuseIfMounted(deviceNumber: UInt64, what: String) throws(FerryError) {
+        let (major, minor) = deviceNumberParts(deviceNumber)
+        if let mount = mounts.mounts(ofDevice: major, minor).first {
+            throw FerryError(code: .deviceInUse, message: "refusing to write \(what): it is mounted at \(mount.mountPoint)")
+        }
+    }
+
+    /// Refuses when any loop device backed by `file` exposes a mounted range overlapping `range`.
+    private func refuseIfLoopMounted(file: String, range: Range<Int64>, slot: SlotConfiguration) throws(FerryError) {
+        for info in LoopDevice.devices(backing: file) {
+            let loopStart = info.offset
+            let loopName = "loop\(info.number)"
+            var exposed: [(name: String, range: Range<Int64>)] = []
+            let loopSize = TextFile.attribute("/sys/block/\(loopName)/size").flatMap(Int64.init).map { $0 * 512 } ?? 0
+            exposed.append((loopName, loopStart..<(loopStart + loopSize)))
+            for number in 1...128 {
+                let base = "/sys/block/\(loopName)/\(loopName)p\(number)"
+                guard let start = TextFile.attribute("\(base)/start").flatMap(Int64.init),
+                    let size = TextFile.attribute("\(base)/size").flatMap(Int64.init)
+                else { continue }
+                exposed.append(("\(loopName)p\(number)", (loopStart + start * 512)..<(loopStart + (start + size) * 512)))
+            }
+            for (name, region) in exposed where region.overlaps(range) {
+                guard let numbers = TextFile.attribute("/sys/class/block/\(name)/dev")?.split(separator: ":"),
+                    numbers.count == 2, let major = UInt32(numbers[0]), let minor = UInt32(numbers[1])
+                else { continue }
+                if let mount = mounts.mounts(ofDevice: major, minor).first {
+                    throw FerryError(
+                        code: .deviceInUse,
+                        message: "refusing to write slot '\(slot.name)': /dev/\(name) over the same part of '\(file)' is mounted at \(mount.mountPoint)")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+import FerrySystem
+
+/// Everything `ferry status` shows, as data (its JSON form is documented in docs/status.md).
+public struct StatusReport: Codable, Sendable, Equatable {
+    public static let currentFormatVersion = 1
+
+    public struct Installed: Codable, Sendable, Equatable {
+        public var version: String?
+        public var sha256: String?
+        public var size: Int64?
+        public var source: String?
+        public var installedAt: String?
+    }
+
+    public struct Slot: Codable, Sendable, Equatable {
+        public var name: String
+        public var slotClass: String
+        /// The device as configured (`disk.img partition PARTLABEL=rootfs_a`, `/dev/mmcblk0p2`).
+        public var device: String
+        /// Where it was found (`/dev/mmcblk0p2`, `disk.img partition 2`).
+        public var location: String
+        public var size: Int64
+        /// `booted`, `inactive`, or `unknown` when the booted group cannot be told.
+        public var state: String
+        public var installed: Installed?
+
+        enum CodingKeys: String, CodingKey {
+            case name, slotClass = "class", device, location, size, state, installed
+        }
+    }
+
+    public struct Group: Codable, Sendable, Equatable {
+        public var bootname: String
+        public var booted: Bool
+        public var slots: [Slot]
+    }
+
+    public var formatVersion: Int
+    public var compatible: String
+    public var configuration: String
+    public var sandbox: Bool
+    public var booted: String?
+    public var bootedSource: String
+    public var bootloader: String
+    public var stateDirectory: String
+    public var groups: [Group]
+
+    /// Gathers the status of the device described by `configuration` (read-only).
+    /// - Throws: the configuration's device errors (missing, too small, duplicated), `.stateInvalid`.
+    public static func gather(
+        configuration: SystemConfiguration, commandLine: KernelCommandLine, mounts: MountTable
+    ) throws(FerryError) -> StatusReport {
+        var resolver = SlotResolver()
+        let slots = try resolver.resolveAll(configuration)
+        let booted = try BootedGroup.detect(
+            configuration: configuration, slots: slots, commandLine: commandLine, mounts: mounts)
+        let records = try StateStore(directory: configuration.stateDirectory).slotRecords()
+        let groups = configuration.groups.map { group in
+            Group(
+                bootname: group.bootname, booted: group.bootname == booted.bootname,
+                slots: group.slots.compactMap { member in
+                    guard let resolved = slots.first(where: { $0.slot.name == member.name }) else { return nil }
+                    let state =
+                        booted.bootname == nil ? "unknown" : (member.bootname == booted.bootname ? "booted" : "inactive")
+                    return Slot(
+                        name: member.name, slotClass: member.slotClass,
+                        device: Self.display(member.device, configuration),
+                        location: Paths.display(resolved.locationDescription, relativeTo: configuration.directory),
+                        size: resolved.byteCount, state: state,
+                        installed: records[member.name].map {
+                            Installed(
+                                version: $0.version, sha256: $0.sha256, size: $0.size, source: $0.source,
+                                installedAt: $0.installedAt)
+                        })
+                })
+        }
+        let bootloader: String
+        switch configuration.bootloader.kind {
+        case .uboot: bootloader = "uboot (\(Paths.display(configuration.bootloader.fwEnvConfig ?? "", relativeTo: configuration.directory)))"
+        case .grub: bootloader = "grub (\(Paths.display(configuration.bootloader.grubenv ?? "", relativeTo: configuration.directory)))"
+        case .custom: bootloader = "custom (\(configuration.bootloader.command ?? ""))"
+        }
+        return StatusReport(
+            formatVersion: currentFormatVersion, compatible: configuration.compatible, configuration: configuration.path,
+            sandbox: configuration.sandbox, booted: booted.bootname, bootedSource: booted.source, bootloader: bootloader,
+            stateDirectory: configuration.stateDirectory, groups: groups)
+    }
+
+    static func display(_ device: SlotDevice, _ configuration: SystemConfiguration) -> String {
+        switch device {
+        case .path(let path): Paths.display(path, relativeTo: configuration.directory)
+        case .tag(let tag): "\(tag)"
+        case .diskPartition(let disk, let tag):
+            "\(Paths.display(disk, relativeTo: configuration.directory)) partition \(tag)"
+        }
+    }
+}

@@ -1,0 +1,357 @@
+import FerrySystem
+import SystemPackage
+
+/// Where a slot lives.
+public enum SlotDevice: Sendable, Equatable, CustomStringConvertible {
+    /// A block device node or a regular (image) file, by absolute path.
+    case path(String)
+    /// A block device found by tag (`PARTLABEL=`, `PARTUUID=`, `LABEL=`, `UUID=`) among the system's devices.
+    case tag(DeviceTag)
+    /// A partition of a disk image file (Ferry attaches a loop device to write it).
+    case diskPartition(disk: String, partition: DeviceTag)
+
+    public var description: String {
+        switch self {
+        case .path(let path): path
+        case .tag(let tag): "\(tag)"
+        case .diskPartition(let disk, let partition): "\(disk) partition \(partition)"
+        }
+    }
+}
+
+/// One slot: a place an image of one slot class is written to, member of one A/B group.
+public struct SlotConfiguration: Sendable, Equatable {
+    /// Unique slot name (`rootfs_a`).
+    public var name: String
+    /// Slot class (`rootfs`, `modem`, `tee`, …): which payloads it takes.
+    public var slotClass: String
+    /// The bootname of the group it belongs to (`A`).
+    public var bootname: String
+    public var device: SlotDevice
+    /// The size the configuration promises; the device must be at least this large.
+    public var declaredSize: Int64?
+}
+
+/// A slot group: the slots booted together under one bootname (group A = rootfs_a + modem_a + tee_a).
+public struct SlotGroup: Sendable, Equatable {
+    public var bootname: String
+    /// The members, sorted by slot class.
+    public var slots: [SlotConfiguration]
+
+    public func slot(ofClass slotClass: String) -> SlotConfiguration? { slots.first { $0.slotClass == slotClass } }
+}
+
+/// Which bootloader environment Ferry edits to switch groups.
+public struct BootloaderConfiguration: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable { case uboot, grub, custom }
+    public var kind: Kind
+    /// U-Boot: an `fw_env.config` describing where the environment lives.
+    public var fwEnvConfig: String?
+    /// GRUB: the environment block file.
+    public var grubenv: String?
+    /// Boot attempts a new group gets (U-Boot `BOOT_<x>_LEFT`).
+    public var tries: Int
+    /// Custom backend: the executable implementing get-primary/set-primary/get-state/set-state.
+    public var command: String?
+}
+
+/// Commands Ferry runs at fixed points.
+public struct HooksConfiguration: Sendable, Equatable {
+    public var preInstall: String?
+    public var postInstall: String?
+    public var healthCheck: String?
+    public var timeoutSeconds: Int
+}
+
+/// The device's system configuration (`/etc/ferry/system.json`): what the slots are and how the
+/// device trusts, boots and stores state. See docs/configuration.md for every key.
+///
+/// Parsing is strict: an unknown key, a missing required key, a slot without a partner in every
+/// other group or two slots on one device are errors naming the key. Whether the devices exist and
+/// are large enough is checked when they are resolved (`SlotResolver`).
+public struct SystemConfiguration: Sendable {
+    public static let defaultPath = "/etc/ferry/system.json"
+    public static let supportedFormatVersion: Int64 = 1
+
+    /// The file it was read from.
+    public var path: String
+    /// The folder relative paths resolve against.
+    public var directory: String
+    public var compatible: String
+    public var sandbox: Bool
+    public var stateDirectory: String
+    public var bootloader: BootloaderConfiguration
+    public var keyring: String?
+    public var signatureThreshold: Int
+    public var tlsPins: [String]
+    public var updateURL: String?
+    public var appStore: String?
+    public var settingsStore: String?
+    public var hooks: HooksConfiguration
+    /// All slots, sorted by bootname then class.
+    public var slots: [SlotConfiguration]
+    /// The groups, sorted by bootname.
+    public var groups: [SlotGroup]
+
+    /// The slot called `name`.
+    public func slot(named name: String) -> SlotConfiguration? { slots.first { $0.name == name } }
+
+    /// The group with `bootname`.
+    public func group(_ bootname: String) -> SlotGroup? { groups.first { $0.bootname == bootname } }
+
+    /// The path of the configuration to use: `--config`, else `FERRY_CONFIG`, else the default.
+    public static func locate(explicit: String?, environment: [String: String]) -> String {
+        if let explicit, !explicit.isEmpty { return explicit }
+        if let fromEnvironment = environment["FERRY_CONFIG"], !fromEnvironment.isEmpty { return fromEnvironment }
+        return defaultPath
+    }
+
+    /// Reads and validates the configuration file at `path`.
+    /// - Throws: `.configurationNotFound` when it cannot be read, `.configurationInvalid` otherwise.
+    public static func load(_ path: String) throws(FerryError) -> SystemConfiguration {
+        let absolute = Paths.absolute(path)
+        let bytes: [UInt8]
+        do { bytes = try TextFile.readBytes(absolute, limit: 1 << 20) } catch {
+            throw FerryError(
+                code: .configurationNotFound, message: "cannot read the system configuration '\(path)': \(error.message)",
+                cause: error)
+        }
+        return try parse(bytes, path: absolute)
+    }
+
+    /// Validates configuration text; `path` names it in errors and anchors relative paths.
+    public static func parse(_ bytes: [UInt8], path: String) throws(FerryError) -> SystemConfiguration {
+        let file = path
+        let directory = Paths.directory(of: path)
+        var root = try StrictObject(
+            JSONValue.parse(bytes, what: "system configuration '\(file)'", code: .configurationInvalid), path: "",
+            file: file)
+        let version = try root.integer("formatVersion", in: 1...Int64(Int32.max)) ?? 1
+        guard version <= supportedFormatVersion else {
+            throw root.invalid("formatVersion", "is \(version), but this Ferry reads up to \(supportedFormatVersion)")
+        }
+        let compatible = try root.requiredString("compatible")
+        let sandbox = try root.bool("sandbox") ?? false
+        let stateDirectory = Paths.resolve(try root.string("stateDirectory") ?? "/var/lib/ferry", against: directory)
+        let bootloader = try parseBootloader(&root, directory: directory)
+        let keyring = try root.string("keyring").map { Paths.resolve($0, against: directory) }
+        let threshold = Int(try root.integer("signatureThreshold", in: 1...64) ?? 1)
+        let pins = try root.stringArray("tlsPins")
+        for (index, pin) in pins.enumerated() where !Self.isPin(pin) {
+            throw root.invalid("tlsPins[\(index)]", "must be 'sha256//<base64>' or 64 hex digits, not '\(pin)'")
+        }
+        let updateURL = try root.string("updateURL")
+        if let updateURL, !updateURL.hasPrefix("https://") {
+            throw root.invalid("updateURL", "must be an https:// URL (Ferry never downloads over plain HTTP)")
+        }
+        let appStore = try root.string("appStore").map { Paths.resolve($0, against: directory) }
+        let settingsStore = try root.string("settingsStore").map { Paths.resolve($0, against: directory) }
+        let hooks = try parseHooks(&root, directory: directory)
+        let slots = try parseSlots(&root, directory: directory)
+        try root.finish()
+
+        let groups = try makeGroups(slots, file: file)
+        if sandbox {
+            if let slot = slots.first(where: { !$0.isImageFileSlot }) {
+                throw FerryError(
+                    code: .configurationInvalid,
+                    message: "\(file): sandbox: sandbox mode needs every slot to be an image file, but slot '\(slot.name)' is '\(slot.device)'")
+            }
+        }
+        return SystemConfiguration(
+            path: file, directory: directory, compatible: compatible, sandbox: sandbox, stateDirectory: stateDirectory,
+            bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, tlsPins: pins, updateURL: updateURL,
+            appStore: appStore, settingsStore: settingsStore, hooks: hooks, slots: slots, groups: groups)
+    }
+
+    static func isPin(_ pin: String) -> Bool {
+        if pin.hasPrefix("sha256//") { return pin.count > 8 }
+        return pin.count == 64 && pin.allSatisfy { $0.isHexDigit }
+    }
+
+    private static func parseBootloader(_ root: inout StrictObject, directory: String) throws(FerryError)
+        -> BootloaderConfiguration
+    {
+        guard var object = try root.object("bootloader") else { throw root.invalid("bootloader", "is required") }
+        let typeName = try object.requiredString("type")
+        guard let kind = BootloaderConfiguration.Kind(rawValue: typeName) else {
+            throw object.invalid(
+                "type", "must be one of \(BootloaderConfiguration.Kind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(typeName)'")
+        }
+        let fwEnvConfig = try object.string("fwEnvConfig").map { Paths.resolve($0, against: directory) }
+        let grubenv = try object.string("grubenv").map { Paths.resolve($0, against: directory) }
+        let tries = Int(try object.integer("tries", in: 1...15) ?? 3)
+        let command = try object.string("command").map { Paths.resolve($0, against: directory) }
+        try object.finish()
+        switch kind {
+        case .uboot where fwEnvConfig == nil:
+            throw object.invalid("fwEnvConfig", "is required for the uboot bootloader")
+        case .grub where grubenv == nil:
+            throw object.invalid("grubenv", "is required for the grub bootloader")
+        case .custom where command == nil:
+            throw object.invalid("command", "is required for the custom bootloader")
+        default: break
+        }
+        return BootloaderConfiguration(kind: kind, fwEnvConfig: fwEnvConfig, grubenv: grubenv, tries: tries, command: command)
+    }
+
+    private static func parseHooks(_ root: inout StrictObject, directory: String) throws(FerryError) -> HooksConfiguration {
+        guard var object = try root.object("hooks") else {
+            return HooksConfiguration(preInstall: nil, postInstall: nil, healthCheck: nil, timeoutSeconds: 300)
+        }
+        let hooks = HooksConfiguration(
+            preInstall: try object.string("preInstall").map { Paths.resolve($0, against: directory) },
+            postInstall: try object.string("postInstall").map { Paths.resolve($0, against: directory) },
+            healthCheck: try object.string("healthCheck").map { Paths.resolve($0, against: directory) },
+            timeoutSeconds: Int(try object.integer("timeoutSeconds", in: 1...86_400) ?? 300))
+        try object.finish()
+        return hooks
+    }
+
+    private static func parseSlots(_ root: inout StrictObject, directory: String) throws(FerryError) -> [SlotConfiguration] {
+        guard var object = try root.object("slots") else { throw root.invalid("slots", "is required") }
+        var slots: [SlotConfiguration] = []
+        for name in object.keys {
+            guard Self.isName(name) else {
+                throw object.invalid(name, "slot names may use only letters, digits, '_', '-' and '.'")
+            }
+            guard var entry = try object.object(name) else { throw object.invalid(name, "must be an object") }
+            let slotClass = try entry.requiredString("class")
+            guard Self.isName(slotClass) else {
+                throw entry.invalid("class", "may use only letters, digits, '_', '-' and '.'")
+            }
+            let bootname = try entry.requiredString("bootname")
+            guard Self.isName(bootname) else {
+                throw entry.invalid("bootname", "may use only letters, digits, '_', '-' and '.'")
+            }
+            let devicePath = try entry.string("device")
+            let disk = try entry.string("disk")
+            let partition = try entry.string("partition")
+            let size = try entry.integer("size", in: 1...Int64.max)
+            try entry.finish()
+            let device: SlotDevice
+            switch (devicePath, disk, partition) {
+            case (let path?, nil, nil):
+                if let tag = DeviceTag(parsing: path) {
+                    if case .number = tag {
+                        throw entry.invalid("device", "a partition number needs 'disk' and 'partition' instead")
+                    }
+                    device = .tag(tag)
+                } else {
+                    device = .path(Paths.resolve(path, against: directory))
+                }
+            case (nil, let disk?, let partition?):
+                guard let tag = DeviceTag(parsing: partition) else {
+                    throw entry.invalid(
+                        "partition", "must be PARTLABEL=, PARTUUID=, LABEL=, UUID= or a partition number, not '\(partition)'")
+                }
+                device = .diskPartition(disk: Paths.resolve(disk, against: directory), partition: tag)
+            case (nil, _?, nil):
+                throw entry.invalid("partition", "is required with 'disk'")
+            case (nil, nil, _?):
+                throw entry.invalid("disk", "is required with 'partition'")
+            case (nil, nil, nil):
+                throw entry.invalid("device", "is required (or 'disk' and 'partition')")
+            default:
+                throw entry.invalid("device", "give either 'device' or 'disk' and 'partition', not both")
+            }
+            slots.append(
+                SlotConfiguration(name: name, slotClass: slotClass, bootname: bootname, device: device, declaredSize: size))
+        }
+        try object.finish()
+        guard !slots.isEmpty else { throw root.invalid("slots", "must name at least two slots (one per group)") }
+        // The same device twice would let an install into one group overwrite the other.
+        for (index, slot) in slots.enumerated() {
+            if let other = slots[..<index].first(where: { $0.device == slot.device }) {
+                throw FerryError(
+                    code: .configurationInvalid,
+                    message: "\(root.file): slots.\(slot.name): device '\(slot.device)' is also the device of slot '\(other.name)'")
+            }
+        }
+        return slots.sorted { ($0.bootname, $0.slotClass) < ($1.bootname, $1.slotClass) }
+    }
+
+    /// Groups slots by bootname and checks that every group has exactly the same slot classes.
+    private static func makeGroups(_ slots: [SlotConfiguration], file: String) throws(FerryError) -> [SlotGroup] {
+        var byBootname: [String: [SlotConfiguration]] = [:]
+        for slot in slots { byBootname[slot.bootname, default: []].append(slot) }
+        let groups = byBootname.keys.sorted().map { SlotGroup(bootname: $0, slots: byBootname[$0]!) }
+        guard groups.count >= 2 else {
+            throw FerryError(
+                code: .configurationInvalid,
+                message: "\(file): slots: A/B updates need at least two groups, but every slot has bootname '\(groups.first?.bootname ?? "")'")
+        }
+        for group in groups {
+            var seen: [String: String] = [:]
+            for slot in group.slots {
+                if let other = seen[slot.slotClass] {
+                    throw FerryError(
+                        code: .configurationInvalid,
+                        message: "\(file): slots.\(slot.name): group \(group.bootname) already has a '\(slot.slotClass)' slot ('\(other)')")
+                }
+                seen[slot.slotClass] = slot.name
+            }
+        }
+        let allClasses = Set(slots.map(\.slotClass))
+        for group in groups {
+            let classes = Set(group.slots.map(\.slotClass))
+            if let missing = allClasses.subtracting(classes).sorted().first,
+                let example = slots.first(where: { $0.slotClass == missing })
+            {
+                throw FerryError(
+                    code: .configurationInvalid,
+                    message: "\(file): slots.\(example.name): slot class '\(missing)' has no slot in group \(group.bootname) (every group needs one slot of each class)")
+            }
+        }
+        return groups
+    }
+
+    static func isName(_ text: String) -> Bool {
+        !text.isEmpty && text.count <= 64
+            && text.unicodeScalars.allSatisfy {
+                ($0.value >= 0x30 && $0.value <= 0x39) || ($0.value >= 0x41 && $0.value <= 0x5a)
+                    || ($0.value >= 0x61 && $0.value <= 0x7a) || $0 == "_" || $0 == "-" || $0 == "."
+            } && text != "." && text != ".."
+    }
+}
+
+extension SlotConfiguration {
+    /// Whether the slot is an image file or a partition of one (a sandbox's slots must all be).
+    public var isImageFileSlot: Bool {
+        switch device {
+        case .diskPartition: return true
+        case .tag: return false
+        case .path(let path):
+            // A path that does not exist yet cannot be judged here; resolution reports it.
+            guard let status = try? FilePath(path).stat() else { return !path.hasPrefix("/dev/") }
+            return status.type == .regular
+        }
+    }
+}
+
+/// Lexical path helpers (no symlink resolution), for configuration paths.
+public enum Paths {
+    /// `path` made absolute against the current directory.
+    public static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return FilePath(path).lexicallyNormalized().string }
+        return FilePath(ProcessEnvironment.currentDirectory()).appending(path).lexicallyNormalized().string
+    }
+
+    /// `path` resolved against `directory` when relative.
+    public static func resolve(_ path: String, against directory: String) -> String {
+        if path.hasPrefix("/") { return FilePath(path).lexicallyNormalized().string }
+        return FilePath(directory).appending(path).lexicallyNormalized().string
+    }
+
+    /// The folder holding `path`.
+    public static func directory(of path: String) -> String {
+        let parent = FilePath(path).removingLastComponent().string
+        return parent.isEmpty ? "." : parent
+    }
+
+    /// `path` relative to `directory` when it lies inside it (for display), else unchanged.
+    public static func display(_ path: String, relativeTo directory: String) -> String {
+        let prefix = directory.hasSuffix("/") ? directory : directory + "/"
+        return path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : path
+    }
+}

@@ -1,0 +1,170 @@
+import SystemPackage
+
+/// The one domain error of Ferry.
+///
+/// Every failure that reaches the user is a `FerryError`: a stable ``Code`` (compared by code only,
+/// mapped to a documented exit status), a one-line ``message`` that names the path, slot or
+/// operation, an optional underlying ``cause`` (an `Errno`, a C library error or another
+/// `FerryError`) and the source location that raised it.
+public struct FerryError: Error, CustomStringConvertible, Sendable {
+    /// A stable failure class. Tests assert on codes, never on messages.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Wrapped: String, Sendable {
+            case usage
+            case configurationNotFound, configurationInvalid
+            case deviceNotFound, deviceInUse, deviceBooted, deviceNotConfigured, deviceTooSmall
+            case io, permissionDenied, noSpace, loopDevice, unsupported
+            case stateInvalid, lockHeld
+            case `internal`
+        }
+
+        private let wrapped: Wrapped
+        private init(_ wrapped: Wrapped) { self.wrapped = wrapped }
+
+        /// The command line was wrong (exit 2).
+        public static let usage = Code(.usage)
+        /// The system configuration file does not exist or cannot be read.
+        public static let configurationNotFound = Code(.configurationNotFound)
+        /// The system configuration is malformed or inconsistent.
+        public static let configurationInvalid = Code(.configurationInvalid)
+        /// A device, partition or image file named by the configuration does not exist.
+        public static let deviceNotFound = Code(.deviceNotFound)
+        /// The device is mounted, held, or opened exclusively by someone else.
+        public static let deviceInUse = Code(.deviceInUse)
+        /// The device belongs to the booted slot group.
+        public static let deviceBooted = Code(.deviceBooted)
+        /// The device is not named in the system configuration.
+        public static let deviceNotConfigured = Code(.deviceNotConfigured)
+        /// The device is smaller than the configuration or the payload requires.
+        public static let deviceTooSmall = Code(.deviceTooSmall)
+        /// A read, write or sync failed (EIO and friends).
+        public static let io = Code(.io)
+        /// The operation needs privileges the process does not have.
+        public static let permissionDenied = Code(.permissionDenied)
+        /// The device or file system is full.
+        public static let noSpace = Code(.noSpace)
+        /// A loop device could not be attached, configured or detached.
+        public static let loopDevice = Code(.loopDevice)
+        /// The kernel or device does not support the operation.
+        public static let unsupported = Code(.unsupported)
+        /// A state file in the state directory is unreadable or malformed.
+        public static let stateInvalid = Code(.stateInvalid)
+        /// Another Ferry command holds the global lock.
+        public static let lockHeld = Code(.lockHeld)
+        /// A bug: an invariant of Ferry itself did not hold.
+        public static let `internal` = Code(.internal)
+
+        /// The stable name of the code, as printed by `--verbose` and documented in docs/errors.md.
+        public var name: String { wrapped.rawValue }
+
+        /// The process exit status for this failure class (docs/errors.md).
+        public var exitStatus: Int32 {
+            switch wrapped {
+            case .usage: 2
+            case .configurationNotFound: 10
+            case .configurationInvalid: 11
+            case .deviceNotFound: 20
+            case .deviceInUse: 21
+            case .deviceBooted: 22
+            case .deviceNotConfigured: 23
+            case .deviceTooSmall: 24
+            case .io: 25
+            case .permissionDenied: 26
+            case .noSpace: 27
+            case .loopDevice: 28
+            case .unsupported: 29
+            case .stateInvalid: 60
+            case .lockHeld: 61
+            case .internal: 70
+            }
+        }
+
+        public var description: String { name }
+    }
+
+    public var code: Code
+    public var message: String
+    public var cause: (any Error & Sendable)?
+    public var location: String
+
+    public init(
+        code: Code, message: String, cause: (any Error & Sendable)? = nil,
+        fileID: String = #fileID, line: Int = #line
+    ) {
+        self.code = code
+        self.message = message
+        self.cause = cause
+        self.location = "\(fileID):\(line)"
+    }
+
+    public var description: String { message }
+
+    /// Returns a copy whose message is prefixed with `context` (as errors cross layers).
+    public func prefixed(_ context: String) -> FerryError {
+        var copy = self
+        copy.message = "\(context): \(message)"
+        return copy
+    }
+
+    /// The message followed by the chain of causes, one per line, for `--verbose`.
+    public func detailedDescription() -> String {
+        var lines = ["\(message) [\(code.name), exit \(code.exitStatus), at \(location)]"]
+        var next: (any Error)? = cause
+        var depth = 1
+        while let error = next {
+            let indent = String(repeating: "  ", count: depth)
+            if let ferry = error as? FerryError {
+                lines.append("\(indent)caused by: \(ferry.message) [\(ferry.code.name), at \(ferry.location)]")
+                next = ferry.cause
+            } else if let errno = error as? Errno {
+                lines.append("\(indent)caused by: \(errno) (errno \(errno.rawValue))")
+                next = nil
+            } else {
+                lines.append("\(indent)caused by: \(error)")
+                next = nil
+            }
+            depth += 1
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension FerryError {
+    /// Maps a failed system call to a domain error, naming the operation and the path.
+    ///
+    /// `what` is a verb phrase ("opening", "writing 4096 bytes at offset 0 of", …).
+    public static func syscall(
+        _ what: String, errno: Errno, path: String, fileID: String = #fileID, line: Int = #line
+    ) -> FerryError {
+        let code: Code
+        let reason: String
+        switch errno {
+        case .noSuchFileOrDirectory, .noSuchAddressOrDevice:
+            code = .deviceNotFound
+            reason = "does not exist"
+        case .resourceBusy:
+            code = .deviceInUse
+            reason = "is in use (mounted, held, or opened exclusively by another process)"
+        case .permissionDenied, .notPermitted:
+            code = .permissionDenied
+            reason = "permission denied (run as root?)"
+        case .readOnlyFileSystem:
+            code = .permissionDenied
+            reason = "is read-only"
+        case .noSpace:
+            code = .noSpace
+            reason = "no space left on device"
+        case .notSupported, .inappropriateIOCTLForDevice, .noFunction, .operationNotSupportedByDevice:
+            code = .unsupported
+            reason = "not supported by this device or kernel (\(errno))"
+        case .wouldBlock:
+            code = .deviceInUse
+            reason = "is locked by another process"
+        default:
+            code = .io
+            reason = "\(errno)"
+        }
+        return FerryError(
+            code: code, message: "\(what) '\(path)' failed: \(reason)", cause: errno, fileID: fileID, line: line)
+    }
+}
