@@ -1,0 +1,170 @@
+import FerryCore
+import FerrySystem
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fresh temporary directory, removed (recursively) when `body` returns or throws.
+public func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
+    var template = Array("/tmp/ferry-test-XXXXXX".utf8CString)
+    guard let created = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+        throw FerryError(code: .io, message: "mkdtemp failed")
+    }
+    let path = String(cString: created)
+    defer { _ = try? Shell.run(["rm", "-rf", "--one-file-system", path]) }
+    return try await body(path)
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so fixtures are reproducible from a seed.
+public func seededBytes(count: Int, seed: UInt64) -> [UInt8] {
+    var state = seed == 0 ? 0x9E37_79B9_7F4A_7C15 : seed
+    var bytes = [UInt8]()
+    bytes.reserveCapacity(count)
+    while bytes.count < count {
+        state ^= state >> 12
+        state ^= state << 25
+        state ^= state >> 27
+        var word = state &* 0x2545_F491_4F6C_DD1D
+        for _ in 0..<8 where bytes.count < count {
+            bytes.append(UInt8(truncatingIfNeeded: word))
+            word >>= 8
+        }
+    }
+    return bytes
+}
+
+/// Creates a file holding `bytes` (or a sparse file of `size` zero bytes).
+public func makeFile(_ path: String, bytes: [UInt8] = [], size: Int64? = nil) throws {
+    let fd = try FileDescriptor.open(
+        FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+    defer { try? fd.close() }
+    if !bytes.isEmpty { _ = try fd.writeAll(toAbsoluteOffset: 0, bytes) }
+    if let size { try fd.resize(to: size) }
+}
+
+/// Reads a whole file.
+public func readFile(_ path: String) throws -> [UInt8] {
+    try TextFile.readBytes(path, limit: 1 << 30)
+}
+
+/// Facts about the test machine, for gating suites.
+public enum TestEnvironment {
+    /// Root with a loop driver: the integration suite can attach loop devices.
+    public static var canUseLoopDevices: Bool {
+        geteuid() == 0 && TextFile.exists("/dev/loop-control")
+    }
+
+    /// Whether running under CI (then skipping the integration suite is a failure, see tools/test).
+    public static var isCI: Bool { ProcessEnvironment.variables["CI"] == "true" }
+
+    /// The package root (found from this file's location).
+    public static var packageRoot: String {
+        var path = FilePath(#filePath)
+        while let last = path.lastComponent?.string, last != "Tests" { path.removeLastComponent() }
+        path.removeLastComponent()
+        return path.string
+    }
+
+    /// Whether a command is on PATH.
+    public static func hasCommand(_ name: String) -> Bool {
+        (try? Shell.run(["sh", "-c", "command -v \(name)"]))?.status == 0
+    }
+}
+
+/// Runs programs for tests (real peers: sfdisk, mkfs, fw_printenv, …) without Foundation.
+public enum Shell {
+    public struct Result: Sendable {
+        public var status: Int32
+        public var output: String
+    }
+
+    /// Runs `arguments` (searched on PATH), capturing stdout and stderr together.
+    @discardableResult
+    public static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else { throw FerryError(code: .io, message: "pipe failed") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
+        posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
+        posix_spawn_file_actions_addclose(&actions, pipeFDs[1])
+        var env = ProcessEnvironment.variables
+        env["PATH"] = (env["PATH"] ?? "/usr/bin:/bin") + ":/usr/sbin:/sbin"
+        for (key, value) in environment { env[key] = value }
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let spawned = posix_spawnp(&pid, arguments[0], &actions, nil, argv, envp)
+        close(pipeFDs[1])
+        guard spawned == 0 else {
+            close(pipeFDs[0])
+            throw FerryError(code: .io, message: "cannot run \(arguments[0]): error \(spawned)")
+        }
+        var output: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(pipeFDs[0], &buffer, buffer.count)
+            if count > 0 {
+                output.append(contentsOf: buffer[..<count])
+            } else if count == 0 || errno != EINTR {
+                break
+            }
+        }
+        close(pipeFDs[0])
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return Result(status: exitStatus, output: String(decoding: output, as: UTF8.self))
+    }
+
+    /// Runs and throws unless the exit status is 0.
+    @discardableResult
+    public static func check(_ arguments: [String], environment: [String: String] = [:]) throws -> String {
+        let result = try run(arguments, environment: environment)
+        guard result.status == 0 else {
+            throw FerryError(
+                code: .io, message: "\(arguments.joined(separator: " ")) exited \(result.status): \(result.output)")
+        }
+        return result.output
+    }
+}
+
+/// A sandbox device made by `tools/make-test-disk` in a temporary directory.
+public struct Sandbox {
+    public let directory: String
+    public var configurationPath: String { "\(directory)/system.json" }
+    public var diskPath: String { "\(directory)/disk.img" }
+
+    /// Builds a sandbox with the given bootloader and rootfs slot size.
+    public static func make(in directory: String, bootloader: String = "uboot", slotSize: String = "16M") throws -> Sandbox {
+        let root = TestEnvironment.packageRoot
+        try Shell.check(["\(root)/tools/make-test-disk", directory, "--bootloader", bootloader, "--slot-size", slotSize])
+        return Sandbox(directory: directory)
+    }
+
+    public func configuration() throws -> SystemConfiguration {
+        try SystemConfiguration.load(configurationPath)
+    }
+}
+
+/// Attaches `file` to a loop device for the duration of `body`, and always detaches it, also when
+/// `body` throws. Loop devices are only ever backed by files the test created.
+public func withLoopDevice<T>(_ file: String, _ body: (LoopDevice) async throws -> T) async throws -> T {
+    let loop = try LoopDevice.attach(file)
+    do {
+        let result = try await body(loop)
+        try loop.detach()
+        return result
+    } catch {
+        try? loop.detach()
+        throw error
+    }
+}
