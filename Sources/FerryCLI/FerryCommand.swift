@@ -60,9 +60,24 @@ public struct FerryCommand: AsyncParsableCommand {
     }
 
     static func report(_ error: FerryError, verbose: Bool) {
-        let line = error.message.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: " ")
-        Terminal.writeError("ferry: error: \(line)\n")
+        Terminal.writeError(errorLine(error))
         if verbose { Terminal.writeError(error.detailedDescription() + "\n") }
+    }
+
+    /// The one line printed for an error: `ferry: error: <message>` (newlines in it folded).
+    public static func errorLine(_ error: FerryError) -> String {
+        let line = error.message.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: " ")
+        return "ferry: error: \(line)\n"
+    }
+
+    /// The help text of `ferry <command…>`, as `--help` prints it.
+    public static func helpText(for command: [String], columns: Int) -> String {
+        var type: any ParsableCommand.Type = FerryCommand.self
+        for name in command {
+            guard let next = type.configuration.subcommands.first(where: { $0._commandName == name }) else { break }
+            type = next
+        }
+        return helpMessage(for: type, columns: columns) + "\n"
     }
 }
 
