@@ -35,12 +35,20 @@ let package = Package(
             dependencies: ["CFerryShims", "CBlkid", systemPackage, logging]
         ),
         .target(
+            name: "FerryXZ",
+            dependencies: ["CLzma", "FerrySystem"]
+        ),
+        .target(
             name: "FerryCrypto",
             dependencies: ["COpenSSL", "FerrySystem"]
         ),
         .target(
+            name: "FerryBootloader",
+            dependencies: ["FerrySystem", "FerryXZ", logging]
+        ),
+        .target(
             name: "FerryCore",
-            dependencies: ["FerrySystem", "FerryCrypto", logging]
+            dependencies: ["FerrySystem", "FerryCrypto", "FerryBootloader", logging]
         ),
         .target(
             name: "FerryCLI",
@@ -60,8 +68,9 @@ let package = Package(
             path: "Tests/FerryTestSupport"
         ),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"]),
+        .testTarget(name: "FerryBootloaderTests", dependencies: ["FerryBootloader", "FerryXZ", "FerryTestSupport"]),
         .testTarget(name: "FerryCryptoTests", dependencies: ["FerryCrypto", "FerryTestSupport"]),
-        .testTarget(name: "FerryCoreTests", dependencies: ["FerryCore", "FerryTestSupport"]),
+        .testTarget(name: "FerryCoreTests", dependencies: ["FerryCore", "FerryCrypto", "FerryTestSupport"]),
         .testTarget(
             name: "FerryCLITests",
             dependencies: ["FerryCLI", "FerryTestSupport"],

@@ -29,6 +29,7 @@ const int CFerryShims_FALLOC_FL_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
 
 int CFerryShims_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
 int CFerryShims_syncfs(int fd) { return syncfs(fd); }
+int CFerryShims_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 
 int CFerryShims_ioctl_pointer(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }
 int CFerryShims_ioctl_value(int fd, unsigned long request, unsigned long argument) { return ioctl(fd, request, argument); }

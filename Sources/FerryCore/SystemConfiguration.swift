@@ -1,3 +1,4 @@
+import FerryBootloader
 import FerrySystem
 import SystemPackage
 
@@ -53,6 +54,14 @@ public struct BootloaderConfiguration: Sendable, Equatable {
     public var tries: Int
     /// Custom backend: the executable implementing get-primary/set-primary/get-state/set-state.
     public var command: String?
+    /// U-Boot: CRC byte order of the target (`little`, default, or `big`).
+    public var byteOrder: UBootEnvironmentFormat.ByteOrder
+    /// U-Boot: redundancy flag scheme (`incremental`, default, or `boolean` for NOR).
+    public var flagScheme: UBootEnvironmentFormat.FlagScheme
+    /// U-Boot: allow writing a single raw environment copy in place (not atomic: see docs/boot-control.md).
+    public var allowSingleRawCopy: Bool
+    /// Whether `ferry boot-check` confirms the booted group when its health check passes (default true).
+    public var confirmInBootCheck: Bool
 }
 
 /// Commands Ferry runs at fixed points.
@@ -182,6 +191,16 @@ public struct SystemConfiguration: Sendable {
         let grubenv = try object.string("grubenv").map { Paths.resolve($0, against: directory) }
         let tries = Int(try object.integer("tries", in: 1...15) ?? 3)
         let command = try object.string("command").map { Paths.resolve($0, against: directory) }
+        let byteOrderName = try object.string("byteOrder") ?? "little"
+        guard let byteOrder = UBootEnvironmentFormat.ByteOrder(rawValue: byteOrderName) else {
+            throw object.invalid("byteOrder", "must be little or big, not '\(byteOrderName)'")
+        }
+        let schemeName = try object.string("flagScheme") ?? "incremental"
+        guard let flagScheme = UBootEnvironmentFormat.FlagScheme(rawValue: schemeName) else {
+            throw object.invalid("flagScheme", "must be incremental or boolean, not '\(schemeName)'")
+        }
+        let allowSingleRawCopy = try object.bool("allowSingleRawCopy") ?? false
+        let confirmInBootCheck = try object.bool("confirmInBootCheck") ?? true
         try object.finish()
         switch kind {
         case .uboot where fwEnvConfig == nil:
@@ -192,7 +211,9 @@ public struct SystemConfiguration: Sendable {
             throw object.invalid("command", "is required for the custom bootloader")
         default: break
         }
-        return BootloaderConfiguration(kind: kind, fwEnvConfig: fwEnvConfig, grubenv: grubenv, tries: tries, command: command)
+        return BootloaderConfiguration(
+            kind: kind, fwEnvConfig: fwEnvConfig, grubenv: grubenv, tries: tries, command: command, byteOrder: byteOrder,
+            flagScheme: flagScheme, allowSingleRawCopy: allowSingleRawCopy, confirmInBootCheck: confirmInBootCheck)
     }
 
     private static func parseHooks(_ root: inout StrictObject, directory: String) throws(FerryError) -> HooksConfiguration {

@@ -90,6 +90,15 @@ public final class BlockDevice: BlockTarget {
         try open(path, mode: .readWrite, options: [.closeOnExec], window: window, exclusive: true)
     }
 
+    /// Opens a device or image file for writing *without* an exclusive claim.
+    ///
+    /// Only for boot environments: they live on a disk whose partitions are mounted (so `O_EXCL`
+    /// on it would fail) and outside every slot. Never use it for a slot.
+    /// - Throws: `.deviceNotFound`, `.permissionDenied`, `.io`.
+    public static func openSharedForWriting(_ path: String) throws(FerryError) -> BlockDevice {
+        try open(path, mode: .readWrite, options: [.closeOnExec], window: nil, exclusive: false)
+    }
+
     private static func open(
         _ path: String, mode: FileDescriptor.AccessMode, options: FileDescriptor.OpenOptions,
         window: Range<Int64>?, exclusive: Bool
@@ -332,4 +341,22 @@ func fileStatus(path: String) throws(Errno) -> Glibc.stat {
     let result = path.withCString { system_stat($0, &buffer) }
     if result == -1 { throw currentErrno }
     return buffer
+}
+
+extension BlockTarget {
+    /// Reads `count` bytes at `offset` into a new array.
+    public func read(at offset: Int64, count: Int) throws(FerryError) -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 4096)
+        defer { buffer.deallocate() }
+        try read(into: buffer, at: offset)
+        return Array(buffer)
+    }
+
+    /// Writes all of `bytes` at `offset`.
+    public func write(_ bytes: [UInt8], at offset: Int64) throws(FerryError) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 4096)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: bytes)
+        try write(UnsafeRawBufferPointer(buffer), at: offset)
+    }
 }

@@ -14,6 +14,9 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case configurationNotFound, configurationInvalid
             case deviceNotFound, deviceInUse, deviceBooted, deviceNotConfigured, deviceTooSmall
             case io, permissionDenied, noSpace, loopDevice, unsupported
+            case unknownSlot
+            case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
+            case healthCheckFailed
             case stateInvalid, lockHeld
             case `internal`
         }
@@ -47,6 +50,16 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         public static let loopDevice = Code(.loopDevice)
         /// The kernel or device does not support the operation.
         public static let unsupported = Code(.unsupported)
+        /// A slot, group or bootname given on the command line is not in the configuration.
+        public static let unknownSlot = Code(.unknownSlot)
+        /// A boot environment is missing, corrupt (no valid copy) or malformed, or its location is.
+        public static let bootEnvironmentInvalid = Code(.bootEnvironmentInvalid)
+        /// The variables do not fit into the boot environment.
+        public static let bootEnvironmentTooSmall = Code(.bootEnvironmentTooSmall)
+        /// The environment cannot be changed atomically (single raw copy without opt-in, MTD device).
+        public static let bootEnvironmentUnsupported = Code(.bootEnvironmentUnsupported)
+        /// The configured health check failed or timed out.
+        public static let healthCheckFailed = Code(.healthCheckFailed)
         /// A state file in the state directory is unreadable or malformed.
         public static let stateInvalid = Code(.stateInvalid)
         /// Another Ferry command holds the global lock.
@@ -73,6 +86,11 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .noSpace: 27
             case .loopDevice: 28
             case .unsupported: 29
+            case .unknownSlot: 12
+            case .bootEnvironmentInvalid: 80
+            case .bootEnvironmentTooSmall: 81
+            case .bootEnvironmentUnsupported: 82
+            case .healthCheckFailed: 83
             case .stateInvalid: 60
             case .lockHeld: 61
             case .internal: 70

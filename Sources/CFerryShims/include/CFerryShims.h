@@ -42,6 +42,7 @@ extern const int CFerryShims_FALLOC_FL_PUNCH_HOLE;
 extern const int CFerryShims_FALLOC_FL_ZERO_RANGE;
 int CFerryShims_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int CFerryShims_syncfs(int fd);
+int CFerryShims_pipe2(int fds[2], int flags);
 
 // ioctl(2) is variadic in C; these forwarders give Swift one typed signature per argument kind.
 int CFerryShims_ioctl_pointer(int fd, unsigned long request, void *argument);
