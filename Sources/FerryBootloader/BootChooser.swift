@@ -3,7 +3,7 @@ import FerrySystem
 /// What the bootloader will do with one slot group.
 public struct GroupBootState: Sendable, Equatable, Codable {
     public var bootname: String
-    /// Whether the bootloader would boot it (tries left, or OK and not yet tried).
+    /// Whether the group may boot at all (U-Boot: tries left; GRUB: OK=1). False means bad.
     public var bootable: Bool
     /// U-Boot: boot attempts left; nil where the scheme has no counter.
     public var triesLeft: Int?
@@ -119,9 +119,9 @@ public final class GRUBBootChooser: BootChooser {
 
     public func primary() throws(FerryError) -> String? {
         let variables = try environment.read()
-        return order(variables).first {
-            bootnames.contains($0) && variables["\($0)_OK"] == "1" && variables["\($0)_TRY"] != "1"
-        }
+        let candidates = order(variables).filter { bootnames.contains($0) && variables["\($0)_OK"] == "1" }
+        // As the snippet does: the first good group not yet tried; if all were tried, the first good one.
+        return candidates.first { variables["\($0)_TRY"] != "1" } ?? candidates.first
     }
 
     public func states() throws(FerryError) -> [GroupBootState] {
@@ -130,7 +130,7 @@ public final class GRUBBootChooser: BootChooser {
             let ok = variables["\(bootname)_OK"] == "1"
             let tried = variables["\(bootname)_TRY"] == "1"
             return GroupBootState(
-                bootname: bootname, bootable: ok && !tried && order(variables).contains(bootname), triesLeft: nil,
+                bootname: bootname, bootable: ok && order(variables).contains(bootname), triesLeft: nil,
                 tried: tried)
         }
     }

@@ -36,9 +36,23 @@ extension FerryCommand {
             lines.append("Configuration: \(report.configuration)\(report.sandbox ? " (sandbox)" : "")")
             lines.append("Booted group:  \(report.booted ?? "unknown") (\(report.bootedSource))")
             lines.append("Bootloader:    \(report.bootloader)")
+            if let error = report.bootError {
+                lines.append("Boot state:    unreadable: \(error)")
+            } else {
+                lines.append("Primary:       \(report.primary ?? "none") (boot order: \((report.bootOrder ?? []).joined(separator: " ")))")
+            }
+            if let rollback = report.rollback {
+                lines.append("Rolled back:   from \(rollback.from) to \(rollback.to ?? "?")\(rollback.at.map { " at \($0)" } ?? "")")
+            }
             for group in report.groups {
                 lines.append("")
-                lines.append("Group \(group.bootname)\(group.booted ? " (booted)" : "")")
+                var facts: [String] = []
+                if group.booted { facts.append("booted") }
+                if group.primary { facts.append("primary") }
+                if let boot = group.boot { facts.append(boot) }
+                if let left = group.triesLeft { facts.append("\(left) tries left") }
+                if group.tried == true { facts.append("tried") }
+                lines.append("Group \(group.bootname)\(facts.isEmpty ? "" : " (\(facts.joined(separator: ", ")))")")
                 let rows = group.slots.map { slot -> [String] in
                     let installed: String
                     if let record = slot.installed {

@@ -1,4 +1,6 @@
+import FerryBootloader
 import FerrySystem
+import Logging
 
 /// Everything `ferry status` shows, as data (its JSON form is documented in docs/status.md).
 public struct StatusReport: Codable, Sendable, Equatable {
@@ -32,7 +34,23 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public struct Group: Codable, Sendable, Equatable {
         public var bootname: String
         public var booted: Bool
+        /// Whether the bootloader boots this group next.
+        public var primary: Bool
+        /// `good` (bootable, confirmed), `trial` (made primary, not yet confirmed), `bad` (will
+        /// not boot); absent when the boot environment cannot be read.
+        public var boot: String?
+        /// U-Boot: boot attempts left.
+        public var triesLeft: Int?
+        /// GRUB: tried since last confirmed.
+        public var tried: Bool?
+        public var confirmedAt: String?
         public var slots: [Slot]
+    }
+
+    public struct Rollback: Codable, Sendable, Equatable {
+        public var from: String
+        public var to: String?
+        public var at: String?
     }
 
     public var formatVersion: Int
@@ -43,6 +61,13 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var bootedSource: String
     public var bootloader: String
     public var stateDirectory: String
+    /// The group booted next, and the boot order, as the bootloader's variables say.
+    public var primary: String?
+    public var bootOrder: [String]?
+    /// Why the boot environment could not be read, if it could not.
+    public var bootError: String?
+    /// The last fallback `boot-check` recorded.
+    public var rollback: Rollback?
     public var groups: [Group]
 
     /// Gathers the status of the device described by `configuration` (read-only).
@@ -54,10 +79,31 @@ public struct StatusReport: Codable, Sendable, Equatable {
         let slots = try resolver.resolveAll(configuration)
         let booted = try BootedGroup.detect(
             configuration: configuration, slots: slots, commandLine: commandLine, mounts: mounts)
-        let records = try StateStore(directory: configuration.stateDirectory).slotRecords()
+        let store = StateStore(directory: configuration.stateDirectory)
+        let records = try store.slotRecords()
+        let bootState = try store.bootState()
+        var primary: String? = nil
+        var order: [String]? = nil
+        var states: [GroupBootState] = []
+        var bootError: String? = nil
+        do {
+            let control = try BootControl(configuration: configuration, booted: booted, logger: Logger(label: "ferry.status"))
+            primary = try control.chooser.primary()
+            order = try control.chooser.bootOrder()
+            states = try control.chooser.states()
+        } catch {
+            // Status still reports the slots; the broken environment is shown, not fatal.
+            bootError = error.message
+        }
         let groups = configuration.groups.map { group in
-            Group(
+            let state = states.first { $0.bootname == group.bootname }
+            let boot: String? = state.map {
+                !$0.bootable ? "bad" : (bootState.pending == group.bootname ? "trial" : "good")
+            }
+            return Group(
                 bootname: group.bootname, booted: group.bootname == booted.bootname,
+                primary: group.bootname == primary, boot: boot, triesLeft: state?.triesLeft, tried: state?.tried,
+                confirmedAt: bootState.confirmedAt[group.bootname],
                 slots: group.slots.compactMap { member in
                     guard let resolved = slots.first(where: { $0.slot.name == member.name }) else { return nil }
                     let state =
@@ -83,7 +129,9 @@ public struct StatusReport: Codable, Sendable, Equatable {
         return StatusReport(
             formatVersion: currentFormatVersion, compatible: configuration.compatible, configuration: configuration.path,
             sandbox: configuration.sandbox, booted: booted.bootname, bootedSource: booted.source, bootloader: bootloader,
-            stateDirectory: configuration.stateDirectory, groups: groups)
+            stateDirectory: configuration.stateDirectory, primary: primary, bootOrder: order, bootError: bootError,
+            rollback: bootState.rolledBackFrom.map { Rollback(from: $0, to: bootState.rolledBackTo, at: bootState.rolledBackAt) },
+            groups: groups)
     }
 
     static func display(_ device: SlotDevice, _ configuration: SystemConfiguration) -> String {

@@ -331,6 +331,10 @@ public final class BlockDevice: BlockTarget {
     public func close() throws(FerryError) {
         guard let descriptor else { return }
         self.descriptor = nil
+        // Unlock explicitly: a child spawned by another thread holds a copy of this descriptor until
+        // its exec closes it, and a flock lives until the last copy is closed, so close alone could
+        // leave the image file locked for a moment after close() returned.
+        if kind == .imageFile && isWritable { _ = try? descriptor.flock(LOCK_UN) }
         do { try descriptor.closeOnce() } catch { throw .syscall("closing", errno: error, path: path) }
     }
 }

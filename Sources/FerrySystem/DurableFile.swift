@@ -79,7 +79,10 @@ public enum DurableFile {
         let result = path.withCString { system_mkdir($0, 0o755) }
         if result == -1 {
             let error = currentErrno
-            if error != .fileExists { throw .syscall("creating directory", errno: error, path: path) }
+            // EEXIST is fine when another process made the directory meanwhile, not when a file is there.
+            if error != .fileExists || !TextFile.isDirectory(path) {
+                throw .syscall("creating directory", errno: error, path: path)
+            }
             return
         }
         try synchronizeDirectory(parent.isEmpty ? "." : parent.string)

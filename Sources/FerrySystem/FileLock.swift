@@ -61,6 +61,9 @@ public final class FileLock {
     public func release() {
         guard let descriptor else { return }
         self.descriptor = nil
+        // Unlock explicitly: a child spawned by another thread may hold a copy of the descriptor
+        // until its exec, and closing ours alone would leave the lock held until then.
+        _ = try? descriptor.flock(LOCK_UN)
         try? descriptor.closeOnce()
     }
 }
