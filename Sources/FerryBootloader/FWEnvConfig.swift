@@ -10,6 +10,13 @@ public struct UBootEnvironmentLocation: Sendable, Equatable {
     public var size: Int
     /// Erase-block size, if given (informational: Ferry does not write MTD devices).
     public var sectorSize: Int?
+
+    public init(device: String, offset: Int64, size: Int, sectorSize: Int? = nil) {
+        self.device = device
+        self.offset = offset
+        self.size = size
+        self.sectorSize = sectorSize
+    }
 }
 
 /// An `fw_env.config` (the libubootenv/`fw_printenv` legacy configuration): one line per copy,

@@ -40,6 +40,12 @@ public struct UBootEnvironmentCopy: Sendable, Equatable {
     public var variables: [String: String]
     /// The byte that fills the data area after the variables (kept on rewrite).
     public var padByte: UInt8
+
+    public init(flags: UInt8?, variables: [String: String], padByte: UInt8) {
+        self.flags = flags
+        self.variables = variables
+        self.padByte = padByte
+    }
 }
 
 /// Encodes and decodes U-Boot environment copies. Pure: no I/O.

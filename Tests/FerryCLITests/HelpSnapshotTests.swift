@@ -9,7 +9,10 @@ import Testing
 /// To accept a deliberate change: `FERRY_UPDATE_SNAPSHOTS=1 swift test --filter HelpSnapshotTests`,
 /// then review the diff of Tests/FerryCLITests/Snapshots/.
 @Suite struct HelpSnapshotTests {
-    static let commands: [[String]] = [[], ["status"]]
+    static let commands: [[String]] = [
+        [], ["status"], ["mark"], ["boot-check"], ["env"], ["env", "list"], ["env", "get"], ["env", "set"],
+        ["env", "unset"],
+    ]
 
     @Test(arguments: commands)
     func helpMatchesSnapshot(_ command: [String]) throws {
@@ -24,7 +27,14 @@ import Testing
     }
 
     @Test func everySubcommandHasASnapshot() {
-        let names = FerryCommand.configuration.subcommands.map { [$0._commandName] }
+        var names: [[String]] = []
+        func walk(_ type: any ParsableCommand.Type, _ path: [String]) {
+            for sub in type.configuration.subcommands {
+                names.append(path + [sub._commandName])
+                walk(sub, path + [sub._commandName])
+            }
+        }
+        walk(FerryCommand.self, [])
         #expect(Set(names) == Set(Self.commands.filter { !$0.isEmpty }))
     }
 }

@@ -67,6 +67,13 @@ public enum TestEnvironment {
         return path.string
     }
 
+    /// The `ferry` executable built next to the running test bundle.
+    public static var ferryBinary: String {
+        let runner = CommandLine.arguments[0]
+        let folder = runner.contains("/") ? String(runner[..<runner.lastIndex(of: "/")!]) : "."
+        return "\(folder)/ferry"
+    }
+
     /// Whether a command is on PATH.
     public static func hasCommand(_ name: String) -> Bool {
         (try? Shell.run(["sh", "-c", "command -v \(name)"]))?.status == 0
