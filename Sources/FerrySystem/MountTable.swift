@@ -20,7 +20,8 @@ public struct MountTable: Sendable {
     public init(mounts: [Mount]) { self.mounts = mounts }
 
     /// Reads the current mount table.
-    /// - Throws: `.io` when `/proc/self/mountinfo` cannot be read (no /proc: Ferry refuses to guess).
+    /// - Throws: `.deviceNotFound` when `/proc/self/mountinfo` is missing (no /proc: Ferry refuses to
+    ///   guess), `.io`/`.permissionDenied` when it cannot be read.
     public static func current(path: String = "/proc/self/mountinfo") throws(FerryError) -> MountTable {
         try MountTable(parsing: TextFile.read(path))
     }

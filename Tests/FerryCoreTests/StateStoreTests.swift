@@ -1,0 +1,224 @@
+import FerryCore
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// The state directory: `slots.json` records, the sandbox `booted` file and the global lock.
+@Suite struct StateStoreTests {
+    /// The raw JSON object of a file.
+    func rawObject(_ path: String) throws -> [String: JSONValue] {
+        let value = try JSONValue.parse(try readFile(path), what: path, code: .stateInvalid)
+        return try #require(value.objectValue)
+    }
+
+    @Test func slotRecordsReadMakeTestDisksSlotsFile() async throws {
+        try await withTemporaryDirectory { dir in
+            let configuration = try Sandbox.make(in: dir).configuration()
+            let store = StateStore(directory: configuration.stateDirectory)
+            #expect(store.slotsPath == "\(configuration.directory)/state/slots.json")
+            let records = try store.slotRecords()
+            #expect(records.keys.sorted() == ["modem_a", "rootfs_a", "tee_a"])
+            let sizes = records.mapValues { $0.size }
+            #expect(sizes == ["rootfs_a": 16 << 20, "modem_a": 8 << 20, "tee_a": 4 << 20])
+            for (name, record) in records {
+                #expect(record.version == "1.0.0", "\(name)")
+                #expect(record.source == "factory", "\(name)")
+                #expect(record.sha256?.count == 64, "\(name)")
+                #expect(record.installedAt?.hasSuffix("Z") == true, "\(name)")
+                #expect(record.raw.keys.sorted() == ["installedAt", "sha256", "size", "source", "version"])
+            }
+        }
+    }
+
+    @Test func aMissingSlotsFileMeansNoRecords() async throws {
+        try await withTemporaryDirectory { dir in
+            #expect(try StateStore(directory: "\(dir)/state").slotRecords().isEmpty)
+            // A file without a "slots" member has no records either.
+            try makeFile("\(dir)/slots.json", bytes: Array(#"{ "formatVersion": 1 }"#.utf8))
+            #expect(try StateStore(directory: dir).slotRecords().isEmpty)
+        }
+    }
+
+    @Test func setSlotRecordKeepsUnknownKeys() async throws {
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: dir)
+            let original = """
+                {
+                  "formatVersion": 1,
+                  "futureKey": { "nested": [1, "two", true, null] },
+                  "slots": {
+                    "rootfs_a": { "sha256": "\(String(repeating: "a", count: 64))", "size": 1048576,
+                                  "version": "1.0.0", "futureField": "keep me", "futureNumber": 7 },
+                    "modem_a": { "version": "0.9", "source": "factory", "futureFlag": false }
+                  }
+                }
+                """
+            try makeFile(store.slotsPath, bytes: Array(original.utf8))
+
+            var record = try #require(try store.slotRecords()["rootfs_a"])
+            #expect(record.raw["futureField"] == .string("keep me"))
+            record.version = "2.0.0"
+            record.source = "update-2.0.0.ferry"
+            record.sha256 = String(repeating: "b", count: 64)
+            try store.setSlotRecord(record, for: "rootfs_a")
+
+            let root = try rawObject(store.slotsPath)
+            #expect(root["formatVersion"] == .number(1))
+            #expect(root["futureKey"] == .object(["nested": .array([.number(1), .string("two"), .bool(true), .null])]))
+            let slots = try #require(root["slots"]?.objectValue)
+            let rootfsA = try #require(slots["rootfs_a"]?.objectValue)
+            #expect(rootfsA["futureField"] == .string("keep me"))
+            #expect(rootfsA["futureNumber"] == .number(7))
+            #expect(rootfsA["version"] == .string("2.0.0"))
+            #expect(rootfsA["source"] == .string("update-2.0.0.ferry"))
+            #expect(rootfsA["sha256"] == .string(String(repeating: "b", count: 64)))
+            #expect(rootfsA["size"] == .number(1_048_576))
+            // The other record is untouched.
+            #expect(
+                slots["modem_a"]
+                    == .object(["version": .string("0.9"), "source": .string("factory"), "futureFlag": .bool(false)]))
+
+            // And reading it back through the store gives the update.
+            let reread = try store.slotRecords()
+            #expect(reread["rootfs_a"]?.version == "2.0.0")
+            #expect(reread["rootfs_a"]?.size == 1_048_576)
+            #expect(reread["modem_a"]?.version == "0.9")
+        }
+    }
+
+    @Test func clearingAFieldRemovesItsKeyButKeepsUnknownOnes() async throws {
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: dir)
+            try makeFile(
+                store.slotsPath,
+                bytes: Array(#"{ "slots": { "tee_a": { "version": "1", "installedAt": "x", "extra": 1 } } }"#.utf8))
+            var record = try #require(try store.slotRecords()["tee_a"])
+            record.installedAt = nil
+            try store.setSlotRecord(record, for: "tee_a")
+            let tee = try #require(try rawObject(store.slotsPath)["slots"]?.objectValue?["tee_a"]?.objectValue)
+            #expect(tee == ["version": .string("1"), "extra": .number(1)])
+        }
+    }
+
+    @Test func setSlotRecordNilRemovesTheRecord() async throws {
+        try await withTemporaryDirectory { dir in
+            let configuration = try Sandbox.make(in: dir).configuration()
+            let store = StateStore(directory: configuration.stateDirectory)
+            try store.setSlotRecord(nil, for: "modem_a")
+            #expect(try store.slotRecords().keys.sorted() == ["rootfs_a", "tee_a"])
+            // Removing a record that is not there is fine.
+            try store.setSlotRecord(nil, for: "modem_b")
+            #expect(try store.slotRecords().count == 2)
+        }
+    }
+
+    @Test func setSlotRecordCreatesTheDirectoryAndFile() async throws {
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: "\(dir)/var/lib/ferry")
+            let record = InstalledSlotRecord(
+                sha256: String(repeating: "c", count: 64), size: 1 << 40, version: "3.1", source: "write-slot",
+                installedAt: "2026-01-01T00:00:00Z")
+            try store.setSlotRecord(record, for: "rootfs_b")
+            let root = try rawObject(store.slotsPath)
+            #expect(root["formatVersion"] == .number(1))
+            let back = try #require(try store.slotRecords()["rootfs_b"])
+            #expect(back.sha256 == record.sha256)
+            #expect(back.size == 1 << 40)
+            #expect(back.version == "3.1")
+            #expect(back.source == "write-slot")
+            #expect(back.installedAt == "2026-01-01T00:00:00Z")
+            // No temporary file is left next to it.
+            #expect(try Shell.check(["ls", "-A", store.directory]) == "slots.json\n")
+        }
+    }
+
+    @Test func aNewerFormatVersionIsKept() async throws {
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: dir)
+            try makeFile(store.slotsPath, bytes: Array(#"{ "formatVersion": 3, "slots": {} }"#.utf8))
+            try store.setSlotRecord(InstalledSlotRecord(version: "1"), for: "rootfs_a")
+            #expect(try rawObject(store.slotsPath)["formatVersion"] == .number(3))
+        }
+    }
+
+    @Test(arguments: [
+        "not json",
+        "",
+        "[1, 2]",
+        #""slots""#,
+        #"{ "slots": [] }"#,
+        #"{ "slots": "rootfs_a" }"#,
+        #"{ "slots": { "rootfs_a": 5 } }"#,
+        #"{ "slots": { "rootfs_a": ["sha256"] } }"#,
+        #"{ "slots": { "rootfs_a": { "version": "1" } "#,
+    ])
+    func aMalformedSlotsFileIsStateInvalid(text: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: dir)
+            try makeFile(store.slotsPath, bytes: Array(text.utf8))
+            expectFerryError(.stateInvalid) { try store.slotRecords() }
+        }
+    }
+
+    @Test(arguments: ["not json", "[1, 2]", "null"])
+    func setSlotRecordRefusesToOverwriteAMalformedFile(text: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: dir)
+            try makeFile(store.slotsPath, bytes: Array(text.utf8))
+            expectFerryError(.stateInvalid) {
+                try store.setSlotRecord(InstalledSlotRecord(version: "1"), for: "rootfs_a")
+            }
+            #expect(try readFile(store.slotsPath) == Array(text.utf8))
+        }
+    }
+
+    @Test func anUnreadableSlotsFileIsStateInvalid() async throws {
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: dir)
+            // A directory where the file should be.
+            try DurableFile.createDirectory(store.slotsPath)
+            expectFerryError(.stateInvalid) { try store.slotRecords() }
+        }
+    }
+
+    // MARK: - Sandbox booted file
+
+    @Test(arguments: [("A\n", "A"), ("  B \n", "B"), ("A", "A"), ("", nil), ("\n", nil)] as [(String, String?)])
+    func sandboxBootedGroupReadsTheTrimmedFile(text: String, expected: String?) async throws {
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: dir)
+            try makeFile(store.bootedPath, bytes: Array(text.utf8))
+            #expect(store.sandboxBootedGroup() == expected)
+        }
+    }
+
+    @Test func setSandboxBootedGroupWritesTheFile() async throws {
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: "\(dir)/state")
+            #expect(store.sandboxBootedGroup() == nil)
+            try store.setSandboxBootedGroup("B")
+            #expect(try readFile(store.bootedPath) == Array("B\n".utf8))
+            #expect(store.sandboxBootedGroup() == "B")
+        }
+    }
+
+    // MARK: - Lock
+
+    @Test func acquireWriteLockTwiceThrowsLockHeld() async throws {
+        try await withTemporaryDirectory { dir in
+            // The state directory does not exist yet: taking the lock creates it.
+            let store = StateStore(directory: "\(dir)/state")
+            let lock = try store.acquireWriteLock(command: "install")
+            #expect(lock.path == store.lockPath)
+            #expect(TextFile.isDirectory(store.directory))
+            expectFerryError(.lockHeld) { try store.acquireWriteLock(command: "mark good") }
+            // Another store object on the same directory shares the lock.
+            expectFerryError(.lockHeld) {
+                try StateStore(directory: "\(dir)/state/.").acquireWriteLock(command: "mark")
+            }
+            lock.release()
+            let again = try store.acquireWriteLock(command: "mark good")
+            again.release()
+        }
+    }
+}
