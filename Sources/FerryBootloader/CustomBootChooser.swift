@@ -22,8 +22,11 @@ public final class CustomBootChooser: BootChooser {
     }
 
     private func call(_ arguments: [String]) throws(FerryError) -> String {
-        let result = try ChildProcess.run([command] + arguments, timeoutSeconds: timeoutSeconds)
         let invocation = ([command] + arguments).joined(separator: " ")
+        let result: ChildProcess.Result
+        do { result = try ChildProcess.run([command] + arguments, timeoutSeconds: timeoutSeconds) } catch {
+            throw FerryError(code: .bootEnvironmentInvalid, message: "custom boot chooser: \(error.message)", cause: error)
+        }
         if result.timedOut {
             throw FerryError(code: .bootEnvironmentInvalid, message: "custom boot chooser '\(invocation)' timed out after \(timeoutSeconds) s")
         }

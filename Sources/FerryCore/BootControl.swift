@@ -23,8 +23,14 @@ public struct BootControl {
     public static func makeEnvironment(_ bootloader: BootloaderConfiguration) throws(FerryError) -> (any BootEnvironment)? {
         switch bootloader.kind {
         case .uboot:
-            return try UBootEnvironment(
-                fwEnvConfig: bootloader.fwEnvConfig!, byteOrder: bootloader.byteOrder, flagScheme: bootloader.flagScheme,
+            if let fwEnvConfig = bootloader.fwEnvConfig {
+                return try UBootEnvironment(
+                    fwEnvConfig: fwEnvConfig, byteOrder: bootloader.byteOrder, flagScheme: bootloader.flagScheme,
+                    allowSingleRawCopy: bootloader.allowSingleRawCopy)
+            }
+            return UBootEnvironment(
+                locations: bootloader.environment, name: "U-Boot environment in \(bootloader.environment[0].device)",
+                byteOrder: bootloader.byteOrder, flagScheme: bootloader.flagScheme,
                 allowSingleRawCopy: bootloader.allowSingleRawCopy)
         case .grub:
             return GRUBEnvironment(path: bootloader.grubenv!)

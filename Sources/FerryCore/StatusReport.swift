@@ -122,7 +122,9 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
         let bootloader: String
         switch configuration.bootloader.kind {
-        case .uboot: bootloader = "uboot (\(Paths.display(configuration.bootloader.fwEnvConfig ?? "", relativeTo: configuration.directory)))"
+        case .uboot:
+            let place = configuration.bootloader.fwEnvConfig ?? configuration.bootloader.environment.first?.device ?? ""
+            bootloader = "uboot (\(Paths.display(place, relativeTo: configuration.directory)))"
         case .grub: bootloader = "grub (\(Paths.display(configuration.bootloader.grubenv ?? "", relativeTo: configuration.directory)))"
         case .custom: bootloader = "custom (\(configuration.bootloader.command ?? ""))"
         }

@@ -48,6 +48,8 @@ public struct BootloaderConfiguration: Sendable, Equatable {
     public var kind: Kind
     /// U-Boot: an `fw_env.config` describing where the environment lives.
     public var fwEnvConfig: String?
+    /// U-Boot: the environment's copies given directly (instead of `fwEnvConfig`).
+    public var environment: [UBootEnvironmentLocation]
     /// GRUB: the environment block file.
     public var grubenv: String?
     /// Boot attempts a new group gets (U-Boot `BOOT_<x>_LEFT`).
@@ -188,6 +190,7 @@ public struct SystemConfiguration: Sendable {
                 "type", "must be one of \(BootloaderConfiguration.Kind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(typeName)'")
         }
         let fwEnvConfig = try object.string("fwEnvConfig").map { Paths.resolve($0, against: directory) }
+        let environment = try parseEnvironmentLocations(&object, directory: directory)
         let grubenv = try object.string("grubenv").map { Paths.resolve($0, against: directory) }
         let tries = Int(try object.integer("tries", in: 1...15) ?? 3)
         let command = try object.string("command").map { Paths.resolve($0, against: directory) }
@@ -203,8 +206,10 @@ public struct SystemConfiguration: Sendable {
         let confirmInBootCheck = try object.bool("confirmInBootCheck") ?? true
         try object.finish()
         switch kind {
-        case .uboot where fwEnvConfig == nil:
-            throw object.invalid("fwEnvConfig", "is required for the uboot bootloader")
+        case .uboot where fwEnvConfig == nil && environment.isEmpty:
+            throw object.invalid("fwEnvConfig", "is required for the uboot bootloader (or 'environment')")
+        case .uboot where fwEnvConfig != nil && !environment.isEmpty:
+            throw object.invalid("environment", "give either 'fwEnvConfig' or 'environment', not both")
         case .grub where grubenv == nil:
             throw object.invalid("grubenv", "is required for the grub bootloader")
         case .custom where command == nil:
@@ -212,8 +217,31 @@ public struct SystemConfiguration: Sendable {
         default: break
         }
         return BootloaderConfiguration(
-            kind: kind, fwEnvConfig: fwEnvConfig, grubenv: grubenv, tries: tries, command: command, byteOrder: byteOrder,
+            kind: kind, fwEnvConfig: fwEnvConfig, environment: environment, grubenv: grubenv, tries: tries, command: command, byteOrder: byteOrder,
             flagScheme: flagScheme, allowSingleRawCopy: allowSingleRawCopy, confirmInBootCheck: confirmInBootCheck)
+    }
+
+    /// `"environment": [{"device": "…", "offset": 1048576, "size": 16384}, …]`: one or two copies.
+    private static func parseEnvironmentLocations(_ object: inout StrictObject, directory: String) throws(FerryError)
+        -> [UBootEnvironmentLocation]
+    {
+        guard let value = object.raw("environment") else { return [] }
+        guard case .array(let items) = value, (1...2).contains(items.count) else {
+            throw object.invalid("environment", "must be an array of one or two copies")
+        }
+        var locations: [UBootEnvironmentLocation] = []
+        for (index, item) in items.enumerated() {
+            var copy = try StrictObject(item, path: object.keyPath("environment[\(index)]"), file: object.file)
+            let device = Paths.resolve(try copy.requiredString("device"), against: directory)
+            let offset = try copy.integer("offset", in: -(1 << 40)...(1 << 40)) ?? 0
+            guard let size = try copy.integer("size", in: 6...(16 << 20)) else { throw copy.invalid("size", "is required") }
+            try copy.finish()
+            locations.append(UBootEnvironmentLocation(device: device, offset: offset, size: Int(size)))
+        }
+        if locations.count == 2 && locations[0].size != locations[1].size {
+            throw object.invalid("environment", "both copies must have the same size")
+        }
+        return locations
     }
 
     private static func parseHooks(_ root: inout StrictObject, directory: String) throws(FerryError) -> HooksConfiguration {

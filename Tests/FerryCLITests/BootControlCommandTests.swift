@@ -119,4 +119,92 @@ import Testing
             #expect(try readFile("\(dir)/unsigned.grubenv") == [UInt8](repeating: 35, count: 1024))
         }
     }
+
+    /// Rewrites the sandbox's system.json by replacing one exact piece of text.
+    func editConfiguration(_ sandbox: Sandbox, replacing old: String, with new: String) throws {
+        let text = try TextFile.read(sandbox.configurationPath)
+        #expect(text.contains(old), "system.json has no '\(old)'")
+        try DurableFile.write(text.replacing(old, with: new), to: sandbox.configurationPath)
+    }
+
+    @Test func environmentLocationsGivenInTheConfiguration() async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            let offset = try PartitionTable.read(sandbox.diskPath).partition(.partitionLabel("boot"), disk: sandbox.diskPath).startOffset
+            try editConfiguration(
+                sandbox, replacing: "\"fwEnvConfig\": \"fw_env.config\"",
+                with: "\"environment\": [{\"device\": \"disk.img\", \"offset\": \(offset), \"size\": 16384}, {\"device\": \"disk.img\", \"offset\": \(offset + 16384), \"size\": 16384}]")
+            #expect(try ferry(["mark", "active", "B", "--config", sandbox.configurationPath]).status == 0)
+            // fw_printenv, reading through the sandbox's fw_env.config, sees the same environment.
+            #expect(try Shell.check(["fw_printenv", "-c", "\(dir)/fw_env.config", "BOOT_ORDER"]) == "BOOT_ORDER=B A\n")
+        }
+    }
+
+    @Test func customBootChooser() async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            // A chooser that keeps its state in files, as an integrator's script might.
+            let script = """
+                #!/bin/sh
+                d="\(dir)/chooser"; mkdir -p "$d"
+                case "$1" in
+                  get-primary) cat "$d/primary" 2>/dev/null || echo A ;;
+                  set-primary) echo "$2" > "$d/primary"; echo good > "$d/$2" ;;
+                  get-state) cat "$d/$2" 2>/dev/null || echo good ;;
+                  set-state) echo "$3" > "$d/$2" ;;
+                  *) exit 2 ;;
+                esac
+                """
+            try DurableFile.write(script, to: "\(dir)/chooser.sh")
+            try Shell.check(["chmod", "+x", "\(dir)/chooser.sh"])
+            try editConfiguration(
+                sandbox, replacing: "\"type\": \"uboot\", \"fwEnvConfig\": \"fw_env.config\", \"tries\": 3",
+                with: "\"type\": \"custom\", \"command\": \"chooser.sh\"")
+            let config = ["--config", sandbox.configurationPath]
+            #expect(try ferry(["mark", "active", "other"] + config).status == 0)
+            #expect(try TextFile.read("\(dir)/chooser/primary") == "B\n")
+            #expect(try ferry(["mark", "bad", "B"] + config).status == 0)
+            let report = try status(sandbox)
+            #expect(report.primary == "B")
+            #expect(report.groups.first { $0.bootname == "B" }?.boot == "bad")
+            // A chooser that fails is a clear error.
+            try DurableFile.write("#!/bin/sh\nexit 3\n", to: "\(dir)/chooser.sh")
+            let notExecutable = try ferry(["mark", "good"] + config)
+            #expect(notExecutable.status == 80 && notExecutable.output.contains("custom boot chooser"))
+            try Shell.check(["chmod", "+x", "\(dir)/chooser.sh"])
+            let failed = try ferry(["mark", "good"] + config)
+            #expect(failed.status == 80)
+            #expect(failed.output.contains("exited with status 3"))
+            // The custom backend has no environment for `ferry env`.
+            #expect(try ferry(["env", "list"] + config).status == 82)
+        }
+    }
+
+    @Test func healthCheckFailureAndTimeoutLeaveTheGroupUnconfirmed() async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            try DurableFile.write("#!/bin/sh\n[ \"$FERRY_BOOTED\" = A ] && exit 0\nexit 1\n", to: "\(dir)/health.sh")
+            try DurableFile.write("#!/bin/sh\nsleep 30\n", to: "\(dir)/hang.sh")
+            try Shell.check(["chmod", "+x", "\(dir)/health.sh", "\(dir)/hang.sh"])
+            try editConfiguration(
+                sandbox, replacing: "\"signatureThreshold\": 1",
+                with: "\"signatureThreshold\": 1, \"hooks\": {\"healthCheck\": \"health.sh\", \"timeoutSeconds\": 2}")
+            let config = ["--config", sandbox.configurationPath]
+            // Healthy on A: confirmed.
+            #expect(try ferry(["boot-check"] + config).status == 0)
+            // Switch to B, boot it: unhealthy there, exit 83, B stays on trial.
+            #expect(try ferry(["mark", "active", "B"] + config).status == 0)
+            let result = try Shell.run(
+                ["\(TestEnvironment.packageRoot)/tools/sandbox-boot", sandbox.directory],
+                environment: ["FERRY": TestEnvironment.ferryBinary])
+            #expect(result.status == 83, "\(result.output)")
+            #expect(result.output.contains("ferry: error: health check"))
+            #expect(try status(sandbox).groups.first { $0.bootname == "B" }?.boot == "trial")
+            // A health check that hangs is killed at the timeout.
+            try editConfiguration(sandbox, replacing: "health.sh", with: "hang.sh")
+            let hung = try ferry(["boot-check"] + config)
+            #expect(hung.status == 83)
+            #expect(hung.output.contains("timed out"))
+        }
+    }
 }
