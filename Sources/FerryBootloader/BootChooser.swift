@@ -17,6 +17,8 @@ public struct GroupBootState: Sendable, Equatable, Codable {
 public protocol BootChooser: AnyObject {
     /// A name for messages (`uboot (fw_env.config)`).
     var name: String { get }
+    /// The bootnames of the configured groups.
+    var bootnames: [String] { get }
     /// The group the bootloader boots next: the first bootable one in its boot order.
     func primary() throws(FerryError) -> String?
     /// The boot order, as stored (bootnames).
@@ -28,6 +30,23 @@ public protocol BootChooser: AnyObject {
     /// Marks `bootname` good (bootable, counter reset: "confirmed") or bad (never booted again
     /// until made primary).
     func setState(good: Bool, for bootname: String) throws(FerryError)
+}
+
+extension BootChooser {
+    /// Refuses a bootname that is no configured group.
+    func check(_ bootname: String) throws(FerryError) {
+        guard bootnames.contains(bootname) else {
+            throw FerryError(code: .unknownSlot, message: "no slot group '\(bootname)' (groups: \(bootnames.joined(separator: ", ")))")
+        }
+    }
+
+    /// The boot order with `bootname` first, keeping the order of the others (configured groups
+    /// missing from `current` are appended).
+    func order(putting bootname: String, first current: [String]) -> String {
+        let kept = current.filter { $0 != bootname && bootnames.contains($0) }
+        let rest = kept + bootnames.filter { $0 != bootname && !kept.contains($0) }
+        return ([bootname] + rest).joined(separator: " ")
+    }
 }
 
 /// RAUC-compatible U-Boot variables: `BOOT_ORDER="A B"` and `BOOT_<x>_LEFT` (hexadecimal tries left).
@@ -76,10 +95,8 @@ public final class UBootBootChooser: BootChooser {
 
     public func setPrimary(_ bootname: String) throws(FerryError) {
         try check(bootname)
-        let current = try bootOrder().filter { $0 != bootname && bootnames.contains($0) }
-        let rest = current + bootnames.filter { $0 != bootname && !current.contains($0) }
         try environment.update([
-            "BOOT_ORDER": ([bootname] + rest).joined(separator: " "),
+            "BOOT_ORDER": order(putting: bootname, first: try bootOrder()),
             "BOOT_\(bootname)_LEFT": String(tries, radix: 16),
         ])
     }
@@ -87,12 +104,6 @@ public final class UBootBootChooser: BootChooser {
     public func setState(good: Bool, for bootname: String) throws(FerryError) {
         try check(bootname)
         try environment.update(["BOOT_\(bootname)_LEFT": good ? String(tries, radix: 16) : "0"])
-    }
-
-    private func check(_ bootname: String) throws(FerryError) {
-        guard bootnames.contains(bootname) else {
-            throw FerryError(code: .unknownSlot, message: "no slot group '\(bootname)' (groups: \(bootnames.joined(separator: ", ")))")
-        }
     }
 }
 
@@ -137,21 +148,13 @@ public final class GRUBBootChooser: BootChooser {
 
     public func setPrimary(_ bootname: String) throws(FerryError) {
         try check(bootname)
-        let current = try bootOrder().filter { $0 != bootname && bootnames.contains($0) }
-        let rest = current + bootnames.filter { $0 != bootname && !current.contains($0) }
         try environment.update([
-            "ORDER": ([bootname] + rest).joined(separator: " "), "\(bootname)_OK": "1", "\(bootname)_TRY": "0",
+            "ORDER": order(putting: bootname, first: try bootOrder()), "\(bootname)_OK": "1", "\(bootname)_TRY": "0",
         ])
     }
 
     public func setState(good: Bool, for bootname: String) throws(FerryError) {
         try check(bootname)
         try environment.update(["\(bootname)_OK": good ? "1" : "0", "\(bootname)_TRY": "0"])
-    }
-
-    private func check(_ bootname: String) throws(FerryError) {
-        guard bootnames.contains(bootname) else {
-            throw FerryError(code: .unknownSlot, message: "no slot group '\(bootname)' (groups: \(bootnames.joined(separator: ", ")))")
-        }
     }
 }

@@ -36,12 +36,6 @@ public final class CustomBootChooser: BootChooser {
         return result.output.split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\t" }).first.map(String.init) ?? ""
     }
 
-    private func check(_ bootname: String) throws(FerryError) {
-        guard bootnames.contains(bootname) else {
-            throw FerryError(code: .unknownSlot, message: "no slot group '\(bootname)' (groups: \(bootnames.joined(separator: ", ")))")
-        }
-    }
-
     public func primary() throws(FerryError) -> String? {
         let name = try call(["get-primary"])
         guard !name.isEmpty else { return nil }

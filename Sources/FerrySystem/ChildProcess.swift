@@ -25,10 +25,11 @@ public enum ChildProcess {
     /// - Parameters:
     ///   - environment: variables added to (or replacing those of) Ferry's environment.
     ///   - timeoutSeconds: after this the whole process group gets SIGKILL.
+    ///   - mergeStandardError: capture standard error into `output` too.
     /// - Throws: `.deviceNotFound` when the program cannot be started.
     public static func run(
         _ arguments: [String], environment: [String: String] = [:], timeoutSeconds: Int,
-        outputLimit: Int = 1 << 20
+        outputLimit: Int = 1 << 20, mergeStandardError: Bool = false
     ) throws(FerryError) -> Result {
         precondition(!arguments.isEmpty, "Ferry bug: running an empty command")
         var pipeFDs: [Int32] = [0, 0]
@@ -39,6 +40,7 @@ public enum ChildProcess {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+        if mergeStandardError { posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)

@@ -3,16 +3,6 @@ import FerrySystem
 import FerryTestSupport
 import Testing
 
-/// Expects `body` to throw a `FerryError` whose code is `code` (tests never look at messages).
-func expectFerryError<R>(
-    _ code: FerryError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> R
-) {
-    let error = #expect(throws: FerryError.self, sourceLocation: sourceLocation) { _ = try body() }
-    #expect(
-        error?.code == code, "expected \(code), got \(error.map { "\($0.code)" } ?? "no error")",
-        sourceLocation: sourceLocation)
-}
-
 /// One slot of a test configuration.
 struct SlotSpec: Sendable {
     var name: String

@@ -2,16 +2,6 @@ import FerrySystem
 import FerryTestSupport
 import Testing
 
-/// Expects `body` to throw a `FerryError` whose code is `code` (tests never look at messages).
-func expectFerryError<R>(
-    _ code: FerryError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> R
-) {
-    let error = #expect(throws: FerryError.self, sourceLocation: sourceLocation) { _ = try body() }
-    #expect(
-        error?.code == code, "expected \(code), got \(error.map { "\($0.code)" } ?? "no error")",
-        sourceLocation: sourceLocation)
-}
-
 /// Reads `count` bytes at `offset` of `device`.
 func readBytes(_ device: some BlockTarget, at offset: Int64, count: Int) throws -> [UInt8] {
     var bytes = [UInt8](repeating: 0, count: count)

@@ -1,6 +1,7 @@
 import FerryCore
 import FerrySystem
 import SystemPackage
+import Testing
 
 #if canImport(Glibc)
 import Glibc
@@ -15,6 +16,16 @@ public func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async 
     let path = String(cString: created)
     defer { _ = try? Shell.run(["rm", "-rf", "--one-file-system", path]) }
     return try await body(path)
+}
+
+/// Expects `body` to throw a `FerryError` whose code is `code` (tests never look at messages).
+public func expectFerryError<R>(
+    _ code: FerryError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> R
+) {
+    let error = #expect(throws: FerryError.self, sourceLocation: sourceLocation) { _ = try body() }
+    #expect(
+        error?.code == code, "expected \(code), got \(error.map { "\($0.code)" } ?? "no error")",
+        sourceLocation: sourceLocation)
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), so fixtures are reproducible from a seed.
@@ -87,49 +98,14 @@ public enum Shell {
         public var output: String
     }
 
-    /// Runs `arguments` (searched on PATH), capturing stdout and stderr together.
+    /// Runs `arguments` (searched on PATH), capturing stdout and stderr together (10 minutes at most).
     @discardableResult
     public static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
-        var pipeFDs: [Int32] = [0, 0]
-        guard pipe(&pipeFDs) == 0 else { throw FerryError(code: .io, message: "pipe failed") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
-        posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
-        posix_spawn_file_actions_addclose(&actions, pipeFDs[1])
-        var env = ProcessEnvironment.variables
-        env["PATH"] = (env["PATH"] ?? "/usr/bin:/bin") + ":/usr/sbin:/sbin"
-        for (key, value) in environment { env[key] = value }
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
-        }
-        var pid: pid_t = 0
-        let spawned = posix_spawnp(&pid, arguments[0], &actions, nil, argv, envp)
-        close(pipeFDs[1])
-        guard spawned == 0 else {
-            close(pipeFDs[0])
-            throw FerryError(code: .io, message: "cannot run \(arguments[0]): error \(spawned)")
-        }
-        var output: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = read(pipeFDs[0], &buffer, buffer.count)
-            if count > 0 {
-                output.append(contentsOf: buffer[..<count])
-            } else if count == 0 || errno != EINTR {
-                break
-            }
-        }
-        close(pipeFDs[0])
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return Result(status: exitStatus, output: String(decoding: output, as: UTF8.self))
+        var env = environment
+        env["PATH"] = (ProcessEnvironment.variables["PATH"] ?? "/usr/bin:/bin") + ":/usr/sbin:/sbin"
+        let result = try ChildProcess.run(
+            arguments, environment: env, timeoutSeconds: 600, outputLimit: 64 << 20, mergeStandardError: true)
+        return Result(status: result.status, output: result.output)
     }
 
     /// Runs and throws unless the exit status is 0.
