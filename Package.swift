@@ -35,6 +35,10 @@ let package = Package(
             dependencies: ["CFerryShims", "CBlkid", systemPackage, logging]
         ),
         .target(
+            name: "FerryJSON",
+            dependencies: ["FerrySystem"]
+        ),
+        .target(
             name: "FerryXZ",
             dependencies: ["CLzma", "FerrySystem"]
         ),
@@ -48,11 +52,11 @@ let package = Package(
         ),
         .target(
             name: "FerryCore",
-            dependencies: ["FerrySystem", "FerryCrypto", "FerryBootloader", logging]
+            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", logging]
         ),
         .target(
             name: "FerryCLI",
-            dependencies: ["FerryCore", "FerrySystem", argumentParser, logging]
+            dependencies: ["FerryCore", "FerryJSON", "FerryBootloader", "FerrySystem", argumentParser, logging]
         ),
 
         // MARK: - Executables
@@ -68,12 +72,13 @@ let package = Package(
             path: "Tests/FerryTestSupport"
         ),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"]),
+        .testTarget(name: "FerryJSONTests", dependencies: ["FerryJSON", "FerryTestSupport"]),
         .testTarget(name: "FerryBootloaderTests", dependencies: ["FerryBootloader", "FerryXZ", "FerryTestSupport"]),
         .testTarget(name: "FerryCryptoTests", dependencies: ["FerryCrypto", "FerryTestSupport"]),
-        .testTarget(name: "FerryCoreTests", dependencies: ["FerryCore", "FerryCrypto", "FerryTestSupport"]),
+        .testTarget(name: "FerryCoreTests", dependencies: ["FerryCore", "FerryJSON", "FerryCrypto", "FerryTestSupport"]),
         .testTarget(
             name: "FerryCLITests",
-            dependencies: ["FerryCLI", "FerryTestSupport"],
+            dependencies: ["FerryCLI", "FerryJSON", "FerryTestSupport"],
             exclude: ["Snapshots"]
         ),
         .testTarget(

@@ -1,7 +1,6 @@
 import ArgumentParser
 import FerryCore
 import FerrySystem
-import FoundationEssentials
 
 #if canImport(Glibc)
 import Glibc

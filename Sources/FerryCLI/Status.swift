@@ -1,7 +1,7 @@
 import ArgumentParser
 import FerryCore
+import FerryJSON
 import FerrySystem
-import FoundationEssentials
 
 extension FerryCommand {
     /// `ferry status`: slots, groups, booted group and installed versions (read-only).
@@ -21,10 +21,7 @@ extension FerryCommand {
                 configuration: configuration, commandLine: try KernelCommandLine.current(),
                 mounts: try MountTable.current())
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                let data = try encoder.encode(report)
-                Terminal.writeOutput(String(decoding: data, as: UTF8.self) + "\n")
+                Terminal.writeOutput(String(decoding: report.json.serialized(), as: UTF8.self))
             } else {
                 Terminal.writeOutput(Self.render(report))
             }

@@ -1,3 +1,4 @@
+import FerryJSON
 import FerrySystem
 
 /// Ferry's own record of boot control, in `<state>/boot.json` (docs/state.md).

@@ -1,3 +1,4 @@
+import FerryJSON
 import FerrySystem
 
 /// What Ferry knows about the image installed in one slot.

@@ -1,12 +1,13 @@
 import FerryBootloader
+import FerryJSON
 import FerrySystem
 import Logging
 
 /// Everything `ferry status` shows, as data (its JSON form is documented in docs/status.md).
-public struct StatusReport: Codable, Sendable, Equatable {
+public struct StatusReport: Sendable, Equatable {
     public static let currentFormatVersion = 1
 
-    public struct Installed: Codable, Sendable, Equatable {
+    public struct Installed: Sendable, Equatable {
         public var version: String?
         public var sha256: String?
         public var size: Int64?
@@ -14,7 +15,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var installedAt: String?
     }
 
-    public struct Slot: Codable, Sendable, Equatable {
+    public struct Slot: Sendable, Equatable {
         public var name: String
         public var slotClass: String
         /// The device as configured (`disk.img partition PARTLABEL=rootfs_a`, `/dev/mmcblk0p2`).
@@ -25,13 +26,9 @@ public struct StatusReport: Codable, Sendable, Equatable {
         /// `booted`, `inactive`, or `unknown` when the booted group cannot be told.
         public var state: String
         public var installed: Installed?
-
-        enum CodingKeys: String, CodingKey {
-            case name, slotClass = "class", device, location, size, state, installed
-        }
     }
 
-    public struct Group: Codable, Sendable, Equatable {
+    public struct Group: Sendable, Equatable {
         public var bootname: String
         public var booted: Bool
         /// Whether the bootloader boots this group next.
@@ -47,7 +44,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var slots: [Slot]
     }
 
-    public struct Rollback: Codable, Sendable, Equatable {
+    public struct Rollback: Sendable, Equatable {
         public var from: String
         public var to: String?
         public var at: String?
@@ -143,5 +140,56 @@ public struct StatusReport: Codable, Sendable, Equatable {
         case .diskPartition(let disk, let tag):
             "\(Paths.display(disk, relativeTo: configuration.directory)) partition \(tag)"
         }
+    }
+
+    /// The documented JSON form (docs/status.md): absent values are left out.
+    public var json: JSONValue {
+        func object(_ pairs: [(String, JSONValue?)]) -> JSONValue {
+            var members: [String: JSONValue] = [:]
+            for (key, value) in pairs { if let value { members[key] = value } }
+            return .object(members)
+        }
+        func number(_ value: Int64?) -> JSONValue? { value.map { .number(Double($0)) } }
+        func string(_ value: String?) -> JSONValue? { value.map { .string($0) } }
+        let groups = self.groups.map { group in
+            object([
+                ("bootname", .string(group.bootname)), ("booted", .bool(group.booted)), ("primary", .bool(group.primary)),
+                ("boot", string(group.boot)), ("triesLeft", number(group.triesLeft.map(Int64.init))),
+                ("tried", group.tried.map(JSONValue.bool)), ("confirmedAt", string(group.confirmedAt)),
+                (
+                    "slots",
+                    .array(
+                        group.slots.map { slot in
+                            object([
+                                ("name", .string(slot.name)), ("class", .string(slot.slotClass)),
+                                ("device", .string(slot.device)), ("location", .string(slot.location)),
+                                ("size", number(slot.size)), ("state", .string(slot.state)),
+                                (
+                                    "installed",
+                                    slot.installed.map { installed in
+                                        object([
+                                            ("version", string(installed.version)), ("sha256", string(installed.sha256)),
+                                            ("size", number(installed.size)), ("source", string(installed.source)),
+                                            ("installedAt", string(installed.installedAt)),
+                                        ])
+                                    }
+                                ),
+                            ])
+                        })
+                ),
+            ])
+        }
+        return object([
+            ("formatVersion", .number(Double(formatVersion))), ("compatible", .string(compatible)),
+            ("configuration", .string(configuration)), ("sandbox", .bool(sandbox)), ("booted", string(booted)),
+            ("bootedSource", .string(bootedSource)), ("bootloader", .string(bootloader)),
+            ("stateDirectory", .string(stateDirectory)), ("primary", string(primary)),
+            ("bootOrder", bootOrder.map { .array($0.map(JSONValue.string)) }), ("bootError", string(bootError)),
+            (
+                "rollback",
+                rollback.map { object([("from", .string($0.from)), ("to", string($0.to)), ("at", string($0.at))]) }
+            ),
+            ("groups", .array(groups)),
+        ])
     }
 }

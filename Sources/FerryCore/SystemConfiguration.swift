@@ -1,4 +1,5 @@
 import FerryBootloader
+import FerryJSON
 import FerrySystem
 import SystemPackage
 

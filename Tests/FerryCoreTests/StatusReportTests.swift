@@ -2,7 +2,7 @@ import FerryCore
 import FerryCrypto
 import FerrySystem
 import FerryTestSupport
-import FoundationEssentials
+import FerryJSON
 import Testing
 
 /// `ferry status` as data, gathered from a make-test-disk sandbox.
@@ -89,8 +89,7 @@ import Testing
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
             let report = try gather(sandbox)
-            let data = try JSONEncoder().encode(report)
-            let json = try JSONValue.parse(Array(data), what: "status", code: .internal)
+            let json = try JSONValue.parse(report.json.serialized(), what: "status", code: .internal)
             let object = try #require(json.objectValue)
             #expect(object["formatVersion"] == .number(1))
             #expect(object["booted"] == .string("A"))
@@ -104,8 +103,7 @@ import Testing
             }
             #expect(slot["class"] == .string("modem"))
             #expect(slot["slotClass"] == nil)
-            // Decoding gives back the same report.
-            #expect(try JSONDecoder().decode(StatusReport.self, from: data) == report)
+            #expect(slot["installed"]?.objectValue?["version"] == .string("1.0.0"))
         }
     }
 

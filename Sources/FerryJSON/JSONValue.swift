@@ -1,0 +1,295 @@
+import FerrySystem
+import FoundationEssentials
+
+/// A JSON document as a tree: lets Ferry read configuration strictly (unknown keys are errors)
+/// and state leniently (unknown keys written by a newer Ferry are kept, never dropped).
+///
+/// Parsing and printing go through FoundationEssentials' JSONDecoder/JSONEncoder.
+public enum JSONValue: Codable, Sendable, Equatable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() {
+            self = .null
+        } else if let value = try? container.decode(Bool.self) {
+            self = .bool(value)
+        } else if let value = try? container.decode(Double.self) {
+            self = .number(value)
+        } else if let value = try? container.decode(String.self) {
+            self = .string(value)
+        } else if let value = try? container.decode([JSONValue].self) {
+            self = .array(value)
+        } else {
+            self = .object(try container.decode([String: JSONValue].self))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .number(let value):
+            if value == value.rounded(), abs(value) < 9.0e15 {
+                try container.encode(Int64(value))
+            } else {
+                try container.encode(value)
+            }
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+
+    /// The deepest nesting Ferry accepts; deeper documents are refused before decoding.
+    public static let maximumDepth = 64
+
+    /// Parses JSON bytes.
+    /// - Throws: `FerryError` with `code`, naming `what` and the parser's reason (line and column).
+    public static func parse(_ bytes: [UInt8], what: String, code: FerryError.Code) throws(FerryError) -> JSONValue {
+        guard nestingDepth(bytes) <= maximumDepth else {
+            throw FerryError(code: code, message: "\(what) is nested deeper than \(maximumDepth) levels")
+        }
+        do {
+            return try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+        } catch let DecodingError.dataCorrupted(context) {
+            let reason = (context.underlyingError as? any CustomDebugStringConvertible)?.debugDescription
+                ?? context.underlyingError.map { "\($0)" } ?? context.debugDescription
+            throw FerryError(code: code, message: "\(what) is not valid JSON: \(Self.oneLine(reason))")
+        } catch {
+            throw FerryError(code: code, message: "\(what) is not valid JSON: \(Self.oneLine("\(error)"))")
+        }
+    }
+
+    /// The deepest bracket nesting outside strings (a bound checked before recursive decoding).
+    static func nestingDepth(_ bytes: [UInt8]) -> Int {
+        var depth = 0
+        var deepest = 0
+        var inString = false
+        var escaped = false
+        for byte in bytes {
+            if inString {
+                if escaped { escaped = false } else if byte == UInt8(ascii: "\\") { escaped = true } else if byte == UInt8(ascii: "\"") { inString = false }
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: "\""): inString = true
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                deepest = max(deepest, depth)
+            case UInt8(ascii: "]"), UInt8(ascii: "}"): depth -= 1
+            default: break
+            }
+        }
+        return deepest
+    }
+
+    private static func oneLine(_ text: String) -> String {
+        // Keep the one-line promise whatever the decoder puts in its description.
+        let line = text.split(separator: "\n").first.map(String.init) ?? text
+        return line.count > 200 ? String(line.prefix(200)) + "…" : line
+    }
+
+    /// Serializes as pretty-printed JSON (two-space indent, sorted keys) with a trailing newline.
+    public func serialized() -> [UInt8] {
+        var output: [UInt8] = []
+        write(to: &output, indent: 0, pretty: true)
+        output.append(UInt8(ascii: "\n"))
+        return output
+    }
+
+    /// Serializes on one line with sorted keys (canonical: the same tree always gives the same bytes).
+    public func compact() -> [UInt8] {
+        var output: [UInt8] = []
+        write(to: &output, indent: 0, pretty: false)
+        return output
+    }
+
+    private func write(to output: inout [UInt8], indent: Int, pretty: Bool) {
+        func newline(_ level: Int) {
+            guard pretty else { return }
+            output.append(UInt8(ascii: "\n"))
+            output.append(contentsOf: repeatElement(UInt8(ascii: " "), count: level * 2))
+        }
+        switch self {
+        case .null: output.append(contentsOf: Array("null".utf8))
+        case .bool(let value): output.append(contentsOf: Array((value ? "true" : "false").utf8))
+        case .number(let value):
+            if value == value.rounded(), abs(value) < 9.0e15 {
+                output.append(contentsOf: Array(String(Int64(value)).utf8))
+            } else {
+                output.append(contentsOf: Array("\(value)".utf8))
+            }
+        case .string(let value): Self.writeString(value, to: &output)
+        case .array(let items):
+            if items.isEmpty {
+                output.append(contentsOf: Array("[]".utf8))
+                return
+            }
+            output.append(UInt8(ascii: "["))
+            for (position, item) in items.enumerated() {
+                if position > 0 { output.append(UInt8(ascii: ",")) }
+                newline(indent + 1)
+                item.write(to: &output, indent: indent + 1, pretty: pretty)
+            }
+            newline(indent)
+            output.append(UInt8(ascii: "]"))
+        case .object(let members):
+            if members.isEmpty {
+                output.append(contentsOf: Array("{}".utf8))
+                return
+            }
+            output.append(UInt8(ascii: "{"))
+            for (position, key) in members.keys.sorted().enumerated() {
+                if position > 0 { output.append(UInt8(ascii: ",")) }
+                newline(indent + 1)
+                Self.writeString(key, to: &output)
+                output.append(UInt8(ascii: ":"))
+                if pretty { output.append(UInt8(ascii: " ")) }
+                members[key]!.write(to: &output, indent: indent + 1, pretty: pretty)
+            }
+            newline(indent)
+            output.append(UInt8(ascii: "}"))
+        }
+    }
+
+    private static func writeString(_ text: String, to output: inout [UInt8]) {
+        let hex = Array("0123456789abcdef".utf8)
+        output.append(UInt8(ascii: "\""))
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): output.append(contentsOf: [0x5C, 0x22])
+            case UInt8(ascii: "\\"): output.append(contentsOf: [0x5C, 0x5C])
+            case 0x0A: output.append(contentsOf: [0x5C, UInt8(ascii: "n")])
+            case 0x0D: output.append(contentsOf: [0x5C, UInt8(ascii: "r")])
+            case 0x09: output.append(contentsOf: [0x5C, UInt8(ascii: "t")])
+            case 0x00..<0x20:
+                output.append(contentsOf: Array("\\u00".utf8))
+                output.append(hex[Int(byte >> 4)])
+                output.append(hex[Int(byte & 0xf)])
+            default: output.append(byte)
+            }
+        }
+        output.append(UInt8(ascii: "\""))
+    }
+
+    public var objectValue: [String: JSONValue]? {
+        if case .object(let value) = self { return value }
+        return nil
+    }
+
+    public var stringValue: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+
+    public var int64Value: Int64? {
+        if case .number(let value) = self, value == value.rounded(), abs(value) < 9.0e15 { return Int64(value) }
+        return nil
+    }
+
+    /// A short name of the JSON type, for error messages.
+    public var typeName: String {
+        switch self {
+        case .null: "null"
+        case .bool: "a boolean"
+        case .number: "a number"
+        case .string: "a string"
+        case .array: "an array"
+        case .object: "an object"
+        }
+    }
+}
+
+/// Reads one JSON object strictly: every key must be consumed, and type errors name the key path.
+///
+/// Used for the system configuration, where an unknown key is most likely a typo that would
+/// otherwise silently change what Ferry does.
+public struct StrictObject {
+    public let path: String
+    public let file: String
+    private let members: [String: JSONValue]
+    private var seen: Set<String> = []
+
+    public init(_ value: JSONValue, path: String, file: String) throws(FerryError) {
+        guard case .object(let members) = value else {
+            throw FerryError(
+                code: .configurationInvalid, message: "\(file): \(path.isEmpty ? "the document" : path) must be an object, not \(value.typeName)")
+        }
+        self.members = members
+        self.path = path
+        self.file = file
+    }
+
+    public func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    public func invalid(_ key: String, _ problem: String) -> FerryError {
+        FerryError(code: .configurationInvalid, message: "\(file): \(keyPath(key)): \(problem)")
+    }
+
+    public var keys: [String] { members.keys.sorted() }
+
+    public mutating func raw(_ key: String) -> JSONValue? {
+        seen.insert(key)
+        guard let value = members[key], value != .null else { return nil }
+        return value
+    }
+
+    public mutating func string(_ key: String) throws(FerryError) -> String? {
+        guard let value = raw(key) else { return nil }
+        guard case .string(let text) = value else { throw invalid(key, "must be a string, not \(value.typeName)") }
+        guard !text.isEmpty else { throw invalid(key, "must not be empty") }
+        return text
+    }
+
+    public mutating func requiredString(_ key: String) throws(FerryError) -> String {
+        guard let text = try string(key) else { throw invalid(key, "is required") }
+        return text
+    }
+
+    public mutating func bool(_ key: String) throws(FerryError) -> Bool? {
+        guard let value = raw(key) else { return nil }
+        guard case .bool(let flag) = value else { throw invalid(key, "must be true or false, not \(value.typeName)") }
+        return flag
+    }
+
+    public mutating func integer(_ key: String, in range: ClosedRange<Int64>) throws(FerryError) -> Int64? {
+        guard let value = raw(key) else { return nil }
+        guard let number = value.int64Value else { throw invalid(key, "must be a whole number, not \(value.typeName)") }
+        guard range.contains(number) else {
+            throw invalid(key, "must be between \(range.lowerBound) and \(range.upperBound), not \(number)")
+        }
+        return number
+    }
+
+    public mutating func stringArray(_ key: String) throws(FerryError) -> [String] {
+        guard let value = raw(key) else { return [] }
+        guard case .array(let items) = value else { throw invalid(key, "must be an array of strings") }
+        var result: [String] = []
+        for (index, item) in items.enumerated() {
+            guard case .string(let text) = item, !text.isEmpty else {
+                throw invalid("\(key)[\(index)]", "must be a non-empty string")
+            }
+            result.append(text)
+        }
+        return result
+    }
+
+    public mutating func object(_ key: String) throws(FerryError) -> StrictObject? {
+        guard let value = raw(key) else { return nil }
+        return try StrictObject(value, path: keyPath(key), file: file)
+    }
+
+    /// Fails on the first key that was never read: unknown keys are errors.
+    public func finish() throws(FerryError) {
+        if let unknown = members.keys.sorted().first(where: { !seen.contains($0) }) {
+            throw FerryError(code: .configurationInvalid, message: "\(file): \(keyPath(unknown)): unknown key")
+        }
+    }
+}

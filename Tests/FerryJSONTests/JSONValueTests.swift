@@ -1,0 +1,99 @@
+import FerryJSON
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// Ferry's own JSON parser and serializer (RFC 8259, strict).
+@Suite struct JSONValueTests {
+    func parse(_ text: String) throws -> JSONValue {
+        try JSONValue.parse(Array(text.utf8), what: "test", code: .internal)
+    }
+
+    @Test func parsesEveryKindOfValue() throws {
+        let value = try parse(#" { "a": [1, -2.5, 3e2, 0, 1E-2], "b": {"c": null, "d": true, "e": false}, "s": "x\"\\\/\n\u00e9\ud83d\ude00" } "#)
+        #expect(
+            value
+                == .object([
+                    "a": .array([.number(1), .number(-2.5), .number(300), .number(0), .number(0.01)]),
+                    "b": .object(["c": .null, "d": .bool(true), "e": .bool(false)]),
+                    "s": .string("x\"\\/\né😀"),
+                ]))
+    }
+
+    @Test(arguments: ["", "{", "{\"a\" 1}", "{a:1}", "01", "tru", "[1 2]", "\"unterminated", "{\"a\":1} x"])
+    func rejectsInvalidDocumentsWithAOneLineError(_ text: String) {
+        let error = #expect(throws: FerryError.self) { try parse(text) }
+        #expect(error?.code == .internal)
+        #expect(error?.message.contains("\n") == false)
+    }
+
+    @Test func refusesDeepNesting() {
+        let deep = String(repeating: "[", count: 65) + String(repeating: "]", count: 65)
+        #expect(throws: FerryError.self) { try parse(deep) }
+        let fine = "[\"[[[[\"," + String(repeating: "[", count: 60) + String(repeating: "]", count: 60) + "]"
+        #expect(throws: Never.self) { try parse(fine) }
+    }
+
+    @Test func serializationRoundTripsAndIsCanonical() throws {
+        let values: [JSONValue] = [
+            .object(["z": .number(1), "a": .array([.string("é\n\u{1}\""), .null, .bool(false)]), "m": .object([:])]),
+            .array([]), .number(123_456_789_012), .number(-0.25), .string(""),
+        ]
+        for value in values {
+            #expect(try JSONValue.parse(value.serialized(), what: "t", code: .internal) == value)
+            #expect(try JSONValue.parse(value.compact(), what: "t", code: .internal) == value)
+        }
+        #expect(value0Compact(values[0]) == #"{"a":["é\n\u0001\"",null,false],"m":{},"z":1}"#)
+    }
+
+    func value0Compact(_ value: JSONValue) -> String { String(decoding: value.compact(), as: UTF8.self) }
+
+    /// Differential check against Python's json module on seeded random documents: both must
+    /// agree on the value (Python re-serializes what Ferry wrote; Ferry parses what Python wrote).
+    @Test func agreesWithPython() async throws {
+        guard TestEnvironment.hasCommand("python3") else { return }
+        try await withTemporaryDirectory { dir in
+            var generator = SeededGenerator(seed: 2026)
+            for round in 0..<40 {
+                let value = randomValue(&generator, depth: 0)
+                let path = "\(dir)/doc\(round).json"
+                try makeFile(path, bytes: value.serialized())
+                let python = try Shell.check([
+                    "python3", "-c",
+                    "import json,sys; print(json.dumps(json.load(open(sys.argv[1])), sort_keys=True, ensure_ascii=False))",
+                    path,
+                ])
+                #expect(try parse(python) == value, "round \(round)")
+            }
+        }
+    }
+
+    func randomValue(_ generator: inout SeededGenerator, depth: Int) -> JSONValue {
+        switch generator.next() % (depth > 3 ? 4 : 6) {
+        case 0: return .null
+        case 1: return .bool(generator.next() % 2 == 0)
+        case 2: return .number(Double(Int64(bitPattern: generator.next()) >> 20))
+        case 3:
+            let alphabet = Array("aé\"\\\n\t/ z😀\u{1}")
+            return .string(String((0..<Int(generator.next() % 12)).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] }))
+        case 4: return .array((0..<Int(generator.next() % 4)).map { _ in randomValue(&generator, depth: depth + 1) })
+        default:
+            var members: [String: JSONValue] = [:]
+            for index in 0..<Int(generator.next() % 4) { members["k\(index)\(generator.next() % 10)"] = randomValue(&generator, depth: depth + 1) }
+            return .object(members)
+        }
+    }
+}
+
+/// A tiny seeded generator (SplitMix64) for reproducible random documents.
+struct SeededGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
