@@ -47,12 +47,16 @@ let package = Package(
             dependencies: ["COpenSSL", "FerrySystem"]
         ),
         .target(
+            name: "FerryBundle",
+            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryXZ", logging]
+        ),
+        .target(
             name: "FerryBootloader",
             dependencies: ["FerrySystem", "FerryXZ", logging]
         ),
         .target(
             name: "FerryCore",
-            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", logging]
+            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", logging]
         ),
         .target(
             name: "FerryCLI",
@@ -72,6 +76,8 @@ let package = Package(
             path: "Tests/FerryTestSupport"
         ),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"]),
+        .testTarget(name: "FerryBundleTests", dependencies: ["FerryBundle", "FerryCrypto", "FerryXZ", "FerryJSON", "FerryTestSupport"]),
+        .testTarget(name: "FerryXZTests", dependencies: ["FerryXZ", "FerryTestSupport"]),
         .testTarget(name: "FerryJSONTests", dependencies: ["FerryJSON", "FerryTestSupport"]),
         .testTarget(name: "FerryBootloaderTests", dependencies: ["FerryBootloader", "FerryXZ", "FerryTestSupport"]),
         .testTarget(name: "FerryCryptoTests", dependencies: ["FerryCrypto", "FerryTestSupport"]),

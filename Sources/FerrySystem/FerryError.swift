@@ -15,6 +15,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case deviceNotFound, deviceInUse, deviceBooted, deviceNotConfigured, deviceTooSmall
             case io, permissionDenied, noSpace, loopDevice, unsupported
             case unknownSlot
+            case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired, limitExceeded
             case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
             case healthCheckFailed
             case stateInvalid, lockHeld
@@ -50,6 +51,22 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         public static let loopDevice = Code(.loopDevice)
         /// The kernel or device does not support the operation.
         public static let unsupported = Code(.unsupported)
+        /// A stream (bundle, payload) ended before its declared end.
+        public static let truncated = Code(.truncated)
+        /// A bundle's container or manifest is malformed (bad tar member, odd name, bad JSON, bad table).
+        public static let bundleInvalid = Code(.bundleInvalid)
+        /// A signature is missing, malformed, or does not match the signed data.
+        public static let signatureInvalid = Code(.signatureInvalid)
+        /// Signatures are valid but not enough trusted, non-denied, currently valid signers made them.
+        public static let untrusted = Code(.untrusted)
+        /// The bundle is for another device (`compatible`).
+        public static let notCompatible = Code(.notCompatible)
+        /// The version is older than the booted one, or the security version below the floor.
+        public static let downgrade = Code(.downgrade)
+        /// The bundle (or a signer's certificate) has expired.
+        public static let expired = Code(.expired)
+        /// A size or count read before verification exceeds Ferry's limits.
+        public static let limitExceeded = Code(.limitExceeded)
         /// A slot, group or bootname given on the command line is not in the configuration.
         public static let unknownSlot = Code(.unknownSlot)
         /// A boot environment is missing, corrupt (no valid copy) or malformed, or its location is.
@@ -87,6 +104,14 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .loopDevice: 28
             case .unsupported: 29
             case .unknownSlot: 12
+            case .truncated: 40
+            case .bundleInvalid: 41
+            case .signatureInvalid: 42
+            case .untrusted: 43
+            case .notCompatible: 44
+            case .downgrade: 45
+            case .expired: 46
+            case .limitExceeded: 47
             case .bootEnvironmentInvalid: 80
             case .bootEnvironmentTooSmall: 81
             case .bootEnvironmentUnsupported: 82

@@ -1,0 +1,1 @@
+// The bundle container, manifest and trust policy (see docs/bundle-format.md).
