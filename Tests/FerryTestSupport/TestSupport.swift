@@ -151,3 +151,50 @@ public func withLoopDevice<T>(_ file: String, _ body: (LoopDevice) async throws 
         throw error
     }
 }
+
+/// A throw-away PKI made with the openssl command line (EC P-256, fast).
+public struct TestPKI {
+    public let directory: String
+    public var keyring: String { "\(directory)/ca.pem" }
+    public func certificate(_ name: String) -> String { "\(directory)/\(name).pem" }
+    public func key(_ name: String) -> String { "\(directory)/\(name).key" }
+
+    /// Makes a CA `ca` and, signed by it, one certificate per name in `signers` (digitalSignature,
+    /// codeSigning), plus `serverauth` (an extended key usage without codeSigning); and a second,
+    /// unrelated CA `otherca` with its signer `stranger`.
+    public static func make(in directory: String, signers: [String] = ["signer1", "signer2", "signer3"]) throws -> TestPKI {
+        try DurableFile.createDirectory(directory)
+        let pki = TestPKI(directory: directory)
+        try pki.makeCA("ca", subject: "/CN=Test Keyring CA")
+        for name in signers { try pki.makeSigner(name, ca: "ca", extendedUsage: "codeSigning") }
+        try pki.makeSigner("serverauth", ca: "ca", extendedUsage: "serverAuth")
+        try pki.makeCA("otherca", subject: "/CN=Unrelated CA")
+        try pki.makeSigner("stranger", ca: "otherca", extendedUsage: "codeSigning")
+        return pki
+    }
+
+    func newKey(_ name: String) throws {
+        try Shell.check(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key(name)])
+    }
+
+    public func makeCA(_ name: String, subject: String) throws {
+        try newKey(name)
+        try Shell.check([
+            "openssl", "req", "-new", "-x509", "-key", key(name), "-subj", subject, "-days", "3650",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-out", certificate(name),
+        ])
+    }
+
+    public func makeSigner(_ name: String, ca: String, extendedUsage: String, days: Int = 365) throws {
+        try newKey(name)
+        try DurableFile.write(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=\(extendedUsage)\n",
+            to: "\(directory)/\(name).ext")
+        try Shell.check(["openssl", "req", "-new", "-key", key(name), "-subj", "/CN=\(name)", "-out", "\(directory)/\(name).csr"])
+        try Shell.check([
+            "openssl", "x509", "-req", "-in", "\(directory)/\(name).csr", "-CA", certificate(ca), "-CAkey", key(ca),
+            "-CAcreateserial", "-days", "\(days)", "-extfile", "\(directory)/\(name).ext", "-out", certificate(name),
+        ])
+    }
+}
