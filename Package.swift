@@ -48,7 +48,7 @@ let package = Package(
         ),
         .target(
             name: "FerryBundle",
-            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryXZ", logging]
+            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryXZ", systemPackage, logging]
         ),
         .target(
             name: "FerryBootloader",
@@ -60,7 +60,7 @@ let package = Package(
         ),
         .target(
             name: "FerryCLI",
-            dependencies: ["FerryCore", "FerryJSON", "FerryBootloader", "FerrySystem", argumentParser, logging]
+            dependencies: ["FerryCore", "FerryJSON", "FerryBootloader", "FerryBundle", "FerryCrypto", "FerrySystem", argumentParser, logging]
         ),
 
         // MARK: - Executables

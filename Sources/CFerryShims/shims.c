@@ -33,3 +33,6 @@ int CFerryShims_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 
 int CFerryShims_ioctl_pointer(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }
 int CFerryShims_ioctl_value(int fd, unsigned long request, unsigned long argument) { return ioctl(fd, request, argument); }
+
+const char *CFerryShims_build_date(void) { return __DATE__; }
+const char *CFerryShims_build_time(void) { return __TIME__; }

@@ -95,6 +95,8 @@ public struct SystemConfiguration: Sendable {
     public var bootloader: BootloaderConfiguration
     public var keyring: String?
     public var signatureThreshold: Int
+    /// Signer certificate fingerprints (SHA-256 of the DER certificate, hex) that never count.
+    public var denyList: [String]
     public var tlsPins: [String]
     public var updateURL: String?
     public var appStore: String?
@@ -148,6 +150,10 @@ public struct SystemConfiguration: Sendable {
         let bootloader = try parseBootloader(&root, directory: directory)
         let keyring = try root.string("keyring").map { Paths.resolve($0, against: directory) }
         let threshold = Int(try root.integer("signatureThreshold", in: 1...64) ?? 1)
+        let denyList = try root.stringArray("denyList").map { $0.lowercased() }
+        for (index, entry) in denyList.enumerated() where entry.count != 64 || !entry.allSatisfy(\.isHexDigit) {
+            throw root.invalid("denyList[\(index)]", "must be a SHA-256 certificate fingerprint (64 hex digits)")
+        }
         let pins = try root.stringArray("tlsPins")
         for (index, pin) in pins.enumerated() where !Self.isPin(pin) {
             throw root.invalid("tlsPins[\(index)]", "must be 'sha256//<base64>' or 64 hex digits, not '\(pin)'")
@@ -172,7 +178,7 @@ public struct SystemConfiguration: Sendable {
         }
         return SystemConfiguration(
             path: file, directory: directory, compatible: compatible, sandbox: sandbox, stateDirectory: stateDirectory,
-            bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, tlsPins: pins, updateURL: updateURL,
+            bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, denyList: denyList, tlsPins: pins, updateURL: updateURL,
             appStore: appStore, settingsStore: settingsStore, hooks: hooks, slots: slots, groups: groups)
     }
 
@@ -379,29 +385,3 @@ extension SlotConfiguration {
     }
 }
 
-/// Lexical path helpers (no symlink resolution), for configuration paths.
-public enum Paths {
-    /// `path` made absolute against the current directory.
-    public static func absolute(_ path: String) -> String {
-        if path.hasPrefix("/") { return FilePath(path).lexicallyNormalized().string }
-        return FilePath(ProcessEnvironment.currentDirectory()).appending(path).lexicallyNormalized().string
-    }
-
-    /// `path` resolved against `directory` when relative.
-    public static func resolve(_ path: String, against directory: String) -> String {
-        if path.hasPrefix("/") { return FilePath(path).lexicallyNormalized().string }
-        return FilePath(directory).appending(path).lexicallyNormalized().string
-    }
-
-    /// The folder holding `path`.
-    public static func directory(of path: String) -> String {
-        let parent = FilePath(path).removingLastComponent().string
-        return parent.isEmpty ? "." : parent
-    }
-
-    /// `path` relative to `directory` when it lies inside it (for display), else unchanged.
-    public static func display(_ path: String, relativeTo directory: String) -> String {
-        let prefix = directory.hasSuffix("/") ? directory : directory + "/"
-        return path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : path
-    }
-}

@@ -214,23 +214,26 @@ public enum JSONValue: Codable, Sendable, Equatable {
 public struct StrictObject {
     public let path: String
     public let file: String
+    /// The error code for problems in this document (configuration or bundle).
+    public let code: FerryError.Code
     private let members: [String: JSONValue]
     private var seen: Set<String> = []
 
-    public init(_ value: JSONValue, path: String, file: String) throws(FerryError) {
+    public init(_ value: JSONValue, path: String, file: String, code: FerryError.Code = .configurationInvalid) throws(FerryError) {
         guard case .object(let members) = value else {
             throw FerryError(
-                code: .configurationInvalid, message: "\(file): \(path.isEmpty ? "the document" : path) must be an object, not \(value.typeName)")
+                code: code, message: "\(file): \(path.isEmpty ? "the document" : path) must be an object, not \(value.typeName)")
         }
         self.members = members
         self.path = path
         self.file = file
+        self.code = code
     }
 
     public func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
     public func invalid(_ key: String, _ problem: String) -> FerryError {
-        FerryError(code: .configurationInvalid, message: "\(file): \(keyPath(key)): \(problem)")
+        FerryError(code: code, message: "\(file): \(keyPath(key)): \(problem)")
     }
 
     public var keys: [String] { members.keys.sorted() }
@@ -283,13 +286,13 @@ public struct StrictObject {
 
     public mutating func object(_ key: String) throws(FerryError) -> StrictObject? {
         guard let value = raw(key) else { return nil }
-        return try StrictObject(value, path: keyPath(key), file: file)
+        return try StrictObject(value, path: keyPath(key), file: file, code: code)
     }
 
     /// Fails on the first key that was never read: unknown keys are errors.
     public func finish() throws(FerryError) {
         if let unknown = members.keys.sorted().first(where: { !seen.contains($0) }) {
-            throw FerryError(code: .configurationInvalid, message: "\(file): \(keyPath(unknown)): unknown key")
+            throw FerryError(code: code, message: "\(file): \(keyPath(unknown)): unknown key")
         }
     }
 }

@@ -33,6 +33,15 @@ public enum ProcessEnvironment {
         return result
     }
 
+    /// The number of processors currently online (at least 1): the default worker count for
+    /// parallel compression.
+    ///
+    /// It ignores CPU affinity masks and cgroup quotas, so inside a restricted container it can
+    /// be larger than the CPU time actually available.
+    ///
+    /// The corresponding C function is `sysconf(_SC_NPROCESSORS_ONLN)`.
+    public static var processorCount: Int { max(1, sysconf(CInt(_SC_NPROCESSORS_ONLN))) }
+
     /// Whether standard output (or `fd`) is a terminal.
     public static func isTerminal(_ fd: CInt = 1) -> Bool { isatty(fd) == 1 }
 }

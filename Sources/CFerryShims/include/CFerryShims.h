@@ -44,6 +44,10 @@ int CFerryShims_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int CFerryShims_syncfs(int fd);
 int CFerryShims_pipe2(int fds[2], int flags);
 
+// When this file was compiled ("Nov 25 2026", "14:20:00"): a floor for the trusted time.
+const char *CFerryShims_build_date(void);
+const char *CFerryShims_build_time(void);
+
 // ioctl(2) is variadic in C; these forwarders give Swift one typed signature per argument kind.
 int CFerryShims_ioctl_pointer(int fd, unsigned long request, void *argument);
 int CFerryShims_ioctl_value(int fd, unsigned long request, unsigned long argument);

@@ -1,0 +1,169 @@
+import FerryCrypto
+import FerrySystem
+import FerryXZ
+
+/// Reads a bundle from a stream, in the order the format fixes, verifying before trusting:
+///
+/// 1. `manifest.json` must be the first member (bounded size);
+/// 2. then `manifest.json.1.p7s`, `.2.p7s`, … numbered without gaps (bounded size and count);
+/// 3. the signatures are checked against the policy *before* the manifest is parsed;
+/// 4. then the new keyring member, if the manifest names one, hash-checked;
+/// 5. then the payload members, in manifest order, each read chunk by chunk with every chunk's
+///    compressed and decoded SHA-256 checked before the chunk is handed out.
+public final class BundleReader {
+    public static let maximumSignatures = 16
+
+    public let tar: TarReader
+    private var pendingMember: TarMember?
+    public private(set) var manifestBytes: [UInt8] = []
+    public private(set) var signatures: [(name: String, bytes: [UInt8])] = []
+
+    public init(source: any ByteSource) {
+        tar = TarReader(source: source)
+    }
+
+    /// Reads the manifest and signature members (step 1–2), without trusting them yet.
+    /// - Throws: `.bundleInvalid` (manifest not first, signatures out of order or duplicated),
+    ///   `.limitExceeded`, `.truncated`.
+    public func readSignedManifest() throws(FerryError) {
+        guard let first = try tar.nextMember(maximumSize: Int64(Manifest.maximumSize)) else {
+            throw FerryError(code: .bundleInvalid, message: "\(tar.source.sourceName) is an empty archive, not a bundle")
+        }
+        guard first.name == "manifest.json" else {
+            throw FerryError(code: .bundleInvalid, message: "the first member of the bundle is '\(first.name)', not manifest.json")
+        }
+        manifestBytes = try tar.readRemainingContent(maximumCount: Manifest.maximumSize)
+        while let member = try tar.nextMember() {
+            guard member.name.hasPrefix("manifest.json") else {
+                pendingMember = member
+                break
+            }
+            let expected = "manifest.json.\(signatures.count + 1).p7s"
+            guard member.name == expected else {
+                throw FerryError(
+                    code: .bundleInvalid,
+                    message: "bundle member '\(member.name)' where '\(expected)' was expected (signatures are numbered from 1, in order, once each)")
+            }
+            guard signatures.count < Self.maximumSignatures else {
+                throw FerryError(code: .limitExceeded, message: "the bundle has more than \(Self.maximumSignatures) signatures")
+            }
+            guard member.size <= Int64(CMS.maximumSignatureSize) else {
+                throw FerryError(code: .limitExceeded, message: "\(member.name) is \(member.size) bytes, more than \(CMS.maximumSignatureSize)")
+            }
+            signatures.append((member.name, try tar.readRemainingContent(maximumCount: CMS.maximumSignatureSize)))
+        }
+    }
+
+    /// Steps 1–4: reads, verifies and parses; returns the trusted manifest and the signers.
+    /// - Throws: everything `readSignedManifest`, `TrustPolicy` and `Manifest.parse` throw.
+    public func verify(policy: TrustPolicy, allowDowngrade: Bool = false) throws(FerryError) -> (Manifest, [Certificate], keyring: [UInt8]?) {
+        try readSignedManifest()
+        let signers = try policy.verifySignatures(manifest: manifestBytes, signatures: signatures)
+        let manifest = try Manifest.parse(manifestBytes)
+        try policy.checkManifest(manifest, allowDowngradeOverride: allowDowngrade)
+        var keyring: [UInt8]? = nil
+        if let update = manifest.keyring {
+            let member = try nextMember(named: update.member, size: update.size)
+            let bytes = try tar.readRemainingContent(maximumCount: Int(update.size))
+            guard SHA256Hasher.hash(bytes) == update.sha256 else {
+                throw FerryError(code: .bundleInvalid, message: "bundle member '\(member.name)' does not match its SHA-256 in the manifest")
+            }
+            keyring = bytes
+        }
+        return (manifest, signers, keyring)
+    }
+
+    /// Moves to the next member, which must be `name` with exactly `size` bytes.
+    public func nextMember(named name: String, size: Int64) throws(FerryError) -> TarMember {
+        let member: TarMember?
+        if let pending = pendingMember {
+            pendingMember = nil
+            member = pending
+        } else {
+            member = try tar.nextMember()
+        }
+        guard let member else {
+            throw FerryError(code: .truncated, message: "the bundle ends before member '\(name)'")
+        }
+        guard member.name == name else {
+            throw FerryError(code: .bundleInvalid, message: "bundle member '\(member.name)' where '\(name)' was expected (members must follow the manifest's order)")
+        }
+        guard member.size == size else {
+            throw FerryError(code: .bundleInvalid, message: "bundle member '\(name)' is \(member.size) bytes, the manifest says \(size)")
+        }
+        return member
+    }
+
+    /// Reads one payload chunk by chunk, calling `body` with each verified decoded chunk in
+    /// order (the decoded bytes are valid only during the call). Checks, in this order for every
+    /// chunk: compressed SHA-256, decoding to exactly the expected size, decoded SHA-256; and at
+    /// the end the whole payload's SHA-256.
+    /// - Throws: `.bundleInvalid` naming the payload and chunk, `.truncated`.
+    public func readPayload(
+        _ payload: Manifest.Payload, body: (_ index: Int, _ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws(FerryError) -> Void
+    ) throws(FerryError) {
+        _ = try nextMember(named: payload.member, size: payload.storedSize)
+        let chunkSize = Int(payload.chunkSize)
+        let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize + chunkSize / 8 + 4096, alignment: 4096)
+        defer { compressed.deallocate() }
+        let decoded = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
+        defer { decoded.deallocate() }
+        let whole = SHA256Hasher()
+        for (index, chunk) in payload.chunks.enumerated() {
+            let stored = UnsafeMutableRawBufferPointer(rebasing: compressed[..<Int(chunk.size)])
+            var done = 0
+            while done < stored.count {
+                let count = try tar.readContent(into: UnsafeMutableRawBufferPointer(rebasing: stored[done...]))
+                guard count > 0 else {
+                    throw FerryError(code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
+                }
+                done += count
+            }
+            let hasher = SHA256Hasher()
+            hasher.update(UnsafeRawBufferPointer(stored))
+            guard hasher.finalize() == chunk.sha256 else {
+                throw FerryError(
+                    code: .bundleInvalid,
+                    message: "payload '\(payload.member)' chunk \(index) (bytes \(chunk.offset)..<\(chunk.offset + chunk.size)) does not match its SHA-256: the bundle is corrupt")
+            }
+            let decodedSize = index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize
+            let output = UnsafeMutableRawBufferPointer(rebasing: decoded[..<decodedSize])
+            switch payload.compression {
+            case .xz:
+                do {
+                    try XZChunkCodec.decode(UnsafeRawBufferPointer(stored), into: output, expectedSize: decodedSize)
+                } catch {
+                    throw error.prefixed("payload '\(payload.member)' chunk \(index)")
+                }
+            case .none:
+                guard stored.count == decodedSize else {
+                    throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' chunk \(index) has the wrong size")
+                }
+                output.copyMemory(from: UnsafeRawBufferPointer(stored))
+            }
+            let decodedHasher = SHA256Hasher()
+            decodedHasher.update(UnsafeRawBufferPointer(output))
+            guard decodedHasher.finalize() == chunk.decodedSHA256 else {
+                throw FerryError(
+                    code: .bundleInvalid, message: "payload '\(payload.member)' chunk \(index) decodes to data that does not match its SHA-256")
+            }
+            whole.update(UnsafeRawBufferPointer(output))
+            try body(index, Int64(index) * payload.chunkSize, UnsafeRawBufferPointer(output))
+        }
+        guard whole.finalize() == payload.sha256 else {
+            throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' does not match its SHA-256")
+        }
+    }
+
+    /// After the last payload: nothing but the archive's end may follow.
+    /// - Throws: `.bundleInvalid` for extra members or trailing data.
+    public func finish() throws(FerryError) {
+        if let extra = pendingMember {
+            throw FerryError(code: .bundleInvalid, message: "unexpected bundle member '\(extra.name)' after the last payload")
+        }
+        if let extra = try tar.nextMember() {
+            throw FerryError(code: .bundleInvalid, message: "unexpected bundle member '\(extra.name)' after the last payload")
+        }
+        try tar.finishAndCheckEnd()
+    }
+}

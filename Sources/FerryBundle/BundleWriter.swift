@@ -1,0 +1,197 @@
+import FerryCrypto
+import FerrySystem
+import FerryXZ
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Host side: turns build outputs into a signed bundle (docs/bundle-format.md).
+public enum BundleWriter {
+    /// One image to carry: which slot class it is for and where it is.
+    public struct Image: Sendable {
+        public var slotClass: String
+        public var path: String
+        public init(slotClass: String, path: String) {
+            self.slotClass = slotClass
+            self.path = path
+        }
+    }
+
+    /// A signer's certificate and private key (PEM files; the key is read in place, never copied).
+    public struct Signer: Sendable {
+        public var certificate: String
+        public var key: String
+        public init(certificate: String, key: String) {
+            self.certificate = certificate
+            self.key = key
+        }
+    }
+
+    public struct Options: Sendable {
+        public var compatible: String
+        public var version: SemanticVersion
+        public var securityVersion: Int64 = 0
+        public var expires: Int64?
+        public var description: String?
+        public var images: [Image]
+        public var signers: [Signer]
+        /// Decoded bytes per chunk (one xz stream each).
+        public var chunkSize: Int = 4 << 20
+        public var compress: Bool = true
+        public var threads: Int = ProcessEnvironment.processorCount
+        public var preset: Int = 6
+        /// A new keyring (PEM) for keyring rotation, and fingerprints to deny from then on.
+        public var newKeyring: String?
+        public var denyList: [String] = []
+        public var buildTime: Int64 = WallClock.now()
+
+        public init(compatible: String, version: SemanticVersion, images: [Image], signers: [Signer]) {
+            self.compatible = compatible
+            self.version = version
+            self.images = images
+            self.signers = signers
+        }
+    }
+
+    /// Writes the bundle to `output` (a new file, synced, renamed into place).
+    /// - Returns: the manifest it signed.
+    /// - Throws: `.deviceNotFound` for a missing image, `.signatureInvalid` for an unusable key,
+    ///   `.bundleInvalid` for inconsistent options, I/O errors.
+    @discardableResult
+    public static func create(_ options: Options, output: String, logger: Logger) throws(FerryError) -> Manifest {
+        guard !options.images.isEmpty else { throw FerryError(code: .usage, message: "a bundle needs at least one --image") }
+        guard !options.signers.isEmpty else { throw FerryError(code: .usage, message: "a bundle needs at least one --cert/--key signer") }
+        guard Manifest.chunkSizeRange.contains(Int64(options.chunkSize)) else {
+            throw FerryError(code: .usage, message: "the chunk size must be between 64 KiB and 64 MiB")
+        }
+        var temporaries: [String] = []
+        defer { for path in temporaries { _ = path.withCString { unlink($0) } } }
+        var payloads: [Manifest.Payload] = []
+        for (index, image) in options.images.enumerated() {
+            guard !payloads.contains(where: { $0.target == image.slotClass }) else {
+                throw FerryError(code: .usage, message: "two images for slot class '\(image.slotClass)'")
+            }
+            let temporary = "\(output).payload\(index).tmp-\(getpid())"
+            temporaries.append(temporary)
+            let payload = try encodePayload(image, into: temporary, options: options)
+            logger.info(
+                "Encoded payload",
+                metadata: ["payload.target": "\(image.slotClass)", "bytes.decoded": "\(payload.size)", "bytes.stored": "\(payload.storedSize)"])
+            payloads.append(payload)
+        }
+        var keyringUpdate: Manifest.KeyringUpdate? = nil
+        var keyringBytes: [UInt8] = []
+        if let newKeyring = options.newKeyring {
+            keyringBytes = try TextFile.readBytes(newKeyring, limit: 1 << 20)
+            _ = try Keyring(pem: keyringBytes, name: newKeyring)  // refuse to ship a keyring that does not load
+            keyringUpdate = Manifest.KeyringUpdate(
+                member: "keyring.pem", size: Int64(keyringBytes.count), sha256: SHA256Hasher.hash(keyringBytes),
+                denyList: options.denyList.map { $0.lowercased() })
+        }
+        let manifest = Manifest(
+            compatible: options.compatible, version: options.version, securityVersion: options.securityVersion,
+            buildTime: options.buildTime, expires: options.expires, description: options.description, keyring: keyringUpdate,
+            payloads: payloads)
+        let manifestBytes = manifest.serialized()
+        var signatures: [[UInt8]] = []
+        for signer in options.signers {
+            signatures.append(try CMS.sign(content: manifestBytes, certificatePath: signer.certificate, keyPath: signer.key))
+        }
+
+        let partial = "\(output).tmp-\(getpid())"
+        temporaries.append(partial)
+        let sink = try FileByteSink(path: partial)
+        let tar = TarWriter(sink: sink)
+        let mtime = options.buildTime
+        try tar.addMember(name: "manifest.json", bytes: manifestBytes, mtime: mtime)
+        for (index, signature) in signatures.enumerated() {
+            try tar.addMember(name: "manifest.json.\(index + 1).p7s", bytes: signature, mtime: mtime)
+        }
+        if let keyringUpdate { try tar.addMember(name: keyringUpdate.member, bytes: keyringBytes, mtime: mtime) }
+        for (index, payload) in payloads.enumerated() {
+            try tar.beginMember(name: payload.member, size: payload.storedSize, mtime: mtime)
+            let source = try FileByteSource(path: temporaries[index])
+            try copy(source, into: tar, count: payload.storedSize)
+            try tar.endMember()
+        }
+        try tar.finish()
+        try sink.finish()
+        let renamed = partial.withCString { old in output.withCString { new in rename(old, new) } }
+        guard renamed == 0 else { throw FerryError.syscall("renaming '\(partial)' to", errno: .init(rawValue: errno), path: output) }
+        try DurableFile.synchronizeDirectory(Paths.directory(of: output))
+        return manifest
+    }
+
+    private static func encodePayload(_ image: Image, into temporary: String, options: Options) throws(FerryError)
+        -> Manifest.Payload
+    {
+        let input: any ByteSource
+        if image.path.hasSuffix(".xz") {
+            input = try XZStreamSource(source: FileByteSource(path: image.path))
+        } else {
+            input = try FileByteSource(path: image.path)
+        }
+        let hashing = HashingByteSource(input, chunkSize: options.chunkSize)
+        let sink = try FileByteSink(path: temporary)
+        var chunks: [Manifest.Chunk] = []
+        var offset: Int64 = 0
+        func record(_ bytes: [UInt8], index: Int) throws(FerryError) {
+            try sink.write(bytes)
+            // The reader hashed chunk `index` before handing it out: its digest is known.
+            chunks.append(
+                Manifest.Chunk(
+                    offset: offset, size: Int64(bytes.count), sha256: SHA256Hasher.hash(bytes),
+                    decodedSHA256: hashing.chunkDigests[index]))
+            offset += Int64(bytes.count)
+        }
+        if options.compress {
+            try XZChunkCodec.encodeChunks(
+                source: hashing, chunkSize: options.chunkSize, threads: options.threads, preset: options.preset
+            ) { (chunk) throws(FerryError) in
+                try record(chunk.bytes, index: chunk.index)
+            }
+        } else {
+            var index = 0
+            while true {
+                let bytes = try readUpTo(hashing, count: options.chunkSize)
+                if bytes.isEmpty { break }
+                try record(bytes, index: index)
+                index += 1
+            }
+        }
+        try sink.finish()
+        let slotClass = image.slotClass
+        return Manifest.Payload(
+            type: "image", target: slotClass, member: "\(slotClass).img\(options.compress ? ".xz" : "")",
+            compression: options.compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(), storedSize: offset,
+            chunkSize: Int64(options.chunkSize), chunks: chunks)
+    }
+
+    /// Reads until `count` bytes or the end of the stream.
+    static func readUpTo(_ source: any ByteSource, count: Int) throws(FerryError) -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
+        defer { buffer.deallocate() }
+        var done = 0
+        while done < count {
+            let read = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+            if read == 0 { break }
+            done += read
+        }
+        return Array(buffer[..<done])
+    }
+
+    private static func copy(_ source: any ByteSource, into tar: TarWriter, count: Int64) throws(FerryError) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        var remaining = count
+        while remaining > 0 {
+            let read = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(buffer.count), remaining))]))
+            guard read > 0 else { throw FerryError(code: .truncated, message: "\(source.sourceName) ended early") }
+            try tar.writeContent(UnsafeRawBufferPointer(rebasing: buffer[..<read]))
+            remaining -= Int64(read)
+        }
+    }
+}

@@ -1,0 +1,253 @@
+import FerryCrypto
+import FerryJSON
+import FerrySystem
+
+/// The signed description of a bundle (docs/bundle-format.md): what it is for, what it holds,
+/// and the hash of every chunk of every payload.
+public struct Manifest: Sendable, Equatable {
+    public static let formatVersion: Int64 = 1
+    /// The largest manifest accepted (read before its signature is checked).
+    public static let maximumSize = 1 << 20
+    public static let maximumPayloads = 64
+    public static let maximumChunks = 1 << 18
+    public static let chunkSizeRange: ClosedRange<Int64> = (64 << 10)...(64 << 20)
+    public static let maximumPayloadSize: Int64 = 1 << 50
+
+    public enum Compression: String, Sendable { case xz, none }
+
+    /// One chunk of a payload: a fixed decoded size (the last may be shorter), one xz stream.
+    public struct Chunk: Sendable, Equatable {
+        /// Offset of the chunk's compressed bytes inside the payload member.
+        public var offset: Int64
+        /// Compressed size.
+        public var size: Int64
+        /// SHA-256 of the compressed bytes (checked before decoding).
+        public var sha256: SHA256Digest
+        /// SHA-256 of the decoded bytes (checked before writing).
+        public var decodedSHA256: SHA256Digest
+    }
+
+    /// One payload: an image for a slot class, stored as a member of the bundle.
+    public struct Payload: Sendable, Equatable {
+        /// `image` (full image). Later: `delta`, `app`, `settings`.
+        public var type: String
+        /// The slot class it is written to (`rootfs`, `modem`).
+        public var target: String
+        /// The tar member holding it.
+        public var member: String
+        public var compression: Compression
+        /// Decoded size and SHA-256 of the whole decoded payload.
+        public var size: Int64
+        public var sha256: SHA256Digest
+        /// Size of the member (the sum of the chunks' compressed sizes).
+        public var storedSize: Int64
+        public var chunkSize: Int64
+        public var chunks: [Chunk]
+    }
+
+    /// A new keyring carried by the bundle (keyring rotation).
+    public struct KeyringUpdate: Sendable, Equatable {
+        public var member: String
+        public var size: Int64
+        public var sha256: SHA256Digest
+        /// Signer certificate fingerprints (SHA-256 of DER, hex) never to trust again.
+        public var denyList: [String]
+    }
+
+    public var compatible: String
+    public var version: SemanticVersion
+    public var securityVersion: Int64
+    /// Seconds since the epoch.
+    public var buildTime: Int64
+    public var expires: Int64?
+    public var description: String?
+    public var keyring: KeyringUpdate?
+    public var payloads: [Payload]
+
+    public init(
+        compatible: String, version: SemanticVersion, securityVersion: Int64, buildTime: Int64, expires: Int64?,
+        description: String?, keyring: KeyringUpdate?, payloads: [Payload]
+    ) {
+        self.compatible = compatible
+        self.version = version
+        self.securityVersion = securityVersion
+        self.buildTime = buildTime
+        self.expires = expires
+        self.description = description
+        self.keyring = keyring
+        self.payloads = payloads
+    }
+
+    // MARK: JSON
+
+    /// The canonical JSON form (sorted keys, pretty-printed): what is signed.
+    public func serialized() -> [UInt8] { json.serialized() }
+
+    public var json: JSONValue {
+        func digest(_ value: SHA256Digest) -> JSONValue { .string(value.hex) }
+        func number(_ value: Int64) -> JSONValue { .number(Double(value)) }
+        var object: [String: JSONValue] = [
+            "formatVersion": number(Self.formatVersion), "compatible": .string(compatible),
+            "version": .string(version.description), "securityVersion": number(securityVersion),
+            "buildTime": .string(WallClock.iso8601(buildTime)),
+            "payloads": .array(
+                payloads.map { payload in
+                    .object([
+                        "type": .string(payload.type), "target": .string(payload.target), "member": .string(payload.member),
+                        "compression": .string(payload.compression.rawValue), "size": number(payload.size),
+                        "sha256": digest(payload.sha256), "storedSize": number(payload.storedSize),
+                        "chunkSize": number(payload.chunkSize),
+                        "chunks": .array(
+                            payload.chunks.map { chunk in
+                                .object([
+                                    "offset": number(chunk.offset), "size": number(chunk.size), "sha256": digest(chunk.sha256),
+                                    "decodedSha256": digest(chunk.decodedSHA256),
+                                ])
+                            }),
+                    ])
+                }),
+        ]
+        if let expires { object["expires"] = .string(WallClock.iso8601(expires)) }
+        if let description { object["description"] = .string(description) }
+        if let keyring {
+            object["keyring"] = .object([
+                "member": .string(keyring.member), "size": number(keyring.size), "sha256": digest(keyring.sha256),
+                "denyList": .array(keyring.denyList.map(JSONValue.string)),
+            ])
+        }
+        return .object(object)
+    }
+
+    /// Parses and checks a manifest (after its signatures were verified).
+    /// - Throws: `.bundleInvalid` naming the key, `.limitExceeded` for absurd sizes or counts.
+    public static func parse(_ bytes: [UInt8]) throws(FerryError) -> Manifest {
+        guard bytes.count <= maximumSize else {
+            throw FerryError(code: .limitExceeded, message: "the manifest is \(bytes.count) bytes, more than \(maximumSize)")
+        }
+        let file = "manifest.json"
+        var root = try StrictObject(JSONValue.parse(bytes, what: file, code: .bundleInvalid), path: "", file: file, code: .bundleInvalid)
+        let version = try root.integer("formatVersion", in: 1...Int64(Int32.max)) ?? 0
+        guard version == formatVersion else {
+            throw root.invalid("formatVersion", "is \(version); this Ferry reads bundle format \(formatVersion)")
+        }
+        let compatible = try root.requiredString("compatible")
+        let versionText = try root.requiredString("version")
+        guard let semver = SemanticVersion(versionText) else { throw root.invalid("version", "'\(versionText)' is not a semantic version") }
+        let securityVersion = try root.integer("securityVersion", in: 0...Int64(UInt32.max)) ?? 0
+        let buildTime = try time(&root, "buildTime", required: true)!
+        let expires = try time(&root, "expires", required: false)
+        let description = try root.string("description")
+        var keyring: KeyringUpdate? = nil
+        if var object = try root.object("keyring") {
+            let member = try object.requiredString("member")
+            try checkMemberName(member, object: object, key: "member")
+            guard let size = try object.integer("size", in: 1...(1 << 20)) else { throw object.invalid("size", "is required") }
+            keyring = KeyringUpdate(
+                member: member, size: size, sha256: try digest(&object, "sha256"), denyList: try object.stringArray("denyList"))
+            for (index, entry) in keyring!.denyList.enumerated() where SHA256Digest(hex: entry) == nil {
+                throw object.invalid("denyList[\(index)]", "must be a SHA-256 fingerprint (64 hex digits)")
+            }
+            try object.finish()
+        }
+        guard case .array(let items)? = root.raw("payloads") else { throw root.invalid("payloads", "must be an array") }
+        guard items.count <= maximumPayloads else {
+            throw FerryError(code: .limitExceeded, message: "manifest.json: \(items.count) payloads, more than \(maximumPayloads)")
+        }
+        var payloads: [Payload] = []
+        var totalChunks = 0
+        for (index, item) in items.enumerated() {
+            var object = try StrictObject(item, path: "payloads[\(index)]", file: file, code: .bundleInvalid)
+            let payload = try parsePayload(&object, totalChunks: &totalChunks)
+            try object.finish()
+            if payloads.contains(where: { $0.member == payload.member }) || payload.member == keyring?.member {
+                throw object.invalid("member", "'\(payload.member)' is used twice")
+            }
+            payloads.append(payload)
+        }
+        try root.finish()
+        return Manifest(
+            compatible: compatible, version: semver, securityVersion: securityVersion, buildTime: buildTime, expires: expires,
+            description: description, keyring: keyring, payloads: payloads)
+    }
+
+    private static func parsePayload(_ object: inout StrictObject, totalChunks: inout Int) throws(FerryError) -> Payload {
+        let type = try object.requiredString("type")
+        guard type == "image" else { throw object.invalid("type", "'\(type)' is not a payload type this Ferry knows (image)") }
+        let target = try object.requiredString("target")
+        let member = try object.requiredString("member")
+        try checkMemberName(member, object: object, key: "member")
+        let compressionName = try object.requiredString("compression")
+        guard let compression = Compression(rawValue: compressionName) else {
+            throw object.invalid("compression", "must be xz or none, not '\(compressionName)'")
+        }
+        guard let size = try object.integer("size", in: 0...maximumPayloadSize) else { throw object.invalid("size", "is required") }
+        let sha256 = try digest(&object, "sha256")
+        guard let storedSize = try object.integer("storedSize", in: 0...maximumPayloadSize) else {
+            throw object.invalid("storedSize", "is required")
+        }
+        guard let chunkSize = try object.integer("chunkSize", in: chunkSizeRange) else { throw object.invalid("chunkSize", "is required") }
+        guard case .array(let items)? = object.raw("chunks") else { throw object.invalid("chunks", "must be an array") }
+        let expectedCount = Int((size + chunkSize - 1) / chunkSize)
+        guard items.count == expectedCount else {
+            throw object.invalid("chunks", "has \(items.count) entries, but \(size) bytes in chunks of \(chunkSize) need \(expectedCount)")
+        }
+        totalChunks += items.count
+        guard totalChunks <= maximumChunks else {
+            throw FerryError(code: .limitExceeded, message: "manifest.json: more than \(maximumChunks) chunks")
+        }
+        var chunks: [Chunk] = []
+        chunks.reserveCapacity(items.count)
+        var nextOffset: Int64 = 0
+        for (index, item) in items.enumerated() {
+            var entry = try StrictObject(item, path: object.keyPath("chunks[\(index)]"), file: object.file, code: .bundleInvalid)
+            guard let offset = try entry.integer("offset", in: 0...maximumPayloadSize),
+                let chunkStored = try entry.integer("size", in: 1...maximumPayloadSize)
+            else { throw entry.invalid("offset", "offset and size are required") }
+            guard offset == nextOffset else {
+                throw entry.invalid("offset", "is \(offset), but the chunks must follow each other (expected \(nextOffset))")
+            }
+            if compression == .none {
+                let decoded = index == items.count - 1 ? size - chunkSize * Int64(index) : chunkSize
+                guard chunkStored == decoded else { throw entry.invalid("size", "must equal the decoded size for compression none") }
+            } else if chunkStored > chunkSize + chunkSize / 8 + 4096 {
+                throw entry.invalid("size", "\(chunkStored) bytes is absurd for a chunk of \(chunkSize) decoded bytes")
+            }
+            nextOffset = offset + chunkStored
+            chunks.append(Chunk(offset: offset, size: chunkStored, sha256: try digest(&entry, "sha256"), decodedSHA256: try digest(&entry, "decodedSha256")))
+            try entry.finish()
+        }
+        guard nextOffset == storedSize else {
+            throw object.invalid("storedSize", "is \(storedSize), but the chunks add up to \(nextOffset)")
+        }
+        return Payload(
+            type: type, target: target, member: member, compression: compression, size: size, sha256: sha256,
+            storedSize: storedSize, chunkSize: chunkSize, chunks: chunks)
+    }
+
+    private static func digest(_ object: inout StrictObject, _ key: String) throws(FerryError) -> SHA256Digest {
+        let text = try object.requiredString(key)
+        guard let value = SHA256Digest(hex: text) else { throw object.invalid(key, "must be 64 hex digits") }
+        return value
+    }
+
+    private static func time(_ object: inout StrictObject, _ key: String, required: Bool) throws(FerryError) -> Int64? {
+        guard let text = try object.string(key) else {
+            if required { throw object.invalid(key, "is required") }
+            return nil
+        }
+        guard let seconds = WallClock.parseISO8601(text) else {
+            throw object.invalid(key, "'\(text)' is not a UTC time like 2026-11-25T13:00:00Z")
+        }
+        return seconds
+    }
+
+    /// Member names are plain file names: no directories, no `..`, nothing a tar extraction could misuse.
+    static func checkMemberName(_ name: String, object: StrictObject, key: String) throws(FerryError) {
+        let allowed = name.unicodeScalars.allSatisfy {
+            ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "." || $0 == "_" || $0 == "-"
+        }
+        guard allowed, !name.hasPrefix("."), name.count <= 100, !name.hasPrefix("manifest.json") else {
+            throw object.invalid(key, "'\(name)' is not a plain member name (letters, digits, '.', '_', '-'; not starting with '.')")
+        }
+    }
+}

@@ -1,0 +1,200 @@
+import ArgumentParser
+import FerryBundle
+import FerryCore
+import FerryCrypto
+import FerryJSON
+import FerrySystem
+import Logging
+
+extension FerryCommand {
+    /// `ferry bundle create|info|verify`.
+    struct Bundle: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create, inspect and verify signed update bundles.",
+            discussion: "The format is described in docs/bundle-format.md.",
+            subcommands: [Create.self, Info.self, Verify.self])
+
+        /// Opens a bundle path, or standard input for "-".
+        static func source(_ path: String) throws(FerryError) -> any ByteSource {
+            path == "-" ? FileByteSource(standardInput: ()) : try FileByteSource(path: path)
+        }
+
+        struct Create: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Make a signed bundle from build outputs (host side).",
+                discussion: """
+                    Images may be raw or .xz; Ferry (re)compresses them into chunks of a fixed decoded \
+                    size, each one xz stream, on all cores. Give --cert and --key once per signer, in pairs.
+                    """)
+
+            @Option(help: "The device type the bundle is for (matches system.json's compatible).")
+            var compatible: String
+            @Option(help: ArgumentHelp("The release version (Semantic Versioning).", valueName: "semver"))
+            var version: String
+            @Option(name: .customLong("security-version"), help: "The security version (devices never go below the highest they confirmed).")
+            var securityVersion: Int64 = 0
+            @Option(help: ArgumentHelp("When the bundle stops being accepted (UTC, 2027-01-01T00:00:00Z).", valueName: "time"))
+            var expires: String?
+            @Option(help: "A free-form description.")
+            var description: String?
+            @Option(name: .customLong("cert"), help: ArgumentHelp("A signer's certificate (PEM); repeat per signer.", valueName: "pem"))
+            var certificates: [String] = []
+            @Option(name: .customLong("key"), help: ArgumentHelp("That signer's private key (PEM), read in place.", valueName: "pem"))
+            var keys: [String] = []
+            @Option(name: .customLong("image"), help: ArgumentHelp("An image for a slot class: <class>=<file>; repeat.", valueName: "class=file"))
+            var images: [String] = []
+            @Option(name: .customLong("chunk-size"), help: ArgumentHelp("Decoded bytes per chunk (K/M suffix).", valueName: "size"))
+            var chunkSize: String = "4M"
+            @Option(help: "Compression threads (default: all cores).")
+            var threads: Int = ProcessEnvironment.processorCount
+            @Option(name: .customLong("xz-preset"), help: "xz compression level 0-9.")
+            var preset: Int = 6
+            @Flag(name: .customLong("no-compress"), help: "Store the images uncompressed (still chunked and hashed).")
+            var noCompress = false
+            @Option(name: .customLong("new-keyring"), help: ArgumentHelp("A keyring (PEM) the devices adopt after this bundle (keyring rotation).", valueName: "pem"))
+            var newKeyring: String?
+            @Option(name: .customLong("deny"), help: ArgumentHelp("A signer certificate fingerprint to deny from then on (with --new-keyring).", valueName: "sha256"))
+            var denyList: [String] = []
+            @Option(name: .shortAndLong, help: "The bundle file to write.")
+            var output: String
+            @Flag(help: "Log debug messages.")
+            var verbose = false
+
+            func validate() throws {
+                guard SemanticVersion(version) != nil else { throw ValidationError("--version '\(version)' is not a semantic version") }
+                guard !certificates.isEmpty, certificates.count == keys.count else {
+                    throw ValidationError("give --cert and --key in pairs, at least one pair")
+                }
+                guard !images.isEmpty else { throw ValidationError("give at least one --image <class>=<file>") }
+                for image in images where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
+                    throw ValidationError("--image '\(image)' is not <class>=<file>")
+                }
+                guard Self.parseSize(chunkSize) != nil else { throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 4M") }
+                guard (0...9).contains(preset) else { throw ValidationError("--xz-preset must be 0 to 9") }
+                guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+                if let expires, WallClock.parseISO8601(expires) == nil {
+                    throw ValidationError("--expires '\(expires)' is not a UTC time like 2027-01-01T00:00:00Z")
+                }
+                if !denyList.isEmpty && newKeyring == nil { throw ValidationError("--deny goes with --new-keyring") }
+            }
+
+            static func parseSize(_ text: String) -> Int? {
+                let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+                if let last = text.last, let unit = units[Character(last.uppercased())] {
+                    return Int(text.dropLast()).map { $0 * unit }
+                }
+                return Int(text)
+            }
+
+            func run() async throws {
+                var options = BundleWriter.Options(
+                    compatible: compatible, version: SemanticVersion(version)!,
+                    images: images.map { image in
+                        let equals = image.firstIndex(of: "=")!
+                        return BundleWriter.Image(
+                            slotClass: String(image[..<equals]), path: Paths.absolute(String(image[image.index(after: equals)...])))
+                    },
+                    signers: zip(certificates, keys).map { BundleWriter.Signer(certificate: $0, key: $1) })
+                options.securityVersion = securityVersion
+                options.expires = expires.flatMap(WallClock.parseISO8601)
+                options.description = description
+                options.chunkSize = Self.parseSize(chunkSize)!
+                options.threads = threads
+                options.preset = preset
+                options.compress = !noCompress
+                options.newKeyring = newKeyring
+                options.denyList = denyList
+                let manifest = try BundleWriter.create(options, output: Paths.absolute(output), logger: Logger(label: "ferry.bundle"))
+                let stored = manifest.payloads.reduce(Int64(0)) { $0 + $1.storedSize }
+                let decoded = manifest.payloads.reduce(Int64(0)) { $0 + $1.size }
+                Terminal.writeOutput(
+                    "Wrote \(output): \(manifest.compatible) \(manifest.version), \(manifest.payloads.count) payload(s), "
+                        + "\(decoded) bytes stored as \(stored), \(certificates.count) signature(s).\n")
+            }
+        }
+
+        struct Info: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Show a bundle's manifest (signatures are not checked: use verify).")
+            @Argument(help: "The bundle file, or - for standard input.")
+            var bundle: String
+            @Flag(help: "Print machine-readable JSON (the manifest plus the signature members).")
+            var json = false
+
+            func run() async throws {
+                let reader = BundleReader(source: try Bundle.source(bundle))
+                try reader.readSignedManifest()
+                let manifest = try Manifest.parse(reader.manifestBytes)
+                if json {
+                    var object = manifest.json.objectValue ?? [:]
+                    object["signatures"] = .array(reader.signatures.map { .string($0.name) })
+                    Terminal.writeOutput(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self))
+                    return
+                }
+                var lines = [
+                    "Compatible:       \(manifest.compatible)", "Version:          \(manifest.version)",
+                    "Security version: \(manifest.securityVersion)", "Built:            \(WallClock.iso8601(manifest.buildTime))",
+                    "Expires:          \(manifest.expires.map { WallClock.iso8601($0) } ?? "never")",
+                    "Signatures:       \(reader.signatures.count) (not checked; use 'ferry bundle verify')",
+                ]
+                if let description = manifest.description { lines.append("Description:      \(description)") }
+                if let keyring = manifest.keyring {
+                    lines.append("New keyring:      \(keyring.member), \(keyring.denyList.count) denied signer(s)")
+                }
+                for payload in manifest.payloads {
+                    lines.append(
+                        "Payload:          \(payload.type) for \(payload.target): \(payload.member), \(payload.size) bytes "
+                            + "(\(payload.compression.rawValue), \(payload.storedSize) stored, \(payload.chunks.count) chunks of \(payload.chunkSize)), sha256 \(payload.sha256.hex)")
+                }
+                Terminal.writeOutput(lines.joined(separator: "\n") + "\n")
+            }
+        }
+
+        struct Verify: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Verify a bundle completely, writing nothing.",
+                discussion: """
+                    With --keyring (host side): signatures against that keyring and --threshold, then \
+                    every chunk of every payload. Without it (device side): the device's whole policy \
+                    from its configuration (keyring in use, threshold, deny-list, compatible, version \
+                    and security floor, expiry, trusted time), then every chunk.
+                    """)
+            @OptionGroup var global: GlobalOptions
+            @Argument(help: "The bundle file, or - for standard input.")
+            var bundle: String
+            @Option(help: ArgumentHelp("Trusted CA certificates (PEM): verify on the host.", valueName: "pem"))
+            var keyring: String?
+            @Option(help: "Distinct trusted signers needed (with --keyring).")
+            var threshold: Int = 1
+            @Flag(name: .customLong("allow-downgrade"), help: "Accept a version older than the booted one (never below the security floor).")
+            var allowDowngrade = false
+
+            func validate() throws {
+                if keyring == nil && threshold != 1 { throw ValidationError("--threshold goes with --keyring") }
+                guard threshold >= 1 else { throw ValidationError("--threshold must be at least 1") }
+            }
+
+            func run() async throws {
+                let policy: TrustPolicy
+                if let keyring {
+                    policy = TrustPolicy(
+                        keyring: try Keyring(pemFile: keyring), threshold: threshold, denyList: [],
+                        trustedTime: max(WallClock.now(), WallClock.buildTime), device: nil)
+                } else {
+                    let context = try DeviceContext.load(global, writing: nil)
+                    policy = try DeviceTrust.policy(
+                        configuration: context.configuration, booted: context.booted, allowDowngrade: allowDowngrade)
+                }
+                let reader = BundleReader(source: try Bundle.source(bundle))
+                let (manifest, signers, _) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade)
+                for payload in manifest.payloads {
+                    try reader.readPayload(payload) { (_, _, _) throws(FerryError) in }
+                }
+                try reader.finish()
+                Terminal.writeOutput(
+                    "Bundle OK: \(manifest.compatible) \(manifest.version), signed by "
+                        + signers.map { "\($0.subject)" }.joined(separator: ", ") + "; \(manifest.payloads.count) payload(s) verified.\n")
+            }
+        }
+    }
+}

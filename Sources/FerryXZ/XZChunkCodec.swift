@@ -1,0 +1,369 @@
+internal import CLzma
+import Dispatch
+import FerrySystem
+
+/// Compresses and decompresses payload chunks: each chunk is one complete, single-block .xz stream.
+///
+/// A payload is cut into chunks of a fixed decoded size (the last one may be shorter), and each is
+/// compressed on its own. The bundle manifest lists every chunk's compressed offset and size and both
+/// hashes, so the device can check a chunk before writing it, decode chunks in parallel, and resume an
+/// interrupted install at a chunk boundary. Because every chunk is a whole stream, the concatenated
+/// chunks of a payload are also an ordinary multi-stream .xz file that `xz -dc` decodes.
+///
+/// Encoding is deterministic: the same bytes, chunk size and preset always give the same output,
+/// whatever the number of threads.
+public enum XZChunkCodec {
+    /// The default memory limit for decoding one chunk: 128 MiB.
+    ///
+    /// Chunks made by Ferry need about their decoded size (the dictionary is capped at the chunk size);
+    /// a stream made by `xz -9` needs 65 MiB.
+    public static let defaultMemoryLimit = 128 << 20
+
+    /// One compressed chunk of a payload, as produced by
+    /// ``encodeChunks(source:chunkSize:threads:preset:extreme:body:)``.
+    public struct EncodedChunk: Sendable, Equatable {
+        /// The position of the chunk in the payload, from 0.
+        public let index: Int
+        /// Where the chunk's decoded bytes start in the payload.
+        public let decodedOffset: Int64
+        /// The number of decoded bytes (the chunk size, except for the last chunk).
+        public let decodedSize: Int
+        /// The chunk as a complete .xz stream.
+        public let bytes: [UInt8]
+
+        public init(index: Int, decodedOffset: Int64, decodedSize: Int, bytes: [UInt8]) {
+            self.index = index
+            self.decodedOffset = decodedOffset
+            self.decodedSize = decodedSize
+            self.bytes = bytes
+        }
+    }
+
+    // MARK: - One chunk
+
+    /// Compresses one chunk into a complete .xz stream with one LZMA2 block and a CRC64 check.
+    ///
+    /// An empty chunk gives a valid empty stream (no blocks, 32 bytes). The LZMA2 dictionary is
+    /// capped at the chunk's size: a larger one cannot find more matches, only costs memory when
+    /// encoding and when decoding on the device.
+    ///
+    /// - Parameters:
+    ///   - chunk: The decoded bytes.
+    ///   - preset: The xz compression level, 0 to 9 (traps otherwise). The default is 6, as `xz`.
+    ///   - extreme: Whether to spend more CPU time for slightly better compression (`xz --extreme`).
+    ///     The default is `false`.
+    /// - Returns: The .xz stream.
+    /// - Throws: `.io` if liblzma cannot allocate memory.
+    ///
+    /// The corresponding C function is `lzma_stream_buffer_encode(3)`.
+    public static func encode(_ chunk: UnsafeRawBufferPointer, preset: Int = 6, extreme: Bool = false) throws(FerryError)
+        -> [UInt8]
+    {
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumEncodedSize(chunk.count), alignment: 16)
+        defer { scratch.deallocate() }
+        let count = try encode(chunk, preset: preset, extreme: extreme, into: scratch)
+        return Array(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
+    }
+
+    /// Decodes one chunk (exactly one .xz stream) into `output`.
+    ///
+    /// The chunk must decode to exactly `expectedSize` bytes and must contain nothing after the end of
+    /// its stream. The stream's integrity check (CRC32, CRC64 or SHA-256) is verified. On failure the
+    /// first `expectedSize` bytes of `output` hold unspecified data.
+    ///
+    /// - Parameters:
+    ///   - compressed: The chunk as listed in the manifest.
+    ///   - output: Where the decoded bytes go; at least `expectedSize` bytes (traps otherwise). Only the
+    ///     first `expectedSize` bytes are written.
+    ///   - expectedSize: The decoded size listed in the manifest.
+    ///   - memoryLimit: The most memory the decoder may use. The default is ``defaultMemoryLimit``.
+    /// - Throws: `.bundleInvalid` if the chunk is not .xz, corrupt, truncated, followed by other bytes,
+    ///   or decodes to more or fewer than `expectedSize` bytes; `.limitExceeded` if decoding it needs
+    ///   more than `memoryLimit`; `.io` if liblzma cannot allocate memory.
+    ///
+    /// The corresponding C functions are `lzma_stream_decoder(3)` and `lzma_code(3)`.
+    public static func decode(
+        _ compressed: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, expectedSize: Int,
+        memoryLimit: Int = defaultMemoryLimit
+    ) throws(FerryError) {
+        precondition(
+            expectedSize >= 0 && expectedSize <= output.count,
+            "Ferry bug: decoding \(expectedSize) bytes into a buffer of \(output.count)")
+        precondition(memoryLimit > 0, "Ferry bug: xz memory limit \(memoryLimit)")
+        let what = "xz chunk of \(compressed.count) bytes"
+
+        // The multi-call decoder, not lzma_stream_buffer_decode: that one reports a truncated chunk and
+        // a chunk that decodes to too many bytes alike (LZMA_BUF_ERROR), and we want to say which.
+        // liblzma keeps no pointer to the lzma_stream, but it lives on the heap all the same.
+        let stream = UnsafeMutablePointer<lzma_stream>.allocate(capacity: 1)
+        stream.initialize(to: CLzma_stream_init())
+        // One spare output byte, to learn whether the chunk goes on once `output` is full.
+        let spare = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+        defer {
+            lzma_end(stream)
+            stream.deinitialize(count: 1).deallocate()
+            spare.deallocate()
+        }
+        let initialized = lzma_stream_decoder(stream, UInt64(memoryLimit), 0)
+        guard initialized == LZMA_OK else {
+            throw XZError(initialized, message: reason(initialized)).ferryError("setting up the decoder for \(what)")
+        }
+
+        stream.pointee.next_in = compressed.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        stream.pointee.avail_in = compressed.count
+        stream.pointee.next_out = output.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        stream.pointee.avail_out = expectedSize
+        while true {
+            let result = lzma_code(stream, LZMA_FINISH)
+            if result == LZMA_STREAM_END { break }
+            if result == LZMA_MEMLIMIT_ERROR {
+                throw XZError(
+                    result,
+                    message: "it needs \(mebibytes(lzma_memusage(stream))) of memory, "
+                        + "more than the limit of \(mebibytes(UInt64(memoryLimit)))"
+                ).ferryError("decoding \(what)")
+            }
+            // LZMA_BUF_ERROR: no progress was possible (the same cases as below, caught one call later).
+            guard result == LZMA_OK || result == LZMA_BUF_ERROR else {
+                throw XZError(result, message: reason(result)).ferryError("decoding \(what)")
+            }
+            if stream.pointee.total_out > UInt64(expectedSize) {
+                throw FerryError(
+                    code: .bundleInvalid, message: "\(what) decodes to more than the expected \(expectedSize) bytes")
+            }
+            if stream.pointee.avail_out == 0 {
+                // `output` is full: the stream may have only its index and footer left. Offer the spare byte.
+                stream.pointee.next_out = spare
+                stream.pointee.avail_out = 1
+                continue
+            }
+            if stream.pointee.avail_in == 0 {
+                throw FerryError(
+                    code: .bundleInvalid,
+                    message: "\(what) is truncated: it ends after \(stream.pointee.total_out) decoded bytes "
+                        + "without the end of its xz stream")
+            }
+            // Input left and output room, yet no progress: liblzma would not normally stop here.
+            throw XZError(result, message: reason(result)).ferryError("decoding \(what)")
+        }
+        if stream.pointee.total_out != UInt64(expectedSize) {
+            throw FerryError(
+                code: .bundleInvalid,
+                message: "\(what) decodes to \(stream.pointee.total_out) bytes, expected \(expectedSize)")
+        }
+        if stream.pointee.avail_in != 0 {
+            throw FerryError(
+                code: .bundleInvalid,
+                message: "\(what) has \(stream.pointee.avail_in) bytes after the end of its xz stream")
+        }
+    }
+
+    // MARK: - A whole payload
+
+    /// Reads `source` to its end in chunks of `chunkSize` bytes, compresses them on `threads` threads,
+    /// and hands them to `body` in order.
+    ///
+    /// Chunks are read in batches of `threads`; each batch is compressed in parallel, then passed to
+    /// `body` on the calling thread before the next batch is read. Memory therefore stays bounded at
+    /// about `2 × threads` chunks (decoded and encoded), plus liblzma's working memory for each thread
+    /// (roughly ten times the chunk size at preset 6). The last chunk may be shorter than `chunkSize`;
+    /// an empty source gives one empty chunk, so the concatenated output is always a valid .xz file.
+    ///
+    /// - Parameters:
+    ///   - source: The payload; read sequentially until it returns 0.
+    ///   - chunkSize: The decoded size of every chunk but the last (more than 0; traps otherwise).
+    ///   - threads: The number of chunks compressed at once (more than 0). The default is the number of
+    ///     online processors.
+    ///   - preset: The xz compression level, 0 to 9. The default is 6.
+    ///   - extreme: Whether to use the extreme variant of the preset. The default is `false`.
+    ///   - body: Called once per chunk, in payload order, on the calling thread.
+    /// - Throws: Whatever `source.read(into:)` or `body` throws; `.io` if liblzma cannot allocate memory.
+    ///
+    /// The corresponding C function is `lzma_stream_buffer_encode(3)`.
+    public static func encodeChunks(
+        source: ByteSource, chunkSize: Int, threads: Int = ProcessEnvironment.processorCount, preset: Int = 6,
+        extreme: Bool = false, body: (EncodedChunk) throws(FerryError) -> Void
+    ) throws(FerryError) {
+        precondition(chunkSize > 0, "Ferry bug: xz chunk size \(chunkSize)")
+        precondition(threads > 0, "Ferry bug: \(threads) compression threads")
+        precondition((0...9).contains(preset), "Ferry bug: xz preset \(preset) is not 0...9")
+
+        let batch = Batch(slots: threads, chunkSize: chunkSize)
+        defer { batch.deallocate() }
+
+        var index = 0
+        var decodedOffset: Int64 = 0
+        var atEnd = false
+        while !atEnd {
+            // Read the next batch: up to `threads` chunks, stopping at the end of the source.
+            var sizes: [Int] = []
+            while sizes.count < threads {
+                let count = try fill(batch.decodedBuffer(sizes.count), from: source)
+                if count == 0 && index + sizes.count > 0 {
+                    atEnd = true
+                    break
+                }
+                sizes.append(count)
+                if count < chunkSize {
+                    atEnd = true
+                    break
+                }
+            }
+            if sizes.isEmpty { break }
+
+            // Compress the batch, one chunk per worker.
+            let decodedSizes = sizes
+            let compress = { @Sendable (slot: Int) in
+                batch.compress(slot: slot, decodedSize: decodedSizes[slot], preset: preset, extreme: extreme)
+            }
+            if sizes.count == 1 {
+                compress(0)
+            } else {
+                DispatchQueue.concurrentPerform(iterations: sizes.count, execute: compress)
+            }
+
+            // Hand the chunks over in order.
+            for slot in sizes.indices {
+                let bytes: [UInt8]
+                switch batch.takeResult(slot) {
+                case .success(let encoded): bytes = encoded
+                case .failure(let error):
+                    throw error.prefixed("compressing chunk \(index) of \(source.sourceName)")
+                }
+                try body(EncodedChunk(index: index, decodedOffset: decodedOffset, decodedSize: sizes[slot], bytes: bytes))
+                index += 1
+                decodedOffset += Int64(sizes[slot])
+            }
+        }
+    }
+
+    /// The buffers of one batch of ``encodeChunks(source:chunkSize:threads:preset:extreme:body:)``: a
+    /// decoded and an encoded buffer and a result per slot, allocated once and reused for every batch.
+    ///
+    /// It is `@unchecked Sendable` because the workers share it: each worker touches only its own slot,
+    /// and the calling thread touches the slots only before `concurrentPerform` starts the workers and
+    /// after it has returned, which is after every worker finished.
+    private struct Batch: @unchecked Sendable {
+        let chunkSize: Int
+        let encodedBound: Int
+        let decoded: UnsafeMutableRawBufferPointer
+        let encoded: UnsafeMutableRawBufferPointer
+        let results: UnsafeMutableBufferPointer<Result<Int, FerryError>?>
+
+        init(slots: Int, chunkSize: Int) {
+            self.chunkSize = chunkSize
+            encodedBound = maximumEncodedSize(chunkSize)
+            decoded = .allocate(byteCount: slots * chunkSize, alignment: 16)
+            encoded = .allocate(byteCount: slots * encodedBound, alignment: 16)
+            results = .allocate(capacity: slots)
+            results.initialize(repeating: nil)
+        }
+
+        func deallocate() {
+            decoded.deallocate()
+            encoded.deallocate()
+            results.deinitialize().deallocate()
+        }
+
+        /// Where slot `slot`'s decoded chunk is read to.
+        func decodedBuffer(_ slot: Int) -> UnsafeMutableRawBufferPointer {
+            UnsafeMutableRawBufferPointer(rebasing: decoded[(slot * chunkSize)..<((slot + 1) * chunkSize)])
+        }
+
+        /// Compresses slot `slot`'s first `decodedSize` bytes into its encoded buffer (a worker).
+        func compress(slot: Int, decodedSize: Int, preset: Int, extreme: Bool) {
+            let input = UnsafeRawBufferPointer(rebasing: decoded[(slot * chunkSize)..<(slot * chunkSize + decodedSize)])
+            let output = UnsafeMutableRawBufferPointer(
+                rebasing: encoded[(slot * encodedBound)..<((slot + 1) * encodedBound)])
+            do throws(FerryError) {
+                results[slot] = .success(try XZChunkCodec.encode(input, preset: preset, extreme: extreme, into: output))
+            } catch {
+                results[slot] = .failure(error)
+            }
+        }
+
+        /// Slot `slot`'s stream, copied out, or the error compressing it; clears the slot.
+        func takeResult(_ slot: Int) -> Result<[UInt8], FerryError> {
+            guard let result = results[slot] else { preconditionFailure("Ferry bug: slot \(slot) was not compressed") }
+            results[slot] = nil
+            return result.map { count in
+                Array(UnsafeRawBufferPointer(rebasing: encoded[(slot * encodedBound)..<(slot * encodedBound + count)]))
+            }
+        }
+    }
+
+    // MARK: - Internals
+
+    /// The largest .xz stream that `encode` can produce for `count` input bytes.
+    static func maximumEncodedSize(_ count: Int) -> Int {
+        let bound = lzma_stream_buffer_bound(count)
+        precondition(bound > 0, "Ferry bug: xz chunk of \(count) bytes is too large")
+        return bound
+    }
+
+    /// Compresses `chunk` into `output` (at least ``maximumEncodedSize(_:)`` bytes) and returns the
+    /// stream's size. Safe to call from several threads at once: every call has its own encoder.
+    static func encode(
+        _ chunk: UnsafeRawBufferPointer, preset: Int, extreme: Bool, into output: UnsafeMutableRawBufferPointer
+    ) throws(FerryError) -> Int {
+        precondition((0...9).contains(preset), "Ferry bug: xz preset \(preset) is not 0...9")
+        var options = lzma_options_lzma()
+        let presetFlags = UInt32(preset) | (extreme ? CLzma_PRESET_EXTREME : 0)
+        // lzma_lzma_preset returns true (non-zero) for an unsupported preset; 0...9 always is.
+        precondition(lzma_lzma_preset(&options, presetFlags) == 0, "Ferry bug: liblzma rejects preset \(preset)")
+        options.dict_size = max(CLzma_DICT_SIZE_MIN, min(options.dict_size, UInt32(clamping: chunk.count)))
+
+        var outputPosition = 0
+        let result = withUnsafeMutablePointer(to: &options) { options in
+            var filters = [
+                lzma_filter(id: CLzma_FILTER_LZMA2, options: UnsafeMutableRawPointer(options)),
+                lzma_filter(id: CLzma_VLI_UNKNOWN, options: nil),
+            ]
+            return filters.withUnsafeMutableBufferPointer { filters in
+                lzma_stream_buffer_encode(
+                    filters.baseAddress, LZMA_CHECK_CRC64, nil,
+                    chunk.baseAddress?.assumingMemoryBound(to: UInt8.self), chunk.count,
+                    output.baseAddress?.assumingMemoryBound(to: UInt8.self), &outputPosition, output.count)
+            }
+        }
+        guard result == LZMA_OK else {
+            var error = XZError(result, message: reason(result)).ferryError("compressing \(chunk.count) bytes")
+            // Only allocation can fail for valid input; anything else means Ferry set up liblzma wrongly.
+            if result != LZMA_MEM_ERROR { error.code = .internal }
+            throw error
+        }
+        return outputPosition
+    }
+
+    /// Reads until `buffer` is full or the source ends; returns the number of bytes read.
+    private static func fill(_ buffer: UnsafeMutableRawBufferPointer, from source: ByteSource) throws(FerryError)
+        -> Int
+    {
+        var done = 0
+        while done < buffer.count {
+            let count = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+            if count == 0 { break }
+            done += count
+        }
+        return done
+    }
+
+    /// What a liblzma return code means, in words.
+    private static func reason(_ result: lzma_ret) -> String {
+        switch result {
+        case LZMA_DATA_ERROR: "the compressed data is corrupt or truncated"
+        case LZMA_FORMAT_ERROR: "it is not an xz stream"
+        case LZMA_OPTIONS_ERROR: "it uses unsupported xz options"
+        case LZMA_UNSUPPORTED_CHECK: "it uses an unsupported integrity check"
+        case LZMA_MEM_ERROR: "liblzma cannot allocate memory"
+        case LZMA_MEMLIMIT_ERROR: "it needs more memory than allowed"
+        case LZMA_BUF_ERROR: "the output buffer is too small"
+        case LZMA_PROG_ERROR: "liblzma was called with invalid arguments"
+        default: "liblzma failed"
+        }
+    }
+
+    private static func mebibytes(_ bytes: UInt64) -> String {
+        "\((bytes + (1 << 20) - 1) >> 20) MiB"
+    }
+}
