@@ -33,6 +33,8 @@ extension FerryCommand {
             lines.append("Configuration: \(report.configuration)\(report.sandbox ? " (sandbox)" : "")")
             lines.append("Booted group:  \(report.booted ?? "unknown") (\(report.bootedSource))")
             lines.append("Bootloader:    \(report.bootloader)")
+            let rotated = report.keyring.map { $0.hasPrefix(report.stateDirectory + "/") } ?? false
+            lines.append("Keyring:       \(report.keyring ?? "none configured")\(rotated ? " (rotated by a bundle)" : "") (security floor \(report.securityFloor))")
             if let error = report.bootError {
                 lines.append("Boot state:    unreadable: \(error)")
             } else {

@@ -8,6 +8,11 @@ public struct BootedGroup: Sendable, Equatable {
     /// How it was determined, for `status` ("kernel command line ferry.slot=A", …).
     public var source: String
 
+    public init(bootname: String?, source: String) {
+        self.bootname = bootname
+        self.source = source
+    }
+
     /// Determines the booted group.
     ///
     /// In order: the kernel command line's `ferry.slot=` (or RAUC's `rauc.slot=`); in sandbox mode

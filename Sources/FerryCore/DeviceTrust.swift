@@ -71,9 +71,9 @@ extension StateStore {
 public enum DeviceTrust {
     /// The latest of the clock, the binary's build time and the last trusted time recorded:
     /// devices without a real-time clock boot in 1970, and time never goes backwards.
-    public static func trustedTime(store: StateStore) throws(FerryError) -> Int64 {
+    public static func trustedTime(store: StateStore, clock: Int64 = WallClock.now()) throws(FerryError) -> Int64 {
         let recorded = try store.trustRecord()["lastTrustedTime"]?.stringValue.flatMap(WallClock.parseISO8601) ?? 0
-        return max(WallClock.now(), WallClock.buildTime, recorded)
+        return max(clock, WallClock.buildTime, recorded)
     }
 
     /// Which keyring is in use: the rotated one in the state directory, else the configured one.
@@ -88,7 +88,7 @@ public enum DeviceTrust {
 
     /// The full device policy: keyring and threshold, deny-lists, compatible, version floor, expiry.
     public static func policy(
-        configuration: SystemConfiguration, booted: BootedGroup, allowDowngrade: Bool
+        configuration: SystemConfiguration, booted: BootedGroup, allowDowngrade: Bool, clock: Int64 = WallClock.now()
     ) throws(FerryError) -> TrustPolicy {
         let store = StateStore(directory: configuration.stateDirectory)
         let keyring = try Keyring(pemFile: try keyringPath(configuration))
@@ -104,7 +104,7 @@ public enum DeviceTrust {
         }
         return TrustPolicy(
             keyring: keyring, threshold: configuration.signatureThreshold, denyList: denyList,
-            trustedTime: try trustedTime(store: store),
+            trustedTime: try trustedTime(store: store, clock: clock),
             device: TrustPolicy.DeviceChecks(
                 compatible: configuration.compatible, bootedVersion: bootedVersion, allowDowngrade: allowDowngrade,
                 securityFloor: try store.securityFloor()))

@@ -58,6 +58,10 @@ public struct StatusReport: Sendable, Equatable {
     public var bootedSource: String
     public var bootloader: String
     public var stateDirectory: String
+    /// The keyring bundles are checked against: the rotated one in the state directory, else the configured one.
+    public var keyring: String?
+    /// The security version floor.
+    public var securityFloor: Int64
     /// The group booted next, and the boot order, as the bootloader's variables say.
     public var primary: String?
     public var bootOrder: [String]?
@@ -79,6 +83,8 @@ public struct StatusReport: Sendable, Equatable {
         let store = StateStore(directory: configuration.stateDirectory)
         let records = try store.slotRecords()
         let bootState = try store.bootState()
+        let keyring = try? DeviceTrust.keyringPath(configuration)
+        let securityFloor = try store.securityFloor()
         var primary: String? = nil
         var order: [String]? = nil
         var states: [GroupBootState] = []
@@ -128,7 +134,7 @@ public struct StatusReport: Sendable, Equatable {
         return StatusReport(
             formatVersion: currentFormatVersion, compatible: configuration.compatible, configuration: configuration.path,
             sandbox: configuration.sandbox, booted: booted.bootname, bootedSource: booted.source, bootloader: bootloader,
-            stateDirectory: configuration.stateDirectory, primary: primary, bootOrder: order, bootError: bootError,
+            stateDirectory: configuration.stateDirectory, keyring: keyring, securityFloor: securityFloor, primary: primary, bootOrder: order, bootError: bootError,
             rollback: bootState.rolledBackFrom.map { Rollback(from: $0, to: bootState.rolledBackTo, at: bootState.rolledBackAt) },
             groups: groups)
     }
@@ -183,7 +189,8 @@ public struct StatusReport: Sendable, Equatable {
             ("formatVersion", .number(Double(formatVersion))), ("compatible", .string(compatible)),
             ("configuration", .string(configuration)), ("sandbox", .bool(sandbox)), ("booted", string(booted)),
             ("bootedSource", .string(bootedSource)), ("bootloader", .string(bootloader)),
-            ("stateDirectory", .string(stateDirectory)), ("primary", string(primary)),
+            ("stateDirectory", .string(stateDirectory)), ("keyring", string(keyring)),
+            ("securityFloor", .number(Double(securityFloor))), ("primary", string(primary)),
             ("bootOrder", bootOrder.map { .array($0.map(JSONValue.string)) }), ("bootError", string(bootError)),
             (
                 "rollback",

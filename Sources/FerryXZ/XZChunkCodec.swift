@@ -140,8 +140,8 @@ public enum XZChunkCodec {
             if stream.pointee.avail_in == 0 {
                 throw FerryError(
                     code: .bundleInvalid,
-                    message: "\(what) is truncated: it ends after \(stream.pointee.total_out) decoded bytes "
-                        + "without the end of its xz stream")
+                    message: "\(what) is truncated: it ends after \(byteCount(stream.pointee.total_out)) of decoded data, "
+                        + "before the end of its xz stream")
             }
             // Input left and output room, yet no progress: liblzma would not normally stop here.
             throw XZError(result, message: reason(result)).ferryError("decoding \(what)")
@@ -154,7 +154,7 @@ public enum XZChunkCodec {
         if stream.pointee.avail_in != 0 {
             throw FerryError(
                 code: .bundleInvalid,
-                message: "\(what) has \(stream.pointee.avail_in) bytes after the end of its xz stream")
+                message: "\(what) has \(byteCount(stream.pointee.avail_in)) after the end of its xz stream")
         }
     }
 
@@ -351,7 +351,7 @@ public enum XZChunkCodec {
     /// What a liblzma return code means, in words.
     private static func reason(_ result: lzma_ret) -> String {
         switch result {
-        case LZMA_DATA_ERROR: "the compressed data is corrupt or truncated"
+        case LZMA_DATA_ERROR: "the compressed data is corrupt (or fails its integrity check)"
         case LZMA_FORMAT_ERROR: "it is not an xz stream"
         case LZMA_OPTIONS_ERROR: "it uses unsupported xz options"
         case LZMA_UNSUPPORTED_CHECK: "it uses an unsupported integrity check"
@@ -361,6 +361,10 @@ public enum XZChunkCodec {
         case LZMA_PROG_ERROR: "liblzma was called with invalid arguments"
         default: "liblzma failed"
         }
+    }
+
+    private static func byteCount(_ count: some BinaryInteger) -> String {
+        count == 1 ? "1 byte" : "\(count) bytes"
     }
 
     private static func mebibytes(_ bytes: UInt64) -> String {
