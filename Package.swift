@@ -76,7 +76,7 @@ let package = Package(
             path: "Tests/FerryTestSupport"
         ),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"]),
-        .testTarget(name: "FerryBundleTests", dependencies: ["FerryBundle", "FerryCrypto", "FerryXZ", "FerryJSON", "FerryTestSupport"]),
+        .testTarget(name: "FerryBundleTests", dependencies: ["FerryBundle", "FerryCore", "FerryCrypto", "FerryXZ", "FerryJSON", "FerryTestSupport"]),
         .testTarget(name: "FerryXZTests", dependencies: ["FerryXZ", "FerryTestSupport"]),
         .testTarget(name: "FerryJSONTests", dependencies: ["FerryJSON", "FerryTestSupport"]),
         .testTarget(name: "FerryBootloaderTests", dependencies: ["FerryBootloader", "FerryXZ", "FerryTestSupport"]),

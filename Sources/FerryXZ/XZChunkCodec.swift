@@ -53,12 +53,12 @@ public enum XZChunkCodec {
     ///   - extreme: Whether to spend more CPU time for slightly better compression (`xz --extreme`).
     ///     The default is `false`.
     /// - Returns: The .xz stream.
-    /// - Throws: `.io` if liblzma cannot allocate memory.
+    /// - Throws: `.io` if liblzma cannot allocate memory; `.internal` if liblzma rejects Ferry's settings.
     ///
     /// The corresponding C function is `lzma_stream_buffer_encode(3)`.
-    public static func encode(_ chunk: UnsafeRawBufferPointer, preset: Int = 6, extreme: Bool = false) throws(FerryError)
-        -> [UInt8]
-    {
+    public static func encode(
+        _ chunk: UnsafeRawBufferPointer, preset: Int = 6, extreme: Bool = false
+    ) throws(FerryError) -> [UInt8] {
         let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumEncodedSize(chunk.count), alignment: 16)
         defer { scratch.deallocate() }
         let count = try encode(chunk, preset: preset, extreme: extreme, into: scratch)
@@ -140,8 +140,8 @@ public enum XZChunkCodec {
             if stream.pointee.avail_in == 0 {
                 throw FerryError(
                     code: .bundleInvalid,
-                    message: "\(what) is truncated: it ends after \(byteCount(stream.pointee.total_out)) of decoded data, "
-                        + "before the end of its xz stream")
+                    message: "\(what) is truncated: it ends after \(byteCount(stream.pointee.total_out)) "
+                        + "of decoded data, before the end of its xz stream")
             }
             // Input left and output room, yet no progress: liblzma would not normally stop here.
             throw XZError(result, message: reason(result)).ferryError("decoding \(what)")
@@ -177,7 +177,8 @@ public enum XZChunkCodec {
     ///   - preset: The xz compression level, 0 to 9. The default is 6.
     ///   - extreme: Whether to use the extreme variant of the preset. The default is `false`.
     ///   - body: Called once per chunk, in payload order, on the calling thread.
-    /// - Throws: Whatever `source.read(into:)` or `body` throws; `.io` if liblzma cannot allocate memory.
+    /// - Throws: Whatever `source.read(into:)` or `body` throws; `.io` if liblzma cannot allocate memory;
+    ///   `.internal` if liblzma rejects Ferry's settings. Chunks already handed to `body` stay valid.
     ///
     /// The corresponding C function is `lzma_stream_buffer_encode(3)`.
     public static func encodeChunks(
@@ -230,7 +231,8 @@ public enum XZChunkCodec {
                 case .failure(let error):
                     throw error.prefixed("compressing chunk \(index) of \(source.sourceName)")
                 }
-                try body(EncodedChunk(index: index, decodedOffset: decodedOffset, decodedSize: sizes[slot], bytes: bytes))
+                try body(
+                    EncodedChunk(index: index, decodedOffset: decodedOffset, decodedSize: sizes[slot], bytes: bytes))
                 index += 1
                 decodedOffset += Int64(sizes[slot])
             }

@@ -11,7 +11,7 @@ import Testing
 @Suite struct HelpSnapshotTests {
     static let commands: [[String]] = [
         [], ["status"], ["mark"], ["boot-check"], ["env"], ["env", "list"], ["env", "get"], ["env", "set"],
-        ["env", "unset"],
+        ["env", "unset"], ["bundle"], ["bundle", "create"], ["bundle", "info"], ["bundle", "verify"],
     ]
 
     @Test(arguments: commands)
