@@ -80,6 +80,8 @@ public struct BootControl {
         if state.pending == bootname { state.pending = nil }
         state.confirmedAt[bootname] = WallClock.iso8601()
         try store.setBootState(state)
+        // Confirming a group raises the security floor to the bundle installed in it.
+        try store.confirmSecurityVersion(of: bootname)
         logger.info("Marked group good", metadata: ["group.bootname": "\(bootname)"])
     }
 

@@ -1,0 +1,149 @@
+import FerryBundle
+import FerryCrypto
+import FerryJSON
+import FerrySystem
+import Logging
+
+/// Installs a signed bundle into the inactive slot group, then makes it primary.
+///
+/// The order is the safety argument (ARCHITECTURE.md §4): everything that can be checked is
+/// checked before the first write (signatures and policy, payload sizes against the slots); the
+/// target group is marked bad before its first byte is written; every chunk is hash-checked
+/// before it is written; every slot is synced and read back from the device before the group is
+/// made primary. A failure at any point leaves the booted group and the boot order untouched
+/// and the target group bad.
+public struct Installer {
+    public let configuration: SystemConfiguration
+    public let booted: BootedGroup
+    public let logger: Logger
+    /// Called with progress lines (`Writing rootfs_b: chunk 3/16`).
+    public var progress: (String) -> Void = { _ in }
+
+    public init(configuration: SystemConfiguration, booted: BootedGroup, logger: Logger) {
+        self.configuration = configuration
+        self.booted = booted
+        self.logger = logger
+    }
+
+    public struct Result: Sendable {
+        public var target: String
+        public var version: String
+        public var slots: [String]
+        public var adoptedKeyring: Bool
+    }
+
+    /// Verifies and installs the bundle read from `source`.
+    /// - Parameters:
+    ///   - allowDowngrade: accept a version older than the booted one (never below the security floor).
+    ///   - force: install even while the booted group is on trial (not yet confirmed).
+    /// - Throws: every bundle, policy, device and boot environment error, before or during writing.
+    public func install(from source: any ByteSource, bundleName: String, allowDowngrade: Bool, force: Bool) throws(FerryError)
+        -> Result
+    {
+        let control = try BootControl(configuration: configuration, booted: booted, logger: logger)
+        guard let current = booted.bootname else {
+            throw FerryError(code: .deviceBooted, message: "refusing to install: the booted group is unknown (\(booted.source))")
+        }
+        let target = try control.bootname(for: "other")
+        let store = StateStore(directory: configuration.stateDirectory)
+        if try store.bootState().pending == current, !force {
+            throw FerryError(
+                code: .onTrial,
+                message: "the booted group \(current) is still on trial (not confirmed): it is the only fallback; confirm it with 'ferry mark good' or use --force")
+        }
+
+        // 1. Verify signatures and policy; nothing is written before this passes.
+        let policy = try DeviceTrust.policy(configuration: configuration, booted: booted, allowDowngrade: allowDowngrade)
+        let reader = BundleReader(source: source)
+        let (manifest, signers, keyring) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade)
+        logger.info("Bundle verified", metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
+
+        // 2. Plan: one slot of the target group per payload, large enough; the group complete.
+        guard let group = configuration.group(target) else { throw FerryError(code: .internal, message: "no group \(target)") }
+        var plan: [(Manifest.Payload, SlotConfiguration)] = []
+        var resolver = SlotResolver()
+        for payload in manifest.payloads {
+            guard let slot = group.slot(ofClass: payload.target) else {
+                throw FerryError(
+                    code: .notCompatible, message: "the bundle has a payload for slot class '\(payload.target)', which this device does not have")
+            }
+            let resolved = try resolver.resolve(slot, configuration: configuration)
+            guard payload.size <= resolved.byteCount else {
+                throw FerryError(
+                    code: .deviceTooSmall,
+                    message: "payload '\(payload.member)' is \(payload.size) bytes but slot '\(slot.name)' holds \(resolved.byteCount)")
+            }
+            plan.append((payload, slot))
+        }
+        if let missing = group.slots.first(where: { slot in !plan.contains { $0.1.name == slot.name } }) {
+            throw FerryError(
+                code: .bundleInvalid,
+                message: "the bundle has no payload for slot class '\(missing.slotClass)'; bundles must update every member of the group (module-only updates come later)")
+        }
+
+        // 3. The target group will not boot until it is complete and verified.
+        try control.markBad(target)
+        let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
+        for (payload, slot) in plan {
+            try write(payload, to: slot, reader: reader, access: access)
+        }
+        try reader.finish()
+
+        // 4. Record what is installed, adopt a new keyring, then switch.
+        let now = WallClock.iso8601()
+        for (payload, slot) in plan {
+            try store.setSlotRecord(
+                InstalledSlotRecord(
+                    sha256: payload.sha256.hex, size: payload.size, version: manifest.version.description, source: bundleName,
+                    installedAt: now), for: slot.name)
+        }
+        try store.setPendingSecurityVersion(manifest.securityVersion, for: target)
+        if let keyring, let update = manifest.keyring {
+            try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName)
+        }
+        try store.recordTrustedTime(policy.trustedTime)
+        try control.markActive(target)
+        return Result(target: target, version: manifest.version.description, slots: plan.map(\.1.name), adoptedKeyring: keyring != nil)
+    }
+
+    private func write(_ payload: Manifest.Payload, to slot: SlotConfiguration, reader: BundleReader, access: SlotAccess) throws(FerryError) {
+        let open = try access.openForWriting(slot)
+        defer { try? open.close() }
+        let device = open.device
+        let total = payload.chunks.count
+        // Each chunk arrives hash-checked (compressed and decoded) before it is written.
+        try reader.readPayload(payload) { (index, offset, bytes) throws(FerryError) in
+            try device.write(bytes, at: offset)
+            if index % 8 == 7 || index == total - 1 { progress("Writing \(slot.name): chunk \(index + 1)/\(total)") }
+        }
+        try device.synchronize()
+        // Read back from the device, not from the page cache, and compare with the payload's hash.
+        try device.dropCaches()
+        let written = try SHA256Hasher.hash(device, byteCount: payload.size)
+        guard written == payload.sha256 else {
+            throw FerryError(
+                code: .io,
+                message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from what was written: the device is failing")
+        }
+        progress("Verified \(slot.name) (\(payload.size) bytes, sha256 \(written.hex.prefix(16))…)")
+    }
+}
+
+extension StateStore {
+    /// The security version of the bundle installed into a group, raised into the floor when the
+    /// group is confirmed.
+    func setPendingSecurityVersion(_ version: Int64, for bootname: String) throws(FerryError) {
+        var record = try trustRecord()
+        var pending = record["pendingSecurityVersion"]?.objectValue ?? [:]
+        pending[bootname] = .number(Double(version))
+        record["pendingSecurityVersion"] = .object(pending)
+        try setTrustRecord(record)
+    }
+
+    /// Raises the floor to the security version installed in `bootname`, if one is pending.
+    func confirmSecurityVersion(of bootname: String) throws(FerryError) {
+        let record = try trustRecord()
+        guard let version = record["pendingSecurityVersion"]?.objectValue?[bootname]?.int64Value else { return }
+        try raiseSecurityFloor(to: version)
+    }
+}
