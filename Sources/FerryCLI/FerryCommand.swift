@@ -104,17 +104,21 @@ public enum FerryVersion {
 
 /// Writing to the standard streams without Foundation.
 enum Terminal {
-    static func writeError(_ text: String) {
+    /// Writes to standard error, unbuffered.
+    static func writeError(_ text: String) { writeAll(text, to: 2) }
+
+    /// Writes to standard output, unbuffered, so that progress and errors keep their order on a
+    /// console or in a log.
+    static func writeOutput(_ text: String) { writeAll(text, to: 1) }
+
+    private static func writeAll(_ text: String, to descriptor: Int32) {
         var bytes = Array(text.utf8)
         var offset = 0
         while offset < bytes.count {
-            let written = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
+            let written = bytes.withUnsafeMutableBytes { write(descriptor, $0.baseAddress! + offset, $0.count - offset) }
+            if written < 0 && errno == EINTR { continue }
             if written <= 0 { return }
             offset += written
         }
-    }
-
-    static func writeOutput(_ text: String) {
-        print(text, terminator: "")
     }
 }
