@@ -75,14 +75,7 @@ extension StateStore {
     /// Ferry's boot-control record (empty when none was written yet).
     public func bootState() throws(FerryError) -> BootState {
         guard TextFile.exists(bootStatePath) else { return BootState() }
-        let bytes: [UInt8]
-        do { bytes = try TextFile.readBytes(bootStatePath, limit: 1 << 20) } catch {
-            throw FerryError(code: .stateInvalid, message: "cannot read state file: \(error.message)", cause: error)
-        }
-        guard case .object(let object) = try JSONValue.parse(bytes, what: "state file '\(bootStatePath)'", code: .stateInvalid)
-        else {
-            throw FerryError(code: .stateInvalid, message: "state file '\(bootStatePath)' must hold a JSON object")
-        }
+        let object = try readObject(bootStatePath)
         return BootState(json: object)
     }
 

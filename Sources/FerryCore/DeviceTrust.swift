@@ -12,13 +12,7 @@ extension StateStore {
     /// The trust record: `securityFloor`, `lastTrustedTime`, `keyring` (fingerprint, denyList, from).
     public func trustRecord() throws(FerryError) -> [String: JSONValue] {
         guard TextFile.exists(trustPath) else { return [:] }
-        let bytes: [UInt8]
-        do { bytes = try TextFile.readBytes(trustPath, limit: 1 << 20) } catch {
-            throw FerryError(code: .stateInvalid, message: "cannot read state file: \(error.message)", cause: error)
-        }
-        guard case .object(let object) = try JSONValue.parse(bytes, what: "state file '\(trustPath)'", code: .stateInvalid) else {
-            throw FerryError(code: .stateInvalid, message: "state file '\(trustPath)' must hold a JSON object")
-        }
+        let object = try readObject(trustPath)
         return object
     }
 

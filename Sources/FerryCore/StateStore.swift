@@ -103,7 +103,8 @@ public struct StateStore: Sendable {
         try DurableFile.write(JSONValue.object(root).serialized(), to: slotsPath)
     }
 
-    private func readObject(_ path: String) throws(FerryError) -> [String: JSONValue] {
+    /// Reads a state file holding a JSON object.
+    func readObject(_ path: String) throws(FerryError) -> [String: JSONValue] {
         let bytes: [UInt8]
         do { bytes = try TextFile.readBytes(path, limit: 1 << 20) } catch {
             throw FerryError(code: .stateInvalid, message: "cannot read state file: \(error.message)", cause: error)
