@@ -26,10 +26,14 @@ extension FerryCommand {
         @Flag(help: "Install even while the booted group is on trial (not yet confirmed).")
         var force = false
 
+        @Option(help: "Progress: a bar on a terminal, plain lines otherwise (auto), or bar, lines, json.")
+        var progress: ProgressMode = .auto
+
         func run() async throws {
             let context = try DeviceContext.load(global, writing: "install")
             var installer = Installer(configuration: context.configuration, booted: context.booted, logger: context.logger)
-            installer.progress = { Terminal.writeOutput($0 + "\n") }
+            let renderer = ProgressRenderer(mode: progress)
+            installer.progress = { renderer.handle($0) }
             let source = try Bundle.source(bundle)
             let name = bundle == "-" ? "standard input" : String(bundle.split(separator: "/").last ?? "")
             let result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)

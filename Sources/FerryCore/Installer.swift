@@ -16,8 +16,8 @@ public struct Installer {
     public let configuration: SystemConfiguration
     public let booted: BootedGroup
     public let logger: Logger
-    /// Called with progress lines (`Writing rootfs_b: chunk 3/16`).
-    public var progress: (String) -> Void = { _ in }
+    /// Called as the install goes (the CLI renders it).
+    public var progress: (ProgressEvent) -> Void = { _ in }
 
     public init(configuration: SystemConfiguration, booted: BootedGroup, logger: Logger) {
         self.configuration = configuration
@@ -81,15 +81,27 @@ public struct Installer {
                 message: "the bundle has no payload for slot class '\(missing.slotClass)'; bundles must update every member of the group (module-only updates come later)")
         }
 
-        // 3. The target group will not boot until it is complete and verified.
+        // 3. The pre-install hook may still refuse; nothing was written yet.
+        let hooks = Hooks(configuration: configuration.hooks)
+        var hookEnvironment = [
+            "FERRY_BUNDLE": bundleName, "FERRY_VERSION": manifest.version.description, "FERRY_COMPATIBLE": manifest.compatible,
+            "FERRY_BOOTED_GROUP": current, "FERRY_TARGET_GROUP": target, "FERRY_CONFIG": configuration.path,
+            "FERRY_SLOTS": plan.map(\.1.name).joined(separator: " "), "FERRY_STAGE": "pre-install",
+        ]
+        try hooks.run("pre-install", configuration.hooks.preInstall, environment: hookEnvironment)
+
+        // 4. The target group will not boot until it is complete and verified.
         try control.markBad(target)
         let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
         for (payload, slot) in plan {
             try write(payload, to: slot, reader: reader, access: access)
         }
         try reader.finish()
+        // A failing post-install hook blocks the switch: the group stays bad.
+        hookEnvironment["FERRY_STAGE"] = "post-install"
+        try hooks.run("post-install", configuration.hooks.postInstall, environment: hookEnvironment)
 
-        // 4. Record what is installed, adopt a new keyring, then switch.
+        // 5. Record what is installed, adopt a new keyring, then switch.
         let now = WallClock.iso8601()
         for (payload, slot) in plan {
             try store.setSlotRecord(
@@ -102,7 +114,9 @@ public struct Installer {
             try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName)
         }
         try store.recordTrustedTime(policy.trustedTime)
+        progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
         try control.markActive(target)
+        progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
         return Result(target: target, version: manifest.version.description, slots: plan.map(\.1.name), adoptedKeyring: keyring != nil)
     }
 
@@ -110,14 +124,15 @@ public struct Installer {
         let open = try access.openForWriting(slot)
         defer { try? open.close() }
         let device = open.device
-        let total = payload.chunks.count
+        progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: 0, bytesTotal: payload.size))
         // Each chunk arrives hash-checked (compressed and decoded) before it is written.
         try reader.readPayload(payload) { (index, offset, bytes) throws(FerryError) in
-            try device.write(bytes, at: offset)
-            if index % 8 == 7 || index == total - 1 { progress("Writing \(slot.name): chunk \(index + 1)/\(total)") }
+            try ImageWriter.write(bytes, at: offset, to: device)
+            progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
         }
         try device.synchronize()
         // Read back from the device, not from the page cache, and compare with the payload's hash.
+        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: payload.size))
         try device.dropCaches()
         let written = try SHA256Hasher.hash(device, byteCount: payload.size)
         guard written == payload.sha256 else {
@@ -125,7 +140,7 @@ public struct Installer {
                 code: .io,
                 message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from what was written: the device is failing")
         }
-        progress("Verified \(slot.name) (\(payload.size) bytes, sha256 \(written.hex.prefix(16))…)")
+        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: payload.size, bytesTotal: payload.size))
     }
 }
 

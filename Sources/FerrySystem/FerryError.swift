@@ -17,7 +17,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case unknownSlot
             case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired, limitExceeded
             case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
-            case healthCheckFailed, onTrial
+            case healthCheckFailed, onTrial, hookFailed
             case stateInvalid, lockHeld
             case `internal`
         }
@@ -79,6 +79,8 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         public static let healthCheckFailed = Code(.healthCheckFailed)
         /// The booted group is not confirmed yet, so the other group is its only fallback.
         public static let onTrial = Code(.onTrial)
+        /// A pre- or post-install hook failed or timed out.
+        public static let hookFailed = Code(.hookFailed)
         /// A state file in the state directory is unreadable or malformed.
         public static let stateInvalid = Code(.stateInvalid)
         /// Another Ferry command holds the global lock.
@@ -119,6 +121,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .bootEnvironmentUnsupported: 82
             case .healthCheckFailed: 83
             case .onTrial: 84
+            case .hookFailed: 85
             case .stateInvalid: 60
             case .lockHeld: 61
             case .internal: 70

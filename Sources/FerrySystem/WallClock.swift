@@ -80,3 +80,8 @@ extension WallClock {
         return parseISO8601("\(year)-\(two(month + 1))-\(two(day))T\(time)Z")
     }
 }
+
+extension WallClock {
+    /// Seconds on the monotonic clock (for rates and timeouts; unaffected by clock changes).
+    public static func monotonicSeconds() -> Double { ChildProcess.monotonicSeconds() }
+}

@@ -10,7 +10,7 @@ import Testing
 /// then review the diff of Tests/FerryCLITests/Snapshots/.
 @Suite struct HelpSnapshotTests {
     static let commands: [[String]] = [
-        [], ["status"], ["install"], ["mark"], ["boot-check"], ["env"], ["env", "list"], ["env", "get"], ["env", "set"],
+        [], ["status"], ["install"], ["write-slot"], ["mark"], ["boot-check"], ["env"], ["env", "list"], ["env", "get"], ["env", "set"],
         ["env", "unset"], ["bundle"], ["bundle", "create"], ["bundle", "info"], ["bundle", "verify"],
     ]
 

@@ -1,4 +1,5 @@
 import FerryBundle
+import FerryJSON
 import FerryCore
 import FerryCrypto
 import FerrySystem
@@ -134,6 +135,113 @@ struct InstallTests {
                 environment: ["FERRY": TestEnvironment.ferryBinary])
             #expect(try ferry(["install", "\(dir)/good.ferry"] + config).status == 84)
             #expect(try ferry(["install", "\(dir)/good.ferry", "--force"] + config).status == 0)
+        }
+    }
+
+    /// Adds hooks to the sandbox's configuration.
+    func setHooks(_ sandbox: Sandbox, _ hooks: String) throws {
+        let text = try TextFile.read(sandbox.configurationPath)
+            .replacing("\"signatureThreshold\": 1", with: "\"signatureThreshold\": 1, \"hooks\": {\(hooks)}")
+        try DurableFile.write(text, to: sandbox.configurationPath)
+    }
+
+    func script(_ path: String, _ body: String) throws {
+        try DurableFile.write("#!/bin/sh\n\(body)\n", to: path)
+        try Shell.check(["chmod", "+x", path])
+    }
+
+    @Test func hooksSucceedFailAndTimeOut() async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            let config = ["--config", sandbox.configurationPath]
+            _ = try makeBundle(sandbox, output: "\(dir)/update.ferry")
+            try script("\(dir)/record.sh", "env | grep ^FERRY_ | sort > \(dir)/$FERRY_STAGE.env")
+            try script("\(dir)/fail.sh", "exit 3")
+            try script("\(dir)/hang.sh", "sleep 30")
+            let groupABefore = try groupA(sandbox)
+            let rootfsB = try slotBytes(sandbox, "rootfs_b", count: 1 << 20)
+
+            // A failing pre-install hook: nothing written, nothing switched.
+            try setHooks(sandbox, "\"preInstall\": \"\(dir)/fail.sh\"")
+            #expect(try ferry(["install", "\(dir)/update.ferry"] + config).status == 85)
+            #expect(try slotBytes(sandbox, "rootfs_b", count: 1 << 20) == rootfsB)
+            #expect(try ferry(["env", "list"] + config).output.contains("BOOT_ORDER=A B"))
+
+            // A pre-install hook that hangs is killed at the timeout.
+            try DurableFile.write(try TextFile.read(sandbox.configurationPath).replacing("fail.sh", with: "hang.sh\", \"timeoutSeconds\": \"2").replacing("\"2\"", with: "2"), to: sandbox.configurationPath)
+            let hung = try ferry(["install", "\(dir)/update.ferry"] + config)
+            #expect(hung.status == 85 && hung.output.contains("timed out"), "\(hung.output)")
+
+            // A failing post-install hook: written and verified, but never made primary; B stays bad.
+            let fresh = try Sandbox.make(in: "\(dir)/fresh")
+            _ = try makeBundle(fresh, output: "\(dir)/fresh.ferry")
+            try setHooks(fresh, "\"preInstall\": \"\(dir)/record.sh\", \"postInstall\": \"\(dir)/fail.sh\"")
+            let post = try ferry(["install", "\(dir)/fresh.ferry", "--config", fresh.configurationPath])
+            #expect(post.status == 85, "\(post.output)")
+            let environment = try ferry(["env", "list", "--config", fresh.configurationPath]).output
+            #expect(environment.contains("BOOT_ORDER=A B") && environment.contains("BOOT_B_LEFT=0"))
+            // The pre-install hook saw the install's details.
+            let seen = try TextFile.read("\(dir)/pre-install.env")
+            #expect(seen.contains("FERRY_TARGET_GROUP=B") && seen.contains("FERRY_VERSION=1.1.0") && seen.contains("FERRY_SLOTS="))
+            #expect(try groupA(sandbox) == groupABefore)
+
+            // Hooks that succeed: installed and switched.
+            let text = try TextFile.read(fresh.configurationPath).replacing("\"postInstall\": \"\(dir)/fail.sh\"", with: "\"postInstall\": \"\(dir)/record.sh\"")
+            try DurableFile.write(text, to: fresh.configurationPath)
+            #expect(try ferry(["install", "\(dir)/fresh.ferry", "--config", fresh.configurationPath]).status == 0)
+            #expect(try TextFile.read("\(dir)/post-install.env").contains("FERRY_STAGE=post-install"))
+        }
+    }
+
+    @Test(arguments: ["json", "lines", "bar"])
+    func progressModes(mode: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            _ = try makeBundle(sandbox, output: "\(dir)/update.ferry")
+            let result = try ferry(["install", "\(dir)/update.ferry", "--progress", mode, "--config", sandbox.configurationPath])
+            #expect(result.status == 0, "\(result.output)")
+            let lines = result.output.split(separator: "\n").map(String.init)
+            switch mode {
+            case "json":
+                let events = lines.filter { $0.hasPrefix("{") }
+                #expect(events.count >= 8)
+                for event in events {
+                    let object = try JSONValue.parse(Array(event.utf8), what: "event", code: .internal).objectValue
+                    #expect(object?["stage"]?.stringValue != nil && object?["bytesDone"] != nil && object?["bytesTotal"] != nil)
+                }
+                #expect(events.contains { $0.contains("\"stage\":\"read-back\"") && $0.contains("rootfs_b") })
+                #expect(events.last?.contains("\"stage\":\"done\"") == true)
+            case "lines":
+                #expect(lines.contains("write rootfs_b: 100% (8.0 MiB of 8.0 MiB)"))
+                #expect(lines.contains { $0.hasPrefix("read-back modem_b: 100%") })
+                #expect(!result.output.contains("\r"))
+            default:
+                #expect(result.output.contains("\r[") && result.output.contains("] write rootfs_b"))
+            }
+        }
+    }
+
+    @Test func writeSlotRawAndXZ() async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            let config = ["--config", sandbox.configurationPath]
+            let image = seededBytes(count: 3 << 20, seed: 9) + [UInt8](repeating: 0, count: 2 << 20)
+            try makeFile("\(dir)/image.img", bytes: image)
+            try Shell.check(["sh", "-c", "xz -k -c \(dir)/image.img > \(dir)/image.img.xz"])
+            for (slot, file) in [("rootfs_b", "image.img"), ("modem_b", "image.img.xz")] {
+                let result = try ferry(["write-slot", slot, "\(dir)/\(file)", "--progress", "lines"] + config)
+                #expect(result.status == 0, "\(result.output)")
+                #expect(try slotBytes(sandbox, slot, count: image.count) == image)
+            }
+            let records = try StateStore(directory: try sandbox.configuration().stateDirectory).slotRecords()
+            #expect(records["modem_b"]?.sha256 == SHA256Hasher.hash(image).hex)
+            #expect(try ferry(["env", "list"] + config).output.contains("BOOT_B_LEFT=0"))
+            // Refused: the booted group, an unknown slot, an image larger than the slot.
+            #expect(try ferry(["write-slot", "rootfs_a", "\(dir)/image.img"] + config).status == 22)
+            #expect(try ferry(["write-slot", "rootfs_z", "\(dir)/image.img"] + config).status == 12)
+            try makeFile("\(dir)/big.img", size: (4 << 20) + 512)
+            #expect(try ferry(["write-slot", "tee_b", "\(dir)/big.img"] + config).status == 24)
+            #expect(LoopDevice.devices(backing: sandbox.diskPath).isEmpty)
         }
     }
 }

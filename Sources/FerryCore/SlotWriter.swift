@@ -1,0 +1,85 @@
+import FerryCrypto
+import FerrySystem
+import FerryXZ
+import Logging
+
+/// `ferry write-slot`: an operator action that writes an image straight into one slot (recovery,
+/// factory), without a bundle. It still refuses the booted and mounted slots, marks the slot's
+/// group bad first, reads the slot back, and records its SHA-256; it never raises the security
+/// floor and never makes the group primary.
+public struct SlotWriter {
+    public let configuration: SystemConfiguration
+    public let booted: BootedGroup
+    public let logger: Logger
+    public var progress: (ProgressEvent) -> Void = { _ in }
+
+    public init(configuration: SystemConfiguration, booted: BootedGroup, logger: Logger) {
+        self.configuration = configuration
+        self.booted = booted
+        self.logger = logger
+    }
+
+    /// Writes `image` (raw, or .xz decoded on the fly) into the slot named `slotName`.
+    /// - Returns: the SHA-256 and size of what was written.
+    /// - Throws: `.unknownSlot`, `.deviceBooted`, `.deviceInUse`, `.deviceTooSmall`, `.io`, xz errors.
+    public func write(slotName: String, image: String) throws(FerryError) -> (SHA256Digest, Int64) {
+        guard let slot = configuration.slot(named: slotName) else {
+            throw FerryError(
+                code: .unknownSlot,
+                message: "no slot '\(slotName)' (slots: \(configuration.slots.map(\.name).joined(separator: ", ")))")
+        }
+        let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
+        try access.checkWritable(slot)
+        var resolver = SlotResolver()
+        let capacity = try resolver.resolve(slot, configuration: configuration).byteCount
+        let compressed = image.hasSuffix(".xz")
+        let file = try FileByteSource(path: image)
+        if !compressed, let size = try? BlockDevice.openForReading(image).byteCount, size > capacity {
+            throw FerryError(code: .deviceTooSmall, message: "'\(image)' is \(size) bytes but slot '\(slot.name)' holds \(capacity)")
+        }
+        let source: any ByteSource = compressed ? try XZStreamSource(source: file) : file
+
+        // The group must not boot while one of its slots is half written.
+        let control = try BootControl(configuration: configuration, booted: booted, logger: logger)
+        try control.markBad(slot.bootname)
+        let open = try access.openForWriting(slot)
+        defer { try? open.close() }
+        let hasher = SHA256Hasher()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset: Int64 = 0
+        progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: 0, bytesTotal: capacity))
+        while true {
+            var filled = 0
+            while filled < buffer.count {
+                let count = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
+                if count == 0 { break }
+                filled += count
+            }
+            if filled == 0 { break }
+            guard offset + Int64(filled) <= capacity else {
+                throw FerryError(
+                    code: .deviceTooSmall, message: "'\(image)' decodes to more than slot '\(slot.name)' holds (\(capacity) bytes)")
+            }
+            let chunk = UnsafeRawBufferPointer(rebasing: buffer[..<filled])
+            hasher.update(chunk)
+            try ImageWriter.write(chunk, at: offset, to: open.device)
+            offset += Int64(filled)
+            progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: offset, bytesTotal: capacity))
+            if filled < buffer.count { break }
+        }
+        try open.device.synchronize()
+        let digest = hasher.finalize()
+        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: offset))
+        try open.device.dropCaches()
+        guard try SHA256Hasher.hash(open.device, byteCount: offset) == digest else {
+            throw FerryError(code: .io, message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from what was written")
+        }
+        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: offset, bytesTotal: offset))
+        try StateStore(directory: configuration.stateDirectory).setSlotRecord(
+            InstalledSlotRecord(
+                sha256: digest.hex, size: offset, version: nil, source: "write-slot \(image.split(separator: "/").last ?? "")",
+                installedAt: WallClock.iso8601()), for: slot.name)
+        return (digest, offset)
+    }
+}
