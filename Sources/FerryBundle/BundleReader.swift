@@ -99,8 +99,13 @@ public final class BundleReader {
     /// chunk: compressed SHA-256, decoding to exactly the expected size, decoded SHA-256; and at
     /// the end the whole payload's SHA-256.
     /// - Throws: `.bundleInvalid` naming the payload and chunk, `.truncated`.
+    ///
+    /// - Parameter resumeAt: chunks before this index were written by an interrupted install:
+    ///   they are read and their compressed hash is checked, but they are not decoded or handed
+    ///   out, and the whole-payload hash is then left to the caller's read-back.
     public func readPayload(
-        _ payload: Manifest.Payload, body: (_ index: Int, _ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws(FerryError) -> Void
+        _ payload: Manifest.Payload, resumeAt: Int = 0,
+        body: (_ index: Int, _ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws(FerryError) -> Void
     ) throws(FerryError) {
         _ = try nextMember(named: payload.member, size: payload.storedSize)
         let chunkSize = Int(payload.chunkSize)
@@ -126,6 +131,7 @@ public final class BundleReader {
                     code: .bundleInvalid,
                     message: "payload '\(payload.member)' chunk \(index) (bytes \(chunk.offset)..<\(chunk.offset + chunk.size)) does not match its SHA-256: the bundle is corrupt")
             }
+            if index < resumeAt { continue }
             let decodedSize = index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize
             let output = UnsafeMutableRawBufferPointer(rebasing: decoded[..<decodedSize])
             switch payload.compression {
@@ -150,7 +156,7 @@ public final class BundleReader {
             whole.update(UnsafeRawBufferPointer(output))
             try body(index, Int64(index) * payload.chunkSize, UnsafeRawBufferPointer(output))
         }
-        guard whole.finalize() == payload.sha256 else {
+        guard resumeAt > 0 || whole.finalize() == payload.sha256 else {
             throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' does not match its SHA-256")
         }
     }

@@ -11,14 +11,19 @@ extension FerryCommand {
                 Nothing is written before the bundle's signatures and the device's policy pass; the \
                 target group is marked bad first; every chunk is checked against its hash before it \
                 is written; every slot is read back before the switch. Reboot, then confirm with \
-                'ferry boot-check' or 'ferry mark good'. Resume of an interrupted install and HTTPS \
-                sources are not implemented yet: an interrupted install is started again.
+                'ferry boot-check' or 'ferry mark good'. HTTPS \
+                sources are not implemented yet. An install cut at any point (power loss, kill) \
+                continues from its last checkpoint when started again with the same bundle; \
+                --abort drops that journal; a journal of another bundle never blocks an install.
                 """)
 
         @OptionGroup var global: GlobalOptions
 
         @Argument(help: "The bundle file, or - for standard input.")
-        var bundle: String
+        var bundle: String?
+
+        @Flag(help: "Drop the journal of an interrupted install (the next install starts from the beginning).")
+        var abort = false
 
         @Flag(name: .customLong("allow-downgrade"), help: "Accept a version older than the booted one (never below the security floor).")
         var allowDowngrade = false
@@ -29,8 +34,22 @@ extension FerryCommand {
         @Option(help: "Progress: a bar on a terminal, plain lines otherwise (auto), or bar, lines, json.")
         var progress: ProgressMode = .auto
 
+        func validate() throws {
+            if abort == (bundle != nil) { throw ValidationError("give a bundle to install, or --abort") }
+        }
+
         func run() async throws {
             let context = try DeviceContext.load(global, writing: "install")
+            if abort {
+                let store = StateStore(directory: context.configuration.stateDirectory)
+                let journal = store.installJournal()
+                try store.removeInstallJournal()
+                Terminal.writeOutput(
+                    journal.map { "Dropped the journal of the interrupted install of \($0.bundle) into group \($0.target) (it stays marked bad).\n" }
+                        ?? "No interrupted install.\n")
+                return
+            }
+            let bundle = self.bundle!
             var installer = Installer(configuration: context.configuration, booted: context.booted, logger: context.logger)
             let renderer = ProgressRenderer(mode: progress)
             installer.progress = { renderer.handle($0) }
@@ -38,7 +57,7 @@ extension FerryCommand {
             let name = bundle == "-" ? "standard input" : String(bundle.split(separator: "/").last ?? "")
             let result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
             Terminal.writeOutput(
-                "Installed \(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
+                (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
                     + "\(result.adoptedKeyring ? "; adopted the bundle's new keyring" : "")"
                     + "; group \(result.target) is now primary: reboot, then confirm.\n")
         }

@@ -25,7 +25,12 @@ public struct Installer {
         self.logger = logger
     }
 
+    /// Bytes written between checkpoints (slot synced, then journal updated).
+    public var checkpointBytes: Int64 = 8 << 20
+
     public struct Result: Sendable {
+        /// Whether it continued an interrupted install of the same bundle.
+        public var resumed: Bool
         public var target: String
         public var version: String
         public var slots: [String]
@@ -90,11 +95,41 @@ public struct Installer {
         ]
         try hooks.run("pre-install", configuration.hooks.preInstall, environment: hookEnvironment)
 
-        // 4. The target group will not boot until it is complete and verified.
+        // 4. Continue an interrupted install of this very bundle into this group, or start fresh;
+        //    a journal of another bundle or group is stale and dropped, never an obstacle.
+        let manifestHash = SHA256Hasher.hash(reader.manifestBytes).hex
+        var journal = InstallJournal(manifestSHA256: manifestHash, target: target, bundle: bundleName)
+        var resumed = false
+        if let previous = store.installJournal() {
+            if previous.manifestSHA256 == manifestHash && previous.target == target {
+                journal = previous
+                resumed = true
+                logger.info("Resuming an interrupted install", metadata: ["journal.completed": "\(previous.completed)"])
+            } else {
+                logger.info("Dropping a stale install journal", metadata: ["journal.bundle": "\(previous.bundle)"])
+                try store.removeInstallJournal()
+            }
+        }
+
+        // 5. The target group will not boot until it is complete and verified.
         try control.markBad(target)
+        if !resumed { try store.setInstallJournal(journal) }
         let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
         for (payload, slot) in plan {
-            try write(payload, to: slot, reader: reader, access: access)
+            if journal.completed.contains(slot.name) {
+                // Written and read back before the interruption: read past it in the stream.
+                try reader.readPayload(payload, resumeAt: payload.chunks.count) { (_, _, _) throws(FerryError) in }
+                continue
+            }
+            do {
+                try write(payload, to: slot, reader: reader, access: access, journal: &journal, store: store)
+            } catch where error.code == .io && error.message.contains("reads back differently") {
+                // The slot's content cannot be trusted: the next attempt starts from scratch.
+                try? store.removeInstallJournal()
+                throw error
+            }
+            journal.completed.append(slot.name)
+            try store.setInstallJournal(journal)
         }
         try reader.finish()
         // A failing post-install hook blocks the switch: the group stays bad.
@@ -110,6 +145,7 @@ public struct Installer {
                     installedAt: now), for: slot.name)
         }
         try store.setPendingSecurityVersion(manifest.securityVersion, for: target)
+        try store.removeInstallJournal()
         if let keyring, let update = manifest.keyring {
             try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName)
         }
@@ -117,17 +153,31 @@ public struct Installer {
         progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
         try control.markActive(target)
         progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
-        return Result(target: target, version: manifest.version.description, slots: plan.map(\.1.name), adoptedKeyring: keyring != nil)
+        return Result(resumed: resumed, target: target, version: manifest.version.description, slots: plan.map(\.1.name), adoptedKeyring: keyring != nil)
     }
 
-    private func write(_ payload: Manifest.Payload, to slot: SlotConfiguration, reader: BundleReader, access: SlotAccess) throws(FerryError) {
+    private func write(
+        _ payload: Manifest.Payload, to slot: SlotConfiguration, reader: BundleReader, access: SlotAccess,
+        journal: inout InstallJournal, store: StateStore
+    ) throws(FerryError) {
         let open = try access.openForWriting(slot)
         defer { try? open.close() }
         let device = open.device
-        progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: 0, bytesTotal: payload.size))
+        let resumeAt = min(journal.chunksDone[slot.name] ?? 0, payload.chunks.count)
+        progress(
+            ProgressEvent(stage: .write, slot: slot.name, bytesDone: Int64(resumeAt) * payload.chunkSize, bytesTotal: payload.size))
+        var sinceCheckpoint: Int64 = 0
         // Each chunk arrives hash-checked (compressed and decoded) before it is written.
-        try reader.readPayload(payload) { (index, offset, bytes) throws(FerryError) in
+        try reader.readPayload(payload, resumeAt: resumeAt) { (index, offset, bytes) throws(FerryError) in
             try ImageWriter.write(bytes, at: offset, to: device)
+            sinceCheckpoint += Int64(bytes.count)
+            if sinceCheckpoint >= checkpointBytes {
+                // Checkpoint: the slot first, then the journal, so it never claims more than is durable.
+                try device.synchronize()
+                journal.chunksDone[slot.name] = index + 1
+                try store.setInstallJournal(journal)
+                sinceCheckpoint = 0
+            }
             progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
         }
         try device.synchronize()

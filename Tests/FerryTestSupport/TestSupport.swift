@@ -198,3 +198,50 @@ public struct TestPKI {
         ])
     }
 }
+
+/// A child process the test can kill at a chosen moment (crash tests).
+public final class SpawnedProcess {
+    public let pid: pid_t
+    private var reaped = false
+
+    /// Starts `arguments` with output sent to /dev/null.
+    public init(_ arguments: [String]) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, arguments[0], &actions, nil, argv, environ)
+        guard result == 0 else { throw FerryError(code: .io, message: "cannot start \(arguments[0]): \(result)") }
+        self.pid = pid
+    }
+
+    /// Sends SIGKILL and reaps the process; returns its exit status, or nil if it was killed.
+    @discardableResult
+    public func kill() -> Int32? {
+        Glibc.kill(pid, SIGKILL)
+        return wait()
+    }
+
+    /// Waits for the process; its exit status, or nil when a signal ended it.
+    @discardableResult
+    public func wait() -> Int32? {
+        guard !reaped else { return nil }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        reaped = true
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : nil
+    }
+
+    deinit { if !reaped { kill() } }
+}
+
+/// Sleeps for `seconds`.
+public func sleepSeconds(_ seconds: Double) {
+    var request = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+    var remaining = timespec()
+    while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
+}

@@ -1,0 +1,78 @@
+import FerryJSON
+import FerrySystem
+
+/// The install journal, `<state>/install.json`: how far an install got, so that an install cut
+/// at any point (power loss, SIGKILL) and started again with the same bundle continues from the
+/// last checkpoint instead of from the beginning.
+///
+/// A checkpoint is taken every `checkpointBytes` of a slot: the slot is synced first, then the
+/// journal is replaced atomically, so the journal never claims more than is durable.
+public struct InstallJournal: Sendable, Equatable {
+    /// SHA-256 of the manifest bytes: identifies the bundle (its content, not its file name).
+    public var manifestSHA256: String
+    /// The group being written.
+    public var target: String
+    public var bundle: String
+    /// Per slot: chunks written and synced.
+    public var chunksDone: [String: Int]
+    /// Slots written, synced and read back completely.
+    public var completed: [String]
+    public var startedAt: String
+
+    var json: JSONValue {
+        .object([
+            "formatVersion": .number(1), "manifestSha256": .string(manifestSHA256), "target": .string(target),
+            "bundle": .string(bundle), "chunksDone": .object(chunksDone.mapValues { .number(Double($0)) }),
+            "completed": .array(completed.map(JSONValue.string)), "startedAt": .string(startedAt),
+        ])
+    }
+
+    init(manifestSHA256: String, target: String, bundle: String) {
+        self.manifestSHA256 = manifestSHA256
+        self.target = target
+        self.bundle = bundle
+        chunksDone = [:]
+        completed = []
+        startedAt = WallClock.iso8601()
+    }
+
+    init?(json: [String: JSONValue]) {
+        guard let hash = json["manifestSha256"]?.stringValue, let target = json["target"]?.stringValue else { return nil }
+        manifestSHA256 = hash
+        self.target = target
+        bundle = json["bundle"]?.stringValue ?? ""
+        chunksDone = (json["chunksDone"]?.objectValue ?? [:]).compactMapValues { $0.int64Value.map(Int.init) }
+        if case .array(let items)? = json["completed"] { completed = items.compactMap(\.stringValue) } else { completed = [] }
+        startedAt = json["startedAt"]?.stringValue ?? ""
+    }
+}
+
+extension StateStore {
+    public var journalPath: String { "\(directory)/install.json" }
+
+    /// The journal of an interrupted install, if any. An unreadable journal counts as none
+    /// (a stale or torn journal must never block a new install).
+    public func installJournal() -> InstallJournal? {
+        guard TextFile.exists(journalPath), let object = try? readObject(journalPath) else { return nil }
+        return InstallJournal(json: object)
+    }
+
+    func setInstallJournal(_ journal: InstallJournal) throws(FerryError) {
+        try DurableFile.createDirectory(directory)
+        try DurableFile.write(journal.json.serialized(), to: journalPath)
+    }
+
+    /// Drops the journal (`ferry install --abort`, a finished install, a stale journal).
+    public func removeInstallJournal() throws(FerryError) {
+        guard TextFile.exists(journalPath) else { return }
+        if journalPath.withCString({ unlink($0) }) != 0 {
+            throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: journalPath)
+        }
+        try DurableFile.synchronizeDirectory(directory)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import SystemPackage

@@ -1,0 +1,114 @@
+import FerryBundle
+import FerryCore
+import FerryCrypto
+import FerrySystem
+import FerryTestSupport
+import Logging
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Installs killed with SIGKILL at 50 points spread over the whole run (verification, every
+/// payload, checkpoints, read-back, the switch), each followed by a second run that must finish
+/// with verified slots; the booted group is checked byte for byte after every kill.
+@Suite(
+    .serialized,
+    .enabled(if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
+struct CrashTests {
+    @Test func killedAtFiftyPointsThenResumed() async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            let configuration = try sandbox.configuration()
+            let images: [(String, [UInt8])] = [
+                ("rootfs", seededBytes(count: 12 << 20, seed: 21)), ("modem", seededBytes(count: 3 << 20, seed: 22)),
+                ("tee", seededBytes(count: 1 << 20, seed: 23)),
+            ]
+            for (name, bytes) in images { try makeFile("\(dir)/\(name).img", bytes: bytes) }
+            var options = BundleWriter.Options(
+                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
+                images: images.map { BundleWriter.Image(slotClass: $0.0, path: "\(dir)/\($0.0).img") },
+                signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
+            options.chunkSize = 1 << 20
+            options.preset = 0
+            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: Logger(label: "test"))
+
+            let table = try PartitionTable.read(sandbox.diskPath)
+            func region(_ label: String, _ count: Int) throws -> [UInt8] {
+                let partition = try table.partition(.partitionLabel(label), disk: sandbox.diskPath)
+                return try BlockDevice.openForReading(sandbox.diskPath, window: partition.range).read(at: 0, count: count)
+            }
+            func groupAHash() throws -> SHA256Digest {
+                SHA256Hasher.hash(try region("rootfs_a", 16 << 20) + region("modem_a", 8 << 20) + region("tee_a", 4 << 20))
+            }
+            let groupA = try groupAHash()
+            let install = [TestEnvironment.ferryBinary, "install", "\(dir)/update.ferry", "--progress", "lines", "--config", sandbox.configurationPath]
+
+            // How long one whole install takes here, to spread the kill points over it.
+            let start = WallClock.monotonicSeconds()
+            #expect(try Shell.run(install).status == 0)
+            let duration = WallClock.monotonicSeconds() - start
+
+            var killed = 0
+            var resumedRuns = 0
+            var attempts = 0
+            // Until 50 runs were really cut (a run may finish just before its kill), at most 100 tries.
+            while killed < 50 && attempts < 100 {
+                let point = attempts
+                attempts += 1
+                let delay = duration * 0.9 * (Double(point % 50) + 0.5) / 50
+                let process = try SpawnedProcess(install)
+                sleepSeconds(delay)
+                if process.kill() == nil { killed += 1 }
+                #expect(LoopDevice.devices(backing: sandbox.diskPath).isEmpty, "loop device left after kill \(point)")
+                // The booted group is never touched, whatever the moment.
+                #expect(try groupAHash() == groupA, "group A changed at kill point \(point)")
+                // Booting now would be safe: either B is bad, or B is complete and primary.
+                let environment = try Shell.check([TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath])
+                if environment.contains("BOOT_ORDER=B A") && !environment.contains("BOOT_B_LEFT=0") {
+                    for (name, bytes) in images { #expect(try region("\(name)_b", bytes.count) == bytes, "kill \(point): \(name)_b") }
+                }
+                // Run again: it finishes (resuming when a journal was left) and the slots verify.
+                let again = try Shell.run(install)
+                #expect(again.status == 0, "after kill \(point): \(again.output)")
+                if again.output.contains("Resumed") { resumedRuns += 1 }
+                for (name, bytes) in images { #expect(try region("\(name)_b", bytes.count) == bytes, "after kill \(point): \(name)_b") }
+                #expect(StateStore(directory: configuration.stateDirectory).installJournal() == nil)
+            }
+            #expect(killed >= 50, "only \(killed) runs were killed in \(attempts) tries")
+            #expect(resumedRuns >= 5, "only \(resumedRuns) runs resumed from a journal")
+        }
+    }
+
+    @Test func abortAndStaleJournals() async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            let config = ["--config", sandbox.configurationPath]
+            let store = StateStore(directory: try sandbox.configuration().stateDirectory)
+            // A stale journal (another bundle) and a torn one never block an install.
+            try DurableFile.write(
+                "{\"formatVersion\": 1, \"manifestSha256\": \"00\", \"target\": \"B\", \"bundle\": \"old.ferry\", \"chunksDone\": {\"rootfs_b\": 3}, \"completed\": [\"tee_b\"]}",
+                to: store.journalPath)
+            for (name, bytes) in [("rootfs", 6 << 20), ("modem", 1 << 20), ("tee", 1 << 20)] {
+                try makeFile("\(dir)/\(name).img", bytes: seededBytes(count: bytes, seed: UInt64(bytes)))
+            }
+            var options = BundleWriter.Options(
+                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
+                images: ["rootfs", "modem", "tee"].map { BundleWriter.Image(slotClass: $0, path: "\(dir)/\($0).img") },
+                signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
+            options.chunkSize = 1 << 20
+            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: Logger(label: "test"))
+            let result = try Shell.run([TestEnvironment.ferryBinary, "install", "\(dir)/update.ferry"] + config)
+            #expect(result.status == 0 && !result.output.contains("Resumed"), "\(result.output)")
+            try DurableFile.write("{\"formatVersion\": 1, \"manifes", to: store.journalPath)
+            #expect(try Shell.run([TestEnvironment.ferryBinary, "install", "\(dir)/update.ferry"] + config).status == 0)
+            // --abort drops a journal.
+            try DurableFile.write("{\"formatVersion\": 1, \"manifestSha256\": \"ab\", \"target\": \"B\"}", to: store.journalPath)
+            let abort = try Shell.run([TestEnvironment.ferryBinary, "install", "--abort"] + config)
+            #expect(abort.status == 0 && abort.output.contains("Dropped"), "\(abort.output)")
+            #expect(!TextFile.exists(store.journalPath))
+            #expect(try Shell.run([TestEnvironment.ferryBinary, "install"] + config).status == 2)
+        }
+    }
+}
