@@ -27,6 +27,8 @@ public struct Installer {
 
     /// Bytes written between checkpoints (slot synced, then journal updated).
     public var checkpointBytes: Int64 = 8 << 20
+    /// Wraps each opened slot before it is written (the fault-injection seam of the tests).
+    public var wrapDevice: (BlockDevice) -> any BlockTarget = { $0 }
 
     public struct Result: Sendable {
         /// Whether it continued an interrupted install of the same bundle.
@@ -86,6 +88,9 @@ public struct Installer {
                 message: "the bundle has no payload for slot class '\(missing.slotClass)'; bundles must update every member of the group (module-only updates come later)")
         }
 
+        let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
+        for (_, slot) in plan { try access.checkCanOpen(slot) }
+
         // 3. The pre-install hook may still refuse; nothing was written yet.
         let hooks = Hooks(configuration: configuration.hooks)
         var hookEnvironment = [
@@ -114,7 +119,6 @@ public struct Installer {
         // 5. The target group will not boot until it is complete and verified.
         try control.markBad(target)
         if !resumed { try store.setInstallJournal(journal) }
-        let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
         for (payload, slot) in plan {
             if journal.completed.contains(slot.name) {
                 // Written and read back before the interruption: read past it in the stream.
@@ -162,7 +166,7 @@ public struct Installer {
     ) throws(FerryError) {
         let open = try access.openForWriting(slot)
         defer { try? open.close() }
-        let device = open.device
+        let device = wrapDevice(open.device)
         let resumeAt = min(journal.chunksDone[slot.name] ?? 0, payload.chunks.count)
         progress(
             ProgressEvent(stage: .write, slot: slot.name, bytesDone: Int64(resumeAt) * payload.chunkSize, bytesTotal: payload.size))
@@ -183,7 +187,7 @@ public struct Installer {
         try device.synchronize()
         // Read back from the device, not from the page cache, and compare with the payload's hash.
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: payload.size))
-        try device.dropCaches()
+        try open.device.dropCaches()
         let written = try SHA256Hasher.hash(device, byteCount: payload.size)
         guard written == payload.sha256 else {
             throw FerryError(

@@ -83,6 +83,22 @@ public struct SlotAccess {
             code: .deviceNotConfigured, message: "'\(path)' is not a slot of \(configuration.path); Ferry writes only configured slots")
     }
 
+    /// Every check of `openForWriting` that needs no open: the booted group, configuration and
+    /// mounts. Installs run it for every target slot before the first write.
+    public func checkCanOpen(_ slot: SlotConfiguration) throws(FerryError) {
+        try checkWritable(slot)
+        var resolver = SlotResolver()
+        let resolved = try resolver.resolve(slot, configuration: configuration)
+        switch resolved.location {
+        case .blockDevice(let path, let number):
+            try refuseIfMounted(deviceNumber: number, what: "slot '\(slot.name)' (\(path))")
+        case .imageFile(let path):
+            try refuseIfLoopMounted(file: path, range: 0..<resolved.byteCount, slot: slot)
+        case .diskPartition(let disk, let partition):
+            try refuseIfLoopMounted(file: disk, range: partition.range, slot: slot)
+        }
+    }
+
     /// Opens `slot` exclusively for writing after every check above.
     /// - Throws: `.deviceNotConfigured`, `.deviceBooted`, `.deviceInUse`, `.deviceNotFound`,
     ///   `.deviceTooSmall`, `.loopDevice`, `.permissionDenied`.

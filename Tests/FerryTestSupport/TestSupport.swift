@@ -245,3 +245,48 @@ public func sleepSeconds(_ seconds: Double) {
     var remaining = timespec()
     while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
 }
+
+/// A block target that fails on purpose: a write error after `failAfterBytes` bytes were written,
+/// or a sync error. For testing that every I/O failure is clean.
+public final class FaultyBlockTarget: BlockTarget {
+    public let inner: any BlockTarget
+    public var failAfterBytes: Int64?
+    public var writeError: Errno
+    public var failSynchronize: Bool
+    public private(set) var bytesWritten: Int64 = 0
+
+    public init(_ inner: any BlockTarget, failAfterBytes: Int64? = nil, writeError: Errno = .ioError, failSynchronize: Bool = false) {
+        self.inner = inner
+        self.failAfterBytes = failAfterBytes
+        self.writeError = writeError
+        self.failSynchronize = failSynchronize
+    }
+
+    public var byteCount: Int64 { inner.byteCount }
+    public var logicalSectorSize: Int { inner.logicalSectorSize }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(FerryError) {
+        try inner.read(into: buffer, at: offset)
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(FerryError) {
+        if let limit = failAfterBytes, bytesWritten + Int64(bytes.count) > limit {
+            throw FerryError.syscall("writing \(bytes.count) bytes at offset \(offset) of", errno: writeError, path: "faulty device")
+        }
+        try inner.write(bytes, at: offset)
+        bytesWritten += Int64(bytes.count)
+    }
+
+    public func synchronize() throws(FerryError) {
+        if failSynchronize { throw FerryError.syscall("synchronizing", errno: .ioError, path: "faulty device") }
+        try inner.synchronize()
+    }
+
+    public func zeroOut(_ range: Range<Int64>) throws(FerryError) {
+        if let limit = failAfterBytes, bytesWritten + Int64(range.count) > limit {
+            throw FerryError.syscall("zeroing \(range.count) bytes of", errno: writeError, path: "faulty device")
+        }
+        try inner.zeroOut(range)
+        bytesWritten += Int64(range.count)
+    }
+}

@@ -1,0 +1,67 @@
+import FerryBundle
+import FerryCore
+import FerrySystem
+import FerryTestSupport
+import Logging
+import SystemPackage
+import Testing
+
+/// EIO and ENOSPC from the device, injected through the block-device interface: a clean error
+/// with the right code, nothing switched, the booted group untouched, and the next install succeeds.
+@Suite(
+    .serialized,
+    .enabled(if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
+struct FaultTests {
+    struct Case: Sendable, CustomStringConvertible {
+        var name: String
+        var failAfterBytes: Int64?
+        var errno: Errno
+        var failSync: Bool
+        var code: FerryError.Code
+        var description: String { name }
+    }
+
+    static let cases = [
+        Case(name: "EIO on the first write", failAfterBytes: 0, errno: .ioError, failSync: false, code: .io),
+        Case(name: "EIO in the middle", failAfterBytes: 5 << 20, errno: .ioError, failSync: false, code: .io),
+        Case(name: "ENOSPC in the middle", failAfterBytes: 3 << 20, errno: .noSpace, failSync: false, code: .noSpace),
+        Case(name: "EIO on sync", failAfterBytes: nil, errno: .ioError, failSync: true, code: .io),
+    ]
+
+    @Test(arguments: cases)
+    func deviceErrorsAreClean(_ fault: Case) async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            let configuration = try sandbox.configuration()
+            for (name, size) in [("rootfs", 10 << 20), ("modem", 2 << 20), ("tee", 1 << 20)] {
+                try makeFile("\(dir)/\(name).img", bytes: seededBytes(count: size, seed: UInt64(size)))
+            }
+            var options = BundleWriter.Options(
+                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
+                images: ["rootfs", "modem", "tee"].map { BundleWriter.Image(slotClass: $0, path: "\(dir)/\($0).img") },
+                signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
+            options.chunkSize = 1 << 20
+            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: Logger(label: "test"))
+            let environmentBefore = try Shell.check([TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath])
+
+            let booted = BootedGroup(bootname: "A", source: "test")
+            var installer = Installer(configuration: configuration, booted: booted, logger: Logger(label: "test"))
+            installer.wrapDevice = { FaultyBlockTarget($0, failAfterBytes: fault.failAfterBytes, writeError: fault.errno, failSynchronize: fault.failSync) }
+            let lock = try StateStore(directory: configuration.stateDirectory).acquireWriteLock(command: "test")
+            let error = #expect(throws: FerryError.self) {
+                try installer.install(from: FileByteSource(path: "\(dir)/update.ferry"), bundleName: "update.ferry", allowDowngrade: false, force: false)
+            }
+            lock.release()
+            #expect(error?.code == fault.code, "\(error?.message ?? "")")
+            #expect(error?.message.contains("\n") == false)
+            #expect(LoopDevice.devices(backing: sandbox.diskPath).isEmpty)
+            // Nothing switched: the order is unchanged and B is marked bad.
+            let environment = try Shell.check([TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath])
+            #expect(environment.contains("BOOT_ORDER=A B") && environment.contains("BOOT_B_LEFT=0"))
+            #expect(environmentBefore.contains("BOOT_ORDER=A B"))
+            // The next install, on a healthy device, succeeds.
+            let again = try Shell.run([TestEnvironment.ferryBinary, "install", "\(dir)/update.ferry", "--config", sandbox.configurationPath])
+            #expect(again.status == 0, "\(again.output)")
+        }
+    }
+}
