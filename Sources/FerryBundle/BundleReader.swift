@@ -1,6 +1,7 @@
 import FerryCrypto
 import FerrySystem
 import FerryXZ
+import Dispatch
 
 /// Reads a bundle from a stream, in the order the format fixes, verifying before trusting:
 ///
@@ -109,52 +110,55 @@ public final class BundleReader {
     ) throws(FerryError) {
         _ = try nextMember(named: payload.member, size: payload.storedSize)
         let chunkSize = Int(payload.chunkSize)
-        let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize + chunkSize / 8 + 4096, alignment: 4096)
-        defer { compressed.deallocate() }
-        let decoded = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
-        defer { decoded.deallocate() }
+        // Chunks are read in order, then decoded in parallel in batches of `slots` (every core
+        // working, memory bounded at two buffers per core), then handed out in order.
+        let slots = max(1, min(ProcessEnvironment.processorCount, 8, payload.chunks.count))
+        let batch = DecodeBatch(slots: slots, storedBound: chunkSize + chunkSize / 8 + 4096, chunkSize: chunkSize)
+        defer { batch.deallocate() }
         let whole = SHA256Hasher()
-        for (index, chunk) in payload.chunks.enumerated() {
-            let stored = UnsafeMutableRawBufferPointer(rebasing: compressed[..<Int(chunk.size)])
-            var done = 0
-            while done < stored.count {
-                let count = try tar.readContent(into: UnsafeMutableRawBufferPointer(rebasing: stored[done...]))
-                guard count > 0 else {
-                    throw FerryError(code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
+        var first = 0
+        while first < payload.chunks.count {
+            let count = min(slots, payload.chunks.count - first)
+            for slot in 0..<count {
+                let index = first + slot
+                let chunk = payload.chunks[index]
+                let stored = batch.stored(slot, size: Int(chunk.size))
+                var done = 0
+                while done < stored.count {
+                    let read = try tar.readContent(into: UnsafeMutableRawBufferPointer(rebasing: stored[done...]))
+                    guard read > 0 else {
+                        throw FerryError(code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
+                    }
+                    done += read
                 }
-                done += count
-            }
-            let hasher = SHA256Hasher()
-            hasher.update(UnsafeRawBufferPointer(stored))
-            guard hasher.finalize() == chunk.sha256 else {
-                throw FerryError(
-                    code: .bundleInvalid,
-                    message: "payload '\(payload.member)' chunk \(index) (bytes \(chunk.offset)..<\(chunk.offset + chunk.size)) does not match its SHA-256: the bundle is corrupt")
-            }
-            if index < resumeAt { continue }
-            let decodedSize = index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize
-            let output = UnsafeMutableRawBufferPointer(rebasing: decoded[..<decodedSize])
-            switch payload.compression {
-            case .xz:
-                do {
-                    try XZChunkCodec.decode(UnsafeRawBufferPointer(stored), into: output, expectedSize: decodedSize)
-                } catch {
-                    throw error.prefixed("payload '\(payload.member)' chunk \(index)")
+                let hasher = SHA256Hasher()
+                hasher.update(UnsafeRawBufferPointer(stored))
+                guard hasher.finalize() == chunk.sha256 else {
+                    throw FerryError(
+                        code: .bundleInvalid,
+                        message: "payload '\(payload.member)' chunk \(index) (bytes \(chunk.offset)..<\(chunk.offset + chunk.size)) does not match its SHA-256: the bundle is corrupt")
                 }
-            case .none:
-                guard stored.count == decodedSize else {
-                    throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' chunk \(index) has the wrong size")
+                batch.jobs[slot] = DecodeBatch.Job(
+                    storedSize: Int(chunk.size),
+                    decodedSize: index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize,
+                    skip: index < resumeAt, compression: payload.compression)
+            }
+            let work = { @Sendable (slot: Int) in batch.decode(slot) }
+            if count == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: count, execute: work) }
+            for slot in 0..<count {
+                let index = first + slot
+                let job = batch.jobs[slot]
+                if job.skip { continue }
+                if let error = batch.errors[slot] { throw error.prefixed("payload '\(payload.member)' chunk \(index)") }
+                guard batch.digests[slot] == payload.chunks[index].decodedSHA256 else {
+                    throw FerryError(
+                        code: .bundleInvalid, message: "payload '\(payload.member)' chunk \(index) decodes to data that does not match its SHA-256")
                 }
-                output.copyMemory(from: UnsafeRawBufferPointer(stored))
+                let output = UnsafeRawBufferPointer(batch.decoded(slot, size: job.decodedSize))
+                whole.update(output)
+                try body(index, Int64(index) * payload.chunkSize, output)
             }
-            let decodedHasher = SHA256Hasher()
-            decodedHasher.update(UnsafeRawBufferPointer(output))
-            guard decodedHasher.finalize() == chunk.decodedSHA256 else {
-                throw FerryError(
-                    code: .bundleInvalid, message: "payload '\(payload.member)' chunk \(index) decodes to data that does not match its SHA-256")
-            }
-            whole.update(UnsafeRawBufferPointer(output))
-            try body(index, Int64(index) * payload.chunkSize, UnsafeRawBufferPointer(output))
+            first += count
         }
         guard resumeAt > 0 || whole.finalize() == payload.sha256 else {
             throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' does not match its SHA-256")
@@ -171,5 +175,85 @@ public final class BundleReader {
             throw FerryError(code: .bundleInvalid, message: "unexpected bundle member '\(extra.name)' after the last payload")
         }
         try tar.finishAndCheckEnd()
+    }
+}
+
+/// The buffers of one batch of chunks decoded in parallel.
+///
+/// `@unchecked Sendable`: each worker touches only its own slot, and the reading thread touches
+/// the slots only before `concurrentPerform` starts the workers and after it returned.
+private final class DecodeBatch: @unchecked Sendable {
+    struct Job {
+        var storedSize = 0
+        var decodedSize = 0
+        var skip = false
+        var compression = Manifest.Compression.xz
+    }
+
+    let slots: Int
+    let storedBound: Int
+    let chunkSize: Int
+    let storedBuffers: UnsafeMutableRawBufferPointer
+    let decodedBuffers: UnsafeMutableRawBufferPointer
+    var jobs: [Job]
+    /// Per-slot results, written by the workers through raw pointers (never through a shared
+    /// Swift array, whose concurrent mutation would violate exclusivity).
+    let errors: UnsafeMutablePointer<FerryError?>
+    let digests: UnsafeMutablePointer<SHA256Digest?>
+
+    init(slots: Int, storedBound: Int, chunkSize: Int) {
+        self.slots = slots
+        self.storedBound = (storedBound + 4095) / 4096 * 4096
+        self.chunkSize = chunkSize
+        storedBuffers = .allocate(byteCount: self.storedBound * slots, alignment: 4096)
+        decodedBuffers = .allocate(byteCount: chunkSize * slots, alignment: 4096)
+        jobs = Array(repeating: Job(), count: slots)
+        errors = .allocate(capacity: slots)
+        errors.initialize(repeating: nil, count: slots)
+        digests = .allocate(capacity: slots)
+        digests.initialize(repeating: nil, count: slots)
+    }
+
+    func deallocate() {
+        storedBuffers.deallocate()
+        decodedBuffers.deallocate()
+        errors.deinitialize(count: slots)
+        errors.deallocate()
+        digests.deinitialize(count: slots)
+        digests.deallocate()
+    }
+
+    func stored(_ slot: Int, size: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: storedBuffers[(slot * storedBound)..<(slot * storedBound + size)])
+    }
+
+    func decoded(_ slot: Int, size: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: decodedBuffers[(slot * chunkSize)..<(slot * chunkSize + size)])
+    }
+
+    /// Decodes and hashes one slot's chunk (runs on a worker thread).
+    func decode(_ slot: Int) {
+        let job = jobs[slot]  // read-only while the workers run
+        errors[slot] = nil
+        digests[slot] = nil
+        guard !job.skip else { return }
+        let input = UnsafeRawBufferPointer(stored(slot, size: job.storedSize))
+        let output = decoded(slot, size: job.decodedSize)
+        do throws(FerryError) {
+            switch job.compression {
+            case .xz:
+                try XZChunkCodec.decode(input, into: output, expectedSize: job.decodedSize)
+            case .none:
+                guard input.count == job.decodedSize else {
+                    throw FerryError(code: .bundleInvalid, message: "a stored chunk has the wrong size")
+                }
+                output.copyMemory(from: input)
+            }
+            let hasher = SHA256Hasher()
+            hasher.update(UnsafeRawBufferPointer(output))
+            digests[slot] = hasher.finalize()
+        } catch {
+            errors[slot] = error
+        }
     }
 }
