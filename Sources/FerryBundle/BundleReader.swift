@@ -104,8 +104,11 @@ public final class BundleReader {
     /// - Parameter resumeAt: chunks before this index were written by an interrupted install:
     ///   they are read and their compressed hash is checked, but they are not decoded or handed
     ///   out, and the whole-payload hash is then left to the caller's read-back.
+    /// - Parameter checkWholeHash: also hash the whole decoded payload (one more pass over it).
+    ///   Every chunk is checked anyway; installs skip this because their read-back compares the
+    ///   slot with the chunk hashes again.
     public func readPayload(
-        _ payload: Manifest.Payload, resumeAt: Int = 0,
+        _ payload: Manifest.Payload, resumeAt: Int = 0, checkWholeHash: Bool = true,
         body: (_ index: Int, _ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws(FerryError) -> Void
     ) throws(FerryError) {
         _ = try nextMember(named: payload.member, size: payload.storedSize)
@@ -155,12 +158,12 @@ public final class BundleReader {
                         code: .bundleInvalid, message: "payload '\(payload.member)' chunk \(index) decodes to data that does not match its SHA-256")
                 }
                 let output = UnsafeRawBufferPointer(batch.decoded(slot, size: job.decodedSize))
-                whole.update(output)
+                if checkWholeHash { whole.update(output) }
                 try body(index, Int64(index) * payload.chunkSize, output)
             }
             first += count
         }
-        guard resumeAt > 0 || whole.finalize() == payload.sha256 else {
+        guard resumeAt > 0 || !checkWholeHash || whole.finalize() == payload.sha256 else {
             throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' does not match its SHA-256")
         }
     }

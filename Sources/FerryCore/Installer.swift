@@ -127,7 +127,7 @@ public struct Installer {
             }
             do {
                 try write(payload, to: slot, reader: reader, access: access, journal: &journal, store: store)
-            } catch where error.code == .io && error.message.contains("reads back differently") {
+            } catch where error.code == .readBackMismatch {
                 // The slot's content cannot be trusted: the next attempt starts from scratch.
                 try? store.removeInstallJournal()
                 throw error
@@ -172,7 +172,7 @@ public struct Installer {
             ProgressEvent(stage: .write, slot: slot.name, bytesDone: Int64(resumeAt) * payload.chunkSize, bytesTotal: payload.size))
         var sinceCheckpoint: Int64 = 0
         // Each chunk arrives hash-checked (compressed and decoded) before it is written.
-        try reader.readPayload(payload, resumeAt: resumeAt) { (index, offset, bytes) throws(FerryError) in
+        try reader.readPayload(payload, resumeAt: resumeAt, checkWholeHash: false) { (index, offset, bytes) throws(FerryError) in
             try ImageWriter.write(bytes, at: offset, to: device)
             sinceCheckpoint += Int64(bytes.count)
             if sinceCheckpoint >= checkpointBytes {
@@ -188,12 +188,8 @@ public struct Installer {
         // Read back from the device, not from the page cache, and compare with the payload's hash.
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: payload.size))
         try open.device.dropCaches()
-        let written = try SHA256Hasher.hash(device, byteCount: payload.size)
-        guard written == payload.sha256 else {
-            throw FerryError(
-                code: .io,
-                message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from what was written: the device is failing")
-        }
+        // Every chunk of the slot against its signed decoded hash: as strong as the whole-payload hash.
+        try ReadBack.verify(device, payload: payload, slot: slot.name, path: open.devicePath)
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: payload.size, bytesTotal: payload.size))
     }
 }

@@ -73,7 +73,7 @@ public struct SlotWriter {
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: offset))
         try open.device.dropCaches()
         guard try SHA256Hasher.hash(open.device, byteCount: offset) == digest else {
-            throw FerryError(code: .io, message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from what was written")
+            throw FerryError(code: .readBackMismatch, message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from what was written")
         }
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: offset, bytesTotal: offset))
         try StateStore(directory: configuration.stateDirectory).setSlotRecord(

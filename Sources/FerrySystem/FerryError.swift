@@ -15,6 +15,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case deviceNotFound, deviceInUse, deviceBooted, deviceNotConfigured, deviceTooSmall
             case io, permissionDenied, noSpace, loopDevice, unsupported
             case unknownSlot
+            case readBackMismatch
             case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired, limitExceeded
             case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
             case healthCheckFailed, onTrial, hookFailed
@@ -51,6 +52,8 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         public static let loopDevice = Code(.loopDevice)
         /// The kernel or device does not support the operation.
         public static let unsupported = Code(.unsupported)
+        /// A written slot reads back differently from what was written (a failing device).
+        public static let readBackMismatch = Code(.readBackMismatch)
         /// A stream (bundle, payload) ended before its declared end.
         public static let truncated = Code(.truncated)
         /// A bundle's container or manifest is malformed (bad tar member, odd name, bad JSON, bad table).
@@ -109,6 +112,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .unsupported: 29
             case .unknownSlot: 12
             case .truncated: 40
+            case .readBackMismatch: 48
             case .bundleInvalid: 41
             case .signatureInvalid: 42
             case .untrusted: 43
