@@ -26,7 +26,7 @@ public struct Installer {
     }
 
     /// Bytes written between checkpoints (slot synced, then journal updated).
-    public var checkpointBytes: Int64 = 8 << 20
+    public var checkpointBytes: Int64 = 32 << 20
     /// Wraps each opened slot before it is written (the fault-injection seam of the tests).
     public var wrapDevice: (BlockDevice) -> any BlockTarget = { $0 }
 
