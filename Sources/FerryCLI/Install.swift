@@ -34,8 +34,13 @@ extension FerryCommand {
         @Option(help: "Progress: a bar on a terminal, plain lines otherwise (auto), or bar, lines, json.")
         var progress: ProgressMode = .auto
 
+        /// Bytes between checkpoints, in MiB (tests use small values to checkpoint inside small slots).
+        @Option(name: .customLong("checkpoint-mib"), help: .hidden)
+        var checkpointMiB: Int?
+
         func validate() throws {
             if abort == (bundle != nil) { throw ValidationError("give a bundle to install, or --abort") }
+            if let checkpointMiB, checkpointMiB < 1 { throw ValidationError("--checkpoint-mib must be at least 1") }
         }
 
         func run() async throws {
@@ -51,6 +56,7 @@ extension FerryCommand {
             }
             let bundle = self.bundle!
             var installer = Installer(configuration: context.configuration, booted: context.booted, logger: context.logger)
+            if let checkpointMiB { installer.checkpointBytes = Int64(checkpointMiB) << 20 }
             let renderer = ProgressRenderer(mode: progress)
             installer.progress = { renderer.handle($0) }
             let source = try Bundle.source(bundle)

@@ -43,7 +43,11 @@ struct CrashTests {
                 SHA256Hasher.hash(try region("rootfs_a", 16 << 20) + region("modem_a", 8 << 20) + region("tee_a", 4 << 20))
             }
             let groupA = try groupAHash()
-            let install = [TestEnvironment.ferryBinary, "install", "\(dir)/update.ferry", "--progress", "lines", "--config", sandbox.configurationPath]
+            // Checkpoints every 2 MiB, so that kills inside a slot resume mid-slot.
+            let install = [
+                TestEnvironment.ferryBinary, "install", "\(dir)/update.ferry", "--progress", "lines", "--checkpoint-mib", "2",
+                "--config", sandbox.configurationPath,
+            ]
 
             // How long one whole install takes here, to spread the kill points over it.
             let start = WallClock.monotonicSeconds()
