@@ -76,7 +76,7 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "FerryTestSupport",
-            dependencies: ["FerrySystem", "FerryCore"],
+            dependencies: ["FerrySystem", "FerryCore", logging],
             path: "Tests/FerryTestSupport"
         ),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"]),

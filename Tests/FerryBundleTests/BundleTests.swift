@@ -45,7 +45,7 @@ import Testing
             options.expires = expires
             options.newKeyring = newKeyring
             options.denyList = denyList
-            return try BundleWriter.create(options, output: path, logger: Logger(label: "test"))
+            return try BundleWriter.create(options, output: path, logger: quietLogger)
         }
 
         func verify(_ bundle: String, _ extra: [String] = []) throws -> Shell.Result {
@@ -142,7 +142,7 @@ import Testing
                 images: [BundleWriter.Image(slotClass: "rootfs", path: fixture.image)],
                 signers: [BundleWriter.Signer(certificate: next.certificate("newsigner"), key: next.key("newsigner"))])
             options.chunkSize = 1 << 20
-            try BundleWriter.create(options, output: "\(dir)/new.ferry", logger: Logger(label: "test"))
+            try BundleWriter.create(options, output: "\(dir)/new.ferry", logger: quietLogger)
             #expect(try fixture.verify("\(dir)/new.ferry").status == 0)
         }
     }
@@ -318,7 +318,7 @@ import Testing
                 compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
                 images: [BundleWriter.Image(slotClass: "rootfs", path: "\(dir)/image.xz")], signers: [fixture.signer("signer1")])
             options.chunkSize = 1 << 20
-            let manifest = try BundleWriter.create(options, output: "\(dir)/b.ferry", logger: Logger(label: "test"))
+            let manifest = try BundleWriter.create(options, output: "\(dir)/b.ferry", logger: quietLogger)
             #expect(manifest.payloads[0].size == 4 << 20)
             #expect(manifest.payloads[0].sha256 == SHA256Hasher.hash(try readFile(fixture.image)))
             // Re-signed with the openssl command line, as docs/bundle-format.md documents.

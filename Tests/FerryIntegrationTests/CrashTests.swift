@@ -32,7 +32,7 @@ struct CrashTests {
                 signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
             options.chunkSize = 1 << 20
             options.preset = 0
-            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: Logger(label: "test"))
+            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: quietLogger)
 
             let table = try PartitionTable.read(sandbox.diskPath)
             func region(_ label: String, _ count: Int) throws -> [UInt8] {
@@ -102,7 +102,7 @@ struct CrashTests {
                 images: ["rootfs", "modem", "tee"].map { BundleWriter.Image(slotClass: $0, path: "\(dir)/\($0).img") },
                 signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
             options.chunkSize = 1 << 20
-            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: Logger(label: "test"))
+            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: quietLogger)
             let result = try Shell.run([TestEnvironment.ferryBinary, "install", "\(dir)/update.ferry"] + config)
             #expect(result.status == 0 && !result.output.contains("Resumed"), "\(result.output)")
             try DurableFile.write("{\"formatVersion\": 1, \"manifes", to: store.journalPath)

@@ -41,11 +41,11 @@ struct FaultTests {
                 images: ["rootfs", "modem", "tee"].map { BundleWriter.Image(slotClass: $0, path: "\(dir)/\($0).img") },
                 signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
             options.chunkSize = 1 << 20
-            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: Logger(label: "test"))
+            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: quietLogger)
             let environmentBefore = try Shell.check([TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath])
 
             let booted = BootedGroup(bootname: "A", source: "test")
-            var installer = Installer(configuration: configuration, booted: booted, logger: Logger(label: "test"))
+            var installer = Installer(configuration: configuration, booted: booted, logger: quietLogger)
             installer.wrapDevice = { FaultyBlockTarget($0, failAfterBytes: fault.failAfterBytes, writeError: fault.errno, failSynchronize: fault.failSync) }
             let lock = try StateStore(directory: configuration.stateDirectory).acquireWriteLock(command: "test")
             let error = #expect(throws: FerryError.self) {

@@ -31,7 +31,7 @@ struct InstallBadInputTests {
                 signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
             options.chunkSize = 1 << 20
             bundle = "\(dir)/update.ferry"
-            try BundleWriter.create(options, output: bundle, logger: Logger(label: "test"))
+            try BundleWriter.create(options, output: bundle, logger: quietLogger)
             groupA = try Self.hashGroupA(sandbox)
         }
 

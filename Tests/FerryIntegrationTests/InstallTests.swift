@@ -35,7 +35,7 @@ struct InstallTests {
             signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/\(signer).pem", key: "\(sandbox.directory)/pki/\(signer).key")])
         options.chunkSize = 1 << 20
         options.newKeyring = newKeyring
-        try BundleWriter.create(options, output: output, logger: Logger(label: "test"))
+        try BundleWriter.create(options, output: output, logger: quietLogger)
         return images
     }
 

@@ -22,7 +22,7 @@ struct SlotSafetyTests {
             configuration: configuration, slots: slots, commandLine: KernelCommandLine(""), mounts: MountTable.current())
         return SlotAccess(
             configuration: configuration, booted: booted, mounts: try MountTable.current(),
-            logger: Logger(label: "test"))
+            logger: quietLogger)
     }
 
     @Test func opensTheInactiveSlotThroughALoopDeviceAndDetaches() async throws {

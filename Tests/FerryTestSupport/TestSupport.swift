@@ -1,5 +1,6 @@
 import FerryCore
 import FerrySystem
+import Logging
 import SystemPackage
 import Testing
 
@@ -290,3 +291,6 @@ public final class FaultyBlockTarget: BlockTarget {
         bytesWritten += Int64(range.count)
     }
 }
+
+/// A logger that discards everything: keeps test output readable.
+public let quietLogger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
