@@ -21,18 +21,8 @@ struct CrashTests {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
             let configuration = try sandbox.configuration()
-            let images: [(String, [UInt8])] = [
-                ("rootfs", seededBytes(count: 12 << 20, seed: 21)), ("modem", seededBytes(count: 3 << 20, seed: 22)),
-                ("tee", seededBytes(count: 1 << 20, seed: 23)),
-            ]
-            for (name, bytes) in images { try makeFile("\(dir)/\(name).img", bytes: bytes) }
-            var options = BundleWriter.Options(
-                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
-                images: images.map { BundleWriter.Image(slotClass: $0.0, path: "\(dir)/\($0.0).img") },
-                signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
-            options.chunkSize = 1 << 20
-            options.preset = 0
-            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: quietLogger)
+            let images = try sandbox.makeUpdate(
+                [("rootfs", 12 << 20), ("modem", 3 << 20), ("tee", 1 << 20)], output: "\(dir)/update.ferry", preset: 0, seed: 21)
 
             let table = try PartitionTable.read(sandbox.diskPath)
             func region(_ label: String, _ count: Int) throws -> [UInt8] {
@@ -94,15 +84,7 @@ struct CrashTests {
             try DurableFile.write(
                 "{\"formatVersion\": 1, \"manifestSha256\": \"00\", \"target\": \"B\", \"bundle\": \"old.ferry\", \"chunksDone\": {\"rootfs_b\": 3}, \"completed\": [\"tee_b\"]}",
                 to: store.journalPath)
-            for (name, bytes) in [("rootfs", 6 << 20), ("modem", 1 << 20), ("tee", 1 << 20)] {
-                try makeFile("\(dir)/\(name).img", bytes: seededBytes(count: bytes, seed: UInt64(bytes)))
-            }
-            var options = BundleWriter.Options(
-                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
-                images: ["rootfs", "modem", "tee"].map { BundleWriter.Image(slotClass: $0, path: "\(dir)/\($0).img") },
-                signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
-            options.chunkSize = 1 << 20
-            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: quietLogger)
+            try sandbox.makeUpdate([("rootfs", 6 << 20), ("modem", 1 << 20), ("tee", 1 << 20)], output: "\(dir)/update.ferry")
             let result = try Shell.run([TestEnvironment.ferryBinary, "install", "\(dir)/update.ferry"] + config)
             #expect(result.status == 0 && !result.output.contains("Resumed"), "\(result.output)")
             try DurableFile.write("{\"formatVersion\": 1, \"manifes", to: store.journalPath)

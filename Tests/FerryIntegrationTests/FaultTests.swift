@@ -33,15 +33,7 @@ struct FaultTests {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
             let configuration = try sandbox.configuration()
-            for (name, size) in [("rootfs", 10 << 20), ("modem", 2 << 20), ("tee", 1 << 20)] {
-                try makeFile("\(dir)/\(name).img", bytes: seededBytes(count: size, seed: UInt64(size)))
-            }
-            var options = BundleWriter.Options(
-                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
-                images: ["rootfs", "modem", "tee"].map { BundleWriter.Image(slotClass: $0, path: "\(dir)/\($0).img") },
-                signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
-            options.chunkSize = 1 << 20
-            try BundleWriter.create(options, output: "\(dir)/update.ferry", logger: quietLogger)
+            try sandbox.makeUpdate([("rootfs", 10 << 20), ("modem", 2 << 20), ("tee", 1 << 20)], output: "\(dir)/update.ferry")
             let environmentBefore = try Shell.check([TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath])
 
             let booted = BootedGroup(bootname: "A", source: "test")

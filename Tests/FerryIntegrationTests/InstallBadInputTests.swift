@@ -22,16 +22,8 @@ struct InstallBadInputTests {
         init(_ dir: String) throws {
             self.dir = dir
             sandbox = try Sandbox.make(in: dir)
-            for (name, size) in [("rootfs", 6 << 20), ("modem", 2 << 20), ("tee", 1 << 20)] {
-                try makeFile("\(dir)/\(name).img", bytes: seededBytes(count: size, seed: UInt64(size) + 5))
-            }
-            var options = BundleWriter.Options(
-                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
-                images: ["rootfs", "modem", "tee"].map { BundleWriter.Image(slotClass: $0, path: "\(dir)/\($0).img") },
-                signers: [BundleWriter.Signer(certificate: "\(dir)/pki/signer1.pem", key: "\(dir)/pki/signer1.key")])
-            options.chunkSize = 1 << 20
             bundle = "\(dir)/update.ferry"
-            try BundleWriter.create(options, output: bundle, logger: quietLogger)
+            try sandbox.makeUpdate([("rootfs", 6 << 20), ("modem", 2 << 20), ("tee", 1 << 20)], output: bundle, seed: 5)
             groupA = try Self.hashGroupA(sandbox)
         }
 

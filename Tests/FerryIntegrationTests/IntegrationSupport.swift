@@ -1,0 +1,28 @@
+import FerryBundle
+import FerryTestSupport
+
+extension Sandbox {
+    /// Writes seeded images for the given slot classes next to the sandbox and a bundle of them,
+    /// signed by the sandbox's `signer`, in chunks of 1 MiB.
+    /// - Returns: the images, by slot class, in the given order.
+    @discardableResult
+    func makeUpdate(
+        _ sizes: [(slotClass: String, bytes: Int)], output: String, version: String = "1.1.0", signer: String = "signer1",
+        preset: Int = 6, seed: UInt64 = 0
+    ) throws -> [(String, [UInt8])] {
+        var images: [(String, [UInt8])] = []
+        for (slotClass, count) in sizes {
+            let bytes = seededBytes(count: count, seed: seed &+ UInt64(count))
+            try makeFile("\(directory)/\(slotClass).img", bytes: bytes)
+            images.append((slotClass, bytes))
+        }
+        var options = BundleWriter.Options(
+            compatible: "ferry-demo-x86_64", version: SemanticVersion(version)!,
+            images: sizes.map { BundleWriter.Image(slotClass: $0.slotClass, path: "\(directory)/\($0.slotClass).img") },
+            signers: [BundleWriter.Signer(certificate: "\(directory)/pki/\(signer).pem", key: "\(directory)/pki/\(signer).key")])
+        options.chunkSize = 1 << 20
+        options.preset = preset
+        try BundleWriter.create(options, output: output, logger: quietLogger)
+        return images
+    }
+}
