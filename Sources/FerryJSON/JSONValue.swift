@@ -56,6 +56,10 @@ public enum JSONValue: Codable, Sendable, Equatable {
         guard nestingDepth(bytes) <= maximumDepth else {
             throw FerryError(code: code, message: "\(what) is nested deeper than \(maximumDepth) levels")
         }
+        if let duplicate = firstDuplicateKey(bytes) {
+            // The decoder would silently keep one of them: ambiguity is refused instead.
+            throw FerryError(code: code, message: "\(what) has the key '\(duplicate)' twice in one object")
+        }
         do {
             return try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
         } catch let DecodingError.dataCorrupted(context) {
@@ -88,6 +92,36 @@ public enum JSONValue: Codable, Sendable, Equatable {
             }
         }
         return deepest
+    }
+
+    /// The first key that appears twice in one object (compared as written), scanning the raw
+    /// text; nil when there is none. Malformed text is left to the decoder to report.
+    static func firstDuplicateKey(_ bytes: [UInt8]) -> String? {
+        var stack: [(keys: Set<[UInt8]>, isObject: Bool, expectKey: Bool)] = []
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "{"): stack.append((keys: [], isObject: true, expectKey: true))
+            case UInt8(ascii: "["): stack.append((keys: [], isObject: false, expectKey: false))
+            case UInt8(ascii: "}"), UInt8(ascii: "]"): if !stack.isEmpty { stack.removeLast() }
+            case UInt8(ascii: ","): if let last = stack.indices.last, stack[last].isObject { stack[last].expectKey = true }
+            case UInt8(ascii: "\""):
+                var end = index + 1
+                while end < bytes.count && bytes[end] != UInt8(ascii: "\"") {
+                    end += bytes[end] == UInt8(ascii: "\\") ? 2 : 1
+                }
+                if let last = stack.indices.last, stack[last].isObject, stack[last].expectKey {
+                    let key = Array(bytes[(index + 1)..<min(end, bytes.count)])
+                    if !stack[last].keys.insert(key).inserted { return String(decoding: key, as: UTF8.self) }
+                    stack[last].expectKey = false
+                }
+                index = end
+            default: break
+            }
+            index += 1
+        }
+        return nil
     }
 
     private static func oneLine(_ text: String) -> String {

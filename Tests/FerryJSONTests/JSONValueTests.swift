@@ -27,6 +27,15 @@ import Testing
         #expect(error?.message.contains("\n") == false)
     }
 
+    @Test func refusesDuplicateKeys() throws {
+        for text in [#"{"a": 1, "a": 2}"#, #"{"x": {"b": 1, "c": [1, {"k": 1}], "b": 3}}"#, #"[{"q": 1, "q": 1}]"#] {
+            let error = #expect(throws: FerryError.self) { try parse(text) }
+            #expect(error?.message.contains("twice") == true, "\(text)")
+        }
+        // The same key in different objects, and key-like strings as values, are fine.
+        _ = try parse(#"{"a": {"a": 1}, "b": [{"a": 1}, {"a": 2}], "c": "a", "d": ["a", "a"], "e\"": 1, "e": 2}"#)
+    }
+
     @Test func refusesDeepNesting() {
         let deep = String(repeating: "[", count: 65) + String(repeating: "]", count: 65)
         #expect(throws: FerryError.self) { try parse(deep) }
