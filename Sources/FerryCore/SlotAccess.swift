@@ -86,6 +86,11 @@ public struct SlotAccess {
     /// Every check of `openForWriting` that needs no open: the booted group, configuration and
     /// mounts. Installs run it for every target slot before the first write.
     public func checkCanOpen(_ slot: SlotConfiguration) throws(FerryError) {
+        _ = try checkedLocation(slot)
+    }
+
+    /// The checks of `checkCanOpen`, returning where the slot is.
+    private func checkedLocation(_ slot: SlotConfiguration) throws(FerryError) -> ResolvedSlot {
         try checkWritable(slot)
         var resolver = SlotResolver()
         let resolved = try resolver.resolve(slot, configuration: configuration)
@@ -97,26 +102,19 @@ public struct SlotAccess {
         case .diskPartition(let disk, let partition):
             try refuseIfLoopMounted(file: disk, range: partition.range, slot: slot)
         }
+        return resolved
     }
 
     /// Opens `slot` exclusively for writing after every check above.
     /// - Throws: `.deviceNotConfigured`, `.deviceBooted`, `.deviceInUse`, `.deviceNotFound`,
     ///   `.deviceTooSmall`, `.loopDevice`, `.permissionDenied`.
     public func openForWriting(_ slot: SlotConfiguration) throws(FerryError) -> OpenSlot {
-        try checkWritable(slot)
-        var resolver = SlotResolver()
-        let resolved = try resolver.resolve(slot, configuration: configuration)
+        let resolved = try checkedLocation(slot)
         switch resolved.location {
-        case .blockDevice(let path, let number):
-            try refuseIfMounted(deviceNumber: number, what: "slot '\(slot.name)' (\(path))")
-            let device = try BlockDevice.openExclusive(path)
-            return OpenSlot(slot: resolved, device: device, loop: nil)
-        case .imageFile(let path):
-            try refuseIfLoopMounted(file: path, range: 0..<resolved.byteCount, slot: slot)
+        case .blockDevice(let path, _), .imageFile(let path):
             let device = try BlockDevice.openExclusive(path)
             return OpenSlot(slot: resolved, device: device, loop: nil)
         case .diskPartition(let disk, let partition):
-            try refuseIfLoopMounted(file: disk, range: partition.range, slot: slot)
             let loop = try LoopDevice.attach(disk, logger: logger)
             do throws(FerryError) {
                 let node = try loop.partitionDevice(partition)
