@@ -19,9 +19,11 @@ let package = Package(
     targets: [
         // MARK: - C modules
         // The one C target: ioctl numbers and _GNU_SOURCE calls that Swift cannot import.
+        // It also holds the TLS pin check, a C callback inside OpenSSL's certificate verification.
         .target(
             name: "CFerryShims",
-            cSettings: [.define("_GNU_SOURCE")]
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
         .systemLibrary(name: "CLzma", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
@@ -47,6 +49,10 @@ let package = Package(
             dependencies: ["COpenSSL", "FerrySystem"]
         ),
         .target(
+            name: "FerryNet",
+            dependencies: ["CCurl", "CFerryShims", "FerrySystem", logging]
+        ),
+        .target(
             name: "FerryBundle",
             dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryXZ", systemPackage, logging]
         ),
@@ -56,11 +62,11 @@ let package = Package(
         ),
         .target(
             name: "FerryCore",
-            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", logging]
+            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryNet", logging]
         ),
         .target(
             name: "FerryCLI",
-            dependencies: ["FerryCore", "FerryJSON", "FerryBootloader", "FerryBundle", "FerryCrypto", "FerrySystem", argumentParser, logging]
+            dependencies: ["FerryCore", "FerryJSON", "FerryBootloader", "FerryBundle", "FerryCrypto", "FerryNet", "FerrySystem", argumentParser, logging]
         ),
 
         // MARK: - Executables
@@ -84,8 +90,9 @@ let package = Package(
         .testTarget(name: "FerryXZTests", dependencies: ["FerryXZ", "FerryTestSupport"]),
         .testTarget(name: "FerryJSONTests", dependencies: ["FerryJSON", "FerryTestSupport"]),
         .testTarget(name: "FerryBootloaderTests", dependencies: ["FerryBootloader", "FerryXZ", "FerryTestSupport"]),
+        .testTarget(name: "FerryNetTests", dependencies: ["FerryNet", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryCryptoTests", dependencies: ["FerryCrypto", "FerryTestSupport"]),
-        .testTarget(name: "FerryCoreTests", dependencies: ["FerryCore", "FerryJSON", "FerryCrypto", "FerryTestSupport"]),
+        .testTarget(name: "FerryCoreTests", dependencies: ["FerryCore", "FerryNet", "FerryJSON", "FerryCrypto", "FerryTestSupport"]),
         .testTarget(
             name: "FerryCLITests",
             dependencies: ["FerryCLI", "FerryJSON", "FerryTestSupport"],

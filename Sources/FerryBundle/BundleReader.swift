@@ -102,8 +102,8 @@ public final class BundleReader {
     /// - Throws: `.bundleInvalid` naming the payload and chunk, `.truncated`.
     ///
     /// - Parameter resumeAt: chunks before this index were written by an interrupted install:
-    ///   they are read and their compressed hash is checked, but they are not decoded or handed
-    ///   out, and the whole-payload hash is then left to the caller's read-back.
+    ///   they are skipped without being read (the source seeks where it can), and the
+    ///   whole-payload hash is then left to the caller's read-back.
     /// - Parameter checkWholeHash: also hash the whole decoded payload (one more pass over it).
     ///   Every chunk is checked anyway; installs skip this because their read-back compares the
     ///   slot with the chunk hashes again.
@@ -119,7 +119,10 @@ public final class BundleReader {
         let batch = DecodeBatch(slots: slots, storedBound: chunkSize + chunkSize / 8 + 4096, chunkSize: chunkSize)
         defer { batch.deallocate() }
         let whole = SHA256Hasher()
-        var first = 0
+        // Chunks already written by an interrupted install are skipped unread (a seek in a file, a
+        // range request over HTTPS); the read-back verifies them on the device.
+        var first = min(resumeAt, payload.chunks.count)
+        try tar.skipContent(payload.chunks[..<first].reduce(0) { $0 + $1.size })
         while first < payload.chunks.count {
             let count = min(slots, payload.chunks.count - first)
             for slot in 0..<count {
@@ -144,14 +147,13 @@ public final class BundleReader {
                 batch.jobs[slot] = DecodeBatch.Job(
                     storedSize: Int(chunk.size),
                     decodedSize: index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize,
-                    skip: index < resumeAt, compression: payload.compression)
+                    compression: payload.compression)
             }
             let work = { @Sendable (slot: Int) in batch.decode(slot) }
             if count == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: count, execute: work) }
             for slot in 0..<count {
                 let index = first + slot
                 let job = batch.jobs[slot]
-                if job.skip { continue }
                 if let error = batch.errors[slot] { throw error.prefixed("payload '\(payload.member)' chunk \(index)") }
                 guard batch.digests[slot] == payload.chunks[index].decodedSHA256 else {
                     throw FerryError(
@@ -189,7 +191,6 @@ private final class DecodeBatch: @unchecked Sendable {
     struct Job {
         var storedSize = 0
         var decodedSize = 0
-        var skip = false
         var compression = Manifest.Compression.xz
     }
 
@@ -239,7 +240,6 @@ private final class DecodeBatch: @unchecked Sendable {
         let job = jobs[slot]  // read-only while the workers run
         errors[slot] = nil
         digests[slot] = nil
-        guard !job.skip else { return }
         let input = UnsafeRawBufferPointer(stored(slot, size: job.storedSize))
         let output = decoded(slot, size: job.decodedSize)
         do throws(FerryError) {

@@ -122,6 +122,17 @@ public final class TarReader {
         try guarded { () throws(FerryError) in try skipRemainder() }
     }
 
+    /// Skips `count` bytes of the current member's content (at most what remains of it) without
+    /// reading them where the source can seek (a file, a range request).
+    public func skipContent(_ count: Int64) throws(FerryError) {
+        try guarded { () throws(FerryError) in
+            let skipped = min(max(count, 0), remaining)
+            try source.skip(skipped)
+            remaining -= skipped
+            position += skipped
+        }
+    }
+
     /// Checks that the archive ends properly and nothing but zero padding follows.
     ///
     /// Call after the last expected member: reads the end-of-archive marker if ``nextMember(maximumSize:)``
@@ -177,16 +188,10 @@ public final class TarReader {
     private func skipRemainder() throws(FerryError) {
         guard let member = currentMember else { return }
         if remaining > 0 {
-            let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
-            defer { chunk.deallocate() }
-            while remaining > 0 {
-                let count = Int(min(Int64(chunk.count), remaining))
-                try source.readExactly(
-                    into: UnsafeMutableRawBufferPointer(rebasing: chunk[..<count]),
-                    what: "the content of member '\(member.name)' at offset \(member.offset + member.size - remaining)")
-                remaining -= Int64(count)
-                position += Int64(count)
-            }
+            // A skip does not notice the end of the stream; the padding read below does.
+            try source.skip(remaining)
+            position += remaining
+            remaining = 0
         }
         if pendingPadding > 0 {
             var padding = [UInt8](repeating: 0, count: pendingPadding)

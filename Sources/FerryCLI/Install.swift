@@ -1,5 +1,6 @@
 import ArgumentParser
 import FerryCore
+import FerryNet
 import FerrySystem
 
 extension FerryCommand {
@@ -11,15 +12,17 @@ extension FerryCommand {
                 Nothing is written before the bundle's signatures and the device's policy pass; the \
                 target group is marked bad first; every chunk is checked against its hash before it \
                 is written; every slot is read back before the switch. Reboot, then confirm with \
-                'ferry boot-check' or 'ferry mark good'. HTTPS \
-                sources are not implemented yet. An install cut at any point (power loss, kill) \
-                continues from its last checkpoint when started again with the same bundle; \
-                --abort drops that journal; a journal of another bundle never blocks an install.
+                'ferry boot-check' or 'ferry mark good'. An \
+                https:// bundle is streamed, never stored: the server must match a pin in tlsPins, \
+                and a dropped connection resumes with a range request. An install cut at any point \
+                (power loss, kill) continues from its last checkpoint when started again with the \
+                same bundle (over HTTPS, without downloading again what was written); --abort \
+                drops that journal; a journal of another bundle never blocks an install.
                 """)
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The bundle file, or - for standard input.")
+        @Argument(help: "The bundle file, - for standard input, or an https:// URL (pinned TLS, streamed, resumable).")
         var bundle: String?
 
         @Flag(help: "Drop the journal of an interrupted install (the next install starts from the beginning).")
@@ -59,8 +62,15 @@ extension FerryCommand {
             if let checkpointMiB { installer.checkpointBytes = Int64(checkpointMiB) << 20 }
             let renderer = ProgressRenderer(mode: progress)
             installer.progress = { renderer.handle($0) }
-            let source = try Bundle.source(bundle)
-            let name = bundle == "-" ? "standard input" : String(bundle.split(separator: "/").last ?? "")
+            let source: any ByteSource
+            let name: String
+            if bundle.contains("://") {
+                source = try HTTPSource(url: bundle, options: context.configuration.transport, logger: context.logger)
+                name = bundle
+            } else {
+                source = try Bundle.source(bundle)
+                name = bundle == "-" ? "standard input" : String(bundle.split(separator: "/").last ?? "")
+            }
             let result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
             Terminal.writeOutput(
                 (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"

@@ -1,5 +1,6 @@
 import FerryBootloader
 import FerryJSON
+import FerryNet
 import FerrySystem
 import SystemPackage
 
@@ -97,7 +98,8 @@ public struct SystemConfiguration: Sendable {
     public var signatureThreshold: Int
     /// Signer certificate fingerprints (SHA-256 of the DER certificate, hex) that never count.
     public var denyList: [String]
-    public var tlsPins: [String]
+    /// TLS pins, CA file, client identity, timeouts and retries for every download (`tlsPins`, `network`).
+    public var transport: TransportOptions
     public var updateURL: String?
     public var appStore: String?
     public var settingsStore: String?
@@ -154,10 +156,7 @@ public struct SystemConfiguration: Sendable {
         for (index, entry) in denyList.enumerated() where entry.count != 64 || !entry.allSatisfy(\.isHexDigit) {
             throw root.invalid("denyList[\(index)]", "must be a SHA-256 certificate fingerprint (64 hex digits)")
         }
-        let pins = try root.stringArray("tlsPins")
-        for (index, pin) in pins.enumerated() where !Self.isPin(pin) {
-            throw root.invalid("tlsPins[\(index)]", "must be 'sha256//<base64>' or 64 hex digits, not '\(pin)'")
-        }
+        let transport = try parseTransport(&root, directory: directory)
         let updateURL = try root.string("updateURL")
         if let updateURL, !updateURL.hasPrefix("https://") {
             throw root.invalid("updateURL", "must be an https:// URL (Ferry never downloads over plain HTTP)")
@@ -178,13 +177,47 @@ public struct SystemConfiguration: Sendable {
         }
         return SystemConfiguration(
             path: file, directory: directory, compatible: compatible, sandbox: sandbox, stateDirectory: stateDirectory,
-            bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, denyList: denyList, tlsPins: pins, updateURL: updateURL,
+            bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, denyList: denyList, transport: transport, updateURL: updateURL,
             appStore: appStore, settingsStore: settingsStore, hooks: hooks, slots: slots, groups: groups)
     }
 
-    static func isPin(_ pin: String) -> Bool {
-        if pin.hasPrefix("sha256//") { return pin.count > 8 }
-        return pin.count == 64 && pin.allSatisfy { $0.isHexDigit }
+    /// `tlsPins` (an array for every host, or an object of arrays by host with `*` for the others)
+    /// and the `network` object.
+    private static func parseTransport(_ root: inout StrictObject, directory: String) throws(FerryError) -> TransportOptions {
+        func pins(_ value: JSONValue, key: String) throws(FerryError) -> [TLSPin] {
+            guard case .array(let items) = value else { throw root.invalid(key, "must be an array of pins") }
+            var result: [TLSPin] = []
+            for (index, item) in items.enumerated() {
+                guard case .string(let text) = item else { throw root.invalid("\(key)[\(index)]", "must be a string") }
+                do { result.append(try TLSPin(parsing: text)) } catch { throw root.invalid("\(key)[\(index)]", error.message) }
+            }
+            return result
+        }
+        var set = PinSet()
+        switch root.raw("tlsPins") {
+        case nil: break
+        case .object(let hosts)?:
+            for (host, value) in hosts {
+                if host == "*" { set.anyHost = try pins(value, key: "tlsPins.*") } else { set.byHost[host.lowercased()] = try pins(value, key: "tlsPins.\(host)") }
+            }
+        case let value?:
+            set.anyHost = try pins(value, key: "tlsPins")
+        }
+        var options = TransportOptions(pins: set)
+        guard var network = try root.object("network") else { return options }
+        options.caFile = try network.string("caFile").map { Paths.resolve($0, against: directory) }
+        options.clientCertificate = try network.string("clientCertificate").map { Paths.resolve($0, against: directory) }
+        options.clientKey = try network.string("clientKey").map { Paths.resolve($0, against: directory) }
+        if options.clientKey != nil && options.clientCertificate == nil {
+            throw network.invalid("clientKey", "needs clientCertificate")
+        }
+        if let value = try network.integer("connectTimeoutSeconds", in: 1...3600) { options.connectTimeoutSeconds = Int(value) }
+        if let value = try network.integer("stallTimeoutSeconds", in: 1...3600) { options.stallTimeoutSeconds = Int(value) }
+        if let value = try network.integer("retries", in: 0...100) { options.retries = Int(value) }
+        if let value = try network.number("retryDelaySeconds", in: 0...600) { options.retryDelaySeconds = value }
+        if let value = try network.integer("maximumRedirects", in: 0...20) { options.maximumRedirects = Int(value) }
+        try network.finish()
+        return options
     }
 
     private static func parseBootloader(_ root: inout StrictObject, directory: String) throws(FerryError)

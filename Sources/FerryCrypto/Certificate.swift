@@ -11,8 +11,12 @@ public struct Certificate: Sendable, Hashable {
     public let der: [UInt8]
     /// SHA-256 of the DER encoding: the identity of a signer (deny-lists and thresholds use it).
     public let fingerprint: SHA256Digest
+    /// SHA-256 of the DER SubjectPublicKeyInfo: the public-key pin (`sha256//<base64>`).
+    public let publicKeyFingerprint: SHA256Digest
     /// The subject as one line (`/CN=Ferry Demo Signer 1`).
     public let subject: String
+    /// The issuer as one line.
+    public let issuer: String
     /// Validity, in seconds since the epoch.
     public let notBefore: Int64
     public let notAfter: Int64
@@ -26,9 +30,20 @@ public struct Certificate: Sendable, Hashable {
         der = Array(UnsafeBufferPointer(start: pointer, count: Int(length)))
         CRYPTO_free(pointer, #fileID, #line)
         fingerprint = SHA256Hasher.hash(der)
-        var name = [CChar](repeating: 0, count: 512)
-        X509_NAME_oneline(X509_get_subject_name(x509), &name, Int32(name.count))
-        subject = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var key: UnsafeMutablePointer<UInt8>? = nil
+        let keyLength = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x509), &key)
+        guard keyLength > 0, let key else {
+            throw FerryError(code: .signatureInvalid, message: "cannot encode a certificate's public key: \(OpenSSLError.drain())")
+        }
+        publicKeyFingerprint = SHA256Hasher.hash(Array(UnsafeBufferPointer(start: key, count: Int(keyLength))))
+        CRYPTO_free(key, #fileID, #line)
+        func oneLine(_ name: OpaquePointer?) -> String {
+            var text = [CChar](repeating: 0, count: 512)
+            X509_NAME_oneline(name, &text, Int32(text.count))
+            return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        subject = oneLine(X509_get_subject_name(x509))
+        issuer = oneLine(X509_get_issuer_name(x509))
         notBefore = Self.seconds(X509_get0_notBefore(x509))
         notAfter = Self.seconds(X509_get0_notAfter(x509))
     }

@@ -305,6 +305,15 @@ public struct StrictObject {
         return number
     }
 
+    public mutating func number(_ key: String, in range: ClosedRange<Double>) throws(FerryError) -> Double? {
+        guard let value = raw(key) else { return nil }
+        guard case .number(let number) = value else { throw invalid(key, "must be a number, not \(value.typeName)") }
+        guard range.contains(number) else {
+            throw invalid(key, "must be between \(range.lowerBound) and \(range.upperBound), not \(number)")
+        }
+        return number
+    }
+
     public mutating func stringArray(_ key: String) throws(FerryError) -> [String] {
         guard let value = raw(key) else { return [] }
         guard case .array(let items) = value else { throw invalid(key, "must be an array of strings") }

@@ -1,16 +1,36 @@
 import SystemPackage
 
-/// A sequential stream of bytes: a bundle read from a file, standard input or (later) HTTPS.
+/// A sequential stream of bytes: a bundle read from a file, standard input or HTTPS.
 ///
-/// Readers never seek, so one code path serves files, pipes and network streams.
+/// Readers never seek backwards, so one code path serves files, pipes and network streams; they
+/// may skip forwards (a resumed install skips what it already wrote).
 public protocol ByteSource: AnyObject {
     /// Reads up to `buffer.count` bytes; returns 0 only at the end of the stream.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(FerryError) -> Int
+    /// Moves `count` bytes forward without returning them. Skipping past the end is not an error
+    /// here: the next read returns 0. The default reads and discards.
+    func skip(_ count: Int64) throws(FerryError)
     /// A name for messages (the file, `standard input`, the URL).
     var sourceName: String { get }
 }
 
 extension ByteSource {
+    public func skip(_ count: Int64) throws(FerryError) {
+        try discard(count)
+    }
+
+    /// Reads and drops `count` bytes (or up to the end of the stream).
+    public func discard(_ count: Int64) throws(FerryError) {
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+        defer { scratch.deallocate() }
+        var left = count
+        while left > 0 {
+            let read = try self.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[..<Int(min(left, Int64(scratch.count)))]))
+            if read == 0 { return }
+            left -= Int64(read)
+        }
+    }
+
     /// Reads exactly `buffer.count` bytes.
     /// - Throws: `.truncated` when the stream ends first.
     public func readExactly(into buffer: UnsafeMutableRawBufferPointer, what: String) throws(FerryError) {
@@ -65,6 +85,11 @@ public final class FileByteSource: ByteSource {
             throw .syscall("reading", errno: error as? Errno ?? .ioError, path: sourceName)
         }
     }
+
+    /// Seeks in a regular file; reads and discards from a pipe.
+    public func skip(_ count: Int64) throws(FerryError) {
+        if (try? descriptor.seek(offset: count, from: .current)) == nil { try discard(count) }
+    }
 }
 
 /// A `ByteSource` over bytes in memory (tests, small documents).
@@ -84,5 +109,9 @@ public final class MemoryByteSource: ByteSource {
         bytes[position..<(position + count)].withUnsafeBytes { buffer.copyMemory(from: $0) }
         position += count
         return count
+    }
+
+    public func skip(_ count: Int64) throws(FerryError) {
+        position = Int(min(Int64(bytes.count), Int64(position) + count))
     }
 }

@@ -20,6 +20,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
             case healthCheckFailed, onTrial, hookFailed
             case stateInvalid, lockHeld
+            case network, tlsHandshake, pinMismatch, httpStatus, timeout, contentChanged, insecureURL
             case `internal`
         }
 
@@ -88,6 +89,20 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         public static let stateInvalid = Code(.stateInvalid)
         /// Another Ferry command holds the global lock.
         public static let lockHeld = Code(.lockHeld)
+        /// The server cannot be reached, or the connection broke and the retries ran out.
+        public static let network = Code(.network)
+        /// The TLS handshake failed: protocol older than TLS 1.2, chain or hostname check, client certificate.
+        public static let tlsHandshake = Code(.tlsHandshake)
+        /// The server's certificate matches none of the configured pins (or no pin is configured for the host).
+        public static let pinMismatch = Code(.pinMismatch)
+        /// The server answered with an error status (404, 500, …), a redirect loop, or a malformed response.
+        public static let httpStatus = Code(.httpStatus)
+        /// A connection, or a transfer that stalled, timed out and the retries ran out.
+        public static let timeout = Code(.timeout)
+        /// The file on the server changed during the download (ETag, Last-Modified or size differ).
+        public static let contentChanged = Code(.contentChanged)
+        /// A URL (or a redirect) is not https://: Ferry never downloads over plain HTTP.
+        public static let insecureURL = Code(.insecureURL)
         /// A bug: an invariant of Ferry itself did not hold.
         public static let `internal` = Code(.internal)
 
@@ -128,6 +143,13 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .hookFailed: 85
             case .stateInvalid: 60
             case .lockHeld: 61
+            case .network: 50
+            case .tlsHandshake: 51
+            case .pinMismatch: 52
+            case .httpStatus: 53
+            case .timeout: 54
+            case .contentChanged: 55
+            case .insecureURL: 56
             case .internal: 70
             }
         }

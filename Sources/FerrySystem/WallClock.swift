@@ -84,4 +84,11 @@ extension WallClock {
 extension WallClock {
     /// Seconds on the monotonic clock (for rates and timeouts; unaffected by clock changes).
     public static func monotonicSeconds() -> Double { ChildProcess.monotonicSeconds() }
+
+    /// Sleeps for `seconds` (restarted after signals).
+    public static func sleep(seconds: Double) {
+        var request = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
+    }
 }

@@ -1,5 +1,6 @@
 import FerryBootloader
 import FerryCore
+import FerryNet
 import FerrySystem
 import FerryTestSupport
 import Testing
@@ -54,7 +55,10 @@ import Testing
             #expect(configuration.bootloader.tries == 5)
             #expect(configuration.bootloader.command == nil)
             #expect(configuration.signatureThreshold == 2)
-            #expect(configuration.tlsPins.count == 2)
+            #expect(configuration.transport.pins.anyHost.map(\.kind) == [.publicKey, .certificate])
+            #expect(configuration.transport.pins.pins(for: "Updates.Example.com").count == 2)
+            #expect(configuration.transport.caFile == nil)
+            #expect(configuration.transport.retries == 5)
             #expect(configuration.updateURL == "https://updates.example.com/acme")
             #expect(configuration.hooks.preInstall == "\(dir)/etc/ferry/hooks/pre-install")
             #expect(configuration.hooks.postInstall == nil)
@@ -120,7 +124,7 @@ import Testing
         #expect(configuration.bootloader.tries == 3)
         #expect(configuration.keyring == nil)
         #expect(configuration.signatureThreshold == 1)
-        #expect(configuration.tlsPins.isEmpty)
+        #expect(configuration.transport.pins.isEmpty)
         #expect(configuration.updateURL == nil)
         #expect(configuration.appStore == nil)
         #expect(configuration.settingsStore == nil)
@@ -134,6 +138,43 @@ import Testing
         #expect(configuration.bootloader.confirmInBootCheck)
         #expect(configuration.groups.count == 2)
         #expect(configuration.slots.allSatisfy { $0.declaredSize == nil })
+    }
+
+    @Test func pinsPerHostAndNetworkOptionsParse() throws {
+        let text = """
+            {
+              "compatible": "tiny",
+              "bootloader": { "type": "uboot", "fwEnvConfig": "/etc/fw_env.config" },
+              "tlsPins": {
+                "Updates.Example.com": [ "01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef" ],
+                "*": [ "sha256//r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=" ]
+              },
+              "network": {
+                "caFile": "ca.pem", "clientCertificate": "/etc/device.pem", "clientKey": "device.key",
+                "connectTimeoutSeconds": 5, "stallTimeoutSeconds": 7, "retries": 0, "retryDelaySeconds": 0.25, "maximumRedirects": 2
+              },
+              "slots": {
+                "a": { "class": "rootfs", "bootname": "A", "device": "/dev/sda2" },
+                "b": { "class": "rootfs", "bootname": "B", "device": "/dev/sda3" }
+              }
+            }
+            """
+        let configuration = try SystemConfiguration.parse(Array(text.utf8), path: "/etc/ferry/system.json")
+        let transport = configuration.transport
+        #expect(
+            transport.pins.pins(for: "updates.example.com").map(\.description)
+                == ["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"])
+        #expect(
+            transport.pins.pins(for: "mirror.example.com").map(\.description)
+                == ["sha256//r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E="])
+        #expect(transport.caFile == "/etc/ferry/ca.pem")
+        #expect(transport.clientCertificate == "/etc/device.pem")
+        #expect(transport.clientKey == "/etc/ferry/device.key")
+        #expect(transport.connectTimeoutSeconds == 5)
+        #expect(transport.stallTimeoutSeconds == 7)
+        #expect(transport.retries == 0)
+        #expect(transport.retryDelaySeconds == 0.25)
+        #expect(transport.maximumRedirects == 2)
     }
 
     @Test func nullCountsAsAbsent() throws {
@@ -457,6 +498,12 @@ import Testing
         ("tlsPins empty sha256//", valid(#""tlsPins": [ "sha256//" ]"#)),
         ("tlsPins not an array", valid(#""tlsPins": "sha256//abc""#)),
         ("tlsPins with a number", valid(#""tlsPins": [ 5 ]"#)),
+        ("tlsPins host with a bad pin", valid(#""tlsPins": { "a.example": [ "sha256//AAAA" ] }"#)),
+        ("tlsPins host not an array", valid(#""tlsPins": { "a.example": "sha256//abc" }"#)),
+        ("network unknown key", valid(#""network": { "proxy": "x" }"#)),
+        ("network negative retries", valid(#""network": { "retries": -1 }"#)),
+        ("network key without certificate", valid(#""network": { "clientKey": "k.pem" }"#)),
+        ("network retry delay a string", valid(#""network": { "retryDelaySeconds": "1" }"#)),
         (
             "sandbox true with a /dev/ path slot",
             document(
