@@ -25,7 +25,7 @@ struct HTTPSInstallTests {
 
         /// A sandbox whose configuration pins `pinned` (a certificate of `tls`), with a 16 MiB
         /// bundle `update.ferry` (incompressible, so the download is as large as the images) in `www/`.
-        init(_ directory: String, pinned: String = "server") throws {
+        init(_ directory: String, pinned: String = "server", retries: Int = 5) throws {
             sandbox = try Sandbox.make(in: directory)
             tls = try TestTLS.make(in: "\(directory)/tls")
             www = "\(directory)/www"
@@ -36,6 +36,7 @@ struct HTTPSInstallTests {
             object["tlsPins"] = .array([.string(try tls.certificatePin(pinned))])
             object["network"] = .object([
                 "retryDelaySeconds": .number(0.05), "stallTimeoutSeconds": .number(3), "connectTimeoutSeconds": .number(5),
+                "retries": .number(Double(retries)),
             ])
             try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
         }
@@ -67,7 +68,12 @@ struct HTTPSInstallTests {
             let before = try environment()
             let result = try ferry(["install", url], environment: variables)
             #expect(result.status == code.exitStatus, "\(result.output)", sourceLocation: sourceLocation)
-            #expect(result.output.hasPrefix("ferry: error: "), "\(result.output)", sourceLocation: sourceLocation)
+            // One error line, after any progress lines.
+            let last = result.output.split(separator: "\n").last ?? ""
+            #expect(last.hasPrefix("ferry: error: "), "\(result.output)", sourceLocation: sourceLocation)
+            #expect(
+                result.output.split(separator: "\n").filter { $0.hasPrefix("ferry: error:") }.count == 1, "\(result.output)",
+                sourceLocation: sourceLocation)
             #expect(try environment() == before, "the boot environment changed", sourceLocation: sourceLocation)
         }
     }
@@ -118,6 +124,22 @@ struct HTTPSInstallTests {
                 "openssl_conf = c\n[c]\nssl_conf = s\n[s]\nsystem_default = d\n[d]\nMinProtocol = TLSv1\nCipherString = DEFAULT@SECLEVEL=0\n",
                 to: permissive)
             try device.expectRefused(old.url + "update.ferry", .tlsHandshake, environment: ["OPENSSL_CONF": permissive])
+        }
+    }
+
+    @Test func aStalledServerTimesOutAndLeavesTheEnvironmentUntouched() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir, retries: 1)
+            let server = try HTTPSServer.nginx(root: device.www, tls: device.tls, state: "\(dir)/nginx")
+            defer { server.stop() }
+            // Every connection stalls mid-payload: past the manifest, inside the first slot.
+            let proxy = try TCPProxy(
+                upstreamPort: server.port, behaviours: [.relay, .stall(afterBytes: 3 << 20), .stall(afterBytes: 0)])
+            defer { proxy.stop() }
+            let started = WallClock.monotonicSeconds()
+            try device.expectRefused("https://127.0.0.1:\(proxy.port)/update.ferry", .timeout)
+            #expect(WallClock.monotonicSeconds() - started < 30)
+            #expect(try device.environment().contains("BOOT_B_LEFT=0"), "the half-written group must stay unbootable")
         }
     }
 
@@ -201,3 +223,4 @@ struct HTTPSInstallTests {
         }
     }
 }
+
