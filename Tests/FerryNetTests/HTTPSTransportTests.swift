@@ -318,6 +318,36 @@ struct HTTPSTransportTests {
         }
     }
 
+    @Test func aClosedPortIsANetworkError() async throws {
+        try await withTemporaryDirectory { directory in
+            let fixture = try Fixture(directory)
+            // A port that was just free: nothing listens there.
+            let proxy = try TCPProxy(upstreamPort: 1, behaviours: [])
+            let port = proxy.port
+            proxy.stop()
+            let options = try fixture.options([try fixture.tls.certificatePin("server")]) { $0.retries = 1 }
+            expectFerryError(.network) { try Self.download("https://127.0.0.1:\(port)/payload.bin", options) }
+        }
+    }
+
+    /// Proxies come from the usual environment variables; the TLS session still ends at the
+    /// pinned server, through the proxy's CONNECT tunnel.
+    @Test func aProxyFromTheEnvironmentIsUsed() async throws {
+        try await withTemporaryDirectory { directory in
+            let fixture = try Fixture(directory)
+            let server = try fixture.nginx()
+            defer { server.stop() }
+            let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.connectProxy])
+            defer { proxy.stop() }
+            let output = try Shell.check(
+                [TestEnvironment.ferryBinary, "pin", server.url],
+                environment: ["https_proxy": "http://127.0.0.1:\(proxy.port)", "NO_PROXY": "", "no_proxy": ""])
+            #expect(output.contains(try fixture.tls.certificatePin("server")))
+            #expect(proxy.connectRequests.count == 1 && proxy.connectRequests.first?.hasPrefix("CONNECT 127.0.0.1:\(server.port) ") == true,
+                "\(proxy.connectRequests)")
+        }
+    }
+
     @Test func pinOfACertificateFileMatchesTheServer() async throws {
         try await withTemporaryDirectory { directory in
             let fixture = try Fixture(directory)

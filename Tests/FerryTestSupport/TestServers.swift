@@ -196,6 +196,9 @@ public final class TCPProxy: @unchecked Sendable {
         case cut(afterBytes: Int)
         /// Stop relaying after this many bytes reached the client; keep the connection open.
         case stall(afterBytes: Int)
+        /// Act as an HTTP proxy: read a `CONNECT host:port` request, answer 200, then relay to the
+        /// upstream port (whatever the request named) untouched.
+        case connectProxy
     }
 
     public let port: Int
@@ -234,6 +237,10 @@ public final class TCPProxy: @unchecked Sendable {
 
     /// Connections accepted so far.
     public var connections: Int { state.withLock { $0.connections } }
+
+    /// The CONNECT requests seen in ``Behaviour/connectProxy`` mode (their first lines).
+    public var connectRequests: [String] { connects.withLock { $0 } }
+    private let connects = Mutex<[String]>([])
 
     /// Stops accepting and relaying, closes every socket, and waits for the relay threads.
     public func stop() {
@@ -275,6 +282,16 @@ public final class TCPProxy: @unchecked Sendable {
         var stallInstead = false
         switch behaviour {
         case .relay: break
+        case .connectProxy:
+            // The request head ends with an empty line.
+            var head: [UInt8] = []
+            var byte: UInt8 = 0
+            while !head.suffix(4).elementsEqual(Array("\r\n\r\n".utf8)), head.count < 8192, read(client, &byte, 1) == 1 { head.append(byte) }
+            let line = String(decoding: head.prefix { $0 != UInt8(ascii: "\r") }, as: UTF8.self)
+            connects.withLock { $0.append(line) }
+            guard line.hasPrefix("CONNECT ") else { return }
+            let reply = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
+            guard writeAll(client, reply, reply.count) else { return }
         case .cut(let bytes): limit = bytes
         case .stall(let bytes):
             limit = bytes
