@@ -163,6 +163,20 @@ struct HTTPSTransportTests {
         }
     }
 
+    @Test func aCAFileAddsHostNameVerification() async throws {
+        try await withTemporaryDirectory { directory in
+            let fixture = try Fixture(directory)
+            let server = try fixture.nginx(certificate: "wrongname")
+            defer { server.stop() }
+            let pin = try fixture.tls.certificatePin("wrongname")
+            // The pin alone decides: the name is not checked.
+            #expect(try Self.download(server.url + "payload.bin", try fixture.options([pin])).bytes == fixture.payload)
+            // With a CA file, the certificate must also name the host.
+            let withCA = try fixture.options([pin]) { $0.caFile = fixture.tls.pki.certificate("tlsca") }
+            expectFerryError(.tlsHandshake) { try Self.download(server.url + "payload.bin", withCA) }
+        }
+    }
+
     @Test func aClientCertificateIdentifiesTheDevice() async throws {
         try await withTemporaryDirectory { directory in
             let fixture = try Fixture(directory)

@@ -11,6 +11,7 @@ public struct TestTLS {
     public let pki: TestPKI
 
     /// `server` and `other` (both CN=localhost, SAN localhost and 127.0.0.1, same CA `tlsca`),
+    /// `wrongname` (same CA, named wrong.example only),
     /// `selfsigned` (its own issuer, same names), a client CA `clientca` with its client `device`,
     /// and an unrelated CA `otherca` for chain failures.
     public static func make(in directory: String) throws -> TestTLS {
@@ -23,6 +24,7 @@ public struct TestTLS {
         try tls.makeLeaf("server", ca: "tlsca", usage: "serverAuth")
         try tls.makeLeaf("other", ca: "tlsca", usage: "serverAuth")
         try tls.makeLeaf("device", ca: "clientca", usage: "clientAuth")
+        try tls.makeLeaf("wrongname", ca: "tlsca", usage: "serverAuth", name: "wrong.example")
         try Shell.check([
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
             "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
@@ -31,13 +33,15 @@ public struct TestTLS {
         return tls
     }
 
-    func makeLeaf(_ name: String, ca: String, usage: String) throws {
+    func makeLeaf(_ name: String, ca: String, usage: String, name host: String? = nil) throws {
         try pki.newKey(name)
         try DurableFile.write(
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=\(usage)\n"
-                + "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+                + "subjectAltName=\(host.map { "DNS:\($0)" } ?? "DNS:localhost,IP:127.0.0.1")\n",
             to: "\(pki.directory)/\(name).ext")
-        try Shell.check(["openssl", "req", "-new", "-key", pki.key(name), "-subj", "/CN=localhost", "-out", "\(pki.directory)/\(name).csr"])
+        try Shell.check([
+            "openssl", "req", "-new", "-key", pki.key(name), "-subj", "/CN=\(host ?? "localhost")", "-out", "\(pki.directory)/\(name).csr",
+        ])
         try Shell.check([
             "openssl", "x509", "-req", "-in", "\(pki.directory)/\(name).csr", "-CA", pki.certificate(ca), "-CAkey", pki.key(ca),
             "-CAcreateserial", "-days", "30", "-extfile", "\(pki.directory)/\(name).ext", "-out", pki.certificate(name),
