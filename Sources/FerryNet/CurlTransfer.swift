@@ -10,11 +10,13 @@ import FerrySystem
 ///
 /// The TLS policy (protocol versions, pins, optional chain check) is installed on every
 /// connection through `CURLOPT_SSL_CTX_FUNCTION` (CFerryShims' `tls.c`), so a server that fails
-/// it never receives the request. The transfer runs on a private multi handle that is driven only
-/// while the caller waits for bytes; the body is buffered up to ``highWater`` bytes, then the
-/// transfer pauses until the caller has drained the buffer. A transfer that delivers nothing for
-/// the stall timeout while the caller waits is abandoned (`.timeout`).
-final class CurlTransfer {
+/// it never receives the request. The transfer runs on its own thread (so that downloading and
+/// TLS decryption overlap the caller's decoding and writing) into a ring buffer of
+/// ``bufferSize`` bytes; when the ring is full the download waits for the caller. A transfer that
+/// delivers nothing for the stall timeout while the caller waits is abandoned (`.timeout`).
+///
+/// `@unchecked Sendable`: everything the download thread and the caller share is guarded by `lock`.
+final class CurlTransfer: @unchecked Sendable {
     struct Response {
         var status: Int
         var reason: String
@@ -29,21 +31,24 @@ final class CurlTransfer {
         case handshakeOnly
     }
 
-    static let highWater = 1 << 20
+    static let bufferSize = 4 << 20
 
     let url: String
     private let easy: UnsafeMutableRawPointer
-    private let multi: UnsafeMutableRawPointer
     private let policy: UnsafeMutablePointer<CFerryShims_TLSPolicy>
     private let pinStorage: UnsafeMutableRawBufferPointer
     private let errorBuffer: UnsafeMutablePointer<CChar>
     private let stallTimeout: Double
 
-    private var buffer: [UInt8] = []
-    private var head = 0
-    private var paused = false
+    // Shared with the download thread, under `lock`.
+    private let lock = ConditionLock()
+    private let ring: UnsafeMutableRawBufferPointer
+    private var ringStart = 0
+    private var ringCount = 0
     private var finished: CURLcode?
+    private var cancelled = false
     private var lastActivity = WallClock.monotonicSeconds()
+    private var thread: pthread_t?
     private var pendingStatus = 0
     private var pendingReason = ""
     private var pendingHeaders: [String: String] = [:]
@@ -54,12 +59,12 @@ final class CurlTransfer {
     private static let initialized: Bool = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
 
     init(url: String, mode: Mode, pins: [TLSPin], recordOnly: Bool = false, options: TransportOptions) throws(FerryError) {
-        guard Self.initialized, let easy = curl_easy_init(), let multi = curl_multi_init() else {
+        guard Self.initialized, let easy = curl_easy_init() else {
             throw FerryError(code: .internal, message: "libcurl could not be initialized")
         }
         self.url = url
         self.easy = easy
-        self.multi = multi
+        if case .body = mode { ring = .allocate(byteCount: Self.bufferSize, alignment: 64) } else { ring = .allocate(byteCount: 1, alignment: 1) }
         self.stallTimeout = Double(options.stallTimeoutSeconds)
         errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
@@ -84,19 +89,36 @@ final class CurlTransfer {
 
         try configure(mode: mode, options: options)
         if case .body = mode {
-            guard curl_multi_add_handle(multi, easy) == CURLM_OK else {
-                throw FerryError(code: .internal, message: "libcurl refused a transfer handle")
+            var thread = pthread_t()
+            let context = UnsafeMutableRawPointer(Unmanaged.passUnretained(self).toOpaque())
+            guard pthread_create(&thread, nil, curlThreadMain, context) == 0 else {
+                throw FerryError(code: .internal, message: "cannot start the download thread")
             }
+            self.thread = thread
         }
     }
 
     deinit {
-        curl_multi_remove_handle(multi, easy)
+        // Stop the download thread (it notices within a second, see curlProgress) and wait for it.
+        lock.withLock {
+            cancelled = true
+            lock.broadcast()
+        }
+        if let thread { pthread_join(thread, nil) }
         curl_easy_cleanup(easy)
-        curl_multi_cleanup(multi)
+        ring.deallocate()
         policy.deallocate()
         pinStorage.deallocate()
         errorBuffer.deallocate()
+    }
+
+    /// The download thread: one blocking transfer, then the result for the caller.
+    fileprivate func runTransfer() {
+        let code = curl_easy_perform(easy)
+        lock.withLock {
+            finished = code
+            lock.broadcast()
+        }
     }
 
     private func configure(mode: Mode, options: TransportOptions) throws(FerryError) {
@@ -145,7 +167,10 @@ final class CurlTransfer {
                 set(CURLOPT_RANGE, "\(range.lowerBound)-" + (range.upperBound == .max ? "" : "\(range.upperBound - 1)"))
             }
             let context = UnsafeMutableRawPointer(Unmanaged.passUnretained(self).toOpaque())
-            if CCurl_easy_setopt_write(easy, CURLOPT_WRITEFUNCTION, curlWriteBody) != CURLE_OK
+            set(CURLOPT_NOPROGRESS, 0)
+            if CCurl_easy_setopt_xferinfo(easy, CURLOPT_XFERINFOFUNCTION, curlProgress) != CURLE_OK
+                || CCurl_easy_setopt_pointer(easy, CURLOPT_XFERINFODATA, context) != CURLE_OK
+                || CCurl_easy_setopt_write(easy, CURLOPT_WRITEFUNCTION, curlWriteBody) != CURLE_OK
                 || CCurl_easy_setopt_pointer(easy, CURLOPT_WRITEDATA, context) != CURLE_OK
                 || CCurl_easy_setopt_write(easy, CURLOPT_HEADERFUNCTION, curlWriteHeader) != CURLE_OK
                 || CCurl_easy_setopt_pointer(easy, CURLOPT_HEADERDATA, context) != CURLE_OK
@@ -159,68 +184,63 @@ final class CurlTransfer {
         }
     }
 
-    // MARK: - Driving the transfer
+    // MARK: - Reading
 
-    /// Runs the transfer until its response headers are complete.
+    /// Waits until the transfer's response headers are complete.
     /// - Throws: the transfer's error (`.network`, `.timeout`, `.tlsHandshake`, `.pinMismatch`, …)
     ///   if it ends without a response.
     func awaitResponse() throws(FerryError) -> Response {
-        while response == nil {
-            if let finished {
-                throw failure(finished)
+        let outcome: Result<Response, FerryError> = lock.withLock {
+            var deadline = WallClock.monotonicSeconds() + stallTimeout
+            while true {
+                if let response { return .success(response) }
+                if let finished { return .failure(failure(finished)) }
+                if !lock.wait(until: deadline) {
+                    if let response { return .success(response) }
+                    if WallClock.monotonicSeconds() >= deadline {
+                        cancelled = true
+                        return .failure(stalled())
+                    }
+                }
+                deadline = max(deadline, lastActivity + stallTimeout)
             }
-            try drive()
         }
-        return response!
+        return try outcome.get()
     }
 
     /// Reads up to `buffer.count` body bytes; 0 at the end of the body.
     func read(into target: UnsafeMutableRawBufferPointer) throws(FerryError) -> Int {
-        while true {
-            let available = buffer.count - head
-            if available > 0 {
-                let count = min(available, target.count)
-                buffer.withUnsafeBytes { target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[head..<(head + count)])) }
-                head += count
-                if head == buffer.count {
-                    buffer.removeAll(keepingCapacity: true)
-                    head = 0
-                } else if head >= Self.highWater {
-                    buffer.removeFirst(head)
-                    head = 0
+        let outcome: Result<Int, FerryError> = lock.withLock {
+            var deadline = WallClock.monotonicSeconds() + stallTimeout
+            while ringCount == 0 {
+                if let finished { return finished == CURLE_OK ? .success(0) : .failure(failure(finished)) }
+                if !lock.wait(until: deadline), ringCount == 0, finished == nil {
+                    if WallClock.monotonicSeconds() >= max(deadline, lastActivity + stallTimeout) {
+                        cancelled = true
+                        lock.broadcast()
+                        return .failure(stalled())
+                    }
                 }
-                return count
+                deadline = max(deadline, lastActivity + stallTimeout)
             }
-            if let finished {
-                if finished == CURLE_OK { return 0 }
-                throw failure(finished)
+            // Copy out of the ring, in up to two pieces.
+            var done = 0
+            while done < target.count && ringCount > 0 {
+                let piece = min(target.count - done, ringCount, ring.count - ringStart)
+                UnsafeMutableRawBufferPointer(rebasing: target[done..<(done + piece)])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: ring[ringStart..<(ringStart + piece)]))
+                ringStart = (ringStart + piece) % ring.count
+                ringCount -= piece
+                done += piece
             }
-            try drive()
+            lock.broadcast()
+            return .success(done)
         }
+        return try outcome.get()
     }
 
-    /// One round of the multi handle: resume a paused transfer, perform, wait a little for the socket.
-    private func drive() throws(FerryError) {
-        if paused {
-            paused = false
-            lastActivity = WallClock.monotonicSeconds()
-            curl_easy_pause(easy, CURLPAUSE_CONT)
-        }
-        var running: Int32 = 0
-        let code = curl_multi_perform(multi, &running)
-        guard code == CURLM_OK else {
-            throw FerryError(code: .internal, message: "libcurl: \(String(cString: curl_multi_strerror(code)))")
-        }
-        var queued: Int32 = 0
-        while let message = curl_multi_info_read(multi, &queued) {
-            if message.pointee.msg == CURLMSG_DONE { finished = CCurl_msg_result(message) }
-        }
-        if finished != nil || buffer.count > head { return }
-        if WallClock.monotonicSeconds() - lastActivity > stallTimeout {
-            throw FerryError(
-                code: .timeout, message: "\(url): no data for \(Int(stallTimeout)) s (the server or the network stalled)")
-        }
-        _ = curl_multi_poll(multi, nil, 0, 200, nil)
+    private func stalled() -> FerryError {
+        FerryError(code: .timeout, message: "\(url): no data for \(Int(stallTimeout)) s (the server or the network stalled)")
     }
 
     /// Connects and completes the TLS handshake only (``Mode/handshakeOnly``), then returns the policy's record.
@@ -232,18 +252,39 @@ final class CurlTransfer {
 
     // MARK: - Callbacks
 
+    /// Called on the download thread: copies into the ring, waiting while it is full.
     fileprivate func receiveBody(_ bytes: UnsafeRawBufferPointer) -> Int {
-        lastActivity = WallClock.monotonicSeconds()
-        if buffer.count - head >= Self.highWater {
-            paused = true
-            return Int(CURL_WRITEFUNC_PAUSE)
+        lock.withLock {
+            lastActivity = WallClock.monotonicSeconds()
+            var done = 0
+            while done < bytes.count {
+                while ringCount == ring.count && !cancelled { _ = lock.wait(until: nil) }
+                if cancelled { return 0 }
+                let end = (ringStart + ringCount) % ring.count
+                let piece = min(bytes.count - done, ring.count - ringCount, ring.count - end)
+                UnsafeMutableRawBufferPointer(rebasing: ring[end..<(end + piece)])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[done..<(done + piece)]))
+                ringCount += piece
+                done += piece
+                lock.broadcast()
+            }
+            return done
         }
-        buffer.append(contentsOf: bytes)
-        return bytes.count
     }
 
+    /// Called on the download thread about once a second: a cancelled transfer stops.
+    fileprivate func shouldStop() -> Bool {
+        lock.withLock { cancelled }
+    }
+
+    /// Called on the download thread for every header line.
     fileprivate func receiveHeader(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        lock.withLock { receiveHeaderLocked(bytes) }
+    }
+
+    private func receiveHeaderLocked(_ bytes: UnsafeRawBufferPointer) -> Bool {
         lastActivity = WallClock.monotonicSeconds()
+        defer { lock.broadcast() }
         // Bytes, not Characters: "\r\n" is one Character in Swift.
         var end = bytes.count
         while end > 0, bytes[end - 1] == UInt8(ascii: "\n") || bytes[end - 1] == UInt8(ascii: "\r") { end -= 1 }
@@ -326,6 +367,16 @@ final class CurlTransfer {
     }
 }
 
+private func curlThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+    Unmanaged<CurlTransfer>.fromOpaque(context!).takeUnretainedValue().runTransfer()
+    return nil
+}
+
+private func curlProgress(_ context: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t, _: curl_off_t, _: curl_off_t) -> Int32 {
+    guard let context else { return 1 }
+    return Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue().shouldStop() ? 1 : 0
+}
+
 private func curlWriteBody(_ data: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?) -> Int {
     guard let data, let context else { return 0 }
     let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
@@ -345,4 +396,43 @@ extension StringProtocol {
         while let last = slice.last, set.contains(last) { slice.removeLast() }
         return String(slice)
     }
+}
+
+/// A mutex with one condition variable on the monotonic clock.
+final class ConditionLock: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    init() {
+        pthread_mutex_init(mutex, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        condition.deallocate()
+    }
+
+    func withLock<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return body()
+    }
+
+    /// Waits (holding the lock) until signalled or `deadline` (monotonic seconds) passes.
+    /// - Returns: false when the deadline passed.
+    func wait(until deadline: Double?) -> Bool {
+        guard let deadline else { return pthread_cond_wait(condition, mutex) == 0 }
+        let whole = deadline.rounded(.down)
+        var time = timespec(tv_sec: Int(whole), tv_nsec: Int((deadline - whole) * 1e9))
+        return pthread_cond_timedwait(condition, mutex, &time) == 0
+    }
+
+    func broadcast() { pthread_cond_broadcast(condition) }
 }
