@@ -53,6 +53,10 @@ let package = Package(
             dependencies: ["CCurl", "CFerryShims", "FerrySystem", logging]
         ),
         .target(
+            name: "FerryDelta",
+            dependencies: ["FerrySystem", "FerryCrypto", "FerryXZ", logging]
+        ),
+        .target(
             name: "FerryBundle",
             dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryXZ", systemPackage, logging]
         ),
@@ -66,7 +70,10 @@ let package = Package(
         ),
         .target(
             name: "FerryCLI",
-            dependencies: ["FerryCore", "FerryJSON", "FerryBootloader", "FerryBundle", "FerryCrypto", "FerryNet", "FerrySystem", argumentParser, logging]
+            dependencies: [
+                "FerryCore", "FerryJSON", "FerryBootloader", "FerryBundle", "FerryCrypto", "FerryDelta", "FerryNet", "FerrySystem",
+                argumentParser, logging,
+            ]
         ),
 
         // MARK: - Executables
@@ -90,6 +97,7 @@ let package = Package(
         .testTarget(name: "FerryXZTests", dependencies: ["FerryXZ", "FerryTestSupport"]),
         .testTarget(name: "FerryJSONTests", dependencies: ["FerryJSON", "FerryTestSupport"]),
         .testTarget(name: "FerryBootloaderTests", dependencies: ["FerryBootloader", "FerryXZ", "FerryTestSupport"]),
+        .testTarget(name: "FerryDeltaTests", dependencies: ["FerryDelta", "FerryCrypto", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryNetTests", dependencies: ["FerryNet", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryCryptoTests", dependencies: ["FerryCrypto", "FerryTestSupport"]),
         .testTarget(name: "FerryCoreTests", dependencies: ["FerryCore", "FerryNet", "FerryJSON", "FerryCrypto", "FerryTestSupport"]),

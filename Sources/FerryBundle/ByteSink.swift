@@ -23,20 +23,6 @@ extension ByteSink {
     }
 }
 
-extension Array where Element == UInt8 {
-    // The standard library's `withUnsafe(Mutable)Bytes` rethrow untyped errors; these keep `FerryError`.
-
-    func withTypedUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws(FerryError) -> R) throws(FerryError) -> R {
-        try withUnsafeBytes { buffer in Result { () throws(FerryError) in try body(buffer) } }.get()
-    }
-
-    mutating func withTypedUnsafeMutableBytes<R>(
-        _ body: (UnsafeMutableRawBufferPointer) throws(FerryError) -> R
-    ) throws(FerryError) -> R {
-        try withUnsafeMutableBytes { buffer in Result { () throws(FerryError) in try body(buffer) } }.get()
-    }
-}
-
 /// A `ByteSink` that creates (or truncates) a regular file and appends to it.
 ///
 /// Call ``finish()`` when done: it makes the file durable and closes it. A sink that is dropped

@@ -80,6 +80,13 @@ public final class SHA256Hasher {
     }
 
     /// The digest of `bytes`.
+    public static func hash(_ bytes: UnsafeRawBufferPointer) -> SHA256Digest {
+        let hasher = SHA256Hasher()
+        hasher.update(bytes)
+        return hasher.finalize()
+    }
+
+    /// The digest of `bytes`.
     public static func hash(_ bytes: [UInt8]) -> SHA256Digest {
         let hasher = SHA256Hasher()
         hasher.update(bytes)

@@ -115,3 +115,17 @@ public final class MemoryByteSource: ByteSource {
         position = Int(min(Int64(bytes.count), Int64(position) + count))
     }
 }
+
+extension Array where Element == UInt8 {
+    // The standard library's `withUnsafe(Mutable)Bytes` rethrow untyped errors; these keep `FerryError`.
+
+    public func withTypedUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws(FerryError) -> R) throws(FerryError) -> R {
+        try withUnsafeBytes { buffer in Result { () throws(FerryError) in try body(buffer) } }.get()
+    }
+
+    public mutating func withTypedUnsafeMutableBytes<R>(
+        _ body: (UnsafeMutableRawBufferPointer) throws(FerryError) -> R
+    ) throws(FerryError) -> R {
+        try withUnsafeMutableBytes { buffer in Result { () throws(FerryError) in try body(buffer) } }.get()
+    }
+}

@@ -1,0 +1,362 @@
+import Dispatch
+import FerryCrypto
+import FerrySystem
+import FerryXZ
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Makes a delta from a source image to a target image (host side).
+///
+/// 1. Every 4 KiB block of the source goes into an index by content; content-defined anchors
+///    (a rolling hash over every byte, sampled where its low bits are zero) go into a second one.
+/// 2. Every block of the target is a zero block, a copy of a source block with the same content
+///    wherever it lies (moved data: ext4 rarely keeps a file's blocks where they were), or changed.
+/// 3. Runs of changed blocks are compressed with LZMA2 against a dictionary of the source regions
+///    their anchors point to (a changed file's old version, wherever it lies now), plus the
+///    neighbourhood of the copies around them; on all cores.
+///
+/// Memory: both indexes (about 40 bytes per source block and per anchor) and one batch of runs per
+/// core (each up to 1 MiB of target and 8 MiB of dictionary, and liblzma's encoder).
+///
+/// `@unchecked Sendable`: the workers only read the two images with positional reads and the
+/// index after it was built.
+public struct DeltaGenerator: @unchecked Sendable {
+    public struct Options: Sendable {
+        /// xz level for changed data (0–9), and whether to use `--extreme`.
+        public var preset = 9
+        public var extreme = true
+        /// Worker threads for compression.
+        public var threads = ProcessEnvironment.processorCount
+        /// The longest run of changed target bytes compressed as one operation.
+        public var changedRunLength = 1 << 20
+
+        public init() {}
+    }
+
+    public struct Statistics: Sendable {
+        public var operations: [DeltaFormat.Kind: Int] = [:]
+        public var targetBytes: [DeltaFormat.Kind: Int64] = [:]
+        public var deltaBytes: Int64 = 0
+    }
+
+    /// One planned operation before compression.
+    struct Run {
+        var kind: DeltaFormat.Kind
+        var target: Range<Int64>
+        var sources: [Range<Int64>] = []
+    }
+
+    let source: any BlockTarget
+    let target: any BlockTarget
+    let options: Options
+
+    public init(source: any BlockTarget, target: any BlockTarget, options: Options = Options()) {
+        self.source = source
+        self.target = target
+        self.options = options
+    }
+
+    /// Writes the delta through `write`, in order.
+    public func create(_ write: ([UInt8]) throws(FerryError) -> Void) throws(FerryError) -> Statistics {
+        let sourceSize = source.byteCount
+        let targetSize = target.byteCount
+        let index = try SourceIndex(source, anchorMask: Self.anchorMask(for: sourceSize))
+        let (runs, targetHash) = try plan(index)
+        let header = DeltaFormat.Header(
+            sourceSize: sourceSize, sourceSHA256: index.wholeHash, targetSize: targetSize, targetSHA256: targetHash,
+            operationCount: Int64(runs.count))
+        var statistics = Statistics()
+        let headerBytes = header.encoded()
+        try write(headerBytes)
+        statistics.deltaBytes += Int64(headerBytes.count)
+
+        // Compress in batches on all cores; write in order.
+        let batchSize = max(1, options.threads) * 4
+        var first = 0
+        while first < runs.count {
+            let batch = Array(runs[first..<min(runs.count, first + batchSize)])
+            let results = ResultBox(count: batch.count)
+            let work = { @Sendable (slot: Int) in
+                results.set(slot, Result { () throws(FerryError) in try encode(batch[slot], index: index) })
+            }
+            if batch.count == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: batch.count, execute: work) }
+            for slot in 0..<batch.count {
+                let (operation, data) = try results.get(slot).get()
+                let record = operation.encoded()
+                try write(record)
+                if !data.isEmpty { try write(data) }
+                statistics.operations[operation.kind, default: 0] += 1
+                statistics.targetBytes[operation.kind, default: 0] += Int64(operation.target.count)
+                statistics.deltaBytes += Int64(record.count + data.count)
+            }
+            first += batch.count
+        }
+        return statistics
+    }
+
+    // MARK: - Planning
+
+    /// Classifies every target block and merges them into runs; also hashes the whole target.
+    func plan(_ index: SourceIndex) throws(FerryError) -> ([Run], SHA256Digest) {
+        let blockSize = Int64(DeltaFormat.blockSize)
+        let targetSize = target.byteCount
+        let whole = SHA256Hasher()
+        var runs: [Run] = []
+        let chunk = 4 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        let sourceBlock = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(blockSize), alignment: 4096)
+        defer {
+            buffer.deallocate()
+            sourceBlock.deallocate()
+        }
+        var previousCopyEnd: Int64?
+        var offset: Int64 = 0
+        while offset < targetSize {
+            let count = Int(min(Int64(chunk), targetSize - offset))
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<count])
+            try target.read(into: slice, at: offset)
+            whole.update(UnsafeRawBufferPointer(slice))
+            var position = 0
+            while position < count {
+                let length = min(Int(blockSize), count - position)
+                let block = UnsafeRawBufferPointer(rebasing: slice[position..<(position + length)])
+                let blockStart = offset + Int64(position)
+                let range = blockStart..<(blockStart + Int64(length))
+                var kind = DeltaFormat.Kind.literal
+                var from: Int64?
+                if block.allSatisfy({ $0 == 0 }) {
+                    kind = .zero
+                } else if length == Int(blockSize) {
+                    // A copy: the continuation of the previous copy first (keeps runs long), then the index.
+                    var candidates: [Int64] = []
+                    if let previousCopyEnd, previousCopyEnd + blockSize <= index.size { candidates.append(previousCopyEnd) }
+                    if let hit = index.block(SourceIndex.key(block)) { candidates.append(hit) }
+                    for candidate in candidates {
+                        try source.read(into: sourceBlock, at: candidate)
+                        if memcmp(sourceBlock.baseAddress!, block.baseAddress!, length) == 0 {
+                            kind = .copy
+                            from = candidate
+                            break
+                        }
+                    }
+                }
+                append(kind, range, from: from, to: &runs)
+                previousCopyEnd = from.map { $0 + blockSize }
+                position += length
+            }
+            offset += Int64(count)
+        }
+        return (runs, whole.finalize())
+    }
+
+    private func append(_ kind: DeltaFormat.Kind, _ range: Range<Int64>, from: Int64?, to runs: inout [Run]) {
+        if var last = runs.last, last.kind == kind, last.target.upperBound == range.lowerBound {
+            let limit = kind == .literal ? options.changedRunLength : DeltaFormat.maximumTargetLength
+            let fits = last.target.count + range.count <= limit
+            switch kind {
+            case .zero, .literal:
+                if fits {
+                    last.target = last.target.lowerBound..<range.upperBound
+                    runs[runs.count - 1] = last
+                    return
+                }
+            case .copy:
+                if fits, let from, let previous = last.sources.last, previous.upperBound == from {
+                    last.target = last.target.lowerBound..<range.upperBound
+                    last.sources[last.sources.count - 1] = previous.lowerBound..<(from + Int64(range.count))
+                    runs[runs.count - 1] = last
+                    return
+                }
+            case .diff:
+                break
+            }
+        }
+        runs.append(Run(kind: kind, target: range, sources: from.map { [$0..<($0 + Int64(range.count))] } ?? []))
+    }
+
+    // MARK: - Encoding one run
+
+    /// The operation and its data for one run: zeros and copies as they are; changed data
+    /// compressed against the source regions it resembles (a diff) or alone (a literal).
+    func encode(_ run: Run, index: SourceIndex) throws(FerryError) -> (DeltaFormat.Operation, [UInt8]) {
+        let bytes = try target.read(at: run.target.lowerBound, count: run.target.count)
+        let targetHash = SHA256Hasher.hash(bytes)
+        switch run.kind {
+        case .zero:
+            return (DeltaFormat.Operation(kind: .zero, target: run.target, targetSHA256: targetHash), [])
+        case .copy:
+            return (
+                DeltaFormat.Operation(
+                    kind: .copy, target: run.target, sources: run.sources, targetSHA256: targetHash, sourceSHA256: targetHash), []
+            )
+        case .literal, .diff:
+            let regions = dictionaryRegions(for: bytes, at: run.target.lowerBound, index: index)
+            var dictionary: [UInt8] = []
+            for region in regions { dictionary += try source.read(at: region.lowerBound, count: region.count) }
+            let data = try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
+                try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) in
+                    try XZDictionaryCodec.encode(input, dictionary: dictionary, preset: options.preset, extreme: options.extreme)
+                }
+            }
+            let kind: DeltaFormat.Kind = regions.isEmpty ? .literal : .diff
+            return (
+                DeltaFormat.Operation(
+                    kind: kind, target: run.target, sources: regions, dataLength: Int64(data.count), targetSHA256: targetHash,
+                    sourceSHA256: regions.isEmpty ? nil : SHA256Hasher.hash(dictionary)), data
+            )
+        }
+    }
+
+    /// Source regions worth using as a dictionary for changed target bytes: where their anchors
+    /// occur in the source (each vote is a shift between target and source), widest-voted first,
+    /// and around the copies next to them.
+    func dictionaryRegions(for bytes: [UInt8], at offset: Int64, index: SourceIndex) -> [Range<Int64>] {
+        var votes: [Int64: Int] = [:]
+        bytes.withUnsafeBytes { raw in
+            SourceIndex.forEachAnchor(raw, mask: index.anchorMask) { position, key in
+                if let at = index.anchor(key) {
+                    // Shift, rounded to 4 KiB so that nearby anchors of one file agree.
+                    let shift = (at - (offset + Int64(position))) & ~4095
+                    votes[shift, default: 0] += 1
+                }
+            }
+        }
+        let margin: Int64 = 64 << 10
+        let budget = Int64(DeltaFormat.maximumSourceLength)
+        var regions: [Range<Int64>] = []
+        var used: Int64 = 0
+        for (shift, count) in votes.sorted(by: { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }) where count >= 2 || votes.count == 1 {
+            let lower = max(0, offset + shift - margin)
+            let upper = min(index.size, offset + shift + Int64(bytes.count) + margin)
+            guard lower < upper else { continue }
+            var region = lower..<upper
+            // Merge with overlapping regions; stay within the dictionary budget and extent count.
+            if let overlapping = regions.firstIndex(where: { $0.overlaps(region) || $0.upperBound == region.lowerBound || region.upperBound == $0.lowerBound }) {
+                let merged = min(regions[overlapping].lowerBound, region.lowerBound)..<max(regions[overlapping].upperBound, region.upperBound)
+                let growth = Int64(merged.count - regions[overlapping].count)
+                guard used + growth <= budget else { continue }
+                used += growth
+                regions[overlapping] = merged
+                continue
+            }
+            if used + Int64(region.count) > budget { region = region.lowerBound..<(region.lowerBound + (budget - used)) }
+            guard region.count >= 4096, regions.count < DeltaFormat.maximumSourceExtents else { break }
+            used += Int64(region.count)
+            regions.append(region)
+            if used >= budget { break }
+        }
+        return regions.sorted { $0.lowerBound < $1.lowerBound }.reduce(into: []) { merged, region in
+            if let last = merged.last, last.upperBound >= region.lowerBound {
+                merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, region.upperBound)
+            } else {
+                merged.append(region)
+            }
+        }
+    }
+
+    /// Anchors every 2^k bytes on average, k chosen so that the index stays near a million entries.
+    static func anchorMask(for size: Int64) -> UInt64 {
+        var bits = 8
+        while bits < 16 && (size >> bits) > 1 << 20 { bits += 1 }
+        return (1 << UInt64(bits)) - 1
+    }
+}
+
+/// The source's blocks and anchors, by content.
+final class SourceIndex: @unchecked Sendable {
+    let size: Int64
+    let anchorMask: UInt64
+    let wholeHash: SHA256Digest
+    private let blocks: [UInt64: Int64]
+    private let anchors: [UInt64: Int64]
+
+    init(_ source: any BlockTarget, anchorMask: UInt64) throws(FerryError) {
+        let size = source.byteCount
+        self.size = size
+        self.anchorMask = anchorMask
+        let whole = SHA256Hasher()
+        let chunk = 4 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        var blocks: [UInt64: Int64] = [:]
+        var anchors: [UInt64: Int64] = [:]
+        var offset: Int64 = 0
+        while offset < size {
+            let count = Int(min(Int64(chunk), size - offset))
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<count])
+            try source.read(into: slice, at: offset)
+            whole.update(UnsafeRawBufferPointer(slice))
+            var position = 0
+            while position + DeltaFormat.blockSize <= count {
+                let block = UnsafeRawBufferPointer(rebasing: slice[position..<(position + DeltaFormat.blockSize)])
+                if !block.allSatisfy({ $0 == 0 }) {
+                    let key = Self.key(block)
+                    if blocks[key] == nil { blocks[key] = offset + Int64(position) }
+                }
+                position += DeltaFormat.blockSize
+            }
+            let base = offset
+            Self.forEachAnchor(UnsafeRawBufferPointer(slice), mask: anchorMask) { position, key in
+                if anchors[key] == nil { anchors[key] = base + Int64(position) }
+            }
+            offset += Int64(count)
+        }
+        self.blocks = blocks
+        self.anchors = anchors
+        wholeHash = whole.finalize()
+    }
+
+    func block(_ key: UInt64) -> Int64? { blocks[key] }
+    func anchor(_ key: UInt64) -> Int64? { anchors[key] }
+
+    /// A block's key: the first 8 bytes of its SHA-256 (collisions are caught by comparing bytes).
+    static func key(_ block: UnsafeRawBufferPointer) -> UInt64 {
+        SHA256Hasher.hash(block).bytes.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    /// Calls `body` at each content-defined anchor of `bytes`: positions where a gear rolling hash
+    /// (over the last 64 bytes) has its `mask` bits zero. The key is the hash itself.
+    static func forEachAnchor(_ bytes: UnsafeRawBufferPointer, mask: UInt64, _ body: (Int, UInt64) -> Void) {
+        var hash: UInt64 = 0
+        var index = 0
+        for byte in bytes {
+            hash = (hash << 1) &+ gear[Int(byte)]
+            index += 1
+            // Skip long runs of one byte value (zeros, padding): they anchor everywhere alike.
+            if index >= 64 && hash & mask == 0 && bytes[index - 1] != bytes[index - 33] {
+                body(index, hash)
+            }
+        }
+    }
+
+    /// 256 fixed pseudo-random 64-bit values (splitmix64 from a constant seed).
+    static let gear: [UInt64] = {
+        var state: UInt64 = 0x4665_7272_7944_6C74
+        return (0..<256).map { _ in
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }()
+}
+
+/// Results of one batch, written by the workers, each to its own slot, and read after they all ended.
+private final class ResultBox: @unchecked Sendable {
+    typealias Element = Result<(DeltaFormat.Operation, [UInt8]), FerryError>?
+    private let results: UnsafeMutableBufferPointer<Element>
+
+    init(count: Int) {
+        results = .allocate(capacity: count)
+        results.initialize(repeating: nil)
+    }
+
+    deinit { results.deinitialize().deallocate() }
+
+    func set(_ slot: Int, _ result: Result<(DeltaFormat.Operation, [UInt8]), FerryError>) { results[slot] = result }
+
+    func get(_ slot: Int) -> Result<(DeltaFormat.Operation, [UInt8]), FerryError> { results[slot]! }
+}

@@ -1,0 +1,177 @@
+import FerryCrypto
+import FerryDelta
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// Deltas between image files: round trips (moved, changed, zero, grown data) and every bad input
+/// the applier must refuse before handing out a byte that does not verify.
+@Suite struct DeltaTests {
+    static let block = 4096
+
+    /// A source of 96 blocks (random, with a zero stretch) and a target that moves, changes,
+    /// zeroes and grows it.
+    static func images() -> (source: [UInt8], target: [UInt8]) {
+        let random = seededBytes(count: 96 * block, seed: 41)
+        var source = random
+        source.replaceSubrange((40 * block)..<(48 * block), with: [UInt8](repeating: 0, count: 8 * block))
+        var target: [UInt8] = []
+        target += source[(10 * block)..<(30 * block)]  // moved to the front
+        var changed = Array(source[(60 * block)..<(70 * block)])  // changed in place, a few bytes per block
+        for index in stride(from: 100, to: changed.count, by: 4096) { changed[index] ^= 0xFF }
+        target += changed
+        target += [UInt8](repeating: 0, count: 5 * block)  // zeros
+        target += seededBytes(count: 7 * block + 123, seed: 42)  // new data, not block-aligned at the end
+        target += source[(0)..<(10 * block)]  // moved to the back
+        return (source, target)
+    }
+
+    static func makeDelta(_ directory: String, source: [UInt8], target: [UInt8]) throws -> [UInt8] {
+        try makeFile("\(directory)/old.img", bytes: source)
+        try makeFile("\(directory)/new.img", bytes: target)
+        var options = DeltaGenerator.Options()
+        options.preset = 1
+        var delta: [UInt8] = []
+        let statistics = try DeltaGenerator(
+            source: try BlockDevice.openForReading("\(directory)/old.img"), target: try BlockDevice.openForReading("\(directory)/new.img"),
+            options: options
+        ).create { (bytes) throws(FerryError) in delta += bytes }
+        #expect(statistics.deltaBytes == Int64(delta.count))
+        return delta
+    }
+
+    static func apply(_ delta: [UInt8], source: String) throws -> [UInt8] {
+        let input = MemoryByteSource(delta)
+        let applier = try DeltaApplier(delta: input, source: try BlockDevice.openForReading(source), sourceName: "the source")
+        var output: [UInt8] = []
+        try applier.apply(from: input) { (offset, bytes) throws(FerryError) in
+            #expect(offset == Int64(output.count))
+            output += bytes
+        }
+        return output
+    }
+
+    @Test func aRoundTripFindsMovedZeroAndChangedData() async throws {
+        try await withTemporaryDirectory { directory in
+            let (source, target) = Self.images()
+            let delta = try Self.makeDelta(directory, source: source, target: target)
+            #expect(try Self.apply(delta, source: "\(directory)/old.img") == target)
+            // Moved and zero blocks cost records only; the new data dominates.
+            #expect(delta.count < 7 * Self.block + 20_000, "delta of \(delta.count) bytes")
+        }
+    }
+
+    @Test func theCommandLineRoundTrips() async throws {
+        try await withTemporaryDirectory { directory in
+            let (source, target) = Self.images()
+            try makeFile("\(directory)/old.img", bytes: source)
+            try makeFile("\(directory)/new.img", bytes: target)
+            let ferry = TestEnvironment.ferryBinary
+            let created = try Shell.run([
+                ferry, "delta", "create", "--from", "\(directory)/old.img", "--to", "\(directory)/new.img", "-o", "\(directory)/d.delta",
+            ])
+            #expect(created.status == 0, "\(created.output)")
+            let applied = try Shell.run([
+                ferry, "delta", "apply", "--from", "\(directory)/old.img", "--delta", "\(directory)/d.delta", "-o", "\(directory)/out.img",
+            ])
+            #expect(applied.status == 0, "\(applied.output)")
+            #expect(try readFile("\(directory)/out.img") == target)
+            // A wrong source: a clear error, no output file.
+            try makeFile("\(directory)/other.img", bytes: seededBytes(count: source.count, seed: 99))
+            let wrong = try Shell.run([
+                ferry, "delta", "apply", "--from", "\(directory)/other.img", "--delta", "\(directory)/d.delta", "-o", "\(directory)/bad.img",
+            ])
+            #expect(wrong.status == FerryError.Code.notCompatible.exitStatus, "\(wrong.output)")
+            #expect(wrong.output.hasPrefix("ferry: error: delta needs source"))
+            #expect(!TextFile.exists("\(directory)/bad.img") && !TextFile.exists("\(directory)/bad.img.partial"))
+        }
+    }
+
+    @Test func aSourceWithOneBlockChangedIsRefused() async throws {
+        try await withTemporaryDirectory { directory in
+            let (source, target) = Self.images()
+            let delta = try Self.makeDelta(directory, source: source, target: target)
+            var modified = source
+            modified[15 * Self.block + 7] ^= 1
+            try makeFile("\(directory)/old.img", bytes: modified)
+            expectFerryError(.notCompatible) { try Self.apply(delta, source: "\(directory)/old.img") }
+        }
+    }
+
+    @Test func aCorruptOrTruncatedDeltaIsRefused() async throws {
+        try await withTemporaryDirectory { directory in
+            let (source, target) = Self.images()
+            let delta = try Self.makeDelta(directory, source: source, target: target)
+            let old = "\(directory)/old.img"
+            var corrupt = delta
+            corrupt[corrupt.count - 50] ^= 0x40  // inside the last operation's data
+            expectFerryError(.bundleInvalid) { try Self.apply(corrupt, source: old) }
+            expectFerryError(.truncated) { try Self.apply(Array(delta.prefix(delta.count - 10)), source: old) }
+            expectFerryError(.truncated) { try Self.apply(Array(delta.prefix(50)), source: old) }
+            var magic = delta
+            magic[0] = UInt8(ascii: "X")
+            expectFerryError(.bundleInvalid) { try Self.apply(magic, source: old) }
+        }
+    }
+
+    // MARK: - Crafted operations
+
+    /// A delta with the given operations over a 4-block source of `0x11` and a target they claim.
+    static func crafted(_ directory: String, operationCount: Int64? = nil, targetSize: Int64 = 2 * 4096, _ operations: [DeltaFormat.Operation])
+        throws -> (delta: [UInt8], source: String)
+    {
+        let source = [UInt8](repeating: 0x11, count: 4 * block)
+        try makeFile("\(directory)/old.img", bytes: source)
+        let zeros = SHA256Hasher.hash([UInt8](repeating: 0, count: Int(targetSize)))
+        var delta = DeltaFormat.Header(
+            sourceSize: Int64(source.count), sourceSHA256: SHA256Hasher.hash(source), targetSize: targetSize, targetSHA256: zeros,
+            operationCount: operationCount ?? Int64(operations.count)
+        ).encoded()
+        for operation in operations { delta += operation.encoded() }
+        return (delta, "\(directory)/old.img")
+    }
+
+    static func zero(_ range: Range<Int64>) -> DeltaFormat.Operation {
+        DeltaFormat.Operation(kind: .zero, target: range, targetSHA256: SHA256Hasher.hash([UInt8](repeating: 0, count: range.count)))
+    }
+
+    @Test func craftedZerosApply() async throws {
+        try await withTemporaryDirectory { directory in
+            let (delta, source) = try Self.crafted(directory, [Self.zero(0..<4096), Self.zero(4096..<8192)])
+            #expect(try Self.apply(delta, source: source) == [UInt8](repeating: 0, count: 8192))
+        }
+    }
+
+    @Test(arguments: [
+        ("a gap", [zero(0..<4096), zero(4100..<8192)], FerryError.Code.bundleInvalid),
+        ("an overlap", [zero(0..<4096), zero(4000..<8192)], .bundleInvalid),
+        ("out of order", [zero(4096..<8192), zero(0..<4096)], .bundleInvalid),
+        ("outside the target", [zero(0..<4096), zero(4096..<12288)], .bundleInvalid),
+        ("too long an operation", [zero(0..<Int64(DeltaFormat.maximumTargetLength + 4096))], .limitExceeded),
+        ("ending early", [zero(0..<4096)], .bundleInvalid),
+    ])
+    func badOperationOrderIsRefused(_ name: String, _ operations: [DeltaFormat.Operation], _ code: FerryError.Code) async throws {
+        try await withTemporaryDirectory { directory in
+            let count: Int64? = name == "ending early" ? 1 : nil
+            let (delta, source) = try Self.crafted(directory, operationCount: count, operations)
+            expectFerryError(code) { try Self.apply(delta, source: source) }
+        }
+    }
+
+    @Test func readingOutsideTheSourceIsRefused() async throws {
+        try await withTemporaryDirectory { directory in
+            let copy = DeltaFormat.Operation(
+                kind: .copy, target: 0..<8192, sources: [12288..<20480], targetSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)),
+                sourceSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)))
+            let (delta, source) = try Self.crafted(directory, [copy])
+            expectFerryError(.bundleInvalid) { try Self.apply(delta, source: source) }
+        }
+    }
+
+    @Test func anAbsurdOperationCountIsRefused() async throws {
+        try await withTemporaryDirectory { directory in
+            let (delta, source) = try Self.crafted(directory, operationCount: 1 << 40, [Self.zero(0..<8192)])
+            expectFerryError(.limitExceeded) { try Self.apply(delta, source: source) }
+        }
+    }
+}
