@@ -84,9 +84,10 @@ extension FerryCommand {
                 let source = try BlockDevice.openForReading(from)
                 let input = try FileByteSource(path: delta)
                 let applier = try DeltaApplier(delta: input, source: source, sourceName: "'\(from)'")
+                try applier.verifySource()
                 let sink = try FileByteSink(path: output + ".partial")
                 do {
-                    try applier.apply(from: input) { (_, bytes) throws(FerryError) in try sink.write(bytes) }
+                    try applier.apply(from: input) { (_, bytes, _) throws(FerryError) in try sink.write(bytes) }
                     var extra: UInt8 = 0
                     guard try withUnsafeMutableBytes(of: &extra, { (raw) throws(FerryError) in try input.read(into: raw) }) == 0 else {
                         throw FerryError(code: .bundleInvalid, message: "delta '\(delta)': trailing data after the last operation")

@@ -12,30 +12,107 @@ import FerryXZ
 /// sees them. The whole target's SHA-256 is compared at the end.
 public struct DeltaApplier {
     public let header: DeltaFormat.Header
+    /// The source ranges the delta reads, with their SHA-256 (from the delta's check section).
+    public let sourceChecks: [DeltaFormat.SourceCheck]
     private let source: any BlockTarget
     private let sourceName: String
 
-    /// Reads the delta's header from `delta`.
+    /// Where an apply stands between two operations: the next operation, where its record
+    /// starts in the delta stream, and where it writes in the target. A resumed apply starts
+    /// from one of these (recorded at a checkpoint).
+    public struct Position: Sendable, Equatable {
+        public var operation: Int64
+        public var deltaOffset: Int64
+        public var targetOffset: Int64
+
+        public init(operation: Int64, deltaOffset: Int64, targetOffset: Int64) {
+            self.operation = operation
+            self.deltaOffset = deltaOffset
+            self.targetOffset = targetOffset
+        }
+    }
+
+    /// Reads the delta's header and source checks from `delta`.
     /// - Parameters:
     ///   - source: the image the delta was made from (read only, extent by extent).
-    ///   - sourceName: names the source in errors ("slot rootfs_a", a file).
+    ///   - sourceName: names the source in errors ("booted slot 'rootfs_a'", a file).
     /// - Throws: `.bundleInvalid` for a malformed header; `.notCompatible` when the source's size differs.
     public init(delta: any ByteSource, source: any BlockTarget, sourceName: String) throws(FerryError) {
-        header = try DeltaFormat.Header.decode(try delta.readExactly(DeltaFormat.headerSize, what: "the delta header"))
+        let header = try DeltaFormat.Header.decode(try delta.readExactly(DeltaFormat.headerSize, what: "the delta header"))
+        var checks: [DeltaFormat.SourceCheck] = []
+        var after: Int64 = 0
+        for index in 0..<header.checkCount {
+            let record = try delta.readExactly(DeltaFormat.checkRecordSize, what: "delta source check \(index)")
+            let check = try DeltaFormat.SourceCheck.decode(record, index: index, after: after, sourceSize: header.sourceSize)
+            checks.append(check)
+            after = check.range.upperBound
+        }
+        self.header = header
+        self.sourceChecks = checks
         self.source = source
         self.sourceName = sourceName
         guard source.byteCount >= header.sourceSize else {
             throw FerryError(
                 code: .notCompatible,
-                message: "delta needs source \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) has only \(source.byteCount) bytes")
+                message: "delta needs source sha256 \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) has only \(source.byteCount) bytes")
         }
     }
 
-    /// Applies every operation; `body` receives each verified target extent in order.
+    /// Where the first operation's record starts in the delta stream.
+    public var firstOperation: Position {
+        Position(operation: 0, deltaOffset: Int64(DeltaFormat.headerSize + DeltaFormat.checkRecordSize * sourceChecks.count), targetOffset: 0)
+    }
+
+    /// Reads every source range the delta uses and compares it with its SHA-256, before anything
+    /// is written.
+    /// - Throws: `.notCompatible` naming the blocks that differ; read errors.
+    public func verifySource() throws(FerryError) {
+        try Self.verifySource(
+            sourceChecks, of: source, named: sourceName, sourceSHA256: header.sourceSHA256, sourceSize: header.sourceSize)
+    }
+
+    /// The same check for a list of source checks taken from elsewhere (a signed manifest).
+    public static func verifySource(
+        _ checks: [DeltaFormat.SourceCheck], of source: any BlockTarget, named sourceName: String, sourceSHA256: SHA256Digest,
+        sourceSize: Int64
+    ) throws(FerryError) {
+        guard source.byteCount >= sourceSize else {
+            throw FerryError(
+                code: .notCompatible,
+                message: "delta needs source sha256 \(sourceSHA256) (\(sourceSize) bytes), but \(sourceName) has only \(source.byteCount) bytes")
+        }
+        let piece = 4 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 4096)
+        defer { buffer.deallocate() }
+        for check in checks {
+            let hasher = SHA256Hasher()
+            var offset = check.range.lowerBound
+            while offset < check.range.upperBound {
+                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(piece), check.range.upperBound - offset))])
+                try source.read(into: slice, at: offset)
+                hasher.update(UnsafeRawBufferPointer(slice))
+                offset += Int64(slice.count)
+            }
+            guard hasher.finalize() == check.sha256 else {
+                let block = Int64(DeltaFormat.blockSize)
+                throw FerryError(
+                    code: .notCompatible,
+                    message: "delta needs source sha256 \(sourceSHA256) (\(sourceSize) bytes), but \(sourceName) differs at blocks \(check.range.lowerBound / block)-\((check.range.upperBound - 1) / block)")
+            }
+        }
+    }
+
+    /// Applies every operation from `start` on; `body` receives each verified target extent in
+    /// order, with the position after it.
+    ///
+    /// The delta stream must stand at `start.deltaOffset` (right after the source checks for a
+    /// fresh apply). The whole target's SHA-256 is checked at the end only when the apply starts
+    /// at the beginning and `verifyWholeTarget` is set (an install reads the slot back instead).
     /// - Throws: `.notCompatible` when a source extent differs from what the delta was made from;
     ///   `.bundleInvalid` / `.limitExceeded` / `.truncated` for a bad delta; `body`'s errors.
     public func apply(
-        from delta: any ByteSource, _ body: (_ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws(FerryError) -> Void
+        from delta: any ByteSource, start: Position? = nil, verifyWholeTarget: Bool = true,
+        _ body: (_ offset: Int64, _ bytes: UnsafeRawBufferPointer, _ next: Position) throws(FerryError) -> Void
     ) throws(FerryError) {
         let targetBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: DeltaFormat.maximumTargetLength, alignment: 4096)
         let sourceBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: DeltaFormat.maximumSourceLength, alignment: 4096)
@@ -43,10 +120,16 @@ public struct DeltaApplier {
             targetBuffer.deallocate()
             sourceBuffer.deallocate()
         }
-        let whole = SHA256Hasher()
-        var next: Int64 = 0
-        for index in 0..<header.operationCount {
-            let operation = try readOperation(delta, index: index, expectedStart: next)
+        let start = start ?? firstOperation
+        guard start.operation >= 0, start.operation <= header.operationCount, start.targetOffset >= 0,
+            start.targetOffset <= header.targetSize, start.deltaOffset >= firstOperation.deltaOffset
+        else {
+            throw DeltaFormat.invalid("cannot resume at operation \(start.operation), target byte \(start.targetOffset)")
+        }
+        let whole = start.operation == 0 && verifyWholeTarget ? SHA256Hasher() : nil
+        var position = start
+        for index in start.operation..<header.operationCount {
+            let operation = try readOperation(delta, index: index, expectedStart: position.targetOffset)
             let target = UnsafeMutableRawBufferPointer(rebasing: targetBuffer[..<operation.target.count])
             let sourceBytes = try readSources(operation, into: sourceBuffer, index: index)
             switch operation.kind {
@@ -72,14 +155,18 @@ public struct DeltaApplier {
             guard SHA256Hasher.hash(UnsafeRawBufferPointer(target)) == operation.targetSHA256 else {
                 throw DeltaFormat.invalid("operation \(index) produces target bytes \(operation.target) that do not match their SHA-256")
             }
-            whole.update(UnsafeRawBufferPointer(target))
-            try body(operation.target.lowerBound, UnsafeRawBufferPointer(target))
-            next = operation.target.upperBound
+            whole?.update(UnsafeRawBufferPointer(target))
+            position = Position(
+                operation: index + 1,
+                deltaOffset: position.deltaOffset + Int64(DeltaFormat.Operation.encodedSize(sourceExtents: operation.sources.count))
+                    + operation.dataLength,
+                targetOffset: operation.target.upperBound)
+            try body(operation.target.lowerBound, UnsafeRawBufferPointer(target), position)
         }
-        guard next == header.targetSize else {
-            throw DeltaFormat.invalid("the operations end at byte \(next) of a \(header.targetSize)-byte target")
+        guard position.targetOffset == header.targetSize else {
+            throw DeltaFormat.invalid("the operations end at byte \(position.targetOffset) of a \(header.targetSize)-byte target")
         }
-        guard whole.finalize() == header.targetSHA256 else {
+        if let whole, whole.finalize() != header.targetSHA256 {
             throw DeltaFormat.invalid("the target does not match its SHA-256 \(header.targetSHA256)")
         }
     }
@@ -129,6 +216,10 @@ public struct DeltaApplier {
         guard total <= UInt64(DeltaFormat.maximumSourceLength) else {
             throw FerryError(code: .limitExceeded, message: "delta: operation \(index) reads \(total) source bytes (at most \(DeltaFormat.maximumSourceLength))")
         }
+        for extent in sources where !isChecked(extent) {
+            throw DeltaFormat.invalid(
+                "operation \(index) reads source bytes \(extent) that the delta's source checks do not cover")
+        }
         let targetHash = SHA256Digest(bytes: reader.bytes(32))!
         let sourceHashBytes = reader.bytes(32)
         let operation = DeltaFormat.Operation(
@@ -147,6 +238,24 @@ public struct DeltaApplier {
         return operation
     }
 
+    /// Whether the source checks cover `extent` completely (checks are sorted and disjoint; an
+    /// extent may span several that touch).
+    private func isChecked(_ extent: Range<Int64>) -> Bool {
+        var low = 0
+        var high = sourceChecks.count
+        while low < high {
+            let middle = (low + high) / 2
+            if sourceChecks[middle].range.upperBound <= extent.lowerBound { low = middle + 1 } else { high = middle }
+        }
+        var covered = extent.lowerBound
+        var index = low
+        while covered < extent.upperBound, index < sourceChecks.count, sourceChecks[index].range.lowerBound <= covered {
+            covered = sourceChecks[index].range.upperBound
+            index += 1
+        }
+        return covered >= extent.upperBound
+    }
+
     /// Reads and checks an operation's source extents.
     private func readSources(_ operation: DeltaFormat.Operation, into buffer: UnsafeMutableRawBufferPointer, index: Int64) throws(FerryError)
         -> UnsafeMutableRawBufferPointer
@@ -162,7 +271,7 @@ public struct DeltaApplier {
             let block = operation.sources[0].lowerBound / Int64(DeltaFormat.blockSize)
             throw FerryError(
                 code: .notCompatible,
-                message: "delta needs source \(header.sourceSHA256), but \(sourceName) differs (operation \(index) reads from block \(block))")
+                message: "delta needs source sha256 \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) differs at block \(block) (operation \(index))")
         }
         return bytes
     }

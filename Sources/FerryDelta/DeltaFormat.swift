@@ -4,11 +4,16 @@ import FerrySystem
 /// Ferry's block delta (docs/delta-format.md): a header, then operations, each followed by its
 /// data, in target order — so a delta is applied in one sequential pass over the target.
 ///
-/// All integers are little-endian. Header (112 bytes):
+/// All integers are little-endian. Header (112 bytes), then `checkCount` source checks:
 ///
-///     magic "FERRYDLT" · formatVersion u32 (1) · blockSize u32 (4096)
+///     magic "FERRYDLT" · formatVersion u32 (2) · blockSize u32 (4096)
 ///     sourceSize u64 · sourceSha256 [32] · targetSize u64 · targetSha256 [32]
-///     operationCount u64 · reserved [8] (zero)
+///     operationCount u64 · checkCount u64
+///     checkCount × (offset u64 · length u64 · sha256 [32])   — 48 bytes each
+///
+/// The source checks cover every source byte an operation reads (sorted, disjoint, block-aligned,
+/// each inside one cell of a 4 MiB grid — coarser for sources over 4 GiB — at most 1,024): a
+/// device verifies them all before it writes anything.
 ///
 /// Operation (96 + 16 × sourceExtentCount bytes, then dataLength bytes of data):
 ///
@@ -18,7 +23,7 @@ import FerrySystem
 ///     targetSha256 [32] · sourceSha256 [32] (of the source extents' bytes, concatenated; zero when none)
 public enum DeltaFormat {
     public static let magic = Array("FERRYDLT".utf8)
-    public static let formatVersion: UInt32 = 1
+    public static let formatVersion: UInt32 = 2
     public static let blockSize = 4096
     public static let headerSize = 112
 
@@ -26,6 +31,10 @@ public enum DeltaFormat {
     public static let maximumTargetLength = 4 << 20
     public static let maximumSourceLength = 8 << 20
     public static let maximumSourceExtents = 64
+    /// Source checks: at most this many, each inside one grid cell of at least 4 MiB.
+    public static let maximumChecks = 1024
+    public static let minimumCheckCell = 4 << 20
+    public static let checkRecordSize = 48
 
     public enum Kind: UInt8, Sendable {
         /// The target extent is zeros.
@@ -44,13 +53,19 @@ public enum DeltaFormat {
         public var targetSize: Int64
         public var targetSHA256: SHA256Digest
         public var operationCount: Int64
+        /// How many source checks follow the header.
+        public var checkCount: Int64
 
-        public init(sourceSize: Int64, sourceSHA256: SHA256Digest, targetSize: Int64, targetSHA256: SHA256Digest, operationCount: Int64) {
+        public init(
+            sourceSize: Int64, sourceSHA256: SHA256Digest, targetSize: Int64, targetSHA256: SHA256Digest, operationCount: Int64,
+            checkCount: Int64
+        ) {
             self.sourceSize = sourceSize
             self.sourceSHA256 = sourceSHA256
             self.targetSize = targetSize
             self.targetSHA256 = targetSHA256
             self.operationCount = operationCount
+            self.checkCount = checkCount
         }
 
         public func encoded() -> [UInt8] {
@@ -62,7 +77,7 @@ public enum DeltaFormat {
             bytes.appendLittleEndian(UInt64(targetSize))
             bytes += targetSHA256.bytes
             bytes.appendLittleEndian(UInt64(operationCount))
-            bytes += [UInt8](repeating: 0, count: 8)
+            bytes.appendLittleEndian(UInt64(checkCount))
             return bytes
         }
 
@@ -83,7 +98,7 @@ public enum DeltaFormat {
             let targetSize = reader.u64()
             let targetHash = SHA256Digest(bytes: reader.bytes(32))!
             let count = reader.u64()
-            guard reader.bytes(8).allSatisfy({ $0 == 0 }) else { throw DeltaFormat.invalid("reserved header bytes are not zero") }
+            let checks = reader.u64()
             guard sourceSize <= UInt64(Int64.max / 2), targetSize <= UInt64(Int64.max / 2) else {
                 throw DeltaFormat.invalid("absurd image sizes")
             }
@@ -91,9 +106,95 @@ public enum DeltaFormat {
             guard count <= max(targetSize, 1) else {
                 throw FerryError(code: .limitExceeded, message: "delta: \(count) operations for a \(targetSize)-byte target")
             }
+            guard checks <= UInt64(DeltaFormat.maximumChecks) else {
+                throw FerryError(code: .limitExceeded, message: "delta: \(checks) source checks for a \(sourceSize)-byte source")
+            }
             return Header(
                 sourceSize: Int64(sourceSize), sourceSHA256: sourceHash, targetSize: Int64(targetSize), targetSHA256: targetHash,
-                operationCount: Int64(count))
+                operationCount: Int64(count), checkCount: Int64(checks))
+        }
+    }
+
+    /// A source range and the SHA-256 of its bytes in the image the delta was made from.
+    public struct SourceCheck: Sendable, Equatable {
+        public var range: Range<Int64>
+        public var sha256: SHA256Digest
+
+        public init(range: Range<Int64>, sha256: SHA256Digest) {
+            self.range = range
+            self.sha256 = sha256
+        }
+
+        public func encoded() -> [UInt8] {
+            var bytes: [UInt8] = []
+            bytes.appendLittleEndian(UInt64(range.lowerBound))
+            bytes.appendLittleEndian(UInt64(range.count))
+            return bytes + sha256.bytes
+        }
+
+        /// The length of the grid cells checks are cut at for a source of `sourceSize` bytes:
+        /// 4 MiB, or longer for sources over 4 GiB, so that there are at most `maximumChecks`.
+        public static func cellLength(sourceSize: Int64) -> Int64 {
+            let unit = Int64(DeltaFormat.minimumCheckCell)
+            let needed = (sourceSize + Int64(DeltaFormat.maximumChecks) - 1) / Int64(DeltaFormat.maximumChecks)
+            return max(unit, (needed + unit - 1) / unit * unit)
+        }
+
+        /// The source ranges to check for a set of extents the operations read: the extents,
+        /// block-aligned, merged where they touch, cut at the grid cells of
+        /// ``cellLength(sourceSize:)``. When that makes more than `maximumChecks`, each cell's
+        /// ranges become one span from its first to its last byte read (which then also covers
+        /// blocks the delta does not read: they belong to the same image and must match as well).
+        public static func ranges(coveredBy extents: [Range<Int64>], sourceSize: Int64) -> [Range<Int64>] {
+            let block = Int64(DeltaFormat.blockSize)
+            let cell = cellLength(sourceSize: sourceSize)
+            let aligned = extents.filter { !$0.isEmpty }
+                .map { ($0.lowerBound / block * block)..<min(sourceSize, ($0.upperBound + block - 1) / block * block) }
+                .sorted { $0.lowerBound < $1.lowerBound }
+            var merged: [Range<Int64>] = []
+            for extent in aligned {
+                if let last = merged.last, last.upperBound >= extent.lowerBound {
+                    merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, extent.upperBound)
+                } else {
+                    merged.append(extent)
+                }
+            }
+            var pieces: [Range<Int64>] = []
+            for range in merged {
+                var start = range.lowerBound
+                while start < range.upperBound {
+                    let end = min(range.upperBound, (start / cell + 1) * cell)
+                    pieces.append(start..<end)
+                    start = end
+                }
+            }
+            guard pieces.count > DeltaFormat.maximumChecks else { return pieces }
+            var spans: [Range<Int64>] = []
+            for piece in pieces {
+                if let last = spans.last, last.lowerBound / cell == piece.lowerBound / cell {
+                    spans[spans.count - 1] = last.lowerBound..<piece.upperBound
+                } else {
+                    spans.append(piece)
+                }
+            }
+            return spans
+        }
+
+        /// Reads and checks one record; `after` is where the previous check ended.
+        /// - Throws: `.bundleInvalid` for a check outside the source, unaligned, too long, or out of order.
+        public static func decode(_ bytes: [UInt8], index: Int64, after: Int64, sourceSize: Int64) throws(FerryError) -> SourceCheck {
+            var reader = LittleEndianReader(bytes)
+            let offset = reader.u64()
+            let length = reader.u64()
+            let block = UInt64(DeltaFormat.blockSize)
+            let cell = UInt64(cellLength(sourceSize: sourceSize))
+            guard length > 0, offset % block == 0, offset / cell == (offset + length - 1) / cell,
+                offset >= UInt64(after), offset <= UInt64(sourceSize), length <= UInt64(sourceSize) - offset,
+                length % block == 0 || offset + length == UInt64(sourceSize)
+            else {
+                throw DeltaFormat.invalid("source check \(index) (bytes \(offset) + \(length)) is not an aligned range after the previous one inside the \(sourceSize)-byte source")
+            }
+            return SourceCheck(range: Int64(offset)..<Int64(offset + length), sha256: SHA256Digest(bytes: reader.bytes(32))!)
         }
     }
 

@@ -63,12 +63,15 @@ public struct DeltaGenerator: @unchecked Sendable {
         let sourceSize = source.byteCount
         let targetSize = target.byteCount
         let index = try SourceIndex(source, anchorMask: Self.anchorMask(for: sourceSize))
-        let (runs, targetHash) = try plan(index)
+        var (runs, targetHash) = try plan(index)
+        try chooseDictionaries(&runs, index: index)
+        let checks = try sourceChecks(for: runs, sourceSize: sourceSize)
         let header = DeltaFormat.Header(
             sourceSize: sourceSize, sourceSHA256: index.wholeHash, targetSize: targetSize, targetSHA256: targetHash,
-            operationCount: Int64(runs.count))
+            operationCount: Int64(runs.count), checkCount: Int64(checks.count))
         var statistics = Statistics()
-        let headerBytes = header.encoded()
+        var headerBytes = header.encoded()
+        for check in checks { headerBytes += check.encoded() }
         try write(headerBytes)
         statistics.deltaBytes += Int64(headerBytes.count)
 
@@ -192,21 +195,65 @@ public struct DeltaGenerator: @unchecked Sendable {
                     kind: .copy, target: run.target, sources: run.sources, targetSHA256: targetHash, sourceSHA256: targetHash), []
             )
         case .literal, .diff:
-            let regions = dictionaryRegions(for: bytes, at: run.target.lowerBound, index: index)
             var dictionary: [UInt8] = []
-            for region in regions { dictionary += try source.read(at: region.lowerBound, count: region.count) }
+            for region in run.sources { dictionary += try source.read(at: region.lowerBound, count: region.count) }
             let data = try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
                 try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) in
                     try XZDictionaryCodec.encode(input, dictionary: dictionary, preset: options.preset, extreme: options.extreme)
                 }
             }
-            let kind: DeltaFormat.Kind = regions.isEmpty ? .literal : .diff
             return (
                 DeltaFormat.Operation(
-                    kind: kind, target: run.target, sources: regions, dataLength: Int64(data.count), targetSHA256: targetHash,
-                    sourceSHA256: regions.isEmpty ? nil : SHA256Hasher.hash(dictionary)), data
+                    kind: run.kind, target: run.target, sources: run.sources, dataLength: Int64(data.count), targetSHA256: targetHash,
+                    sourceSHA256: run.sources.isEmpty ? nil : SHA256Hasher.hash(dictionary)), data
             )
         }
+    }
+
+    /// Chooses, for every changed run, the source regions it resembles (on all cores): those runs
+    /// become diffs against them; runs that resemble nothing stay literals. Done before anything
+    /// is written, because the delta's header lists every source range it reads.
+    func chooseDictionaries(_ runs: inout [Run], index: SourceIndex) throws(FerryError) {
+        let changed = runs.indices.filter { runs[$0].kind == .literal }
+        let snapshot = runs
+        let results = RegionBox(count: changed.count)
+        let work = { @Sendable (slot: Int) in
+            let run = snapshot[changed[slot]]
+            results.set(
+                slot,
+                Result { () throws(FerryError) in
+                    let bytes = try target.read(at: run.target.lowerBound, count: run.target.count)
+                    return dictionaryRegions(for: bytes, at: run.target.lowerBound, index: index)
+                })
+        }
+        if changed.count == 1 { work(0) } else if !changed.isEmpty { DispatchQueue.concurrentPerform(iterations: changed.count, execute: work) }
+        for (slot, position) in changed.enumerated() {
+            let regions = try results.get(slot).get()
+            if !regions.isEmpty {
+                runs[position].kind = .diff
+                runs[position].sources = regions
+            }
+        }
+    }
+
+    /// The source checks of the header: every range the operations read, with its SHA-256.
+    func sourceChecks(for runs: [Run], sourceSize: Int64) throws(FerryError) -> [DeltaFormat.SourceCheck] {
+        let ranges = DeltaFormat.SourceCheck.ranges(coveredBy: runs.flatMap(\.sources), sourceSize: sourceSize)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        var checks: [DeltaFormat.SourceCheck] = []
+        for range in ranges {
+            let hasher = SHA256Hasher()
+            var offset = range.lowerBound
+            while offset < range.upperBound {
+                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(buffer.count), range.upperBound - offset))])
+                try source.read(into: slice, at: offset)
+                hasher.update(UnsafeRawBufferPointer(slice))
+                offset += Int64(slice.count)
+            }
+            checks.append(DeltaFormat.SourceCheck(range: range, sha256: hasher.finalize()))
+        }
+        return checks
     }
 
     /// Source regions worth using as a dictionary for changed target bytes: where their anchors
@@ -345,18 +392,20 @@ final class SourceIndex: @unchecked Sendable {
 }
 
 /// Results of one batch, written by the workers, each to its own slot, and read after they all ended.
-private final class ResultBox: @unchecked Sendable {
-    typealias Element = Result<(DeltaFormat.Operation, [UInt8]), FerryError>?
-    private let results: UnsafeMutableBufferPointer<Element>
+private final class SlotResults<Value>: @unchecked Sendable {
+    private let results: UnsafeMutableBufferPointer<Result<Value, FerryError>?>
 
     init(count: Int) {
-        results = .allocate(capacity: count)
+        results = .allocate(capacity: max(count, 1))
         results.initialize(repeating: nil)
     }
 
     deinit { results.deinitialize().deallocate() }
 
-    func set(_ slot: Int, _ result: Result<(DeltaFormat.Operation, [UInt8]), FerryError>) { results[slot] = result }
+    func set(_ slot: Int, _ result: Result<Value, FerryError>) { results[slot] = result }
 
-    func get(_ slot: Int) -> Result<(DeltaFormat.Operation, [UInt8]), FerryError> { results[slot]! }
+    func get(_ slot: Int) -> Result<Value, FerryError> { results[slot]! }
 }
+
+private typealias ResultBox = SlotResults<(DeltaFormat.Operation, [UInt8])>
+private typealias RegionBox = SlotResults<[Range<Int64>]>

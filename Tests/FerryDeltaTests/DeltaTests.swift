@@ -44,7 +44,8 @@ import Testing
         let input = MemoryByteSource(delta)
         let applier = try DeltaApplier(delta: input, source: try BlockDevice.openForReading(source), sourceName: "the source")
         var output: [UInt8] = []
-        try applier.apply(from: input) { (offset, bytes) throws(FerryError) in
+        try applier.verifySource()
+        try applier.apply(from: input) { (offset, bytes, _) throws(FerryError) in
             #expect(offset == Int64(output.count))
             output += bytes
         }
@@ -117,16 +118,20 @@ import Testing
     // MARK: - Crafted operations
 
     /// A delta with the given operations over a 4-block source of `0x11` and a target they claim.
-    static func crafted(_ directory: String, operationCount: Int64? = nil, targetSize: Int64 = 2 * 4096, _ operations: [DeltaFormat.Operation])
-        throws -> (delta: [UInt8], source: String)
-    {
+    static func crafted(
+        _ directory: String, operationCount: Int64? = nil, targetSize: Int64 = 2 * 4096, checks: [Range<Int64>] = [],
+        targetByte: UInt8 = 0, _ operations: [DeltaFormat.Operation]
+    ) throws -> (delta: [UInt8], source: String) {
         let source = [UInt8](repeating: 0x11, count: 4 * block)
         try makeFile("\(directory)/old.img", bytes: source)
-        let zeros = SHA256Hasher.hash([UInt8](repeating: 0, count: Int(targetSize)))
+        let zeros = SHA256Hasher.hash([UInt8](repeating: targetByte, count: Int(targetSize)))
         var delta = DeltaFormat.Header(
             sourceSize: Int64(source.count), sourceSHA256: SHA256Hasher.hash(source), targetSize: targetSize, targetSHA256: zeros,
-            operationCount: operationCount ?? Int64(operations.count)
+            operationCount: operationCount ?? Int64(operations.count), checkCount: Int64(checks.count)
         ).encoded()
+        for range in checks {
+            delta += DeltaFormat.SourceCheck(range: range, sha256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: range.count))).encoded()
+        }
         for operation in operations { delta += operation.encoded() }
         return (delta, "\(directory)/old.img")
     }
@@ -165,6 +170,73 @@ import Testing
                 sourceSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)))
             let (delta, source) = try Self.crafted(directory, [copy])
             expectFerryError(.bundleInvalid) { try Self.apply(delta, source: source) }
+        }
+    }
+
+    static let copyOfTwoBlocks = DeltaFormat.Operation(
+        kind: .copy, target: 0..<8192, sources: [4096..<12288], targetSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)),
+        sourceSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)))
+
+    @Test func aCopyInsideTheSourceChecksApplies() async throws {
+        try await withTemporaryDirectory { directory in
+            let (delta, source) = try Self.crafted(directory, targetSize: 8192, checks: [4096..<12288], targetByte: 0x11, [Self.copyOfTwoBlocks])
+            #expect(try Self.apply(delta, source: source) == [UInt8](repeating: 0x11, count: 8192))
+        }
+    }
+
+    @Test(arguments: [
+        ("no check", [Range<Int64>]()),
+        ("a check short of the extent", [4096..<8192]),
+        ("a check over other blocks", [0..<4096]),
+    ])
+    func aReadOutsideTheSourceChecksIsRefused(_ name: String, _ checks: [Range<Int64>]) async throws {
+        try await withTemporaryDirectory { directory in
+            let (delta, source) = try Self.crafted(directory, targetSize: 8192, checks: checks, [Self.copyOfTwoBlocks])
+            expectFerryError(.bundleInvalid) { try Self.apply(delta, source: source) }
+        }
+    }
+
+    static let badChecks: [(String, [Range<Int64>])] = [
+        ("overlapping", [0..<8192, 4096..<12288]),
+        ("out of order", [8192..<12288, 0..<4096]),
+        ("unaligned", [100..<4196]),
+        ("outside the source", [12288..<20480]),
+    ]
+
+    @Test(arguments: badChecks)
+    func badSourceChecksAreRefused(_ name: String, _ checks: [Range<Int64>]) async throws {
+        try await withTemporaryDirectory { directory in
+            let (delta, source) = try Self.crafted(directory, targetSize: 8192, checks: checks, [Self.zero(0..<8192)])
+            expectFerryError(.bundleInvalid) { try Self.apply(delta, source: source) }
+        }
+    }
+
+    @Test func sourceChecksAreCutAtCellsAndBounded() {
+        let mib: Int64 = 1 << 20
+        // Touching extents merge; a range crossing a 4 MiB cell is cut there; blocks are aligned.
+        let extents: [Range<Int64>] = [mib..<(5 * mib), 100..<200, (5 * mib)..<(5 * mib + 10)]
+        let expected: [Range<Int64>] = [0..<4096, mib..<(4 * mib), (4 * mib)..<(5 * mib + 4096)]
+        #expect(DeltaFormat.SourceCheck.ranges(coveredBy: extents, sourceSize: 8 * mib) == expected)
+        // Too many scattered extents: one span per cell, never more than maximumChecks.
+        var scattered: [Range<Int64>] = []
+        for index in 0..<Int64(3000) { scattered.append((index * 8192)..<(index * 8192 + 4096)) }
+        let spans = DeltaFormat.SourceCheck.ranges(coveredBy: scattered, sourceSize: 3000 * 2 * 4096)
+        #expect(spans.count <= DeltaFormat.maximumChecks)
+        let firstSpan: Range<Int64> = 0..<(4 * mib - 4096)
+        #expect(spans.first == firstSpan)
+        // Sources over 4 GiB use larger cells so that the count stays bounded.
+        #expect(DeltaFormat.SourceCheck.cellLength(sourceSize: 64 << 30) == 64 * mib)
+    }
+
+    @Test func aChangeTheDeltaDoesNotReadIsAccepted() async throws {
+        try await withTemporaryDirectory { directory in
+            // The source checks cover what the delta reads, not the whole image.
+            var (source, target) = Self.images()
+            target.replaceSubrange(0..<(20 * Self.block), with: seededBytes(count: 20 * Self.block, seed: 7))
+            let delta = try Self.makeDelta(directory, source: source, target: target)
+            source[92 * Self.block] ^= 1  // block 92 is neither copied nor near a changed run
+            try makeFile("\(directory)/old.img", bytes: source)
+            #expect(try Self.apply(delta, source: "\(directory)/old.img") == target)
         }
     }
 
