@@ -76,7 +76,7 @@ let package = Package(
         ),
         .target(
             name: "FerryCore",
-            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryNet", logging]
+            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryDelta", "FerryNet", logging]
         ),
         .target(
             name: "FerryCLI",

@@ -137,13 +137,7 @@ public final class BundleReader {
                     }
                     done += read
                 }
-                let hasher = SHA256Hasher()
-                hasher.update(UnsafeRawBufferPointer(stored))
-                guard hasher.finalize() == chunk.sha256 else {
-                    throw FerryError(
-                        code: .bundleInvalid,
-                        message: "payload '\(payload.member)' chunk \(index) (bytes \(chunk.offset)..<\(chunk.offset + chunk.size)) does not match its SHA-256: the bundle is corrupt")
-                }
+                try ChunkCheck.compressed(UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
                 batch.jobs[slot] = DecodeBatch.Job(
                     storedSize: Int(chunk.size),
                     decodedSize: index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize,
@@ -155,10 +149,7 @@ public final class BundleReader {
                 let index = first + slot
                 let job = batch.jobs[slot]
                 if let error = batch.errors[slot] { throw error.prefixed("payload '\(payload.member)' chunk \(index)") }
-                guard batch.digests[slot] == payload.chunks[index].decodedSHA256 else {
-                    throw FerryError(
-                        code: .bundleInvalid, message: "payload '\(payload.member)' chunk \(index) decodes to data that does not match its SHA-256")
-                }
+                try ChunkCheck.decoded(batch.digests[slot], chunk: payload.chunks[index], index: index, member: payload.member)
                 let output = UnsafeRawBufferPointer(batch.decoded(slot, size: job.decodedSize))
                 if checkWholeHash { whole.update(output) }
                 try body(index, Int64(index) * payload.chunkSize, output)
@@ -243,15 +234,7 @@ private final class DecodeBatch: @unchecked Sendable {
         let input = UnsafeRawBufferPointer(stored(slot, size: job.storedSize))
         let output = decoded(slot, size: job.decodedSize)
         do throws(FerryError) {
-            switch job.compression {
-            case .xz:
-                try XZChunkCodec.decode(input, into: output, expectedSize: job.decodedSize)
-            case .none:
-                guard input.count == job.decodedSize else {
-                    throw FerryError(code: .bundleInvalid, message: "a stored chunk has the wrong size")
-                }
-                output.copyMemory(from: input)
-            }
+            try ChunkCheck.decode(input, into: output, compression: job.compression)
             let hasher = SHA256Hasher()
             hasher.update(UnsafeRawBufferPointer(output))
             digests[slot] = hasher.finalize()

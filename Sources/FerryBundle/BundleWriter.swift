@@ -14,11 +14,20 @@ public enum BundleWriter {
     public struct Image: Sendable {
         public var slotClass: String
         public var path: String
-        public init(slotClass: String, path: String) {
+        /// Set when `path` is a delta (docs/delta-format.md) rather than an image: what it turns
+        /// into what. Deltas are stored uncompressed (their data is LZMA2 already), chunked and hashed.
+        public var delta: Manifest.DeltaInfo?
+
+        public init(slotClass: String, path: String, delta: Manifest.DeltaInfo? = nil) {
             self.slotClass = slotClass
             self.path = path
+            self.delta = delta
         }
     }
+
+    /// Decoded bytes per chunk of a delta payload: small, so that a resumed delta install reads
+    /// little twice.
+    public static let deltaChunkSize = 1 << 20
 
     /// A signer's certificate and private key (PEM files; the key is read in place, never copied).
     public struct Signer: Sendable {
@@ -129,12 +138,15 @@ public enum BundleWriter {
         -> Manifest.Payload
     {
         let input: any ByteSource
-        if image.path.hasSuffix(".xz") {
+        let isDelta = image.delta != nil
+        let compress = options.compress && !isDelta
+        let chunkSize = isDelta ? min(options.chunkSize, deltaChunkSize) : options.chunkSize
+        if !isDelta && image.path.hasSuffix(".xz") {
             input = try XZStreamSource(source: FileByteSource(path: image.path))
         } else {
             input = try FileByteSource(path: image.path)
         }
-        let hashing = HashingByteSource(input, chunkSize: options.chunkSize)
+        let hashing = HashingByteSource(input, chunkSize: chunkSize)
         let sink = try FileByteSink(path: temporary)
         var chunks: [Manifest.Chunk] = []
         var offset: Int64 = 0
@@ -147,16 +159,16 @@ public enum BundleWriter {
                     decodedSHA256: hashing.chunkDigests[index]))
             offset += Int64(bytes.count)
         }
-        if options.compress {
+        if compress {
             try XZChunkCodec.encodeChunks(
-                source: hashing, chunkSize: options.chunkSize, threads: options.threads, preset: options.preset
+                source: hashing, chunkSize: chunkSize, threads: options.threads, preset: options.preset
             ) { (chunk) throws(FerryError) in
                 try record(chunk.bytes, index: chunk.index)
             }
         } else {
             var index = 0
             while true {
-                let bytes = try readUpTo(hashing, count: options.chunkSize)
+                let bytes = try readUpTo(hashing, count: chunkSize)
                 if bytes.isEmpty { break }
                 try record(bytes, index: index)
                 index += 1
@@ -165,9 +177,10 @@ public enum BundleWriter {
         try sink.finish()
         let slotClass = image.slotClass
         return Manifest.Payload(
-            type: "image", target: slotClass, member: "\(slotClass).img\(options.compress ? ".xz" : "")",
-            compression: options.compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(), storedSize: offset,
-            chunkSize: Int64(options.chunkSize), chunks: chunks)
+            type: isDelta ? "delta" : "image", target: slotClass,
+            member: isDelta ? "\(slotClass).delta" : "\(slotClass).img\(compress ? ".xz" : "")",
+            compression: compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(), storedSize: offset,
+            chunkSize: Int64(chunkSize), chunks: chunks, delta: image.delta)
     }
 
     /// Reads until `count` bytes or the end of the stream.

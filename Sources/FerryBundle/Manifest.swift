@@ -27,9 +27,43 @@ public struct Manifest: Sendable, Equatable {
         public var decodedSHA256: SHA256Digest
     }
 
+    /// A source range of a delta and the SHA-256 of its bytes in the delta's source image.
+    public struct SourceCheck: Sendable, Equatable {
+        public var range: Range<Int64>
+        public var sha256: SHA256Digest
+
+        public init(range: Range<Int64>, sha256: SHA256Digest) {
+            self.range = range
+            self.sha256 = sha256
+        }
+    }
+
+    /// What a delta payload turns into what (docs/delta-format.md): the delta's own header and
+    /// source checks, signed in the manifest so that the device checks its booted slot against
+    /// them before it writes anything.
+    public struct DeltaInfo: Sendable, Equatable {
+        public var sourceSize: Int64
+        public var sourceSHA256: SHA256Digest
+        public var targetSize: Int64
+        public var targetSHA256: SHA256Digest
+        public var sourceChecks: [SourceCheck]
+
+        public init(sourceSize: Int64, sourceSHA256: SHA256Digest, targetSize: Int64, targetSHA256: SHA256Digest, sourceChecks: [SourceCheck]) {
+            self.sourceSize = sourceSize
+            self.sourceSHA256 = sourceSHA256
+            self.targetSize = targetSize
+            self.targetSHA256 = targetSHA256
+            self.sourceChecks = sourceChecks
+        }
+    }
+
+    /// At most this many source checks per delta (as the delta format).
+    public static let maximumSourceChecks = 1024
+
     /// One payload: an image for a slot class, stored as a member of the bundle.
     public struct Payload: Sendable, Equatable {
-        /// `image` (full image). Later: `delta`, `app`, `settings`.
+        /// `image` (full image) or `delta` (a block delta against the booted slot's image).
+        /// Later: `app`, `settings`.
         public var type: String
         /// The slot class it is written to (`rootfs`, `modem`).
         public var target: String
@@ -43,6 +77,30 @@ public struct Manifest: Sendable, Equatable {
         public var storedSize: Int64
         public var chunkSize: Int64
         public var chunks: [Chunk]
+        /// For `delta` payloads: the images it goes from and to. The payload's own size, hash
+        /// and chunks are then those of the delta stream.
+        public var delta: DeltaInfo?
+
+        public init(
+            type: String, target: String, member: String, compression: Compression, size: Int64, sha256: SHA256Digest, storedSize: Int64,
+            chunkSize: Int64, chunks: [Chunk], delta: DeltaInfo? = nil
+        ) {
+            self.type = type
+            self.target = target
+            self.member = member
+            self.compression = compression
+            self.size = size
+            self.sha256 = sha256
+            self.storedSize = storedSize
+            self.chunkSize = chunkSize
+            self.chunks = chunks
+            self.delta = delta
+        }
+
+        /// The size of the image the slot holds once the payload is installed.
+        public var imageSize: Int64 { delta?.targetSize ?? size }
+        /// The SHA-256 of that image.
+        public var imageSHA256: SHA256Digest { delta?.targetSHA256 ?? sha256 }
     }
 
     /// A new keyring carried by the bundle (keyring rotation).
@@ -92,7 +150,7 @@ public struct Manifest: Sendable, Equatable {
             "buildTime": .string(WallClock.iso8601(buildTime)),
             "payloads": .array(
                 payloads.map { payload in
-                    .object([
+                    var entry: [String: JSONValue] = [
                         "type": .string(payload.type), "target": .string(payload.target), "member": .string(payload.member),
                         "compression": .string(payload.compression.rawValue), "size": number(payload.size),
                         "sha256": digest(payload.sha256), "storedSize": number(payload.storedSize),
@@ -104,7 +162,21 @@ public struct Manifest: Sendable, Equatable {
                                     "decodedSha256": digest(chunk.decodedSHA256),
                                 ])
                             }),
-                    ])
+                    ]
+                    if let delta = payload.delta {
+                        entry["delta"] = .object([
+                            "sourceSize": number(delta.sourceSize), "sourceSha256": digest(delta.sourceSHA256),
+                            "targetSize": number(delta.targetSize), "targetSha256": digest(delta.targetSHA256),
+                            "sourceChecks": .array(
+                                delta.sourceChecks.map { check in
+                                    .object([
+                                        "offset": number(check.range.lowerBound), "length": number(Int64(check.range.count)),
+                                        "sha256": digest(check.sha256),
+                                    ])
+                                }),
+                        ])
+                    }
+                    return .object(entry)
                 }),
         ]
         if let expires { object["expires"] = .string(WallClock.iso8601(expires)) }
@@ -172,7 +244,9 @@ public struct Manifest: Sendable, Equatable {
 
     private static func parsePayload(_ object: inout StrictObject, totalChunks: inout Int) throws(FerryError) -> Payload {
         let type = try object.requiredString("type")
-        guard type == "image" else { throw object.invalid("type", "'\(type)' is not a payload type this Ferry knows (image)") }
+        guard type == "image" || type == "delta" else {
+            throw object.invalid("type", "'\(type)' is not a payload type this Ferry knows (image, delta)")
+        }
         let target = try object.requiredString("target")
         let member = try object.requiredString("member")
         try checkMemberName(member, object: object, key: "member")
@@ -219,9 +293,41 @@ public struct Manifest: Sendable, Equatable {
         guard nextOffset == storedSize else {
             throw object.invalid("storedSize", "is \(storedSize), but the chunks add up to \(nextOffset)")
         }
+        var delta: DeltaInfo? = nil
+        if var info = try object.object("delta") {
+            guard type == "delta" else { throw object.invalid("delta", "belongs to payloads of type delta only") }
+            delta = try parseDelta(&info)
+            try info.finish()
+        } else if type == "delta" {
+            throw object.invalid("delta", "is required for a payload of type delta")
+        }
         return Payload(
             type: type, target: target, member: member, compression: compression, size: size, sha256: sha256,
-            storedSize: storedSize, chunkSize: chunkSize, chunks: chunks)
+            storedSize: storedSize, chunkSize: chunkSize, chunks: chunks, delta: delta)
+    }
+
+    private static func parseDelta(_ object: inout StrictObject) throws(FerryError) -> DeltaInfo {
+        guard let sourceSize = try object.integer("sourceSize", in: 1...maximumPayloadSize),
+            let targetSize = try object.integer("targetSize", in: 0...maximumPayloadSize)
+        else { throw object.invalid("sourceSize", "sourceSize and targetSize are required") }
+        let sourceHash = try digest(&object, "sourceSha256")
+        let targetHash = try digest(&object, "targetSha256")
+        guard case .array(let items)? = object.raw("sourceChecks") else { throw object.invalid("sourceChecks", "must be an array") }
+        guard items.count <= maximumSourceChecks else {
+            throw FerryError(code: .limitExceeded, message: "manifest.json: \(items.count) delta source checks, more than \(maximumSourceChecks)")
+        }
+        var checks: [SourceCheck] = []
+        var end: Int64 = 0
+        for (index, item) in items.enumerated() {
+            var entry = try StrictObject(item, path: object.keyPath("sourceChecks[\(index)]"), file: object.file, code: .bundleInvalid)
+            guard let offset = try entry.integer("offset", in: 0...sourceSize), let length = try entry.integer("length", in: 1...sourceSize),
+                offset >= end, length <= sourceSize - offset
+            else { throw entry.invalid("offset", "offset and length must name a range inside the source, after the previous one") }
+            checks.append(SourceCheck(range: offset..<(offset + length), sha256: try digest(&entry, "sha256")))
+            end = offset + length
+            try entry.finish()
+        }
+        return DeltaInfo(sourceSize: sourceSize, sourceSHA256: sourceHash, targetSize: targetSize, targetSHA256: targetHash, sourceChecks: checks)
     }
 
     private static func digest(_ object: inout StrictObject, _ key: String) throws(FerryError) -> SHA256Digest {

@@ -2,9 +2,14 @@ import ArgumentParser
 import FerryBundle
 import FerryCore
 import FerryCrypto
+import FerryDelta
 import FerryJSON
 import FerrySystem
 import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 extension FerryCommand {
     /// `ferry bundle create|info|verify`.
@@ -43,6 +48,11 @@ extension FerryCommand {
             var keys: [String] = []
             @Option(name: .customLong("image"), help: ArgumentHelp("An image for a slot class: <class>=<file>; repeat.", valueName: "class=file"))
             var images: [String] = []
+            @Option(
+                name: .customLong("delta-from"),
+                help: ArgumentHelp(
+                    "Ship the --image of a class as a block delta from this older image: <class>=<file>; repeat.", valueName: "class=file"))
+            var deltaFrom: [String] = []
             @Option(name: .customLong("chunk-size"), help: ArgumentHelp("Decoded bytes per chunk (K/M suffix).", valueName: "size"))
             var chunkSize: String = "4M"
             @Option(help: "Compression threads (default: all cores).")
@@ -69,6 +79,18 @@ extension FerryCommand {
                 for image in images where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
                     throw ValidationError("--image '\(image)' is not <class>=<file>")
                 }
+                for delta in deltaFrom {
+                    guard let equals = delta.firstIndex(of: "="), equals != delta.startIndex, delta.index(after: equals) != delta.endIndex else {
+                        throw ValidationError("--delta-from '\(delta)' is not <class>=<file>")
+                    }
+                    let slotClass = delta[..<equals]
+                    guard images.contains(where: { $0.hasPrefix(slotClass + "=") }) else {
+                        throw ValidationError("--delta-from '\(delta)' has no --image \(slotClass)=<new image> to go to")
+                    }
+                    guard deltaFrom.filter({ $0.hasPrefix(slotClass + "=") }).count == 1 else {
+                        throw ValidationError("--delta-from names slot class '\(slotClass)' twice")
+                    }
+                }
                 guard Self.parseSize(chunkSize) != nil else { throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 4M") }
                 guard (0...9).contains(preset) else { throw ValidationError("--xz-preset must be 0 to 9") }
                 guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
@@ -86,14 +108,43 @@ extension FerryCommand {
                 return Int(text)
             }
 
+            static func split(_ pair: String) -> (String, String) {
+                let equals = pair.firstIndex(of: "=")!
+                return (String(pair[..<equals]), Paths.absolute(String(pair[pair.index(after: equals)...])))
+            }
+
+            /// Writes the delta from image `from` to image `to` into `path`, and describes it for the manifest.
+            static func makeDelta(slotClass: String, from: String, to: String, into path: String) throws(FerryError) -> BundleWriter.Image {
+                let sink = try FileByteSink(path: path)
+                let statistics = try DeltaGenerator(source: try BlockDevice.openForReading(from), target: try BlockDevice.openForReading(to))
+                    .create { (bytes) throws(FerryError) in try sink.write(bytes) }
+                try sink.finish()
+                let (header, checks) = try DeltaFormat.readPreamble(try FileByteSource(path: path))
+                Terminal.writeOutput("Delta for \(slotClass): \(statistics.deltaBytes) bytes for a \(header.targetSize)-byte image.\n")
+                let info = Manifest.DeltaInfo(
+                    sourceSize: header.sourceSize, sourceSHA256: header.sourceSHA256, targetSize: header.targetSize,
+                    targetSHA256: header.targetSHA256,
+                    sourceChecks: checks.map { Manifest.SourceCheck(range: $0.range, sha256: $0.sha256) })
+                return BundleWriter.Image(slotClass: slotClass, path: path, delta: info)
+            }
+
             func run() async throws {
+                let output = Paths.absolute(self.output)
+                var bundleImages: [BundleWriter.Image] = []
+                var temporaries: [String] = []
+                defer { for path in temporaries { unlink(path) } }
+                for image in images {
+                    let (slotClass, path) = Self.split(image)
+                    guard let from = deltaFrom.first(where: { $0.hasPrefix(slotClass + "=") }).map({ Self.split($0).1 }) else {
+                        bundleImages.append(BundleWriter.Image(slotClass: slotClass, path: path))
+                        continue
+                    }
+                    let deltaPath = "\(output).\(slotClass).delta.tmp-\(getpid())"
+                    temporaries.append(deltaPath)
+                    bundleImages.append(try Self.makeDelta(slotClass: slotClass, from: from, to: path, into: deltaPath))
+                }
                 var options = BundleWriter.Options(
-                    compatible: compatible, version: SemanticVersion(version)!,
-                    images: images.map { image in
-                        let equals = image.firstIndex(of: "=")!
-                        return BundleWriter.Image(
-                            slotClass: String(image[..<equals]), path: Paths.absolute(String(image[image.index(after: equals)...])))
-                    },
+                    compatible: compatible, version: SemanticVersion(version)!, images: bundleImages,
                     signers: zip(certificates, keys).map { BundleWriter.Signer(certificate: $0, key: $1) })
                 options.securityVersion = securityVersion
                 options.expires = expires.flatMap(WallClock.parseISO8601)
@@ -104,11 +155,11 @@ extension FerryCommand {
                 options.compress = !noCompress
                 options.newKeyring = newKeyring
                 options.denyList = denyList
-                let manifest = try BundleWriter.create(options, output: Paths.absolute(output), logger: Logger(label: "ferry.bundle"))
+                let manifest = try BundleWriter.create(options, output: output, logger: Logger(label: "ferry.bundle"))
                 let stored = manifest.payloads.reduce(Int64(0)) { $0 + $1.storedSize }
                 let decoded = manifest.payloads.reduce(Int64(0)) { $0 + $1.size }
                 Terminal.writeOutput(
-                    "Wrote \(output): \(manifest.compatible) \(manifest.version), \(manifest.payloads.count) payload(s), "
+                    "Wrote \(self.output): \(manifest.compatible) \(manifest.version), \(manifest.payloads.count) payload(s), "
                         + "\(decoded) bytes stored as \(stored), \(certificates.count) signature(s).\n")
             }
         }
@@ -145,6 +196,11 @@ extension FerryCommand {
                     lines.append(
                         "Payload:          \(payload.type) for \(payload.target): \(payload.member), \(payload.size) bytes "
                             + "(\(payload.compression.rawValue), \(payload.storedSize) stored, \(payload.chunks.count) chunks of \(payload.chunkSize)), sha256 \(payload.sha256.hex)")
+                    if let delta = payload.delta {
+                        lines.append(
+                            "  delta:          from \(delta.sourceSize) bytes sha256 \(delta.sourceSHA256.hex) to \(delta.targetSize) bytes sha256 "
+                                + "\(delta.targetSHA256.hex), \(delta.sourceChecks.count) source checks")
+                    }
                 }
                 Terminal.writeOutput(lines.joined(separator: "\n") + "\n")
             }

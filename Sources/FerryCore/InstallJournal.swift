@@ -1,3 +1,4 @@
+import FerryDelta
 import FerryJSON
 import FerrySystem
 
@@ -15,6 +16,8 @@ public struct InstallJournal: Sendable, Equatable {
     public var bundle: String
     /// Per slot: chunks written and synced.
     public var chunksDone: [String: Int]
+    /// Per slot written from a delta: where the apply stood at its last checkpoint.
+    public var deltaPositions: [String: DeltaApplier.Position]
     /// Slots written, synced and read back completely.
     public var completed: [String]
     public var startedAt: String
@@ -24,6 +27,13 @@ public struct InstallJournal: Sendable, Equatable {
             "formatVersion": .number(1), "manifestSha256": .string(manifestSHA256), "target": .string(target),
             "bundle": .string(bundle), "chunksDone": .object(chunksDone.mapValues { .number(Double($0)) }),
             "completed": .array(completed.map(JSONValue.string)), "startedAt": .string(startedAt),
+            "deltaPositions": .object(
+                deltaPositions.mapValues { position in
+                    .object([
+                        "operation": .number(Double(position.operation)), "deltaOffset": .number(Double(position.deltaOffset)),
+                        "targetOffset": .number(Double(position.targetOffset)),
+                    ])
+                }),
         ])
     }
 
@@ -32,6 +42,7 @@ public struct InstallJournal: Sendable, Equatable {
         self.target = target
         self.bundle = bundle
         chunksDone = [:]
+        deltaPositions = [:]
         completed = []
         startedAt = WallClock.iso8601()
     }
@@ -42,6 +53,12 @@ public struct InstallJournal: Sendable, Equatable {
         self.target = target
         bundle = json["bundle"]?.stringValue ?? ""
         chunksDone = (json["chunksDone"]?.objectValue ?? [:]).compactMapValues { $0.int64Value.map(Int.init) }
+        deltaPositions = (json["deltaPositions"]?.objectValue ?? [:]).compactMapValues { value in
+            guard let object = value.objectValue, let operation = object["operation"]?.int64Value,
+                let deltaOffset = object["deltaOffset"]?.int64Value, let targetOffset = object["targetOffset"]?.int64Value
+            else { return nil }
+            return DeltaApplier.Position(operation: operation, deltaOffset: deltaOffset, targetOffset: targetOffset)
+        }
         if case .array(let items)? = json["completed"] { completed = items.compactMap(\.stringValue) } else { completed = [] }
         startedAt = json["startedAt"]?.stringValue ?? ""
     }

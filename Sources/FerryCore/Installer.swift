@@ -1,5 +1,6 @@
 import FerryBundle
 import FerryCrypto
+import FerryDelta
 import FerryJSON
 import FerrySystem
 import Logging
@@ -68,6 +69,8 @@ public struct Installer {
         // 2. Plan: one slot of the target group per payload, large enough; the group complete.
         guard let group = configuration.group(target) else { throw FerryError(code: .internal, message: "no group \(target)") }
         var plan: [(Manifest.Payload, SlotConfiguration)] = []
+        /// The booted slot each delta payload reads, by target slot name.
+        var deltaSources: [String: SlotConfiguration] = [:]
         var resolver = SlotResolver()
         for payload in manifest.payloads {
             guard let slot = group.slot(ofClass: payload.target) else {
@@ -75,10 +78,16 @@ public struct Installer {
                     code: .notCompatible, message: "the bundle has a payload for slot class '\(payload.target)', which this device does not have")
             }
             let resolved = try resolver.resolve(slot, configuration: configuration)
-            guard payload.size <= resolved.byteCount else {
+            guard payload.imageSize <= resolved.byteCount else {
                 throw FerryError(
                     code: .deviceTooSmall,
-                    message: "payload '\(payload.member)' is \(payload.size) bytes but slot '\(slot.name)' holds \(resolved.byteCount)")
+                    message: "payload '\(payload.member)' is \(payload.imageSize) bytes but slot '\(slot.name)' holds \(resolved.byteCount)")
+            }
+            if payload.delta != nil {
+                guard let source = configuration.group(current)?.slot(ofClass: payload.target) else {
+                    throw FerryError(code: .notCompatible, message: "delta payload '\(payload.member)': the booted group \(current) has no '\(payload.target)' slot to read")
+                }
+                deltaSources[slot.name] = source
             }
             plan.append((payload, slot))
         }
@@ -90,6 +99,17 @@ public struct Installer {
 
         let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
         for (_, slot) in plan { try access.checkCanOpen(slot) }
+        // A delta's source is the booted slot: every range it reads is checked against the signed
+        // manifest now, so that a device whose booted slot differs writes nothing at all.
+        for (payload, slot) in plan {
+            guard let delta = payload.delta, let source = deltaSources[slot.name] else { continue }
+            progress(ProgressEvent(stage: .verify, slot: source.name, bytesDone: 0, bytesTotal: delta.sourceSize))
+            let device = try access.openForReading(source)
+            defer { try? device.close() }
+            try DeltaApplier.verifySource(
+                delta.sourceChecks.map { DeltaFormat.SourceCheck(range: $0.range, sha256: $0.sha256) }, of: device,
+                named: "booted slot '\(source.name)'", sourceSHA256: delta.sourceSHA256, sourceSize: delta.sourceSize)
+        }
 
         // 3. The pre-install hook may still refuse; nothing was written yet.
         let hooks = Hooks(configuration: configuration.hooks)
@@ -126,7 +146,11 @@ public struct Installer {
                 continue
             }
             do {
-                try write(payload, to: slot, reader: reader, access: access, journal: &journal, store: store)
+                if let source = deltaSources[slot.name] {
+                    try writeDelta(payload, to: slot, from: source, reader: reader, access: access, journal: &journal, store: store)
+                } else {
+                    try write(payload, to: slot, reader: reader, access: access, journal: &journal, store: store)
+                }
             } catch where error.code == .readBackMismatch {
                 // The slot's content cannot be trusted: the next attempt starts from scratch.
                 try? store.removeInstallJournal()
@@ -145,7 +169,7 @@ public struct Installer {
         for (payload, slot) in plan {
             try store.setSlotRecord(
                 InstalledSlotRecord(
-                    sha256: payload.sha256.hex, size: payload.size, version: manifest.version.description, source: bundleName,
+                    sha256: payload.imageSHA256.hex, size: payload.imageSize, version: manifest.version.description, source: bundleName,
                     installedAt: now), for: slot.name)
         }
         try store.setPendingSecurityVersion(manifest.securityVersion, for: target)
@@ -191,6 +215,65 @@ public struct Installer {
         // Every chunk of the slot against its signed decoded hash: as strong as the whole-payload hash.
         try ReadBack.verify(device, payload: payload, slot: slot.name, path: open.devicePath)
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: payload.size, bytesTotal: payload.size))
+    }
+}
+
+extension Installer {
+    /// Writes a delta payload: applies it to the booted slot `source` (read only, every range
+    /// checked before use) into `slot`, operation by operation, each checked before it is
+    /// written; checkpoints at operation boundaries; then reads the slot back and compares it
+    /// with the target image's SHA-256.
+    private func writeDelta(
+        _ payload: Manifest.Payload, to slot: SlotConfiguration, from source: SlotConfiguration, reader: BundleReader,
+        access: SlotAccess, journal: inout InstallJournal, store: StateStore
+    ) throws(FerryError) {
+        guard let info = payload.delta else { throw FerryError(code: .internal, message: "payload '\(payload.member)' is not a delta") }
+        let open = try access.openForWriting(slot)
+        defer { try? open.close() }
+        let device = wrapDevice(open.device)
+        let sourceDevice = try access.openForReading(source)
+        defer { try? sourceDevice.close() }
+        let stream = try PayloadStream(reader: reader, payload: payload)
+        let applier = try DeltaApplier(delta: stream, source: sourceDevice, sourceName: "booted slot '\(source.name)'")
+        // The stream must be the delta the signed manifest describes (its source checks were
+        // verified against the booted slot before anything was written).
+        guard applier.header.sourceSHA256 == info.sourceSHA256, applier.header.sourceSize == info.sourceSize,
+            applier.header.targetSHA256 == info.targetSHA256, applier.header.targetSize == info.targetSize,
+            applier.sourceChecks.map({ Manifest.SourceCheck(range: $0.range, sha256: $0.sha256) }) == info.sourceChecks
+        else {
+            throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' is not the delta its manifest entry describes")
+        }
+        var start = applier.firstOperation
+        if let saved = journal.deltaPositions[slot.name], saved.deltaOffset > start.deltaOffset, saved.deltaOffset <= payload.size {
+            try stream.skip(saved.deltaOffset - start.deltaOffset)
+            start = saved
+        }
+        progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: start.targetOffset, bytesTotal: info.targetSize))
+        var sinceCheckpoint: Int64 = 0
+        try applier.apply(from: stream, start: start, verifyWholeTarget: false) { (offset, bytes, next) throws(FerryError) in
+            try ImageWriter.write(bytes, at: offset, to: device)
+            sinceCheckpoint += Int64(bytes.count)
+            if sinceCheckpoint >= checkpointBytes {
+                // Checkpoint: the slot first, then the journal, so it never claims more than is durable.
+                try device.synchronize()
+                journal.deltaPositions[slot.name] = next
+                try store.setInstallJournal(journal)
+                sinceCheckpoint = 0
+            }
+            progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: next.targetOffset, bytesTotal: info.targetSize))
+        }
+        guard stream.isAtEnd else {
+            throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' has data after the delta's last operation")
+        }
+        try device.synchronize()
+        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: info.targetSize))
+        try open.device.dropCaches()
+        guard try SHA256Hasher.hash(device, byteCount: info.targetSize) == info.targetSHA256 else {
+            throw FerryError(
+                code: .readBackMismatch,
+                message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from the delta's target image: the device is failing")
+        }
+        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: info.targetSize, bytesTotal: info.targetSize))
     }
 }
 

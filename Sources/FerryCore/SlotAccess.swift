@@ -136,15 +136,42 @@ public struct SlotAccess {
         }
     }
 
-    private func refuseIfMounted(deviceNumber: UInt64, what: String) throws(FerryError) {
+    /// Opens `slot` for reading only: the source of a delta, a slot of the booted group. Its bytes
+    /// must not change while they are read, so a slot mounted read-write is refused (a delta needs
+    /// a read-only rootfs); unmounted or read-only mounted slots are fine.
+    /// - Throws: `.deviceInUse` for a read-write mount; `.deviceNotFound`, `.permissionDenied`, `.io`.
+    public func openForReading(_ slot: SlotConfiguration) throws(FerryError) -> BlockDevice {
+        var resolver = SlotResolver()
+        let resolved = try resolver.resolve(slot, configuration: configuration)
+        let reason = "delta updates read it and need it read-only"
+        switch resolved.location {
+        case .blockDevice(let path, let number):
+            try refuseIfMounted(deviceNumber: number, what: "slot '\(slot.name)' (\(path))", readWriteOnly: true, reason: reason)
+            return try BlockDevice.openForReading(path)
+        case .imageFile(let path):
+            try refuseIfLoopMounted(file: path, range: 0..<resolved.byteCount, slot: slot, readWriteOnly: true, reason: reason)
+            return try BlockDevice.openForReading(path)
+        case .diskPartition(let disk, let partition):
+            try refuseIfLoopMounted(file: disk, range: partition.range, slot: slot, readWriteOnly: true, reason: reason)
+            return try BlockDevice.openForReading(disk, window: partition.range)
+        }
+    }
+
+    private func refuseIfMounted(deviceNumber: UInt64, what: String, readWriteOnly: Bool = false, reason: String? = nil) throws(FerryError) {
         let (major, minor) = deviceNumberParts(deviceNumber)
-        if let mount = mounts.mounts(ofDevice: major, minor).first {
+        if let mount = mounts.mounts(ofDevice: major, minor).first(where: { !readWriteOnly || !$0.isReadOnly }) {
+            if let reason {
+                throw FerryError(code: .deviceInUse, message: "\(what) is mounted read-write at \(mount.mountPoint): \(reason)")
+            }
             throw FerryError(code: .deviceInUse, message: "refusing to write \(what): it is mounted at \(mount.mountPoint)")
         }
     }
 
-    /// Refuses when any loop device backed by `file` exposes a mounted range overlapping `range`.
-    private func refuseIfLoopMounted(file: String, range: Range<Int64>, slot: SlotConfiguration) throws(FerryError) {
+    /// Refuses when any loop device backed by `file` exposes a mounted range overlapping `range`
+    /// (with `readWriteOnly`, a read-write mounted one).
+    private func refuseIfLoopMounted(
+        file: String, range: Range<Int64>, slot: SlotConfiguration, readWriteOnly: Bool = false, reason: String? = nil
+    ) throws(FerryError) {
         for info in LoopDevice.devices(backing: file) {
             let loopStart = info.offset
             let loopName = "loop\(info.number)"
@@ -162,7 +189,12 @@ public struct SlotAccess {
                 guard let numbers = TextFile.attribute("/sys/class/block/\(name)/dev")?.split(separator: ":"),
                     numbers.count == 2, let major = UInt32(numbers[0]), let minor = UInt32(numbers[1])
                 else { continue }
-                if let mount = mounts.mounts(ofDevice: major, minor).first {
+                if let mount = mounts.mounts(ofDevice: major, minor).first(where: { !readWriteOnly || !$0.isReadOnly }) {
+                    if let reason {
+                        throw FerryError(
+                            code: .deviceInUse,
+                            message: "slot '\(slot.name)' (/dev/\(name) over the same part of '\(file)') is mounted read-write at \(mount.mountPoint): \(reason)")
+                    }
                     throw FerryError(
                         code: .deviceInUse,
                         message: "refusing to write slot '\(slot.name)': /dev/\(name) over the same part of '\(file)' is mounted at \(mount.mountPoint)")

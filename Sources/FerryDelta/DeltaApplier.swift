@@ -38,15 +38,7 @@ public struct DeltaApplier {
     ///   - sourceName: names the source in errors ("booted slot 'rootfs_a'", a file).
     /// - Throws: `.bundleInvalid` for a malformed header; `.notCompatible` when the source's size differs.
     public init(delta: any ByteSource, source: any BlockTarget, sourceName: String) throws(FerryError) {
-        let header = try DeltaFormat.Header.decode(try delta.readExactly(DeltaFormat.headerSize, what: "the delta header"))
-        var checks: [DeltaFormat.SourceCheck] = []
-        var after: Int64 = 0
-        for index in 0..<header.checkCount {
-            let record = try delta.readExactly(DeltaFormat.checkRecordSize, what: "delta source check \(index)")
-            let check = try DeltaFormat.SourceCheck.decode(record, index: index, after: after, sourceSize: header.sourceSize)
-            checks.append(check)
-            after = check.range.upperBound
-        }
+        let (header, checks) = try DeltaFormat.readPreamble(delta)
         self.header = header
         self.sourceChecks = checks
         self.source = source

@@ -238,6 +238,21 @@ public enum DeltaFormat {
         }
     }
 
+    /// Reads a delta's header and source checks (what precedes the operations).
+    /// - Throws: `.bundleInvalid`, `.limitExceeded`, `.truncated`.
+    public static func readPreamble(_ delta: any ByteSource) throws(FerryError) -> (Header, [SourceCheck]) {
+        let header = try Header.decode(try delta.readExactly(headerSize, what: "the delta header"))
+        var checks: [SourceCheck] = []
+        var after: Int64 = 0
+        for index in 0..<header.checkCount {
+            let record = try delta.readExactly(checkRecordSize, what: "delta source check \(index)")
+            let check = try SourceCheck.decode(record, index: index, after: after, sourceSize: header.sourceSize)
+            checks.append(check)
+            after = check.range.upperBound
+        }
+        return (header, checks)
+    }
+
     static func invalid(_ problem: String) -> FerryError {
         FerryError(code: .bundleInvalid, message: "delta: \(problem)")
     }

@@ -13,6 +13,9 @@ public struct MountTable: Sendable {
         /// The mount source (first field after the separator), e.g. `/dev/mmcblk0p2`.
         public var source: String
         public var fileSystemType: String
+        /// Whether the file system itself is read-only (the super options after the separator
+        /// hold `ro`): no mount of it, bind mounts included, can write to the device.
+        public var isReadOnly: Bool = false
     }
 
     public var mounts: [Mount]
@@ -39,7 +42,8 @@ public struct MountTable: Sendable {
             mounts.append(
                 Mount(
                     major: major, minor: minor, mountPoint: Self.unescape(fields[4]),
-                    source: Self.unescape(fields[separator + 2]), fileSystemType: String(fields[separator + 1])))
+                    source: Self.unescape(fields[separator + 2]), fileSystemType: String(fields[separator + 1]),
+                    isReadOnly: separator + 3 < fields.count && fields[separator + 3].split(separator: ",").contains("ro")))
         }
         self.mounts = mounts
     }

@@ -150,7 +150,8 @@ struct SlotSafetyTests {
             let holder = try Shell.check(["sh", "-c", "flock --nonblock \(store.lockPath) sleep 30 >/dev/null 2>&1 & echo $!"])
             defer { _ = try? Shell.run(["kill", holder.trimmed]) }
             var refused = false
-            for _ in 0..<200 {
+            // Until the background flock holds it (up to 20 s: a loaded machine starts it late).
+            for _ in 0..<2000 {
                 if let held = try? store.acquireWriteLock(command: "third") {
                     held.release()
                     usleepMilliseconds(10)

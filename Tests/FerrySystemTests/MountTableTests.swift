@@ -13,6 +13,7 @@ import Testing
         32 22 7:1 / /media/usb\\011stick rw,relatime - vfat /dev/disk\\040one rw,fmask=0022
         40 22 8:3 /sub /srv/bind rw,relatime - ext4 /dev/sda3 rw
         41 22 259:12 / /back\\134slash rw - xfs /dev/nvme0n1p4 rw
+        42 22 179:2 / /ro ro,relatime - ext4 /dev/mmcblk0p2 ro,noload
         not a mountinfo line
         50 22 x:y / /bad rw - ext4 /dev/sdz1 rw
         51 22 8:9 / /noseparator rw shared:9 ext4 /dev/sda9 rw
@@ -23,8 +24,13 @@ import Testing
         let table = MountTable(parsing: Self.sample)
         #expect(
             table.mounts.map(\.mountPoint) == [
-                "/", "/proc", "/mnt/my disk", "/media/usb\tstick", "/srv/bind", "/back\\slash",
+                "/", "/proc", "/mnt/my disk", "/media/usb\tstick", "/srv/bind", "/back\\slash", "/ro",
             ])
+    }
+
+    @Test func aReadOnlyFileSystemIsToldBySuperOptions() {
+        let table = MountTable(parsing: Self.sample)
+        #expect(table.mounts.map(\.isReadOnly) == [false, false, false, false, false, false, true])
     }
 
     @Test func readsDeviceNumbersSourcesAndTypes() throws {
