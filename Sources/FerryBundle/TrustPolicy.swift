@@ -47,11 +47,13 @@ public struct TrustPolicy {
     /// - Returns: the distinct signers that counted.
     /// - Throws: `.signatureInvalid` (unsigned, tampered, malformed), `.untrusted` (too few trusted
     ///   signers), `.expired` (too few, because certificates are not valid at the trusted time).
-    public func verifySignatures(manifest: [UInt8], signatures: [(name: String, bytes: [UInt8])]) throws(FerryError)
-        -> [Certificate]
-    {
+    /// - Parameter document: names what is signed in messages ("the bundle", "the update index").
+    public func verifySignatures(
+        manifest: [UInt8], signatures: [(name: String, bytes: [UInt8])], document: String = "the bundle",
+        firstSignatureName: String = "manifest.json.1.p7s"
+    ) throws(FerryError) -> [Certificate] {
         guard !signatures.isEmpty else {
-            throw FerryError(code: .signatureInvalid, message: "the bundle is not signed (no manifest.json.1.p7s)")
+            throw FerryError(code: .signatureInvalid, message: "\(document) is not signed (no \(firstSignatureName))")
         }
         var counted: [Certificate] = []
         var reasons: [String] = []
@@ -78,7 +80,7 @@ public struct TrustPolicy {
             let why = reasons.isEmpty ? "the same signer signed more than once" : reasons.joined(separator: "; ")
             throw FerryError(
                 code: allExpired && !reasons.isEmpty ? .expired : .untrusted,
-                message: "the bundle has \(counted.count) trusted signer\(counted.count == 1 ? "" : "s") but needs \(threshold) (\(why))")
+                message: "\(document) has \(counted.count) trusted signer\(counted.count == 1 ? "" : "s") but needs \(threshold) (\(why))")
         }
         return counted
     }

@@ -17,7 +17,7 @@ extension FerryCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create, inspect and verify signed update bundles.",
             discussion: "The format is described in docs/bundle-format.md.",
-            subcommands: [Create.self, Info.self, Verify.self])
+            subcommands: [Create.self, Info.self, Verify.self, Index.self])
 
         /// Opens a bundle path, or standard input for "-".
         static func source(_ path: String) throws(FerryError) -> any ByteSource {
@@ -161,6 +161,69 @@ extension FerryCommand {
                 Terminal.writeOutput(
                     "Wrote \(self.output): \(manifest.compatible) \(manifest.version), \(manifest.payloads.count) payload(s), "
                         + "\(decoded) bytes stored as \(stored), \(certificates.count) signature(s).\n")
+            }
+        }
+
+        struct Index: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Write and sign the update index for a set of bundles (host side).",
+                discussion: """
+                    Reads each bundle's manifest and hashes the file; the index lists them by file name                     (serve the index and the bundles from one folder). Writes <output> and one detached                     signature per signer beside it, <output>.1.p7s, .2.p7s, … (docs/update-index.md).                     The serial must grow with every index published: devices refuse an older one.
+                    """)
+            @Option(name: .shortAndLong, help: ArgumentHelp("The index file to write (index.json).", valueName: "file"))
+            var output: String
+            @Option(help: "The index's serial: larger than every index published before.")
+            var serial: Int64
+            @Option(help: ArgumentHelp("When devices stop accepting the index (UTC; default: 30 days from now).", valueName: "time"))
+            var expires: String?
+            @Option(name: .customLong("cert"), help: ArgumentHelp("A signer's certificate (PEM); repeat per signer.", valueName: "pem"))
+            var certificates: [String] = []
+            @Option(name: .customLong("key"), help: ArgumentHelp("That signer's private key (PEM).", valueName: "pem"))
+            var keys: [String] = []
+            @Argument(help: "The bundles to list.")
+            var bundles: [String]
+
+            func validate() throws {
+                guard serial >= 0 else { throw ValidationError("--serial must not be negative") }
+                guard !certificates.isEmpty, certificates.count == keys.count else {
+                    throw ValidationError("give --cert and --key in pairs, at least one pair")
+                }
+                guard !bundles.isEmpty else { throw ValidationError("give at least one bundle") }
+                if let expires, WallClock.parseISO8601(expires) == nil {
+                    throw ValidationError("--expires '\(expires)' is not a UTC time like 2027-01-01T00:00:00Z")
+                }
+            }
+
+            func run() async throws {
+                var entries: [UpdateIndex.Entry] = []
+                for bundle in bundles {
+                    let reader = BundleReader(source: try FileByteSource(path: bundle))
+                    try reader.readSignedManifest()
+                    let manifest = try Manifest.parse(reader.manifestBytes)
+                    let file = try BlockDevice.openForReading(bundle)
+                    let digest = try SHA256Hasher.hash(file)
+                    let name = String(bundle.split(separator: "/").last ?? Substring(bundle))
+                    entries.append(UpdateIndex.entry(for: manifest, url: name, size: file.byteCount, sha256: digest))
+                }
+                let now = WallClock.now()
+                let index = UpdateIndex(
+                    serial: serial, created: now, expires: expires.flatMap(WallClock.parseISO8601) ?? now + 30 * 86_400, entries: entries)
+                let bytes = index.serialized()
+                let output = Paths.absolute(self.output)
+                // Signatures first, the index last: a server never shows a new index without them.
+                for (number, (certificate, key)) in zip(certificates, keys).enumerated() {
+                    let signature = try CMS.sign(content: bytes, certificatePath: certificate, keyPath: key)
+                    try DurableFile.write(signature, to: "\(output).\(number + 1).p7s")
+                }
+                var stale = certificates.count + 1
+                while TextFile.exists("\(output).\(stale).p7s") {
+                    unlink("\(output).\(stale).p7s")
+                    stale += 1
+                }
+                try DurableFile.write(bytes, to: output)
+                Terminal.writeOutput(
+                    "Wrote \(self.output): serial \(serial), \(entries.count) bundle(s), \(certificates.count) signature(s), "
+                        + "expires \(WallClock.iso8601(index.expires)).\n")
             }
         }
 

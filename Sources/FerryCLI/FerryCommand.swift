@@ -19,7 +19,10 @@ public struct FerryCommand: AsyncParsableCommand {
             with the status documented in docs/errors.md (--verbose adds the cause chain).
             """,
         version: FerryVersion.current,
-        subcommands: [Status.self, Install.self, WriteSlot.self, Mark.self, BootCheck.self, Env.self, Bundle.self, Delta.self, Pin.self]
+        subcommands: [
+            Status.self, Install.self, Check.self, Update.self, WriteSlot.self, Mark.self, BootCheck.self, Env.self, Bundle.self, Delta.self,
+            Pin.self,
+        ]
     )
 
     public init() {}

@@ -33,7 +33,8 @@ public final class HTTPSource: ByteSource {
     /// The offset of the next byte the open transfer delivers (it may be behind ``position``).
     private var transferOffset: Int64 = 0
     private var validators: (etag: String?, lastModified: String?)?
-    private var lastStatus = 0
+    /// The HTTP status of the last response (0 before the first).
+    public private(set) var lastStatus = 0
 
     /// The first request asks only for this much (the manifest and signatures are at the start), so
     /// that a resumed install that jumps ahead has not already pulled megabytes into socket buffers.

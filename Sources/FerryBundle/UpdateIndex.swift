@@ -1,0 +1,187 @@
+import FerryCrypto
+import FerryJSON
+import FerrySystem
+
+/// The signed update index (docs/update-index.md): what releases a server offers, so that a
+/// device can tell whether an update applies to it and pick the cheapest bundle that does.
+///
+/// Signed like a manifest: detached CMS signatures `index.json.<n>.p7s` beside it, checked
+/// against the device's keyring and threshold. `serial` only grows (a device refuses an index
+/// older than the last it accepted: replay) and `expires` bounds how long an index may be served
+/// unchanged (freeze).
+public struct UpdateIndex: Sendable, Equatable {
+    public static let formatVersion: Int64 = 1
+    /// The largest index accepted (read before its signature is checked).
+    public static let maximumSize = 1 << 20
+    public static let maximumEntries = 4096
+    public static let maximumSignatures = 16
+
+    /// What one payload of a listed bundle is: enough to choose between bundles.
+    public struct PayloadSummary: Sendable, Equatable {
+        /// `image` or `delta` (later: `module`, `app`, `settings`).
+        public var type: String
+        public var target: String
+        /// For deltas: the SHA-256 of the image the delta applies to.
+        public var sourceSHA256: SHA256Digest?
+
+        public init(type: String, target: String, sourceSHA256: SHA256Digest? = nil) {
+            self.type = type
+            self.target = target
+            self.sourceSHA256 = sourceSHA256
+        }
+    }
+
+    /// One bundle on offer.
+    public struct Entry: Sendable, Equatable {
+        public var compatible: String
+        public var version: SemanticVersion
+        public var securityVersion: Int64
+        /// Where the bundle is: relative to the index's URL, or an absolute https:// URL.
+        public var url: String
+        public var size: Int64
+        public var sha256: SHA256Digest
+        public var payloads: [PayloadSummary]
+
+        public init(
+            compatible: String, version: SemanticVersion, securityVersion: Int64, url: String, size: Int64, sha256: SHA256Digest,
+            payloads: [PayloadSummary]
+        ) {
+            self.compatible = compatible
+            self.version = version
+            self.securityVersion = securityVersion
+            self.url = url
+            self.size = size
+            self.sha256 = sha256
+            self.payloads = payloads
+        }
+
+        /// Whether the bundle carries a delta (it then applies only to a device whose booted
+        /// images are the deltas' sources).
+        public var isDelta: Bool { payloads.contains { $0.type == "delta" } }
+    }
+
+    public var serial: Int64
+    /// Seconds since the epoch.
+    public var created: Int64
+    public var expires: Int64
+    public var entries: [Entry]
+
+    public init(serial: Int64, created: Int64, expires: Int64, entries: [Entry]) {
+        self.serial = serial
+        self.created = created
+        self.expires = expires
+        self.entries = entries
+    }
+
+    /// The canonical JSON (sorted keys): what is signed.
+    public func serialized() -> [UInt8] {
+        func number(_ value: Int64) -> JSONValue { .number(Double(value)) }
+        return JSONValue.object([
+            "formatVersion": number(Self.formatVersion), "serial": number(serial), "created": .string(WallClock.iso8601(created)),
+            "expires": .string(WallClock.iso8601(expires)),
+            "entries": .array(
+                entries.map { entry in
+                    .object([
+                        "compatible": .string(entry.compatible), "version": .string(entry.version.description),
+                        "securityVersion": number(entry.securityVersion), "url": .string(entry.url), "size": number(entry.size),
+                        "sha256": .string(entry.sha256.hex),
+                        "payloads": .array(
+                            entry.payloads.map { payload in
+                                var object: [String: JSONValue] = ["type": .string(payload.type), "target": .string(payload.target)]
+                                if let source = payload.sourceSHA256 { object["sourceSha256"] = .string(source.hex) }
+                                return .object(object)
+                            }),
+                    ])
+                }),
+        ]).serialized()
+    }
+
+    /// Parses and checks an index (after its signatures were verified).
+    /// - Throws: `.bundleInvalid` naming the key; `.limitExceeded` for absurd sizes or counts.
+    public static func parse(_ bytes: [UInt8]) throws(FerryError) -> UpdateIndex {
+        guard bytes.count <= maximumSize else {
+            throw FerryError(code: .limitExceeded, message: "the update index is \(bytes.count) bytes, more than \(maximumSize)")
+        }
+        let file = "index.json"
+        var root = try StrictObject(JSONValue.parse(bytes, what: file, code: .bundleInvalid), path: "", file: file, code: .bundleInvalid)
+        let version = try root.integer("formatVersion", in: 1...Int64(Int32.max)) ?? 0
+        guard version == formatVersion else {
+            throw root.invalid("formatVersion", "is \(version); this Ferry reads update index format \(formatVersion)")
+        }
+        guard let serial = try root.integer("serial", in: 0...Int64(1) << 52) else { throw root.invalid("serial", "is required") }
+        let created = try time(&root, "created")
+        let expires = try time(&root, "expires")
+        guard case .array(let items)? = root.raw("entries") else { throw root.invalid("entries", "must be an array") }
+        guard items.count <= maximumEntries else {
+            throw FerryError(code: .limitExceeded, message: "index.json: \(items.count) entries, more than \(maximumEntries)")
+        }
+        var entries: [Entry] = []
+        for (index, item) in items.enumerated() {
+            var object = try StrictObject(item, path: "entries[\(index)]", file: file, code: .bundleInvalid)
+            let compatible = try object.requiredString("compatible")
+            let versionText = try object.requiredString("version")
+            guard let semver = SemanticVersion(versionText) else { throw object.invalid("version", "'\(versionText)' is not a semantic version") }
+            let securityVersion = try object.integer("securityVersion", in: 0...Int64(UInt32.max)) ?? 0
+            let url = try object.requiredString("url")
+            guard !url.isEmpty, !url.contains("\\"), url.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else {
+                throw object.invalid("url", "'\(url)' is not a URL")
+            }
+            if url.contains("://") && !url.hasPrefix("https://") {
+                throw object.invalid("url", "'\(url)' is not https:// (Ferry never downloads over plain HTTP)")
+            }
+            guard let size = try object.integer("size", in: 1...Manifest.maximumPayloadSize) else { throw object.invalid("size", "is required") }
+            let sha256 = try digest(&object, "sha256")
+            guard case .array(let payloadItems)? = object.raw("payloads"), payloadItems.count <= Manifest.maximumPayloads else {
+                throw object.invalid("payloads", "must be an array of at most \(Manifest.maximumPayloads)")
+            }
+            var payloads: [PayloadSummary] = []
+            for (number, payloadItem) in payloadItems.enumerated() {
+                var payload = try StrictObject(payloadItem, path: object.keyPath("payloads[\(number)]"), file: file, code: .bundleInvalid)
+                let type = try payload.requiredString("type")
+                let target = try payload.requiredString("target")
+                var source: SHA256Digest? = nil
+                if let text = try payload.string("sourceSha256") {
+                    guard let value = SHA256Digest(hex: text) else { throw payload.invalid("sourceSha256", "must be 64 hex digits") }
+                    source = value
+                }
+                guard (type == "delta") == (source != nil) else {
+                    throw payload.invalid("sourceSha256", "is required for deltas and only for them")
+                }
+                try payload.finish()
+                payloads.append(PayloadSummary(type: type, target: target, sourceSHA256: source))
+            }
+            try object.finish()
+            entries.append(
+                Entry(
+                    compatible: compatible, version: semver, securityVersion: securityVersion, url: url, size: size, sha256: sha256,
+                    payloads: payloads))
+        }
+        try root.finish()
+        return UpdateIndex(serial: serial, created: created, expires: expires, entries: entries)
+    }
+
+    private static func digest(_ object: inout StrictObject, _ key: String) throws(FerryError) -> SHA256Digest {
+        let text = try object.requiredString(key)
+        guard let value = SHA256Digest(hex: text) else { throw object.invalid(key, "must be 64 hex digits") }
+        return value
+    }
+
+    private static func time(_ object: inout StrictObject, _ key: String) throws(FerryError) -> Int64 {
+        let text = try object.requiredString(key)
+        guard let seconds = WallClock.parseISO8601(text) else {
+            throw object.invalid(key, "'\(text)' is not a UTC time like 2026-11-25T13:00:00Z")
+        }
+        return seconds
+    }
+
+    /// The entry describing a bundle (host side): its manifest says what it holds.
+    /// - Parameters:
+    ///   - url: where the bundle will be, relative to the index.
+    ///   - size, sha256: of the bundle file.
+    public static func entry(for manifest: Manifest, url: String, size: Int64, sha256: SHA256Digest) -> Entry {
+        Entry(
+            compatible: manifest.compatible, version: manifest.version, securityVersion: manifest.securityVersion, url: url, size: size,
+            sha256: sha256,
+            payloads: manifest.payloads.map { PayloadSummary(type: $0.type, target: $0.target, sourceSHA256: $0.delta?.sourceSHA256) })
+    }
+}
