@@ -28,15 +28,7 @@ public struct Manifest: Sendable, Equatable {
     }
 
     /// A source range of a delta and the SHA-256 of its bytes in the delta's source image.
-    public struct SourceCheck: Sendable, Equatable {
-        public var range: Range<Int64>
-        public var sha256: SHA256Digest
-
-        public init(range: Range<Int64>, sha256: SHA256Digest) {
-            self.range = range
-            self.sha256 = sha256
-        }
-    }
+    public typealias SourceCheck = HashedRange
 
     /// What a delta payload turns into what (docs/delta-format.md): the delta's own header and
     /// source checks, signed in the manifest so that the device checks its booted slot against
@@ -215,7 +207,7 @@ public struct Manifest: Sendable, Equatable {
             try checkMemberName(member, object: object, key: "member")
             guard let size = try object.integer("size", in: 1...(1 << 20)) else { throw object.invalid("size", "is required") }
             keyring = KeyringUpdate(
-                member: member, size: size, sha256: try digest(&object, "sha256"), denyList: try object.stringArray("denyList"))
+                member: member, size: size, sha256: try object.digest("sha256"), denyList: try object.stringArray("denyList"))
             for (index, entry) in keyring!.denyList.enumerated() where SHA256Digest(hex: entry) == nil {
                 throw object.invalid("denyList[\(index)]", "must be a SHA-256 fingerprint (64 hex digits)")
             }
@@ -255,7 +247,7 @@ public struct Manifest: Sendable, Equatable {
             throw object.invalid("compression", "must be xz or none, not '\(compressionName)'")
         }
         guard let size = try object.integer("size", in: 0...maximumPayloadSize) else { throw object.invalid("size", "is required") }
-        let sha256 = try digest(&object, "sha256")
+        let sha256 = try object.digest("sha256")
         guard let storedSize = try object.integer("storedSize", in: 0...maximumPayloadSize) else {
             throw object.invalid("storedSize", "is required")
         }
@@ -287,7 +279,7 @@ public struct Manifest: Sendable, Equatable {
                 throw entry.invalid("size", "\(chunkStored) bytes is absurd for a chunk of \(chunkSize) decoded bytes")
             }
             nextOffset = offset + chunkStored
-            chunks.append(Chunk(offset: offset, size: chunkStored, sha256: try digest(&entry, "sha256"), decodedSHA256: try digest(&entry, "decodedSha256")))
+            chunks.append(Chunk(offset: offset, size: chunkStored, sha256: try entry.digest("sha256"), decodedSHA256: try entry.digest("decodedSha256")))
             try entry.finish()
         }
         guard nextOffset == storedSize else {
@@ -310,8 +302,8 @@ public struct Manifest: Sendable, Equatable {
         guard let sourceSize = try object.integer("sourceSize", in: 1...maximumPayloadSize),
             let targetSize = try object.integer("targetSize", in: 0...maximumPayloadSize)
         else { throw object.invalid("sourceSize", "sourceSize and targetSize are required") }
-        let sourceHash = try digest(&object, "sourceSha256")
-        let targetHash = try digest(&object, "targetSha256")
+        let sourceHash = try object.digest("sourceSha256")
+        let targetHash = try object.digest("targetSha256")
         guard case .array(let items)? = object.raw("sourceChecks") else { throw object.invalid("sourceChecks", "must be an array") }
         guard items.count <= maximumSourceChecks else {
             throw FerryError(code: .limitExceeded, message: "manifest.json: \(items.count) delta source checks, more than \(maximumSourceChecks)")
@@ -323,17 +315,11 @@ public struct Manifest: Sendable, Equatable {
             guard let offset = try entry.integer("offset", in: 0...sourceSize), let length = try entry.integer("length", in: 1...sourceSize),
                 offset >= end, length <= sourceSize - offset
             else { throw entry.invalid("offset", "offset and length must name a range inside the source, after the previous one") }
-            checks.append(SourceCheck(range: offset..<(offset + length), sha256: try digest(&entry, "sha256")))
+            checks.append(SourceCheck(range: offset..<(offset + length), sha256: try entry.digest("sha256")))
             end = offset + length
             try entry.finish()
         }
         return DeltaInfo(sourceSize: sourceSize, sourceSHA256: sourceHash, targetSize: targetSize, targetSHA256: targetHash, sourceChecks: checks)
-    }
-
-    private static func digest(_ object: inout StrictObject, _ key: String) throws(FerryError) -> SHA256Digest {
-        let text = try object.requiredString(key)
-        guard let value = SHA256Digest(hex: text) else { throw object.invalid(key, "must be 64 hex digits") }
-        return value
     }
 
     private static func time(_ object: inout StrictObject, _ key: String, required: Bool) throws(FerryError) -> Int64? {
@@ -355,5 +341,15 @@ public struct Manifest: Sendable, Equatable {
         guard allowed, !name.hasPrefix("."), name.count <= 100, !name.hasPrefix("manifest.json") else {
             throw object.invalid(key, "'\(name)' is not a plain member name (letters, digits, '.', '_', '-'; not starting with '.')")
         }
+    }
+}
+
+extension StrictObject {
+    /// A required SHA-256 in hex.
+    /// - Throws: the object's error for a missing key or anything but 64 hex digits.
+    mutating func digest(_ key: String) throws(FerryError) -> SHA256Digest {
+        let text = try requiredString(key)
+        guard let value = SHA256Digest(hex: text) else { throw invalid(key, "must be 64 hex digits") }
+        return value
     }
 }

@@ -130,7 +130,7 @@ public struct UpdateIndex: Sendable, Equatable {
                 throw object.invalid("url", "'\(url)' is not https:// (Ferry never downloads over plain HTTP)")
             }
             guard let size = try object.integer("size", in: 1...Manifest.maximumPayloadSize) else { throw object.invalid("size", "is required") }
-            let sha256 = try digest(&object, "sha256")
+            let sha256 = try object.digest("sha256")
             guard case .array(let payloadItems)? = object.raw("payloads"), payloadItems.count <= Manifest.maximumPayloads else {
                 throw object.invalid("payloads", "must be an array of at most \(Manifest.maximumPayloads)")
             }
@@ -158,12 +158,6 @@ public struct UpdateIndex: Sendable, Equatable {
         }
         try root.finish()
         return UpdateIndex(serial: serial, created: created, expires: expires, entries: entries)
-    }
-
-    private static func digest(_ object: inout StrictObject, _ key: String) throws(FerryError) -> SHA256Digest {
-        let text = try object.requiredString(key)
-        guard let value = SHA256Digest(hex: text) else { throw object.invalid(key, "must be 64 hex digits") }
-        return value
     }
 
     private static func time(_ object: inout StrictObject, _ key: String) throws(FerryError) -> Int64 {

@@ -124,7 +124,7 @@ extension FerryCommand {
                 let info = Manifest.DeltaInfo(
                     sourceSize: header.sourceSize, sourceSHA256: header.sourceSHA256, targetSize: header.targetSize,
                     targetSHA256: header.targetSHA256,
-                    sourceChecks: checks.map { Manifest.SourceCheck(range: $0.range, sha256: $0.sha256) })
+                    sourceChecks: checks)
                 return BundleWriter.Image(slotClass: slotClass, path: path, delta: info)
             }
 

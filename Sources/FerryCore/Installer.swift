@@ -107,7 +107,7 @@ public struct Installer {
             let device = try access.openForReading(source)
             defer { try? device.close() }
             try DeltaApplier.verifySource(
-                delta.sourceChecks.map { DeltaFormat.SourceCheck(range: $0.range, sha256: $0.sha256) }, of: device,
+                delta.sourceChecks, of: device,
                 named: "booted slot '\(source.name)'", sourceSHA256: delta.sourceSHA256, sourceSize: delta.sourceSize)
         }
 
@@ -239,7 +239,7 @@ extension Installer {
         // verified against the booted slot before anything was written).
         guard applier.header.sourceSHA256 == info.sourceSHA256, applier.header.sourceSize == info.sourceSize,
             applier.header.targetSHA256 == info.targetSHA256, applier.header.targetSize == info.targetSize,
-            applier.sourceChecks.map({ Manifest.SourceCheck(range: $0.range, sha256: $0.sha256) }) == info.sourceChecks
+            applier.sourceChecks == info.sourceChecks
         else {
             throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' is not the delta its manifest entry describes")
         }

@@ -112,3 +112,14 @@ public final class SHA256Hasher {
         return hasher.finalize()
     }
 }
+
+/// A byte range of an image and the SHA-256 of its bytes (a delta's source checks).
+public struct HashedRange: Sendable, Equatable {
+    public var range: Range<Int64>
+    public var sha256: SHA256Digest
+
+    public init(range: Range<Int64>, sha256: SHA256Digest) {
+        self.range = range
+        self.sha256 = sha256
+    }
+}

@@ -116,87 +116,7 @@ public enum DeltaFormat {
     }
 
     /// A source range and the SHA-256 of its bytes in the image the delta was made from.
-    public struct SourceCheck: Sendable, Equatable {
-        public var range: Range<Int64>
-        public var sha256: SHA256Digest
-
-        public init(range: Range<Int64>, sha256: SHA256Digest) {
-            self.range = range
-            self.sha256 = sha256
-        }
-
-        public func encoded() -> [UInt8] {
-            var bytes: [UInt8] = []
-            bytes.appendLittleEndian(UInt64(range.lowerBound))
-            bytes.appendLittleEndian(UInt64(range.count))
-            return bytes + sha256.bytes
-        }
-
-        /// The length of the grid cells checks are cut at for a source of `sourceSize` bytes:
-        /// 4 MiB, or longer for sources over 4 GiB, so that there are at most `maximumChecks`.
-        public static func cellLength(sourceSize: Int64) -> Int64 {
-            let unit = Int64(DeltaFormat.minimumCheckCell)
-            let needed = (sourceSize + Int64(DeltaFormat.maximumChecks) - 1) / Int64(DeltaFormat.maximumChecks)
-            return max(unit, (needed + unit - 1) / unit * unit)
-        }
-
-        /// The source ranges to check for a set of extents the operations read: the extents,
-        /// block-aligned, merged where they touch, cut at the grid cells of
-        /// ``cellLength(sourceSize:)``. When that makes more than `maximumChecks`, each cell's
-        /// ranges become one span from its first to its last byte read (which then also covers
-        /// blocks the delta does not read: they belong to the same image and must match as well).
-        public static func ranges(coveredBy extents: [Range<Int64>], sourceSize: Int64) -> [Range<Int64>] {
-            let block = Int64(DeltaFormat.blockSize)
-            let cell = cellLength(sourceSize: sourceSize)
-            let aligned = extents.filter { !$0.isEmpty }
-                .map { ($0.lowerBound / block * block)..<min(sourceSize, ($0.upperBound + block - 1) / block * block) }
-                .sorted { $0.lowerBound < $1.lowerBound }
-            var merged: [Range<Int64>] = []
-            for extent in aligned {
-                if let last = merged.last, last.upperBound >= extent.lowerBound {
-                    merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, extent.upperBound)
-                } else {
-                    merged.append(extent)
-                }
-            }
-            var pieces: [Range<Int64>] = []
-            for range in merged {
-                var start = range.lowerBound
-                while start < range.upperBound {
-                    let end = min(range.upperBound, (start / cell + 1) * cell)
-                    pieces.append(start..<end)
-                    start = end
-                }
-            }
-            guard pieces.count > DeltaFormat.maximumChecks else { return pieces }
-            var spans: [Range<Int64>] = []
-            for piece in pieces {
-                if let last = spans.last, last.lowerBound / cell == piece.lowerBound / cell {
-                    spans[spans.count - 1] = last.lowerBound..<piece.upperBound
-                } else {
-                    spans.append(piece)
-                }
-            }
-            return spans
-        }
-
-        /// Reads and checks one record; `after` is where the previous check ended.
-        /// - Throws: `.bundleInvalid` for a check outside the source, unaligned, too long, or out of order.
-        public static func decode(_ bytes: [UInt8], index: Int64, after: Int64, sourceSize: Int64) throws(FerryError) -> SourceCheck {
-            var reader = LittleEndianReader(bytes)
-            let offset = reader.u64()
-            let length = reader.u64()
-            let block = UInt64(DeltaFormat.blockSize)
-            let cell = UInt64(cellLength(sourceSize: sourceSize))
-            guard length > 0, offset % block == 0, offset / cell == (offset + length - 1) / cell,
-                offset >= UInt64(after), offset <= UInt64(sourceSize), length <= UInt64(sourceSize) - offset,
-                length % block == 0 || offset + length == UInt64(sourceSize)
-            else {
-                throw DeltaFormat.invalid("source check \(index) (bytes \(offset) + \(length)) is not an aligned range after the previous one inside the \(sourceSize)-byte source")
-            }
-            return SourceCheck(range: Int64(offset)..<Int64(offset + length), sha256: SHA256Digest(bytes: reader.bytes(32))!)
-        }
-    }
+    public typealias SourceCheck = HashedRange
 
     public struct Operation: Sendable, Equatable {
         public var kind: Kind
@@ -246,7 +166,7 @@ public enum DeltaFormat {
         var after: Int64 = 0
         for index in 0..<header.checkCount {
             let record = try delta.readExactly(checkRecordSize, what: "delta source check \(index)")
-            let check = try SourceCheck.decode(record, index: index, after: after, sourceSize: header.sourceSize)
+            let check = try decodeCheck(record, index: index, after: after, sourceSize: header.sourceSize)
             checks.append(check)
             after = check.range.upperBound
         }
@@ -286,5 +206,80 @@ struct LittleEndianReader {
     mutating func bytes(_ count: Int) -> [UInt8] {
         defer { position += count }
         return Array(bytes[position..<(position + count)])
+    }
+}
+
+extension DeltaFormat {
+    /// One source check record: offset, length, SHA-256.
+    public static func encoded(_ check: SourceCheck) -> [UInt8] {
+    var bytes: [UInt8] = []
+    bytes.appendLittleEndian(UInt64(check.range.lowerBound))
+    bytes.appendLittleEndian(UInt64(check.range.count))
+    return bytes + check.sha256.bytes
+    }
+
+    /// The length of the grid cells checks are cut at for a source of `sourceSize` bytes:
+    /// 4 MiB, or longer for sources over 4 GiB, so that there are at most `maximumChecks`.
+    public static func cellLength(sourceSize: Int64) -> Int64 {
+        let unit = Int64(DeltaFormat.minimumCheckCell)
+        let needed = (sourceSize + Int64(DeltaFormat.maximumChecks) - 1) / Int64(DeltaFormat.maximumChecks)
+        return max(unit, (needed + unit - 1) / unit * unit)
+    }
+
+    /// The source ranges to check for a set of extents the operations read: the extents,
+    /// block-aligned, merged where they touch, cut at the grid cells of
+    /// ``cellLength(sourceSize:)``. When that makes more than `maximumChecks`, each cell's
+    /// ranges become one span from its first to its last byte read (which then also covers
+    /// blocks the delta does not read: they belong to the same image and must match as well).
+    public static func checkRanges(coveredBy extents: [Range<Int64>], sourceSize: Int64) -> [Range<Int64>] {
+        let block = Int64(DeltaFormat.blockSize)
+        let cell = cellLength(sourceSize: sourceSize)
+        let aligned = extents.filter { !$0.isEmpty }
+            .map { ($0.lowerBound / block * block)..<min(sourceSize, ($0.upperBound + block - 1) / block * block) }
+            .sorted { $0.lowerBound < $1.lowerBound }
+        var merged: [Range<Int64>] = []
+        for extent in aligned {
+            if let last = merged.last, last.upperBound >= extent.lowerBound {
+                merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, extent.upperBound)
+            } else {
+                merged.append(extent)
+            }
+        }
+        var pieces: [Range<Int64>] = []
+        for range in merged {
+            var start = range.lowerBound
+            while start < range.upperBound {
+                let end = min(range.upperBound, (start / cell + 1) * cell)
+                pieces.append(start..<end)
+                start = end
+            }
+        }
+        guard pieces.count > DeltaFormat.maximumChecks else { return pieces }
+        var spans: [Range<Int64>] = []
+        for piece in pieces {
+            if let last = spans.last, last.lowerBound / cell == piece.lowerBound / cell {
+                spans[spans.count - 1] = last.lowerBound..<piece.upperBound
+            } else {
+                spans.append(piece)
+            }
+        }
+        return spans
+    }
+
+    /// Reads and checks one record; `after` is where the previous check ended.
+    /// - Throws: `.bundleInvalid` for a check outside the source, unaligned, too long, or out of order.
+    public static func decodeCheck(_ bytes: [UInt8], index: Int64, after: Int64, sourceSize: Int64) throws(FerryError) -> SourceCheck {
+        var reader = LittleEndianReader(bytes)
+        let offset = reader.u64()
+        let length = reader.u64()
+        let block = UInt64(DeltaFormat.blockSize)
+        let cell = UInt64(cellLength(sourceSize: sourceSize))
+        guard length > 0, offset % block == 0, offset / cell == (offset + length - 1) / cell,
+            offset >= UInt64(after), offset <= UInt64(sourceSize), length <= UInt64(sourceSize) - offset,
+            length % block == 0 || offset + length == UInt64(sourceSize)
+        else {
+            throw DeltaFormat.invalid("source check \(index) (bytes \(offset) + \(length)) is not an aligned range after the previous one inside the \(sourceSize)-byte source")
+        }
+        return SourceCheck(range: Int64(offset)..<Int64(offset + length), sha256: SHA256Digest(bytes: reader.bytes(32))!)
     }
 }

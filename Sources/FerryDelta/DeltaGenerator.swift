@@ -71,7 +71,7 @@ public struct DeltaGenerator: @unchecked Sendable {
             operationCount: Int64(runs.count), checkCount: Int64(checks.count))
         var statistics = Statistics()
         var headerBytes = header.encoded()
-        for check in checks { headerBytes += check.encoded() }
+        for check in checks { headerBytes += DeltaFormat.encoded(check) }
         try write(headerBytes)
         statistics.deltaBytes += Int64(headerBytes.count)
 
@@ -238,7 +238,7 @@ public struct DeltaGenerator: @unchecked Sendable {
 
     /// The source checks of the header: every range the operations read, with its SHA-256.
     func sourceChecks(for runs: [Run], sourceSize: Int64) throws(FerryError) -> [DeltaFormat.SourceCheck] {
-        let ranges = DeltaFormat.SourceCheck.ranges(coveredBy: runs.flatMap(\.sources), sourceSize: sourceSize)
+        let ranges = DeltaFormat.checkRanges(coveredBy: runs.flatMap(\.sources), sourceSize: sourceSize)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
         defer { buffer.deallocate() }
         var checks: [DeltaFormat.SourceCheck] = []

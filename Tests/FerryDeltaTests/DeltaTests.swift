@@ -130,7 +130,7 @@ import Testing
             operationCount: operationCount ?? Int64(operations.count), checkCount: Int64(checks.count)
         ).encoded()
         for range in checks {
-            delta += DeltaFormat.SourceCheck(range: range, sha256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: range.count))).encoded()
+            delta += DeltaFormat.encoded(HashedRange(range: range, sha256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: range.count))))
         }
         for operation in operations { delta += operation.encoded() }
         return (delta, "\(directory)/old.img")
@@ -216,16 +216,16 @@ import Testing
         // Touching extents merge; a range crossing a 4 MiB cell is cut there; blocks are aligned.
         let extents: [Range<Int64>] = [mib..<(5 * mib), 100..<200, (5 * mib)..<(5 * mib + 10)]
         let expected: [Range<Int64>] = [0..<4096, mib..<(4 * mib), (4 * mib)..<(5 * mib + 4096)]
-        #expect(DeltaFormat.SourceCheck.ranges(coveredBy: extents, sourceSize: 8 * mib) == expected)
+        #expect(DeltaFormat.checkRanges(coveredBy: extents, sourceSize: 8 * mib) == expected)
         // Too many scattered extents: one span per cell, never more than maximumChecks.
         var scattered: [Range<Int64>] = []
         for index in 0..<Int64(3000) { scattered.append((index * 8192)..<(index * 8192 + 4096)) }
-        let spans = DeltaFormat.SourceCheck.ranges(coveredBy: scattered, sourceSize: 3000 * 2 * 4096)
+        let spans = DeltaFormat.checkRanges(coveredBy: scattered, sourceSize: 3000 * 2 * 4096)
         #expect(spans.count <= DeltaFormat.maximumChecks)
         let firstSpan: Range<Int64> = 0..<(4 * mib - 4096)
         #expect(spans.first == firstSpan)
         // Sources over 4 GiB use larger cells so that the count stays bounded.
-        #expect(DeltaFormat.SourceCheck.cellLength(sourceSize: 64 << 30) == 64 * mib)
+        #expect(DeltaFormat.cellLength(sourceSize: 64 << 30) == 64 * mib)
     }
 
     @Test func aChangeTheDeltaDoesNotReadIsAccepted() async throws {
