@@ -114,16 +114,15 @@ public final class BundleReader {
         _ = try nextMember(named: payload.member, size: payload.storedSize)
         let chunkSize = Int(payload.chunkSize)
         // Chunks are read in order, then decoded in parallel in batches of `slots` (every core
-        // working, memory bounded at two buffers per core), then handed out in order.
+        // working), then handed out in order. Two batches alternate: while `body` writes one, the
+        // next one is already being decoded (memory bounded at four buffers per core).
         let slots = max(1, min(ProcessEnvironment.processorCount, 8, payload.chunks.count))
-        let batch = DecodeBatch(slots: slots, storedBound: chunkSize + chunkSize / 8 + 4096, chunkSize: chunkSize)
-        defer { batch.deallocate() }
+        let batches = (0..<2).map { _ in DecodeBatch(slots: slots, storedBound: chunkSize + chunkSize / 8 + 4096, chunkSize: chunkSize) }
+        defer { for batch in batches { batch.deallocate() } }
         let whole = SHA256Hasher()
-        // Chunks already written by an interrupted install are skipped unread (a seek in a file, a
-        // range request over HTTPS); the read-back verifies them on the device.
-        var first = min(resumeAt, payload.chunks.count)
-        try tar.skipContent(payload.chunks[..<first].reduce(0) { $0 + $1.size })
-        while first < payload.chunks.count {
+
+        /// Reads the next chunks into `batch` (checking each one's compressed SHA-256); returns how many.
+        func fill(_ batch: DecodeBatch, from first: Int) throws(FerryError) -> Int {
             let count = min(slots, payload.chunks.count - first)
             for slot in 0..<count {
                 let index = first + slot
@@ -143,9 +142,13 @@ public final class BundleReader {
                     decodedSize: index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize,
                     compression: payload.compression)
             }
-            let work = { @Sendable (slot: Int) in batch.decode(slot) }
-            if count == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: count, execute: work) }
-            for slot in 0..<count {
+            batch.count = count
+            return count
+        }
+
+        /// Hands out a decoded batch in order, each chunk checked against its decoded SHA-256.
+        func emit(_ batch: DecodeBatch, from first: Int) throws(FerryError) {
+            for slot in 0..<batch.count {
                 let index = first + slot
                 let job = batch.jobs[slot]
                 if let error = batch.errors[slot] { throw error.prefixed("payload '\(payload.member)' chunk \(index)") }
@@ -154,7 +157,34 @@ public final class BundleReader {
                 if checkWholeHash { whole.update(output) }
                 try body(index, Int64(index) * payload.chunkSize, output)
             }
-            first += count
+        }
+
+        // Chunks already written by an interrupted install are skipped unread (a seek in a file, a
+        // range request over HTTPS); the read-back verifies them on the device.
+        var first = min(resumeAt, payload.chunks.count)
+        try tar.skipContent(payload.chunks[..<first].reduce(0) { $0 + $1.size })
+        var current = 0
+        if first < payload.chunks.count {
+            _ = try fill(batches[current], from: first)
+            batches[current].decodeAll()
+        }
+        while first < payload.chunks.count {
+            let next = first + batches[current].count
+            let pending = DispatchGroup()
+            if next < payload.chunks.count {
+                let ahead = batches[1 - current]
+                _ = try fill(ahead, from: next)
+                DispatchQueue.global().async(group: pending) { ahead.decodeAll() }
+            }
+            do {
+                try emit(batches[current], from: first)
+            } catch {
+                pending.wait()  // its buffers are freed on the way out
+                throw error
+            }
+            pending.wait()
+            first = next
+            current = 1 - current
         }
         guard resumeAt > 0 || !checkWholeHash || whole.finalize() == payload.sha256 else {
             throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' does not match its SHA-256")
@@ -191,6 +221,8 @@ private final class DecodeBatch: @unchecked Sendable {
     let storedBuffers: UnsafeMutableRawBufferPointer
     let decodedBuffers: UnsafeMutableRawBufferPointer
     var jobs: [Job]
+    /// How many slots the current fill used.
+    var count = 0
     /// Per-slot results, written by the workers through raw pointers (never through a shared
     /// Swift array, whose concurrent mutation would violate exclusivity).
     let errors: UnsafeMutablePointer<FerryError?>
@@ -224,6 +256,12 @@ private final class DecodeBatch: @unchecked Sendable {
 
     func decoded(_ slot: Int, size: Int) -> UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(rebasing: decodedBuffers[(slot * chunkSize)..<(slot * chunkSize + size)])
+    }
+
+    /// Decodes every filled slot, on every core.
+    func decodeAll() {
+        let work = { @Sendable (slot: Int) in self.decode(slot) }
+        if count == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: count, execute: work) }
     }
 
     /// Decodes and hashes one slot's chunk (runs on a worker thread).
