@@ -74,6 +74,7 @@ extension FerryCommand {
             let result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
             Terminal.writeOutput(
                 (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
+                    + (result.copied.isEmpty ? "" : "; \(result.copied.joined(separator: ", ")) made consistent with the booted group")
                     + "\(result.adoptedKeyring ? "; adopted the bundle's new keyring" : "")"
                     + "; group \(result.target) is now primary: reboot, then confirm.\n")
         }

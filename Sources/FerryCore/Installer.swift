@@ -37,6 +37,8 @@ public struct Installer {
         public var target: String
         public var version: String
         public var slots: [String]
+        /// Members not in the bundle, made consistent with the booted group (copied or found equal).
+        public var copied: [String]
         public var adoptedKeyring: Bool
     }
 
@@ -91,14 +93,32 @@ public struct Installer {
             }
             plan.append((payload, slot))
         }
-        if let missing = group.slots.first(where: { slot in !plan.contains { $0.1.name == slot.name } }) {
-            throw FerryError(
-                code: .bundleInvalid,
-                message: "the bundle has no payload for slot class '\(missing.slotClass)'; bundles must update every member of the group (module-only updates come later)")
+        // Members of the group the bundle does not update (a module-only bundle, say) are made
+        // consistent with the booted group: each gets the image its booted counterpart was
+        // installed with, which the state records.
+        let records = try store.slotRecords()
+        var copies: [GroupCopy] = []
+        for slot in group.slots where !plan.contains(where: { $0.1.name == slot.name }) {
+            guard let source = configuration.group(current)?.slot(ofClass: slot.slotClass) else {
+                throw FerryError(
+                    code: .bundleInvalid,
+                    message: "the bundle has no payload for slot class '\(slot.slotClass)', and the booted group \(current) has no such slot to copy")
+            }
+            guard let record = records[source.name], let hex = record.sha256, let digest = SHA256Digest(hex: hex), let size = record.size else {
+                throw FerryError(
+                    code: .stateInvalid,
+                    message: "the bundle has no payload for slot class '\(slot.slotClass)', and there is no record of the image in the booted slot '\(source.name)' to copy it from (install a bundle that carries it)")
+            }
+            let capacity = try resolver.resolve(slot, configuration: configuration).byteCount
+            guard size <= capacity else {
+                throw FerryError(code: .deviceTooSmall, message: "slot '\(source.name)' holds a \(size)-byte image but slot '\(slot.name)' only \(capacity) bytes")
+            }
+            copies.append(GroupCopy(slot: slot, source: source, record: record, sha256: digest, size: size))
         }
 
         let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
         for (_, slot) in plan { try access.checkCanOpen(slot) }
+        for copy in copies { try access.checkCanOpen(copy.slot) }
         // A delta's source is the booted slot: every range it reads is checked against the signed
         // manifest now, so that a device whose booted slot differs writes nothing at all.
         for (payload, slot) in plan {
@@ -160,6 +180,11 @@ public struct Installer {
             try store.setInstallJournal(journal)
         }
         try reader.finish()
+        for copy in copies where !journal.completed.contains(copy.slot.name) {
+            try self.copy(copy, access: access)
+            journal.completed.append(copy.slot.name)
+            try store.setInstallJournal(journal)
+        }
         // A failing post-install hook blocks the switch: the group stays bad.
         hookEnvironment["FERRY_STAGE"] = "post-install"
         try hooks.run("post-install", configuration.hooks.postInstall, environment: hookEnvironment)
@@ -172,6 +197,12 @@ public struct Installer {
                     sha256: payload.imageSHA256.hex, size: payload.imageSize, version: manifest.version.description, source: bundleName,
                     installedAt: now), for: slot.name)
         }
+        for copy in copies {
+            var record = copy.record
+            record.source = "copied from \(copy.source.name)"
+            record.installedAt = now
+            try store.setSlotRecord(record, for: copy.slot.name)
+        }
         try store.setPendingSecurityVersion(manifest.securityVersion, for: target)
         try store.removeInstallJournal()
         if let keyring, let update = manifest.keyring {
@@ -181,7 +212,9 @@ public struct Installer {
         progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
         try control.markActive(target)
         progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
-        return Result(resumed: resumed, target: target, version: manifest.version.description, slots: plan.map(\.1.name), adoptedKeyring: keyring != nil)
+        return Result(
+            resumed: resumed, target: target, version: manifest.version.description, slots: plan.map(\.1.name),
+            copied: copies.map(\.slot.name), adoptedKeyring: keyring != nil)
     }
 
     private func write(
@@ -218,7 +251,58 @@ public struct Installer {
     }
 }
 
+/// A member of the target group the bundle does not carry, and the booted member whose recorded
+/// image it must hold.
+struct GroupCopy {
+    var slot: SlotConfiguration
+    var source: SlotConfiguration
+    var record: InstalledSlotRecord
+    var sha256: SHA256Digest
+    var size: Int64
+}
+
 extension Installer {
+    /// Gives `copy.slot` the image recorded for the booted member: nothing to do when it already
+    /// holds it (read and hashed); otherwise copied from the booted member (read only; a member
+    /// mounted read-write is refused) and checked against the recorded SHA-256 as it is read,
+    /// then synced and read back.
+    func copy(_ copy: GroupCopy, access: SlotAccess) throws(FerryError) {
+        let open = try access.openForWriting(copy.slot)
+        defer { try? open.close() }
+        let device = wrapDevice(open.device)
+        progress(ProgressEvent(stage: .verify, slot: copy.slot.name, bytesDone: 0, bytesTotal: copy.size))
+        if try SHA256Hasher.hash(device, byteCount: copy.size) == copy.sha256 {
+            logger.info("Slot already holds the booted member's image", metadata: ["slot.name": "\(copy.slot.name)"])
+            return
+        }
+        let source = try access.openForReading(copy.source)
+        defer { try? source.close() }
+        let hasher = SHA256Hasher()
+        let piece = 4 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset: Int64 = 0
+        while offset < copy.size {
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(piece), copy.size - offset))])
+            try source.read(into: slice, at: offset)
+            hasher.update(UnsafeRawBufferPointer(slice))
+            try ImageWriter.write(UnsafeRawBufferPointer(slice), at: offset, to: device)
+            offset += Int64(slice.count)
+            progress(ProgressEvent(stage: .write, slot: copy.slot.name, bytesDone: offset, bytesTotal: copy.size))
+        }
+        guard hasher.finalize() == copy.sha256 else {
+            throw FerryError(
+                code: .notCompatible,
+                message: "booted slot '\(copy.source.name)' no longer holds the image recorded for it (sha256 \(copy.sha256)): cannot copy it into '\(copy.slot.name)'")
+        }
+        try device.synchronize()
+        try open.device.dropCaches()
+        guard try SHA256Hasher.hash(device, byteCount: copy.size) == copy.sha256 else {
+            throw FerryError(code: .readBackMismatch, message: "slot '\(copy.slot.name)' (\(open.devicePath)) reads back differently from what was copied: the device is failing")
+        }
+        progress(ProgressEvent(stage: .readBack, slot: copy.slot.name, bytesDone: copy.size, bytesTotal: copy.size))
+    }
+
     /// Writes a delta payload: applies it to the booted slot `source` (read only, every range
     /// checked before use) into `slot`, operation by operation, each checked before it is
     /// written; checkpoints at operation boundaries; then reads the slot back and compares it
