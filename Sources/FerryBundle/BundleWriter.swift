@@ -17,11 +17,15 @@ public enum BundleWriter {
         /// Set when `path` is a delta (docs/delta-format.md) rather than an image: what it turns
         /// into what. Deltas are stored uncompressed (their data is LZMA2 already), chunked and hashed.
         public var delta: Manifest.DeltaInfo?
+        /// Set when `path` is an app file (an app-only update) rather than an image; `slotClass`
+        /// is then the app's name.
+        public var app: Manifest.AppInfo?
 
-        public init(slotClass: String, path: String, delta: Manifest.DeltaInfo? = nil) {
+        public init(slotClass: String, path: String, delta: Manifest.DeltaInfo? = nil, app: Manifest.AppInfo? = nil) {
             self.slotClass = slotClass
             self.path = path
             self.delta = delta
+            self.app = app
         }
     }
 
@@ -71,7 +75,7 @@ public enum BundleWriter {
     ///   `.bundleInvalid` for inconsistent options, I/O errors.
     @discardableResult
     public static func create(_ options: Options, output: String, logger: Logger) throws(FerryError) -> Manifest {
-        guard !options.images.isEmpty else { throw FerryError(code: .usage, message: "a bundle needs at least one --image") }
+        guard !options.images.isEmpty else { throw FerryError(code: .usage, message: "a bundle needs at least one --image or --app") }
         guard !options.signers.isEmpty else { throw FerryError(code: .usage, message: "a bundle needs at least one --cert/--key signer") }
         guard Manifest.chunkSizeRange.contains(Int64(options.chunkSize)) else {
             throw FerryError(code: .usage, message: "the chunk size must be between 64 KiB and 64 MiB")
@@ -81,7 +85,7 @@ public enum BundleWriter {
         var payloads: [Manifest.Payload] = []
         for (index, image) in options.images.enumerated() {
             guard !payloads.contains(where: { $0.target == image.slotClass }) else {
-                throw FerryError(code: .usage, message: "two images for slot class '\(image.slotClass)'")
+                throw FerryError(code: .usage, message: "two payloads for '\(image.slotClass)'")
             }
             let temporary = "\(output).payload\(index).tmp-\(getpid())"
             temporaries.append(temporary)
@@ -141,7 +145,7 @@ public enum BundleWriter {
         let isDelta = image.delta != nil
         let compress = options.compress && !isDelta
         let chunkSize = isDelta ? min(options.chunkSize, deltaChunkSize) : options.chunkSize
-        if !isDelta && image.path.hasSuffix(".xz") {
+        if !isDelta && image.app == nil && image.path.hasSuffix(".xz") {
             input = try XZStreamSource(source: FileByteSource(path: image.path))
         } else {
             input = try FileByteSource(path: image.path)
@@ -176,11 +180,12 @@ public enum BundleWriter {
         }
         try sink.finish()
         let slotClass = image.slotClass
+        let kind = isDelta ? "delta" : image.app != nil ? "app" : "image"
         return Manifest.Payload(
-            type: isDelta ? "delta" : "image", target: slotClass,
-            member: isDelta ? "\(slotClass).delta" : "\(slotClass).img\(compress ? ".xz" : "")",
+            type: kind, target: slotClass,
+            member: isDelta ? "\(slotClass).delta" : "\(slotClass).\(kind == "app" ? "app" : "img")\(compress ? ".xz" : "")",
             compression: compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(), storedSize: offset,
-            chunkSize: Int64(chunkSize), chunks: chunks, delta: image.delta)
+            chunkSize: Int64(chunkSize), chunks: chunks, delta: image.delta, app: image.app)
     }
 
     /// Reads until `count` bytes or the end of the stream.

@@ -49,6 +49,20 @@ public struct Manifest: Sendable, Equatable {
         }
     }
 
+    /// What an `app` payload installs: a file of an app's version in the app store.
+    public struct AppInfo: Sendable, Equatable {
+        public var name: String
+        public var version: String
+        /// The file name inside `<store>/<name>/<version>/`.
+        public var file: String
+
+        public init(name: String, version: String, file: String) {
+            self.name = name
+            self.version = version
+            self.file = file
+        }
+    }
+
     /// At most this many source checks per delta (as the delta format).
     public static let maximumSourceChecks = 1024
 
@@ -72,10 +86,12 @@ public struct Manifest: Sendable, Equatable {
         /// For `delta` payloads: the images it goes from and to. The payload's own size, hash
         /// and chunks are then those of the delta stream.
         public var delta: DeltaInfo?
+        /// For `app` payloads: which app, version and file.
+        public var app: AppInfo?
 
         public init(
             type: String, target: String, member: String, compression: Compression, size: Int64, sha256: SHA256Digest, storedSize: Int64,
-            chunkSize: Int64, chunks: [Chunk], delta: DeltaInfo? = nil
+            chunkSize: Int64, chunks: [Chunk], delta: DeltaInfo? = nil, app: AppInfo? = nil
         ) {
             self.type = type
             self.target = target
@@ -87,6 +103,7 @@ public struct Manifest: Sendable, Equatable {
             self.chunkSize = chunkSize
             self.chunks = chunks
             self.delta = delta
+            self.app = app
         }
 
         /// The size of the image the slot holds once the payload is installed.
@@ -168,6 +185,9 @@ public struct Manifest: Sendable, Equatable {
                                 }),
                         ])
                     }
+                    if let app = payload.app {
+                        entry["app"] = .object(["name": .string(app.name), "version": .string(app.version), "file": .string(app.file)])
+                    }
                     return .object(entry)
                 }),
         ]
@@ -236,8 +256,8 @@ public struct Manifest: Sendable, Equatable {
 
     private static func parsePayload(_ object: inout StrictObject, totalChunks: inout Int) throws(FerryError) -> Payload {
         let type = try object.requiredString("type")
-        guard type == "image" || type == "delta" else {
-            throw object.invalid("type", "'\(type)' is not a payload type this Ferry knows (image, delta)")
+        guard ["image", "delta", "app"].contains(type) else {
+            throw object.invalid("type", "'\(type)' is not a payload type this Ferry knows (image, delta, app)")
         }
         let target = try object.requiredString("target")
         let member = try object.requiredString("member")
@@ -293,9 +313,21 @@ public struct Manifest: Sendable, Equatable {
         } else if type == "delta" {
             throw object.invalid("delta", "is required for a payload of type delta")
         }
+        var app: AppInfo? = nil
+        if var info = try object.object("app") {
+            guard type == "app" else { throw object.invalid("app", "belongs to payloads of type app only") }
+            app = AppInfo(name: try info.requiredString("name"), version: try info.requiredString("version"), file: try info.requiredString("file"))
+            for (key, value) in [("name", app!.name), ("version", app!.version), ("file", app!.file)] {
+                try checkMemberName(value, object: info, key: key)
+            }
+            guard app!.name == target else { throw info.invalid("name", "must equal the payload's target") }
+            try info.finish()
+        } else if type == "app" {
+            throw object.invalid("app", "is required for a payload of type app")
+        }
         return Payload(
             type: type, target: target, member: member, compression: compression, size: size, sha256: sha256,
-            storedSize: storedSize, chunkSize: chunkSize, chunks: chunks, delta: delta)
+            storedSize: storedSize, chunkSize: chunkSize, chunks: chunks, delta: delta, app: app)
     }
 
     private static func parseDelta(_ object: inout StrictObject) throws(FerryError) -> DeltaInfo {

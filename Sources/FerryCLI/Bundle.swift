@@ -48,6 +48,10 @@ extension FerryCommand {
             var keys: [String] = []
             @Option(name: .customLong("image"), help: ArgumentHelp("An image for a slot class: <class>=<file>; repeat.", valueName: "class=file"))
             var images: [String] = []
+            @Option(name: .customLong("app"), help: ArgumentHelp("An app-only update: <name>=<file> (an app package or container image archive); repeat.", valueName: "name=file"))
+            var apps: [String] = []
+            @Option(name: .customLong("app-version"), help: ArgumentHelp("The version the --app files install as (default: --version).", valueName: "version"))
+            var appVersion: String?
             @Option(
                 name: .customLong("delta-from"),
                 help: ArgumentHelp(
@@ -75,10 +79,11 @@ extension FerryCommand {
                 guard !certificates.isEmpty, certificates.count == keys.count else {
                     throw ValidationError("give --cert and --key in pairs, at least one pair")
                 }
-                guard !images.isEmpty else { throw ValidationError("give at least one --image <class>=<file>") }
-                for image in images where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
-                    throw ValidationError("--image '\(image)' is not <class>=<file>")
+                guard !images.isEmpty || !apps.isEmpty else { throw ValidationError("give at least one --image <class>=<file> or --app <name>=<file>") }
+                for image in images + apps where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
+                    throw ValidationError("'\(image)' is not <name>=<file>")
                 }
+                if appVersion != nil && apps.isEmpty { throw ValidationError("--app-version goes with --app") }
                 for delta in deltaFrom {
                     guard let equals = delta.firstIndex(of: "="), equals != delta.startIndex, delta.index(after: equals) != delta.endIndex else {
                         throw ValidationError("--delta-from '\(delta)' is not <class>=<file>")
@@ -142,6 +147,13 @@ extension FerryCommand {
                     let deltaPath = "\(output).\(slotClass).delta.tmp-\(getpid())"
                     temporaries.append(deltaPath)
                     bundleImages.append(try Self.makeDelta(slotClass: slotClass, from: from, to: path, into: deltaPath))
+                }
+                for app in apps {
+                    let (name, path) = Self.split(app)
+                    let file = String(path.split(separator: "/").last ?? "app")
+                    bundleImages.append(
+                        BundleWriter.Image(
+                            slotClass: name, path: path, app: Manifest.AppInfo(name: name, version: appVersion ?? version, file: file)))
                 }
                 var options = BundleWriter.Options(
                     compatible: compatible, version: SemanticVersion(version)!, images: bundleImages,

@@ -72,6 +72,10 @@ extension FerryCommand {
                 name = bundle == "-" ? "standard input" : String(bundle.split(separator: "/").last ?? "")
             }
             let result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
+            if !result.apps.isEmpty {
+                Terminal.writeOutput("Installed and activated \(result.apps.joined(separator: ", ")) (app-only: no reboot needed).\n")
+                return
+            }
             Terminal.writeOutput(
                 (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
                     + (result.copied.isEmpty ? "" : "; \(result.copied.joined(separator: ", ")) made consistent with the booted group")

@@ -39,6 +39,8 @@ public struct Installer {
         public var slots: [String]
         /// Members not in the bundle, made consistent with the booted group (copied or found equal).
         public var copied: [String]
+        /// Apps installed and activated (an app-only bundle: no group switch).
+        public var apps: [String] = []
         public var adoptedKeyring: Bool
     }
 
@@ -67,6 +69,14 @@ public struct Installer {
         let reader = BundleReader(source: source)
         let (manifest, signers, keyring) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade)
         logger.info("Bundle verified", metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
+        if manifest.payloads.contains(where: { $0.type == "app" }) {
+            guard manifest.payloads.allSatisfy({ $0.type == "app" }) else {
+                throw FerryError(
+                    code: .unsupported,
+                    message: "the bundle mixes app payloads with slot images: mixed bundles are not supported by this Ferry yet")
+            }
+            return try installApps(manifest, reader: reader, keyring: keyring, bundleName: bundleName, trustedTime: policy.trustedTime)
+        }
 
         // 2. Plan: one slot of the target group per payload, large enough; the group complete.
         guard let group = configuration.group(target) else { throw FerryError(code: .internal, message: "no group \(target)") }
@@ -248,6 +258,68 @@ public struct Installer {
         // Every chunk of the slot against its signed decoded hash: as strong as the whole-payload hash.
         try ReadBack.verify(device, payload: payload, slot: slot.name, path: open.devicePath)
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: payload.size, bytesTotal: payload.size))
+    }
+}
+
+extension Installer {
+    /// An app-only bundle: every app is written into the app store (staged, synced, renamed in),
+    /// then each is activated and health-checked; a failing check switches that app back.
+    /// No slot is written and no group switches.
+    func installApps(
+        _ manifest: Manifest, reader: BundleReader, keyring: [UInt8]?, bundleName: String, trustedTime: Int64
+    ) throws(FerryError) -> Result {
+        guard let directory = configuration.appStore else {
+            throw FerryError(code: .configurationInvalid, message: "the bundle carries apps, but \(configuration.path) names no appStore")
+        }
+        let apps = AppStore(directory: directory, keep: configuration.apps.keep, logger: logger)
+        for payload in manifest.payloads {
+            guard let info = payload.app else { continue }
+            try AppStore.checkName(info.name, what: "app name")
+            try AppStore.checkName(info.version, what: "app version")
+            try AppStore.checkName(info.file, what: "app file name")
+        }
+        for payload in manifest.payloads {
+            guard let info = payload.app else { continue }
+            progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: 0, bytesTotal: payload.size))
+            try apps.stage(name: info.name, version: info.version, file: info.file) { (sink) throws(FerryError) in
+                try reader.readPayload(payload) { (_, offset, bytes) throws(FerryError) in
+                    try sink.write(bytes)
+                    progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
+                }
+            }
+        }
+        try reader.finish()
+        let store = StateStore(directory: configuration.stateDirectory)
+        if let keyring, let update = manifest.keyring { try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName) }
+        try store.recordTrustedTime(trustedTime)
+        for payload in manifest.payloads {
+            guard let info = payload.app else { continue }
+            let previous = apps.current(info.name)
+            progress(ProgressEvent(stage: .switchGroup, slot: info.name, bytesDone: 0, bytesTotal: 0))
+            try apps.activate(name: info.name, version: info.version)
+            guard let check = configuration.apps.healthCheck else { continue }
+            let run = try ChildProcess.run(
+                [check],
+                environment: [
+                    "FERRY_APP": info.name, "FERRY_APP_VERSION": info.version, "FERRY_APP_DIR": "\(directory)/\(info.name)/\(info.version)",
+                    "FERRY_CONFIG": configuration.path,
+                ], timeoutSeconds: configuration.apps.timeoutSeconds)
+            guard run.status != 0 || run.timedOut else { continue }
+            let how = run.timedOut ? "timed out after \(configuration.apps.timeoutSeconds) s" : "failed with status \(run.status)"
+            if previous != nil {
+                try apps.rollback(info.name)
+            } else {
+                try apps.deactivate(info.name)
+            }
+            throw FerryError(
+                code: .healthCheckFailed,
+                message: "app '\(info.name)' \(info.version): health check '\(check)' \(how); "
+                    + (previous.map { "switched back to \($0)" } ?? "deactivated (no earlier version)"))
+        }
+        progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
+        return Result(
+            resumed: false, target: "", version: manifest.version.description, slots: [], copied: [],
+            apps: manifest.payloads.compactMap { $0.app.map { "\($0.name) \($0.version)" } }, adoptedKeyring: keyring != nil)
     }
 }
 

@@ -69,6 +69,16 @@ public struct BootloaderConfiguration: Sendable, Equatable {
 }
 
 /// Commands Ferry runs at fixed points.
+/// The `apps` object: how app-only updates are kept and checked.
+public struct AppsConfiguration: Sendable, Equatable {
+    /// Versions kept besides the active one (default 1: the previous one).
+    public var keep: Int
+    /// Runs after an app is activated (`FERRY_APP`, `FERRY_APP_VERSION`, `FERRY_APP_DIR` in its
+    /// environment); a failure or timeout switches the app back.
+    public var healthCheck: String?
+    public var timeoutSeconds: Int
+}
+
 public struct HooksConfiguration: Sendable, Equatable {
     public var preInstall: String?
     public var postInstall: String?
@@ -102,6 +112,7 @@ public struct SystemConfiguration: Sendable {
     public var transport: TransportOptions
     public var updateURL: String?
     public var appStore: String?
+    public var apps: AppsConfiguration
     public var settingsStore: String?
     public var hooks: HooksConfiguration
     /// All slots, sorted by bootname then class.
@@ -163,6 +174,13 @@ public struct SystemConfiguration: Sendable {
         }
         let appStore = try root.string("appStore").map { Paths.resolve($0, against: directory) }
         let settingsStore = try root.string("settingsStore").map { Paths.resolve($0, against: directory) }
+        var apps = AppsConfiguration(keep: 1, healthCheck: nil, timeoutSeconds: 60)
+        if var object = try root.object("apps") {
+            apps.keep = Int(try object.integer("keep", in: 1...100) ?? 1)
+            apps.healthCheck = try object.string("healthCheck").map { Paths.resolve($0, against: directory) }
+            apps.timeoutSeconds = Int(try object.integer("timeoutSeconds", in: 1...86_400) ?? 60)
+            try object.finish()
+        }
         let hooks = try parseHooks(&root, directory: directory)
         let slots = try parseSlots(&root, directory: directory)
         try root.finish()
@@ -178,7 +196,7 @@ public struct SystemConfiguration: Sendable {
         return SystemConfiguration(
             path: file, directory: directory, compatible: compatible, sandbox: sandbox, stateDirectory: stateDirectory,
             bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, denyList: denyList, transport: transport, updateURL: updateURL,
-            appStore: appStore, settingsStore: settingsStore, hooks: hooks, slots: slots, groups: groups)
+            appStore: appStore, apps: apps, settingsStore: settingsStore, hooks: hooks, slots: slots, groups: groups)
     }
 
     /// `tlsPins` (an array for every host, or an object of arrays by host with `*` for the others)

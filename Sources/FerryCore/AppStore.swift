@@ -1,0 +1,194 @@
+import FerryBundle
+import FerryJSON
+import FerrySystem
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// App-only updates (docs/apps.md): versioned app files under the configured app store, activated
+/// by switching a symbolic link atomically, with the previous version kept for rollback.
+///
+///     <store>/<name>/<version>/<file>     one installed version (written, synced, then renamed in)
+///     <store>/<name>/current -> <version>   the active version (a new link renamed over the old)
+///     <store>/<name>/previous -> <version>  what `rollback` and a failed health check return to
+///
+/// A cut at any instant leaves `current` pointing at a complete version: a version directory
+/// appears only by rename after its file and itself were synced, and the link is replaced by
+/// rename. Half-written staging directories (`.<version>.partial-*`) are removed by the next install.
+public struct AppStore {
+    public let directory: String
+    /// Versions kept besides the current one (the previous one included).
+    public let keep: Int
+    public let logger: Logger
+
+    public init(directory: String, keep: Int = 1, logger: Logger) {
+        self.directory = directory
+        self.keep = max(1, keep)
+        self.logger = logger
+    }
+
+    /// App names and versions become path components: plain names only.
+    /// - Throws: `.bundleInvalid` for anything with `/`, `..`, a leading `.`, or other characters.
+    public static func checkName(_ name: String, what: String) throws(FerryError) {
+        let allowed = name.unicodeScalars.allSatisfy {
+            ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "." || $0 == "_" || $0 == "-"
+        }
+        guard allowed, !name.isEmpty, name.count <= 64, !name.hasPrefix("."), name != "current", name != "previous" else {
+            throw FerryError(
+                code: .bundleInvalid,
+                message: "\(what) '\(name)' is not a plain name (letters, digits, '.', '_', '-'; not starting with '.'; not 'current' or 'previous')")
+        }
+    }
+
+    func appDirectory(_ name: String) -> String { "\(directory)/\(name)" }
+
+    /// The active version of `name`, if any.
+    public func current(_ name: String) -> String? { Self.readLink("\(appDirectory(name))/current") }
+    /// The version `rollback` returns to, if any.
+    public func previous(_ name: String) -> String? { Self.readLink("\(appDirectory(name))/previous") }
+
+    /// Installed apps and their versions.
+    public func list() -> [(name: String, current: String?, previous: String?, versions: [String])] {
+        Self.entries(directory).filter { !$0.hasPrefix(".") && TextFile.isDirectory("\(directory)/\($0)") }.sorted().map { name in
+            (name, current(name), previous(name), versions(name))
+        }
+    }
+
+    /// The complete versions of `name` (staging directories excluded).
+    public func versions(_ name: String) -> [String] {
+        Self.entries(appDirectory(name)).filter { !$0.hasPrefix(".") && $0 != "current" && $0 != "previous" }.sorted()
+    }
+
+    /// Writes a new version: `write` fills `<version>/<file>` (through a staging directory); then
+    /// the version directory is synced and renamed into place. Does not activate it.
+    /// - Throws: `.bundleInvalid` for bad names; I/O errors; `write`'s errors.
+    public func stage(
+        name: String, version: String, file: String, _ write: (_ sink: FileByteSink) throws(FerryError) -> Void
+    ) throws(FerryError) {
+        try Self.checkName(name, what: "app name")
+        try Self.checkName(version, what: "app version")
+        try Self.checkName(file, what: "app file name")
+        let app = appDirectory(name)
+        try DurableFile.createDirectory(app)
+        for entry in Self.entries(app) where entry.hasPrefix(".") && entry.contains(".partial-") { try Self.removeTree("\(app)/\(entry)") }
+        let staging = "\(app)/.\(version).partial-\(getpid())"
+        try DurableFile.createDirectory(staging)
+        let sink = try FileByteSink(path: "\(staging)/\(file)")
+        try write(sink)
+        try sink.finish()
+        try DurableFile.synchronizeDirectory(staging)
+        let final = "\(app)/\(version)"
+        if TextFile.exists(final) {
+            guard current(name) != version else {
+                try Self.removeTree(staging)
+                throw FerryError(code: .bundleInvalid, message: "app '\(name)' version \(version) is already the active version")
+            }
+            try Self.removeTree(final)
+        }
+        try Self.rename(staging, to: final)
+        try DurableFile.synchronizeDirectory(app)
+    }
+
+    /// Makes `version` the active one (the old one becomes `previous`); prunes old versions.
+    public func activate(name: String, version: String) throws(FerryError) {
+        let app = appDirectory(name)
+        guard TextFile.isDirectory("\(app)/\(version)") else {
+            throw FerryError(code: .unknownSlot, message: "app '\(name)' has no installed version \(version)")
+        }
+        if let old = current(name), old != version { try Self.switchLink("\(app)/previous", to: old) }
+        try Self.switchLink("\(app)/current", to: version)
+        try prune(name)
+    }
+
+    /// Returns to the previous version (which becomes current; the rolled-back one becomes previous).
+    /// - Returns: (from, to).
+    /// - Throws: `.unknownSlot` when there is nothing to return to.
+    @discardableResult
+    public func rollback(_ name: String) throws(FerryError) -> (from: String?, to: String) {
+        let app = appDirectory(name)
+        guard let previous = previous(name), TextFile.isDirectory("\(app)/\(previous)") else {
+            throw FerryError(code: .unknownSlot, message: "app '\(name)' has no previous version to roll back to")
+        }
+        let from = current(name)
+        try Self.switchLink("\(app)/current", to: previous)
+        if let from { try Self.switchLink("\(app)/previous", to: from) }
+        return (from, previous)
+    }
+
+    /// Leaves `name` without an active version (its first version failed its health check).
+    public func deactivate(_ name: String) throws(FerryError) {
+        let link = "\(appDirectory(name))/current"
+        guard unlink(link) == 0 || errno == ENOENT else { throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: link) }
+        try DurableFile.synchronizeDirectory(appDirectory(name))
+    }
+
+    /// Removes versions beyond `keep` besides current and previous (oldest first by change time).
+    func prune(_ name: String) throws(FerryError) {
+        let app = appDirectory(name)
+        let protected = Set([current(name), previous(name)].compactMap { $0 })
+        let others = versions(name).filter { !protected.contains($0) }
+            .sorted { Self.changeTime("\(app)/\($0)") < Self.changeTime("\(app)/\($1)") }
+        let removable = max(0, others.count - max(0, keep - 1))
+        for version in others.prefix(removable) { try Self.removeTree("\(app)/\(version)") }
+        if removable > 0 { try DurableFile.synchronizeDirectory(app) }
+    }
+
+    // MARK: - File system helpers
+
+    public static func readLink(_ path: String) -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink(path, &buffer, buffer.count - 1)
+        guard count > 0 else { return nil }
+        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Points `link` at `target` atomically: a new link beside it, renamed over it, directory synced.
+    static func switchLink(_ link: String, to target: String) throws(FerryError) {
+        let temporary = "\(link).tmp-\(getpid())"
+        unlink(temporary)
+        guard symlink(target, temporary) == 0 else {
+            throw FerryError.syscall("creating the link", errno: .init(rawValue: errno), path: temporary)
+        }
+        try rename(temporary, to: link)
+        try DurableFile.synchronizeDirectory(Paths.directory(of: link))
+    }
+
+    static func rename(_ from: String, to: String) throws(FerryError) {
+        guard Glibc.rename(from, to) == 0 else { throw FerryError.syscall("renaming '\(from)' to", errno: .init(rawValue: errno), path: to) }
+    }
+
+    public static func entries(_ path: String) -> [String] {
+        guard let stream = opendir(path) else { return [] }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    static func changeTime(_ path: String) -> Int {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return 0 }
+        return info.st_ctim.tv_sec
+    }
+
+    /// Removes a directory tree of regular files, links and directories (never follows links).
+    static func removeTree(_ path: String) throws(FerryError) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        if (info.st_mode & S_IFMT) == S_IFDIR {
+            for entry in entries(path) { try removeTree("\(path)/\(entry)") }
+            guard rmdir(path) == 0 else { throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: path) }
+        } else {
+            guard unlink(path) == 0 else { throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: path) }
+        }
+    }
+}
+

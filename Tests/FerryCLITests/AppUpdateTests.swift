@@ -1,0 +1,136 @@
+import FerryBundle
+import FerryCore
+import FerryJSON
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// App-only updates on sandbox devices (no slot is written, so no root is needed): install,
+/// activation by an atomic link switch, the previous version kept, rollback by command and by a
+/// failing or hanging health check, bad names, and a kill in the middle of an install.
+@Suite(.serialized) struct AppUpdateTests {
+    struct Device {
+        let sandbox: Sandbox
+        var store: String { "\(sandbox.directory)/apps" }
+        var config: [String] { ["--config", sandbox.configurationPath] }
+
+        init(_ dir: String, healthCheck: String? = nil, timeoutSeconds: Int = 5) throws {
+            sandbox = try Sandbox.make(in: dir)
+            var object = try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+            object["appStore"] = .string("apps")
+            var apps: [String: JSONValue] = ["keep": .number(2), "timeoutSeconds": .number(Double(timeoutSeconds))]
+            if let healthCheck { apps["healthCheck"] = .string(healthCheck) }
+            object["apps"] = .object(apps)
+            try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
+        }
+
+        func ferry(_ arguments: [String]) throws -> Shell.Result {
+            try Shell.run([TestEnvironment.ferryBinary] + arguments + config)
+        }
+
+        /// A bundle carrying `bytes` as app `name` at `version` (file `name.pkg`).
+        func bundle(_ name: String, _ version: String, _ bytes: [UInt8], output: String) throws {
+            let file = "\(sandbox.directory)/\(name).pkg"
+            try makeFile(file, bytes: bytes)
+            var options = BundleWriter.Options(
+                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.0.0")!,
+                images: [BundleWriter.Image(slotClass: name, path: file, app: Manifest.AppInfo(name: name, version: version, file: "\(name).pkg"))],
+                signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key")])
+            options.chunkSize = 1 << 20
+            options.preset = 0
+            try BundleWriter.create(options, output: output, logger: quietLogger)
+        }
+
+        func current(_ name: String) -> String? { AppStore.readLink("\(store)/\(name)/current") }
+        func active(_ name: String) throws -> [UInt8] { try readFile("\(store)/\(name)/current/\(name).pkg") }
+    }
+
+    @Test func installActivateKeepAndRollBack() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            let environment = try device.ferry(["env", "list"]).output
+            let v1 = seededBytes(count: 300_000, seed: 1), v2 = seededBytes(count: 200_000, seed: 2)
+            try device.bundle("nav", "1.0", v1, output: "\(dir)/nav-1.ferry")
+            try device.bundle("nav", "2.0", v2, output: "\(dir)/nav-2.ferry")
+            let first = try device.ferry(["install", "\(dir)/nav-1.ferry"])
+            #expect(first.status == 0 && first.output.contains("Installed and activated nav 1.0 (app-only: no reboot needed)"), "\(first.output)")
+            #expect(device.current("nav") == "1.0")
+            #expect(try device.active("nav") == v1)
+            #expect(try device.ferry(["install", "\(dir)/nav-2.ferry"]).status == 0)
+            #expect(device.current("nav") == "2.0")
+            #expect(try device.active("nav") == v2)
+            let list = try device.ferry(["apps", "list"])
+            #expect(list.output == "nav: active 2.0, previous 1.0, installed 1.0 2.0\n", "\(list.output)")
+            let rollback = try device.ferry(["apps", "rollback", "nav"])
+            #expect(rollback.status == 0 && rollback.output.contains("from 2.0 to 1.0"), "\(rollback.output)")
+            #expect(device.current("nav") == "1.0")
+            #expect(try device.active("nav") == v1)
+            // No slot, no group switch, no boot environment change.
+            #expect(try device.ferry(["env", "list"]).output == environment)
+        }
+    }
+
+    @Test(arguments: ["fail", "hang"])
+    func aFailingOrHangingHealthCheckSwitchesBack(_ mode: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let script = "\(dir)/check.sh"
+            let device = try Device(dir, healthCheck: script, timeoutSeconds: 1)
+            try DurableFile.write(
+                "#!/bin/sh\n[ \"$FERRY_APP_VERSION\" = 2.0 ] || exit 0\n\(mode == "fail" ? "exit 7" : "sleep 30")\n", to: script)
+            try Shell.check(["chmod", "+x", script])
+            try device.bundle("nav", "1.0", seededBytes(count: 1000, seed: 1), output: "\(dir)/nav-1.ferry")
+            try device.bundle("nav", "2.0", seededBytes(count: 1000, seed: 2), output: "\(dir)/nav-2.ferry")
+            #expect(try device.ferry(["install", "\(dir)/nav-1.ferry"]).status == 0)
+            let bad = try device.ferry(["install", "\(dir)/nav-2.ferry"])
+            #expect(bad.status == FerryError.Code.healthCheckFailed.exitStatus, "\(bad.output)")
+            #expect(bad.output.contains(mode == "fail" ? "failed with status 7; switched back to 1.0" : "timed out after 1 s; switched back to 1.0"), "\(bad.output)")
+            #expect(device.current("nav") == "1.0")
+        }
+    }
+
+    @Test(arguments: ["a/b", "..", ".hidden", "current"])
+    func badAppNamesAreRefusedAndNothingChanges(_ name: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            try device.bundle("nav", "1.0", seededBytes(count: 1000, seed: 1), output: "\(dir)/nav-1.ferry")
+            #expect(try device.ferry(["install", "\(dir)/nav-1.ferry"]).status == 0)
+            let before = AppStore.entries(device.store).sorted()
+            // Crafted with the library (the command line would refuse such names itself).
+            let made = Result { try device.bundle(name, "1.0", [1, 2, 3], output: "\(dir)/bad.ferry") }
+            if case .success = made {
+                let result = try device.ferry(["install", "\(dir)/bad.ferry"])
+                #expect(result.status == FerryError.Code.bundleInvalid.exitStatus, "\(name): \(result.output)")
+                #expect(result.output.hasPrefix("ferry: error: ") && result.output.split(separator: "\n").count == 1)
+            }
+            #expect(AppStore.entries(device.store).sorted() == before, "\(name)")
+            #expect(device.current("nav") == "1.0")
+        }
+    }
+
+    @Test func aKilledInstallLeavesAWholeVersionActive() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            let old = seededBytes(count: 1 << 20, seed: 3), new = seededBytes(count: 24 << 20, seed: 4)
+            try device.bundle("map", "1.0", old, output: "\(dir)/map-1.ferry")
+            try device.bundle("map", "2.0", new, output: "\(dir)/map-2.ferry")
+            #expect(try device.ferry(["install", "\(dir)/map-1.ferry"]).status == 0)
+            let install = [TestEnvironment.ferryBinary, "install", "\(dir)/map-2.ferry"] + device.config
+            var cut = 0
+            for attempt in 0..<12 where cut < 3 {
+                let process = try SpawnedProcess(install)
+                sleepSeconds(0.05 + 0.05 * Double(attempt))
+                if process.kill() == nil { cut += 1 }
+                // Whatever the moment: the active version is complete, old or new.
+                let active = try device.active("map")
+                #expect(active == old || active == new, "kill \(attempt): the active file is neither version")
+                if device.current("map") == "2.0" { break }
+            }
+            #expect(cut >= 1, "no install was cut in the middle")
+            // The next run completes (a stale staging directory does not get in the way).
+            let again = try device.ferry(["install", "\(dir)/map-2.ferry"])
+            #expect(again.status == 0 || again.output.contains("already the active version"), "\(again.output)")
+            #expect(try device.active("map") == new)
+            #expect(!AppStore.entries("\(device.store)/map").contains { $0.contains(".partial-") })
+        }
+    }
+}
