@@ -76,7 +76,9 @@ let package = Package(
         ),
         .target(
             name: "FerryCore",
-            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryDelta", "FerryNet", logging]
+            dependencies: [
+                "CXML2", "FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryDelta", "FerryNet", logging,
+            ]
         ),
         .target(
             name: "FerryCLI",

@@ -20,12 +20,18 @@ public enum BundleWriter {
         /// Set when `path` is an app file (an app-only update) rather than an image; `slotClass`
         /// is then the app's name.
         public var app: Manifest.AppInfo?
+        /// Set when `path` is a settings document; `slotClass` is then the settings name.
+        public var settings: Manifest.SettingsInfo?
 
-        public init(slotClass: String, path: String, delta: Manifest.DeltaInfo? = nil, app: Manifest.AppInfo? = nil) {
+        public init(
+            slotClass: String, path: String, delta: Manifest.DeltaInfo? = nil, app: Manifest.AppInfo? = nil,
+            settings: Manifest.SettingsInfo? = nil
+        ) {
             self.slotClass = slotClass
             self.path = path
             self.delta = delta
             self.app = app
+            self.settings = settings
         }
     }
 
@@ -145,7 +151,7 @@ public enum BundleWriter {
         let isDelta = image.delta != nil
         let compress = options.compress && !isDelta
         let chunkSize = isDelta ? min(options.chunkSize, deltaChunkSize) : options.chunkSize
-        if !isDelta && image.app == nil && image.path.hasSuffix(".xz") {
+        if !isDelta && image.app == nil && image.settings == nil && image.path.hasSuffix(".xz") {
             input = try XZStreamSource(source: FileByteSource(path: image.path))
         } else {
             input = try FileByteSource(path: image.path)
@@ -180,12 +186,13 @@ public enum BundleWriter {
         }
         try sink.finish()
         let slotClass = image.slotClass
-        let kind = isDelta ? "delta" : image.app != nil ? "app" : "image"
+        let kind = isDelta ? "delta" : image.app != nil ? "app" : image.settings != nil ? "settings" : "image"
+        let suffix = ["app": "app", "settings": "settings"][kind] ?? "img"
         return Manifest.Payload(
             type: kind, target: slotClass,
-            member: isDelta ? "\(slotClass).delta" : "\(slotClass).\(kind == "app" ? "app" : "img")\(compress ? ".xz" : "")",
+            member: isDelta ? "\(slotClass).delta" : "\(slotClass).\(suffix)\(compress ? ".xz" : "")",
             compression: compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(), storedSize: offset,
-            chunkSize: Int64(chunkSize), chunks: chunks, delta: image.delta, app: image.app)
+            chunkSize: Int64(chunkSize), chunks: chunks, delta: image.delta, app: image.app, settings: image.settings)
     }
 
     /// Reads until `count` bytes or the end of the stream.

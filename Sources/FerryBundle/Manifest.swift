@@ -63,6 +63,21 @@ public struct Manifest: Sendable, Equatable {
         }
     }
 
+    /// What a `settings` payload replaces: a JSON or XML document of the settings store.
+    public struct SettingsInfo: Sendable, Equatable {
+        public var name: String
+        /// `json` or `xml`.
+        public var format: String
+        /// Applied as a JSON merge patch (RFC 7386) to the active document instead of replacing it.
+        public var mergePatch: Bool
+
+        public init(name: String, format: String, mergePatch: Bool) {
+            self.name = name
+            self.format = format
+            self.mergePatch = mergePatch
+        }
+    }
+
     /// At most this many source checks per delta (as the delta format).
     public static let maximumSourceChecks = 1024
 
@@ -88,10 +103,12 @@ public struct Manifest: Sendable, Equatable {
         public var delta: DeltaInfo?
         /// For `app` payloads: which app, version and file.
         public var app: AppInfo?
+        /// For `settings` payloads: which document, its format, replace or merge.
+        public var settings: SettingsInfo?
 
         public init(
             type: String, target: String, member: String, compression: Compression, size: Int64, sha256: SHA256Digest, storedSize: Int64,
-            chunkSize: Int64, chunks: [Chunk], delta: DeltaInfo? = nil, app: AppInfo? = nil
+            chunkSize: Int64, chunks: [Chunk], delta: DeltaInfo? = nil, app: AppInfo? = nil, settings: SettingsInfo? = nil
         ) {
             self.type = type
             self.target = target
@@ -104,6 +121,7 @@ public struct Manifest: Sendable, Equatable {
             self.chunks = chunks
             self.delta = delta
             self.app = app
+            self.settings = settings
         }
 
         /// The size of the image the slot holds once the payload is installed.
@@ -185,6 +203,11 @@ public struct Manifest: Sendable, Equatable {
                                 }),
                         ])
                     }
+                    if let settings = payload.settings {
+                        entry["settings"] = .object([
+                            "name": .string(settings.name), "format": .string(settings.format), "mergePatch": .bool(settings.mergePatch),
+                        ])
+                    }
                     if let app = payload.app {
                         entry["app"] = .object(["name": .string(app.name), "version": .string(app.version), "file": .string(app.file)])
                     }
@@ -256,8 +279,8 @@ public struct Manifest: Sendable, Equatable {
 
     private static func parsePayload(_ object: inout StrictObject, totalChunks: inout Int) throws(FerryError) -> Payload {
         let type = try object.requiredString("type")
-        guard ["image", "delta", "app"].contains(type) else {
-            throw object.invalid("type", "'\(type)' is not a payload type this Ferry knows (image, delta, app)")
+        guard ["image", "delta", "app", "settings"].contains(type) else {
+            throw object.invalid("type", "'\(type)' is not a payload type this Ferry knows (image, delta, app, settings)")
         }
         let target = try object.requiredString("target")
         let member = try object.requiredString("member")
@@ -325,9 +348,22 @@ public struct Manifest: Sendable, Equatable {
         } else if type == "app" {
             throw object.invalid("app", "is required for a payload of type app")
         }
+        var settings: SettingsInfo? = nil
+        if var info = try object.object("settings") {
+            guard type == "settings" else { throw object.invalid("settings", "belongs to payloads of type settings only") }
+            let name = try info.requiredString("name")
+            try checkMemberName(name, object: info, key: "name")
+            let format = try info.requiredString("format")
+            guard format == "json" || format == "xml" else { throw info.invalid("format", "must be json or xml") }
+            settings = SettingsInfo(name: name, format: format, mergePatch: try info.bool("mergePatch") ?? false)
+            guard name == target else { throw info.invalid("name", "must equal the payload's target") }
+            try info.finish()
+        } else if type == "settings" {
+            throw object.invalid("settings", "is required for a payload of type settings")
+        }
         return Payload(
             type: type, target: target, member: member, compression: compression, size: size, sha256: sha256,
-            storedSize: storedSize, chunkSize: chunkSize, chunks: chunks, delta: delta, app: app)
+            storedSize: storedSize, chunkSize: chunkSize, chunks: chunks, delta: delta, app: app, settings: settings)
     }
 
     private static func parseDelta(_ object: inout StrictObject) throws(FerryError) -> DeltaInfo {

@@ -61,3 +61,46 @@ extension FerryCommand {
         }
     }
 }
+
+extension FerryCommand {
+    /// `ferry settings list|rollback`.
+    struct Settings: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List configuration (settings) documents, or put a document's previous version back.",
+            discussion: "Settings live in the configured settingsStore: <name> active, <name>.previous kept (docs/settings.md).",
+            subcommands: [List.self, Rollback.self])
+
+        static func store(_ context: DeviceContext) throws(FerryError) -> SettingsStore {
+            guard let directory = context.configuration.settingsStore else {
+                throw FerryError(code: .configurationInvalid, message: "\(context.configuration.path) names no settingsStore")
+            }
+            return SettingsStore(directory: directory, configuration: context.configuration.settings)
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List the settings documents and whether a previous version is kept.")
+            @OptionGroup var global: GlobalOptions
+
+            func run() async throws {
+                let documents = try Settings.store(try DeviceContext.load(global, writing: nil)).list()
+                if documents.isEmpty { Terminal.writeOutput("No settings installed.\n") }
+                for document in documents {
+                    Terminal.writeOutput("\(document.name)\(document.hasPrevious ? " (previous version kept)" : "")\n")
+                }
+            }
+        }
+
+        struct Rollback: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Put a settings document's previous version back (atomically).")
+            @OptionGroup var global: GlobalOptions
+            @Argument(help: "The settings name.")
+            var name: String
+
+            func run() async throws {
+                let context = try DeviceContext.load(global, writing: "settings rollback")
+                try Settings.store(context).rollback(name)
+                Terminal.writeOutput("Settings '\(name)': the previous version is back.\n")
+            }
+        }
+    }
+}

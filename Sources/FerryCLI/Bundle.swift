@@ -52,6 +52,10 @@ extension FerryCommand {
             var apps: [String] = []
             @Option(name: .customLong("app-version"), help: ArgumentHelp("The version the --app files install as (default: --version).", valueName: "version"))
             var appVersion: String?
+            @Option(name: .customLong("settings"), help: ArgumentHelp("A settings update: <name>=<file.json|file.xml>; repeat.", valueName: "name=file"))
+            var settings: [String] = []
+            @Flag(name: .customLong("merge-patch"), help: "Apply the JSON --settings as JSON merge patches (RFC 7386) to the device's documents.")
+            var mergePatch = false
             @Option(
                 name: .customLong("delta-from"),
                 help: ArgumentHelp(
@@ -79,8 +83,11 @@ extension FerryCommand {
                 guard !certificates.isEmpty, certificates.count == keys.count else {
                     throw ValidationError("give --cert and --key in pairs, at least one pair")
                 }
-                guard !images.isEmpty || !apps.isEmpty else { throw ValidationError("give at least one --image <class>=<file> or --app <name>=<file>") }
-                for image in images + apps where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
+                guard !images.isEmpty || !apps.isEmpty || !settings.isEmpty else {
+                    throw ValidationError("give at least one --image <class>=<file>, --app <name>=<file> or --settings <name>=<file>")
+                }
+                if mergePatch && settings.isEmpty { throw ValidationError("--merge-patch goes with --settings") }
+                for image in images + apps + settings where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
                     throw ValidationError("'\(image)' is not <name>=<file>")
                 }
                 if appVersion != nil && apps.isEmpty { throw ValidationError("--app-version goes with --app") }
@@ -111,6 +118,14 @@ extension FerryCommand {
                     return Int(text.dropLast()).map { $0 * unit }
                 }
                 return Int(text)
+            }
+
+            /// `json` or `xml`, by the file's extension or else its first non-blank byte.
+            static func settingsFormat(_ path: String) throws(FerryError) -> String {
+                if path.hasSuffix(".json") { return "json" }
+                if path.hasSuffix(".xml") { return "xml" }
+                let bytes = try TextFile.readBytes(path, limit: 16 << 20)
+                return bytes.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) } == UInt8(ascii: "<") ? "xml" : "json"
             }
 
             static func split(_ pair: String) -> (String, String) {
@@ -154,6 +169,14 @@ extension FerryCommand {
                     bundleImages.append(
                         BundleWriter.Image(
                             slotClass: name, path: path, app: Manifest.AppInfo(name: name, version: appVersion ?? version, file: file)))
+                }
+                for document in settings {
+                    let (name, path) = Self.split(document)
+                    let format = try Self.settingsFormat(path)
+                    bundleImages.append(
+                        BundleWriter.Image(
+                            slotClass: name, path: path,
+                            settings: Manifest.SettingsInfo(name: name, format: format, mergePatch: mergePatch && format == "json")))
                 }
                 var options = BundleWriter.Options(
                     compatible: compatible, version: SemanticVersion(version)!, images: bundleImages,

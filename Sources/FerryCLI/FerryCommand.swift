@@ -20,7 +20,7 @@ public struct FerryCommand: AsyncParsableCommand {
             """,
         version: FerryVersion.current,
         subcommands: [
-            Status.self, Install.self, Check.self, Update.self, Apps.self, WriteSlot.self, Mark.self, BootCheck.self, Env.self, Bundle.self, Delta.self,
+            Status.self, Install.self, Check.self, Update.self, Apps.self, Settings.self, WriteSlot.self, Mark.self, BootCheck.self, Env.self, Bundle.self, Delta.self,
             Pin.self,
         ]
     )

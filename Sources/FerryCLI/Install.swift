@@ -73,7 +73,7 @@ extension FerryCommand {
             }
             let result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
             if !result.apps.isEmpty {
-                Terminal.writeOutput("Installed and activated \(result.apps.joined(separator: ", ")) (app-only: no reboot needed).\n")
+                Terminal.writeOutput("Installed and activated \(result.apps.joined(separator: ", ")) (no reboot needed).\n")
                 return
             }
             Terminal.writeOutput(

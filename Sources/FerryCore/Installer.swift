@@ -69,11 +69,12 @@ public struct Installer {
         let reader = BundleReader(source: source)
         let (manifest, signers, keyring) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade)
         logger.info("Bundle verified", metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
-        if manifest.payloads.contains(where: { $0.type == "app" }) {
-            guard manifest.payloads.allSatisfy({ $0.type == "app" }) else {
+        let storeTypes: Set<String> = ["app", "settings"]
+        if manifest.payloads.contains(where: { storeTypes.contains($0.type) }) {
+            guard manifest.payloads.allSatisfy({ storeTypes.contains($0.type) }) else {
                 throw FerryError(
                     code: .unsupported,
-                    message: "the bundle mixes app payloads with slot images: mixed bundles are not supported by this Ferry yet")
+                    message: "the bundle mixes app or settings payloads with slot images: mixed bundles are not supported by this Ferry yet")
             }
             return try installApps(manifest, reader: reader, keyring: keyring, bundleName: bundleName, trustedTime: policy.trustedTime)
         }
@@ -268,17 +269,42 @@ extension Installer {
     func installApps(
         _ manifest: Manifest, reader: BundleReader, keyring: [UInt8]?, bundleName: String, trustedTime: Int64
     ) throws(FerryError) -> Result {
-        guard let directory = configuration.appStore else {
+        let hasApps = manifest.payloads.contains { $0.app != nil }
+        let directory = configuration.appStore ?? ""
+        if hasApps && configuration.appStore == nil {
             throw FerryError(code: .configurationInvalid, message: "the bundle carries apps, but \(configuration.path) names no appStore")
         }
         let apps = AppStore(directory: directory, keep: configuration.apps.keep, logger: logger)
+        var settingsStore: SettingsStore? = nil
+        if manifest.payloads.contains(where: { $0.settings != nil }) {
+            guard let settingsDirectory = configuration.settingsStore else {
+                throw FerryError(code: .configurationInvalid, message: "the bundle carries settings, but \(configuration.path) names no settingsStore")
+            }
+            settingsStore = SettingsStore(directory: settingsDirectory, configuration: configuration.settings)
+        }
         for payload in manifest.payloads {
+            if let info = payload.settings {
+                try AppStore.checkName(info.name, what: "settings name")
+                guard payload.size <= Int64(SettingsStore.maximumSize) else {
+                    throw FerryError(code: .limitExceeded, message: "settings '\(info.name)' is \(payload.size) bytes, more than \(SettingsStore.maximumSize)")
+                }
+            }
             guard let info = payload.app else { continue }
             try AppStore.checkName(info.name, what: "app name")
             try AppStore.checkName(info.version, what: "app version")
             try AppStore.checkName(info.file, what: "app file name")
         }
+        // Settings are read and checked (well-formed, schema, merge patch, validation command)
+        // before anything is replaced.
+        var documents: [(Manifest.SettingsInfo, [UInt8])] = []
         for payload in manifest.payloads {
+            if let info = payload.settings, let settingsStore {
+                var incoming: [UInt8] = []
+                try reader.readPayload(payload) { (_, _, bytes) throws(FerryError) in incoming += bytes }
+                documents.append(
+                    (info, try settingsStore.candidate(name: info.name, format: info.format, mergePatch: info.mergePatch, incoming: incoming)))
+                continue
+            }
             guard let info = payload.app else { continue }
             progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: 0, bytesTotal: payload.size))
             try apps.stage(name: info.name, version: info.version, file: info.file) { (sink) throws(FerryError) in
@@ -316,10 +342,24 @@ extension Installer {
                 message: "app '\(info.name)' \(info.version): health check '\(check)' \(how); "
                     + (previous.map { "switched back to \($0)" } ?? "deactivated (no earlier version)"))
         }
+        for (info, document) in documents {
+            guard let settingsStore else { break }
+            progress(ProgressEvent(stage: .switchGroup, slot: info.name, bytesDone: 0, bytesTotal: 0))
+            try settingsStore.replace(name: info.name, with: document)
+            if let failure = try settingsStore.healthCheck(info.name) {
+                let restored = TextFile.exists(settingsStore.path(info.name) + ".previous")
+                if restored { try settingsStore.rollback(info.name) } else { try settingsStore.remove(info.name) }
+                throw FerryError(
+                    code: .healthCheckFailed,
+                    message: "settings '\(info.name)': \(failure); " + (restored ? "the previous version is back" : "removed (no earlier version)"))
+            }
+        }
         progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
         return Result(
             resumed: false, target: "", version: manifest.version.description, slots: [], copied: [],
-            apps: manifest.payloads.compactMap { $0.app.map { "\($0.name) \($0.version)" } }, adoptedKeyring: keyring != nil)
+            apps: manifest.payloads.compactMap { payload in
+                payload.app.map { "\($0.name) \($0.version)" } ?? payload.settings.map { "settings \($0.name)" }
+            }, adoptedKeyring: keyring != nil)
     }
 }
 

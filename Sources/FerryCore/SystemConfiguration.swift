@@ -79,6 +79,17 @@ public struct AppsConfiguration: Sendable, Equatable {
     public var timeoutSeconds: Int
 }
 
+/// The `settings` object: how settings updates are checked.
+public struct SettingsConfiguration: Sendable, Equatable {
+    /// XSD per settings name (XML documents of that name must validate).
+    public var schemas: [String: String]
+    /// Run with the candidate document's path before it replaces the active one; must exit 0.
+    public var validate: String?
+    /// Run after a replacement; a failure or timeout puts the previous document back.
+    public var healthCheck: String?
+    public var timeoutSeconds: Int
+}
+
 public struct HooksConfiguration: Sendable, Equatable {
     public var preInstall: String?
     public var postInstall: String?
@@ -114,6 +125,7 @@ public struct SystemConfiguration: Sendable {
     public var appStore: String?
     public var apps: AppsConfiguration
     public var settingsStore: String?
+    public var settings: SettingsConfiguration
     public var hooks: HooksConfiguration
     /// All slots, sorted by bootname then class.
     public var slots: [SlotConfiguration]
@@ -181,6 +193,21 @@ public struct SystemConfiguration: Sendable {
             apps.timeoutSeconds = Int(try object.integer("timeoutSeconds", in: 1...86_400) ?? 60)
             try object.finish()
         }
+        var settings = SettingsConfiguration(schemas: [:], validate: nil, healthCheck: nil, timeoutSeconds: 60)
+        if var object = try root.object("settings") {
+            if case .object(let schemas)? = object.raw("schemas") {
+                for (name, value) in schemas {
+                    guard case .string(let path) = value else { throw object.invalid("schemas.\(name)", "must be a path") }
+                    settings.schemas[name] = Paths.resolve(path, against: directory)
+                }
+            } else if object.raw("schemas") != nil {
+                throw object.invalid("schemas", "must be an object of XSD paths by settings name")
+            }
+            settings.validate = try object.string("validate").map { Paths.resolve($0, against: directory) }
+            settings.healthCheck = try object.string("healthCheck").map { Paths.resolve($0, against: directory) }
+            settings.timeoutSeconds = Int(try object.integer("timeoutSeconds", in: 1...86_400) ?? 60)
+            try object.finish()
+        }
         let hooks = try parseHooks(&root, directory: directory)
         let slots = try parseSlots(&root, directory: directory)
         try root.finish()
@@ -196,7 +223,7 @@ public struct SystemConfiguration: Sendable {
         return SystemConfiguration(
             path: file, directory: directory, compatible: compatible, sandbox: sandbox, stateDirectory: stateDirectory,
             bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, denyList: denyList, transport: transport, updateURL: updateURL,
-            appStore: appStore, apps: apps, settingsStore: settingsStore, hooks: hooks, slots: slots, groups: groups)
+            appStore: appStore, apps: apps, settingsStore: settingsStore, settings: settings, hooks: hooks, slots: slots, groups: groups)
     }
 
     /// `tlsPins` (an array for every host, or an object of arrays by host with `*` for the others)

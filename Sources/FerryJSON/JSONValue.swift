@@ -339,3 +339,21 @@ public struct StrictObject {
         }
     }
 }
+
+extension JSONValue {
+    /// Applies `patch` as a JSON merge patch (RFC 7386): objects merge key by key, `null` removes a
+    /// key, anything else replaces.
+    public func mergePatched(with patch: JSONValue) -> JSONValue {
+        guard case .object(let changes) = patch else { return patch }
+        var result: [String: JSONValue]
+        if case .object(let current) = self { result = current } else { result = [:] }
+        for (key, value) in changes {
+            if value == .null {
+                result[key] = nil
+            } else {
+                result[key] = (result[key] ?? .null).mergePatched(with: value)
+            }
+        }
+        return .object(result)
+    }
+}

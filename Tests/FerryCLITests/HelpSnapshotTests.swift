@@ -11,7 +11,7 @@ import Testing
 @Suite struct HelpSnapshotTests {
     static let commands: [[String]] = [
         [], ["status"], ["install"], ["write-slot"], ["mark"], ["boot-check"], ["env"], ["env", "list"], ["env", "get"], ["env", "set"],
-        ["env", "unset"], ["bundle"], ["bundle", "create"], ["bundle", "info"], ["bundle", "verify"], ["bundle", "index"], ["check"], ["update"], ["apps"], ["apps", "list"], ["apps", "rollback"], ["pin"], ["delta"], ["delta", "create"], ["delta", "apply"],
+        ["env", "unset"], ["bundle"], ["bundle", "create"], ["bundle", "info"], ["bundle", "verify"], ["bundle", "index"], ["check"], ["update"], ["apps"], ["apps", "list"], ["apps", "rollback"], ["settings"], ["settings", "list"], ["settings", "rollback"], ["pin"], ["delta"], ["delta", "create"], ["delta", "apply"],
     ]
 
     @Test(arguments: commands)

@@ -1,0 +1,165 @@
+internal import CXML2
+import FerryBundle
+import FerryJSON
+import FerrySystem
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Configuration (settings) updates (docs/settings.md): JSON or XML parameter sets, checked before
+/// anything is replaced, replaced atomically, the previous version kept for rollback.
+///
+///     <settingsStore>/<name>            the active document
+///     <settingsStore>/<name>.previous   the one it replaced
+public struct SettingsStore {
+    public let directory: String
+    public let configuration: SettingsConfiguration
+    /// The largest settings document accepted.
+    public static let maximumSize = 16 << 20
+
+    public init(directory: String, configuration: SettingsConfiguration) {
+        self.directory = directory
+        self.configuration = configuration
+    }
+
+    public func path(_ name: String) -> String { "\(directory)/\(name)" }
+
+    /// Installed settings: name, and whether a previous version is kept.
+    public func list() -> [(name: String, hasPrevious: Bool)] {
+        AppStore.entries(directory).filter { !$0.hasPrefix(".") && !$0.hasSuffix(".previous") && !$0.contains(".tmp-") }.sorted().map {
+            ($0, TextFile.exists("\(directory)/\($0).previous"))
+        }
+    }
+
+    /// The document `incoming` becomes, checked: well-formed JSON (applied as a merge patch to the
+    /// active document with `mergePatch`) or XML (libxml2, and the configured XSD for `name`),
+    /// then the configured validation command.
+    /// - Throws: `.bundleInvalid` naming what is wrong; `.healthCheckFailed` when the validation command refuses it.
+    public func candidate(name: String, format: String, mergePatch: Bool, incoming: [UInt8]) throws(FerryError) -> [UInt8] {
+        try AppStore.checkName(name, what: "settings name")
+        var document = incoming
+        switch format {
+        case "json":
+            let value = try JSONValue.parse(incoming, what: "settings '\(name)'", code: .bundleInvalid)
+            if mergePatch {
+                let active = path(name)
+                guard TextFile.exists(active) else {
+                    throw FerryError(code: .bundleInvalid, message: "settings '\(name)': a merge patch needs an active document, and there is none")
+                }
+                let current: JSONValue
+                do {
+                    current = try JSONValue.parse(try TextFile.readBytes(active, limit: Self.maximumSize), what: active, code: .bundleInvalid)
+                } catch {
+                    throw FerryError(code: .bundleInvalid, message: "settings '\(name)': a JSON merge patch cannot apply to '\(active)', which is not JSON (\(error.message))")
+                }
+                document = current.mergePatched(with: value).serialized()
+            }
+        case "xml":
+            guard !mergePatch else { throw FerryError(code: .bundleInvalid, message: "settings '\(name)': merge patches are JSON only") }
+            try Self.checkXML(incoming, name: name, schema: configuration.schemas[name])
+        default:
+            throw FerryError(code: .bundleInvalid, message: "settings '\(name)': format '\(format)' is not json or xml")
+        }
+        if let validate = configuration.validate {
+            let scratch = "\(directory)/.\(name).candidate-\(getpid())"
+            try DurableFile.write(document, to: scratch)
+            defer { unlink(scratch) }
+            let run = try ChildProcess.run(
+                [validate, scratch], environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FORMAT": format],
+                timeoutSeconds: configuration.timeoutSeconds)
+            guard run.status == 0 && !run.timedOut else {
+                throw FerryError(
+                    code: .bundleInvalid,
+                    message: "settings '\(name)': the validation command '\(validate)' "
+                        + (run.timedOut ? "timed out after \(configuration.timeoutSeconds) s" : "refused it (status \(run.status))"))
+            }
+        }
+        return document
+    }
+
+    /// Replaces the active document (the old one kept as `.previous` first; each write atomic).
+    public func replace(name: String, with document: [UInt8]) throws(FerryError) {
+        try DurableFile.createDirectory(directory)
+        let active = path(name)
+        if TextFile.exists(active) {
+            try DurableFile.write(try TextFile.readBytes(active, limit: Self.maximumSize), to: "\(active).previous")
+        }
+        try DurableFile.write(document, to: active)
+    }
+
+    /// Puts the previous document back (the replaced one becomes previous).
+    /// - Throws: `.unknownSlot` when there is none.
+    public func rollback(_ name: String) throws(FerryError) {
+        try AppStore.checkName(name, what: "settings name")
+        let active = path(name)
+        guard TextFile.exists("\(active).previous") else {
+            throw FerryError(code: .unknownSlot, message: "settings '\(name)' has no previous version to roll back to")
+        }
+        let previous = try TextFile.readBytes("\(active).previous", limit: Self.maximumSize)
+        if TextFile.exists(active) {
+            try DurableFile.write(try TextFile.readBytes(active, limit: Self.maximumSize), to: "\(active).previous")
+        }
+        try DurableFile.write(previous, to: active)
+    }
+
+    /// Removes a document that has no earlier version (its first version failed its health check).
+    public func remove(_ name: String) throws(FerryError) {
+        let active = path(name)
+        guard unlink(active) == 0 || errno == ENOENT else { throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: active) }
+        try DurableFile.synchronizeDirectory(directory)
+    }
+
+    /// Runs the configured health check for `name`.
+    /// - Returns: nil when it passed (or none is configured), else how it failed.
+    public func healthCheck(_ name: String) throws(FerryError) -> String? {
+        guard let check = configuration.healthCheck else { return nil }
+        let run = try ChildProcess.run(
+            [check], environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FILE": path(name)], timeoutSeconds: configuration.timeoutSeconds)
+        if run.timedOut { return "health check '\(check)' timed out after \(configuration.timeoutSeconds) s" }
+        return run.status == 0 ? nil : "health check '\(check)' failed with status \(run.status)"
+    }
+
+    /// Well-formed XML (no network access, no external entities), valid against `schema` if given.
+    static func checkXML(_ bytes: [UInt8], name: String, schema: String?) throws(FerryError) {
+        let options = Int32(XML_PARSE_NONET.rawValue | XML_PARSE_NOERROR.rawValue | XML_PARSE_NOWARNING.rawValue)
+        let document = bytes.withUnsafeBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) {
+                xmlReadMemory($0, Int32(buffer.count), "settings.xml", nil, options)
+            }
+        }
+        guard let document else {
+            let detail = xmlGetLastError().map { String(cString: $0.pointee.message).trimmingTrailingNewlines() } ?? "not well-formed"
+            throw FerryError(code: .bundleInvalid, message: "settings '\(name)' is not well-formed XML: \(detail)")
+        }
+        defer { xmlFreeDoc(document) }
+        guard let schema else { return }
+        guard let parser = xmlSchemaNewParserCtxt(schema) else {
+            throw FerryError(code: .configurationInvalid, message: "settings '\(name)': cannot read the XML schema '\(schema)'")
+        }
+        defer { xmlSchemaFreeParserCtxt(parser) }
+        xmlSchemaSetParserStructuredErrors(parser, { _, _ in }, nil)
+        guard let parsed = xmlSchemaParse(parser) else {
+            throw FerryError(code: .configurationInvalid, message: "settings '\(name)': the XML schema '\(schema)' is not a valid XSD")
+        }
+        defer { xmlSchemaFree(parsed) }
+        guard let validation = xmlSchemaNewValidCtxt(parsed) else { throw FerryError(code: .internal, message: "libxml2: no validation context") }
+        defer { xmlSchemaFreeValidCtxt(validation) }
+        // Errors are reported in Ferry's one line, not printed by libxml2 (it still records the last one).
+        xmlSchemaSetValidStructuredErrors(validation, { _, _ in }, nil)
+        guard xmlSchemaValidateDoc(validation, document) == 0 else {
+            let detail = xmlGetLastError().map { String(cString: $0.pointee.message).trimmingTrailingNewlines() } ?? "invalid"
+            throw FerryError(code: .bundleInvalid, message: "settings '\(name)' does not validate against '\(schema)': \(detail)")
+        }
+    }
+}
+
+extension String {
+    fileprivate func trimmingTrailingNewlines() -> String {
+        var text = self
+        while text.last == "\n" { text.removeLast() }
+        return text
+    }
+}

@@ -1,0 +1,108 @@
+import FerryBundle
+import FerryCore
+import FerryJSON
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// Settings updates on sandbox devices: JSON replaced or merge-patched, XML checked by libxml2 and
+/// an XSD, the previous version kept, rollback by command and by a failing health check, and
+/// every malformed document refused with the active one untouched.
+@Suite(.serialized) struct SettingsUpdateTests {
+    struct Device {
+        let sandbox: Sandbox
+        var store: String { "\(sandbox.directory)/settings" }
+        var config: [String] { ["--config", sandbox.configurationPath] }
+
+        init(_ dir: String, healthCheck: String? = nil) throws {
+            sandbox = try Sandbox.make(in: dir)
+            var object = try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+            object["settingsStore"] = .string("settings")
+            var settings: [String: JSONValue] = ["schemas": .object(["region.xml": .string("region.xsd")]), "timeoutSeconds": .number(1)]
+            if let healthCheck { settings["healthCheck"] = .string(healthCheck) }
+            object["settings"] = .object(settings)
+            try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
+            try DurableFile.write(
+                """
+                <?xml version="1.0"?>
+                <xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">
+                  <xs:element name="region"><xs:complexType><xs:attribute name="code" type="xs:string" use="required"/></xs:complexType></xs:element>
+                </xs:schema>
+                """, to: "\(sandbox.directory)/region.xsd")
+        }
+
+        func ferry(_ arguments: [String]) throws -> Shell.Result {
+            try Shell.run([TestEnvironment.ferryBinary] + arguments + config)
+        }
+
+        /// Bundles `text` as settings `name` (the file keeps `name`'s extension) and installs it.
+        func install(_ name: String, _ text: String, mergePatch: Bool = false, dir: String) throws -> Shell.Result {
+            let file = "\(dir)/payload-\(name)"
+            try DurableFile.write(text, to: file)
+            var arguments = [
+                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.0",
+                "--cert", "\(sandbox.directory)/pki/signer1.pem", "--key", "\(sandbox.directory)/pki/signer1.key",
+                "--settings", "\(name)=\(file)", "-o", "\(dir)/settings.ferry",
+            ]
+            if mergePatch { arguments.append("--merge-patch") }
+            _ = try Shell.check(arguments)
+            return try ferry(["install", "\(dir)/settings.ferry"])
+        }
+
+        func active(_ name: String) throws -> String { String(decoding: try readFile("\(store)/\(name)"), as: UTF8.self) }
+    }
+
+    @Test func jsonReplacedMergePatchedAndRolledBack() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            let first = try device.install("carrier.json", #"{"apn": "internet", "mtu": 1500, "roaming": true}"#, dir: dir)
+            #expect(first.status == 0 && first.output.contains("settings carrier.json"), "\(first.output)")
+            let patched = try device.install("carrier.json", #"{"mtu": 1400, "roaming": null, "ims": {"enabled": true}}"#, mergePatch: true, dir: dir)
+            #expect(patched.status == 0, "\(patched.output)")
+            let value = try JSONValue.parse(try readFile("\(device.store)/carrier.json"), what: "carrier", code: .internal)
+            #expect(value == .object(["apn": .string("internet"), "mtu": .number(1400), "ims": .object(["enabled": .bool(true)])]))
+            #expect(try device.ferry(["settings", "list"]).output == "carrier.json (previous version kept)\n")
+            #expect(try device.ferry(["settings", "rollback", "carrier.json"]).status == 0)
+            #expect(try device.active("carrier.json").contains("\"roaming\""))
+        }
+    }
+
+    @Test(arguments: [
+        ("malformed JSON", "carrier.json", #"{"apn": "#, false),
+        ("malformed XML", "region.xml", "<region code='eu'>", false),
+        ("XML that fails its XSD", "region.xml", "<region/>", false),
+        ("a merge patch against XML", "region.xml", #"{"code": "us"}"#, true),
+        ("a name with a slash", "a/b.json", "{}", false),
+        ("a name with dots", "..", "{}", false),
+    ])
+    func badDocumentsAreRefusedAndNothingChanges(_ what: String, _ name: String, _ text: String, _ mergePatch: Bool) async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
+            #expect(try device.install("region.xml", "<region code='eu'/>", dir: dir).status == 0)
+            let before = AppStore.entries(device.store).sorted()
+            let carrier = try device.active("carrier.json"), region = try device.active("region.xml")
+            let created = Result { try device.install(name, text, mergePatch: mergePatch, dir: dir) }
+            if case .success(let result) = created {
+                #expect(result.status == FerryError.Code.bundleInvalid.exitStatus, "\(what): \(result.output)")
+                #expect(result.output.hasPrefix("ferry: error: ") && result.output.split(separator: "\n").count == 1, "\(what): \(result.output)")
+            }
+            #expect(AppStore.entries(device.store).sorted() == before, "\(what)")
+            #expect(try device.active("carrier.json") == carrier && device.active("region.xml") == region, "\(what)")
+        }
+    }
+
+    @Test func aFailingHealthCheckPutsThePreviousDocumentBack() async throws {
+        try await withTemporaryDirectory { dir in
+            let script = "\(dir)/check.sh"
+            let device = try Device(dir, healthCheck: script)
+            try DurableFile.write("#!/bin/sh\ngrep -q broken \"$FERRY_SETTINGS_FILE\" && exit 3\nexit 0\n", to: script)
+            try Shell.check(["chmod", "+x", script])
+            #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
+            let bad = try device.install("carrier.json", #"{"apn": "broken"}"#, dir: dir)
+            #expect(bad.status == FerryError.Code.healthCheckFailed.exitStatus, "\(bad.output)")
+            #expect(bad.output.contains("failed with status 3; the previous version is back"), "\(bad.output)")
+            #expect(try device.active("carrier.json") == #"{"apn": "internet"}"#)
+        }
+    }
+}
