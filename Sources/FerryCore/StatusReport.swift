@@ -50,6 +50,20 @@ public struct StatusReport: Sendable, Equatable {
         public var at: String?
     }
 
+    /// An app of the app store (docs/apps.md).
+    public struct App: Sendable, Equatable {
+        public var name: String
+        public var current: String?
+        public var previous: String?
+        public var versions: [String]
+    }
+
+    /// A settings document of the settings store (docs/settings.md).
+    public struct Settings: Sendable, Equatable {
+        public var name: String
+        public var hasPrevious: Bool
+    }
+
     public var formatVersion: Int
     public var compatible: String
     public var configuration: String
@@ -70,6 +84,9 @@ public struct StatusReport: Sendable, Equatable {
     /// The last fallback `boot-check` recorded.
     public var rollback: Rollback?
     public var groups: [Group]
+    /// Apps and settings documents, when their stores are configured.
+    public var apps: [App] = []
+    public var settings: [Settings] = []
 
     /// Gathers the status of the device described by `configuration` (read-only).
     /// - Throws: the configuration's device errors (missing, too small, duplicated), `.stateInvalid`.
@@ -131,12 +148,22 @@ public struct StatusReport: Sendable, Equatable {
         case .grub: bootloader = "grub (\(Paths.display(configuration.bootloader.grubenv ?? "", relativeTo: configuration.directory)))"
         case .custom: bootloader = "custom (\(configuration.bootloader.command ?? ""))"
         }
+        let apps = configuration.appStore.map { directory in
+            AppStore(directory: directory, logger: Logger(label: "ferry.status")).list().map {
+                App(name: $0.name, current: $0.current, previous: $0.previous, versions: $0.versions)
+            }
+        } ?? []
+        let settings = configuration.settingsStore.map { directory in
+            SettingsStore(directory: directory, configuration: configuration.settings).list().map {
+                Settings(name: $0.name, hasPrevious: $0.hasPrevious)
+            }
+        } ?? []
         return StatusReport(
             formatVersion: currentFormatVersion, compatible: configuration.compatible, configuration: configuration.path,
             sandbox: configuration.sandbox, booted: booted.bootname, bootedSource: booted.source, bootloader: bootloader,
             stateDirectory: configuration.stateDirectory, keyring: keyring, securityFloor: securityFloor, primary: primary, bootOrder: order, bootError: bootError,
             rollback: bootState.rolledBackFrom.map { Rollback(from: $0, to: bootState.rolledBackTo, at: bootState.rolledBackAt) },
-            groups: groups)
+            groups: groups, apps: apps, settings: settings)
     }
 
     static func display(_ device: SlotDevice, _ configuration: SystemConfiguration) -> String {
@@ -197,6 +224,24 @@ public struct StatusReport: Sendable, Equatable {
                 rollback.map { object([("from", .string($0.from)), ("to", string($0.to)), ("at", string($0.at))]) }
             ),
             ("groups", .array(groups)),
+            (
+                "apps",
+                apps.isEmpty
+                    ? nil
+                    : .array(
+                        apps.map { app in
+                            object([
+                                ("name", .string(app.name)), ("current", string(app.current)), ("previous", string(app.previous)),
+                                ("versions", .array(app.versions.map(JSONValue.string))),
+                            ])
+                        })
+            ),
+            (
+                "settings",
+                settings.isEmpty
+                    ? nil
+                    : .array(settings.map { object([("name", .string($0.name)), ("previousKept", .bool($0.hasPrevious))]) })
+            ),
         ])
     }
 }

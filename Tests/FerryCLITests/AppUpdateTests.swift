@@ -65,6 +65,10 @@ import Testing
             #expect(rollback.status == 0 && rollback.output.contains("from 2.0 to 1.0"), "\(rollback.output)")
             #expect(device.current("nav") == "1.0")
             #expect(try device.active("nav") == v1)
+            let status = try JSONValue.parse(Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
+            #expect(
+                status.objectValue?["apps"]
+                    == .array([.object(["name": .string("nav"), "current": .string("1.0"), "previous": .string("2.0"), "versions": .array([.string("1.0"), .string("2.0")])])]))
             // No slot, no group switch, no boot environment change.
             #expect(try device.ferry(["env", "list"]).output == environment)
         }

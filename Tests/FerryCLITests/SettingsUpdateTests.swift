@@ -62,6 +62,8 @@ import Testing
             let value = try JSONValue.parse(try readFile("\(device.store)/carrier.json"), what: "carrier", code: .internal)
             #expect(value == .object(["apn": .string("internet"), "mtu": .number(1400), "ims": .object(["enabled": .bool(true)])]))
             #expect(try device.ferry(["settings", "list"]).output == "carrier.json (previous version kept)\n")
+            let status = try JSONValue.parse(Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
+            #expect(status.objectValue?["settings"] == .array([.object(["name": .string("carrier.json"), "previousKept": .bool(true)])]))
             #expect(try device.ferry(["settings", "rollback", "carrier.json"]).status == 0)
             #expect(try device.active("carrier.json").contains("\"roaming\""))
         }
