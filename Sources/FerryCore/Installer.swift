@@ -324,14 +324,14 @@ extension Installer {
             progress(ProgressEvent(stage: .switchGroup, slot: info.name, bytesDone: 0, bytesTotal: 0))
             try apps.activate(name: info.name, version: info.version)
             guard let check = configuration.apps.healthCheck else { continue }
-            let run = try ChildProcess.run(
-                [check],
-                environment: [
-                    "FERRY_APP": info.name, "FERRY_APP_VERSION": info.version, "FERRY_APP_DIR": "\(directory)/\(info.name)/\(info.version)",
-                    "FERRY_CONFIG": configuration.path,
-                ], timeoutSeconds: configuration.apps.timeoutSeconds)
-            guard run.status != 0 || run.timedOut else { continue }
-            let how = run.timedOut ? "timed out after \(configuration.apps.timeoutSeconds) s" : "failed with status \(run.status)"
+            guard
+                let failure = HealthCheck.failure(
+                    of: check,
+                    environment: [
+                        "FERRY_APP": info.name, "FERRY_APP_VERSION": info.version,
+                        "FERRY_APP_DIR": "\(directory)/\(info.name)/\(info.version)", "FERRY_CONFIG": configuration.path,
+                    ], timeoutSeconds: configuration.apps.timeoutSeconds)
+            else { continue }
             if previous != nil {
                 try apps.rollback(info.name)
             } else {
@@ -339,14 +339,14 @@ extension Installer {
             }
             throw FerryError(
                 code: .healthCheckFailed,
-                message: "app '\(info.name)' \(info.version): health check '\(check)' \(how); "
+                message: "app '\(info.name)' \(info.version): \(failure); "
                     + (previous.map { "switched back to \($0)" } ?? "deactivated (no earlier version)"))
         }
         for (info, document) in documents {
             guard let settingsStore else { break }
             progress(ProgressEvent(stage: .switchGroup, slot: info.name, bytesDone: 0, bytesTotal: 0))
             try settingsStore.replace(name: info.name, with: document)
-            if let failure = try settingsStore.healthCheck(info.name) {
+            if let failure = settingsStore.healthCheck(info.name) {
                 let restored = TextFile.exists(settingsStore.path(info.name) + ".previous")
                 if restored { try settingsStore.rollback(info.name) } else { try settingsStore.remove(info.name) }
                 throw FerryError(

@@ -114,12 +114,10 @@ public struct SettingsStore {
 
     /// Runs the configured health check for `name`.
     /// - Returns: nil when it passed (or none is configured), else how it failed.
-    public func healthCheck(_ name: String) throws(FerryError) -> String? {
+    public func healthCheck(_ name: String) -> String? {
         guard let check = configuration.healthCheck else { return nil }
-        let run = try ChildProcess.run(
-            [check], environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FILE": path(name)], timeoutSeconds: configuration.timeoutSeconds)
-        if run.timedOut { return "health check '\(check)' timed out after \(configuration.timeoutSeconds) s" }
-        return run.status == 0 ? nil : "health check '\(check)' failed with status \(run.status)"
+        return HealthCheck.failure(
+            of: check, environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FILE": path(name)], timeoutSeconds: configuration.timeoutSeconds)
     }
 
     /// Well-formed XML (no network access, no external entities), valid against `schema` if given.
@@ -161,5 +159,22 @@ extension String {
         var text = self
         while text.last == "\n" { text.removeLast() }
         return text
+    }
+}
+
+
+/// The health checks of app and settings updates.
+enum HealthCheck {
+    /// Runs `command`; nil when it exits 0 in time, else how it failed. A command that cannot be
+    /// started counts as failed: what it was to check gets switched back all the same.
+    static func failure(of command: String, environment: [String: String], timeoutSeconds: Int) -> String? {
+        let run: ChildProcess.Result
+        do {
+            run = try ChildProcess.run([command], environment: environment, timeoutSeconds: timeoutSeconds)
+        } catch {
+            return "health check could not run (\(error.message))"
+        }
+        if run.timedOut { return "health check '\(command)' timed out after \(timeoutSeconds) s" }
+        return run.status == 0 ? nil : "health check '\(command)' failed with status \(run.status)"
     }
 }

@@ -92,6 +92,17 @@ import Testing
         }
     }
 
+    @Test func aHealthCheckThatCannotRunDeactivatesTheApp() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir, healthCheck: "\(dir)/no-such-check")
+            try device.bundle("nav", "1.0", seededBytes(count: 1000, seed: 1), output: "\(dir)/nav-1.ferry")
+            let result = try device.ferry(["install", "\(dir)/nav-1.ferry"])
+            #expect(result.status == FerryError.Code.healthCheckFailed.exitStatus, "\(result.output)")
+            #expect(result.output.contains("health check could not run") && result.output.contains("deactivated (no earlier version)"), "\(result.output)")
+            #expect(device.current("nav") == nil)
+        }
+    }
+
     @Test(arguments: ["a/b", "..", ".hidden", "current"])
     func badAppNamesAreRefusedAndNothingChanges(_ name: String) async throws {
         try await withTemporaryDirectory { dir in
