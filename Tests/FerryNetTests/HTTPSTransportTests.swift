@@ -302,7 +302,9 @@ struct HTTPSTransportTests {
             #expect(bytes == fixture.payload)
             // At least the stalled connection was dropped (a loaded machine may stall more).
             #expect(source.reconnections >= 1)
-            #expect(proxy.connections == source.reconnections + 2)
+            // One connection per reconnection, plus the first window's and the rest's, which libcurl
+            // may serve on one kept-alive connection.
+            #expect((source.reconnections + 1)...(source.reconnections + 2) ~= proxy.connections, "\(proxy.connections) connections")
         }
     }
 
