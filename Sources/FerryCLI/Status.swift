@@ -43,6 +43,11 @@ extension FerryCommand {
             if let rollback = report.rollback {
                 lines.append("Rolled back:   from \(rollback.from) to \(rollback.to ?? "?")\(rollback.at.map { " at \($0)" } ?? "")")
             }
+            if let record = report.groupParts {
+                let names = record.parts.map { $0.kind == .app ? "\($0.name) \($0.version ?? "")" : "settings \($0.name)" }
+                let when = record.state == .staged ? "staged until group \(record.group) is confirmed" : "\(record.state.rawValue) with group \(record.group)"
+                lines.append("Bundle parts:  \(names.joined(separator: ", ")) (\(record.version), \(when))")
+            }
             for group in report.groups {
                 lines.append("")
                 var facts: [String] = []

@@ -87,6 +87,8 @@ public struct StatusReport: Sendable, Equatable {
     /// Apps and settings documents, when their stores are configured.
     public var apps: [App] = []
     public var settings: [Settings] = []
+    /// The apps and settings of a mixed bundle, staged for or active with a group.
+    public var groupParts: GroupParts? = nil
 
     /// Gathers the status of the device described by `configuration` (read-only).
     /// - Throws: the configuration's device errors (missing, too small, duplicated), `.stateInvalid`.
@@ -163,7 +165,7 @@ public struct StatusReport: Sendable, Equatable {
             sandbox: configuration.sandbox, booted: booted.bootname, bootedSource: booted.source, bootloader: bootloader,
             stateDirectory: configuration.stateDirectory, keyring: keyring, securityFloor: securityFloor, primary: primary, bootOrder: order, bootError: bootError,
             rollback: bootState.rolledBackFrom.map { Rollback(from: $0, to: bootState.rolledBackTo, at: bootState.rolledBackAt) },
-            groups: groups, apps: apps, settings: settings)
+            groups: groups, apps: apps, settings: settings, groupParts: try store.groupParts())
     }
 
     static func display(_ device: SlotDevice, _ configuration: SystemConfiguration) -> String {
@@ -241,6 +243,22 @@ public struct StatusReport: Sendable, Equatable {
                 settings.isEmpty
                     ? nil
                     : .array(settings.map { object([("name", .string($0.name)), ("previousKept", .bool($0.hasPrevious))]) })
+            ),
+            (
+                "groupParts",
+                groupParts.map { record in
+                    object([
+                        ("group", .string(record.group)), ("bundle", .string(record.bundle)), ("version", .string(record.version)),
+                        ("state", .string(record.state.rawValue)),
+                        (
+                            "parts",
+                            .array(
+                                record.parts.map { part in
+                                    object([("kind", .string(part.kind.rawValue)), ("name", .string(part.name)), ("version", string(part.version))])
+                                })
+                        ),
+                    ])
+                }
             ),
         ])
     }
