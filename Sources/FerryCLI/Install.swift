@@ -76,6 +76,12 @@ extension FerryCommand {
                 Terminal.writeOutput("Installed and activated \(result.apps.joined(separator: ", ")) (no reboot needed).\n")
                 return
             }
+            if result.target.isEmpty {
+                Terminal.writeOutput(
+                    (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) in place into single-copy \(result.slots.joined(separator: ", "))"
+                        + (result.apps.isEmpty ? "" : "; activated \(result.apps.joined(separator: ", "))") + "; no group switch.\n")
+                return
+            }
             Terminal.writeOutput(
                 (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
                     + (result.copied.isEmpty ? "" : "; \(result.copied.joined(separator: ", ")) made consistent with the booted group")

@@ -83,10 +83,26 @@ public struct Installer {
         // 2. Plan: one slot of the target group per payload, large enough; the group complete.
         guard let group = configuration.group(target) else { throw FerryError(code: .internal, message: "no group \(target)") }
         var plan: [(Manifest.Payload, SlotConfiguration)] = []
+        /// Single-copy module slots (no A/B), written in place where the configuration opts in.
+        var singles: [(Manifest.Payload, SlotConfiguration)] = []
         /// The booted slot each delta payload reads, by target slot name.
         var deltaSources: [String: SlotConfiguration] = [:]
         var resolver = SlotResolver()
         for payload in manifest.payloads where payload.app == nil && payload.settings == nil {
+            if let single = configuration.singleCopySlot(ofClass: payload.target) {
+                guard payload.delta == nil else {
+                    throw FerryError(
+                        code: .notCompatible,
+                        message: "payload '\(payload.member)' is a delta, but slot '\(single.name)' is single-copy: a delta cannot read the copy it overwrites")
+                }
+                let capacity = try resolver.resolve(single, configuration: configuration).byteCount
+                guard payload.imageSize <= capacity else {
+                    throw FerryError(
+                        code: .deviceTooSmall, message: "payload '\(payload.member)' is \(payload.imageSize) bytes but slot '\(single.name)' holds \(capacity)")
+                }
+                singles.append((payload, single))
+                continue
+            }
             guard let slot = group.slot(ofClass: payload.target) else {
                 throw FerryError(
                     code: .notCompatible, message: "the bundle has a payload for slot class '\(payload.target)', which this device does not have")
@@ -110,7 +126,9 @@ public struct Installer {
         // installed with, which the state records.
         let records = try store.slotRecords()
         var copies: [GroupCopy] = []
-        for slot in group.slots where !plan.contains(where: { $0.1.name == slot.name }) {
+        // A bundle of single-copy modules alone switches no group.
+        let switchesGroup = !plan.isEmpty
+        for slot in group.slots where switchesGroup && !plan.contains(where: { $0.1.name == slot.name }) {
             guard let source = configuration.group(current)?.slot(ofClass: slot.slotClass) else {
                 throw FerryError(
                     code: .bundleInvalid,
@@ -129,7 +147,7 @@ public struct Installer {
         }
 
         let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
-        for (_, slot) in plan { try access.checkCanOpen(slot) }
+        for (_, slot) in plan + singles { try access.checkCanOpen(slot) }
         for copy in copies { try access.checkCanOpen(copy.slot) }
         // A delta's source is the booted slot: every range it reads is checked against the signed
         // manifest now, so that a device whose booted slot differs writes nothing at all.
@@ -148,7 +166,7 @@ public struct Installer {
         var hookEnvironment = [
             "FERRY_BUNDLE": bundleName, "FERRY_VERSION": manifest.version.description, "FERRY_COMPATIBLE": manifest.compatible,
             "FERRY_BOOTED_GROUP": current, "FERRY_TARGET_GROUP": target, "FERRY_CONFIG": configuration.path,
-            "FERRY_SLOTS": plan.map(\.1.name).joined(separator: " "), "FERRY_STAGE": "pre-install",
+            "FERRY_SLOTS": (plan + singles).map(\.1.name).joined(separator: " "), "FERRY_STAGE": "pre-install",
         ]
         try hooks.run("pre-install", configuration.hooks.preInstall, environment: hookEnvironment)
 
@@ -170,8 +188,10 @@ public struct Installer {
 
         // 5. The target group will not boot until it is complete and verified. Apps and settings
         //    staged for it by an earlier bundle are dropped with it.
-        try parts.settle(beforeInstallInto: target)
-        try control.markBad(target)
+        if switchesGroup {
+            try parts.settle(beforeInstallInto: target)
+            try control.markBad(target)
+        }
         if !resumed { try store.setInstallJournal(journal) }
         var staged: [GroupParts.Part] = []
         for payload in manifest.payloads {
@@ -183,11 +203,11 @@ public struct Installer {
             if let info = payload.settings {
                 var incoming: [UInt8] = []
                 try reader.readPayload(payload) { (_, _, bytes) throws(FerryError) in incoming += bytes }
-                try parts.stageSettings(info, incoming: incoming, group: target)
+                try parts.stageSettings(info, incoming: incoming, group: switchesGroup ? target : "")
                 staged.append(GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
                 continue
             }
-            guard let slot = plan.first(where: { $0.0.member == payload.member })?.1 else {
+            guard let slot = (plan + singles).first(where: { $0.0.member == payload.member })?.1 else {
                 throw FerryError(code: .internal, message: "payload '\(payload.member)' has no slot")
             }
             if journal.completed.contains(slot.name) {
@@ -221,7 +241,7 @@ public struct Installer {
 
         // 5. Record what is installed, adopt a new keyring, then switch.
         let now = WallClock.iso8601()
-        for (payload, slot) in plan {
+        for (payload, slot) in plan + singles {
             try store.setSlotRecord(
                 InstalledSlotRecord(
                     sha256: payload.imageSHA256.hex, size: payload.imageSize, version: manifest.version.description, source: bundleName,
@@ -233,9 +253,11 @@ public struct Installer {
             record.installedAt = now
             try store.setSlotRecord(record, for: copy.slot.name)
         }
-        try store.setPendingSecurityVersion(manifest.securityVersion, for: target)
-        if !staged.isEmpty {
-            try store.setGroupParts(GroupParts(group: target, bundle: bundleName, version: manifest.version.description, parts: staged))
+        if switchesGroup {
+            try store.setPendingSecurityVersion(manifest.securityVersion, for: target)
+            if !staged.isEmpty {
+                try store.setGroupParts(GroupParts(group: target, bundle: bundleName, version: manifest.version.description, parts: staged))
+            }
         }
         try store.removeInstallJournal()
         if let keyring, let update = manifest.keyring {
@@ -243,10 +265,15 @@ public struct Installer {
         }
         try store.recordTrustedTime(policy.trustedTime)
         progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
-        try control.markActive(target)
+        if switchesGroup {
+            try control.markActive(target)
+        } else if !staged.isEmpty {
+            // No group to follow: apps and settings are activated now, all or none.
+            try parts.activateInstall(staged, bundle: bundleName, version: manifest.version.description)
+        }
         progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
         return Result(
-            resumed: resumed, target: target, version: manifest.version.description, slots: plan.map(\.1.name),
+            resumed: resumed, target: switchesGroup ? target : "", version: manifest.version.description, slots: (plan + singles).map(\.1.name),
             copied: copies.map(\.slot.name), apps: staged.map { $0.kind == .app ? "\($0.name) \($0.version ?? "")" : "settings \($0.name)" },
             adoptedKeyring: keyring != nil)
     }
