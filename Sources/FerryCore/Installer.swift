@@ -359,6 +359,14 @@ extension Installer {
     /// Writes an app payload into the app store as a complete, inactive version.
     func stageApp(_ payload: Manifest.Payload, _ info: Manifest.AppInfo, into apps: AppStore, reader: BundleReader) throws(FerryError) {
         progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: 0, bytesTotal: payload.size))
+        if info.unpack {
+            let stream = try PayloadStream(reader: reader, payload: payload)
+            try apps.stageArchive(name: info.name, version: info.version, archive: stream)
+            // Whatever follows the archive's end (padding) is read and checked too.
+            try stream.skip(payload.size - stream.position)
+            progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: payload.size, bytesTotal: payload.size))
+            return
+        }
         try apps.stage(name: info.name, version: info.version, file: info.file) { (sink) throws(FerryError) in
             try reader.readPayload(payload) { (_, offset, bytes) throws(FerryError) in
                 try sink.write(bytes)
