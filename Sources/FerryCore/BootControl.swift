@@ -109,6 +109,7 @@ public struct BootControl {
         var state = try store.bootState()
         state.primary = bootname
         state.pending = bootname == booted.bootname && state.pending == nil ? nil : bootname
+        state.pendingBootID = store.currentBootID(sandbox: configuration.sandbox)
         try store.setBootState(state)
         try chooser.setPrimary(bootname)
         // Apps and settings of a mixed bundle installed into another group go back (after the
@@ -139,7 +140,12 @@ public struct BootControl {
         // An app or settings install cut before its health checks passed (power loss) goes back.
         try parts.recoverInterruptedInstall()
         var state = try store.bootState()
-        if let pending = state.pending, pending != current {
+        let bootID = store.currentBootID(sandbox: configuration.sandbox)
+        if let pending = state.pending, pending != current, bootID != nil, state.pendingBootID == bootID {
+            // Made primary during this very boot (boot-check run again before the reboot): no
+            // boot has tried it yet, so this is no fallback.
+            logger.info("The pending group has not been booted yet", metadata: ["group.pending": "\(pending)"])
+        } else if let pending = state.pending, pending != current {
             // The bootloader did not boot the group Ferry made primary: it ran out of tries.
             logger.warning("Boot fell back", metadata: ["group.failed": "\(pending)", "group.booted": "\(current)"])
             state.rolledBackFrom = pending

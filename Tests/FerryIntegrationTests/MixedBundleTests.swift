@@ -75,6 +75,8 @@ struct MixedBundleTests {
 
         /// Installs app nav 1.0 and carrier.json v1 on their own (active at once).
         func installBaseline(_ dir: String) throws {
+            // A running system: booted once (so this boot has an ID).
+            #expect(try boot().status == 0)
             try bundle(version: "1.0.0", app: ("nav", "1.0", [1, 2, 3]), output: "\(dir)/app.ferry")
             try bundle(version: "1.0.0", settings: ("carrier.json", #"{"apn": "internet", "mtu": 1500}"#, false), output: "\(dir)/settings.ferry")
             #expect(try ferry(["install", "\(dir)/app.ferry"]).status == 0)
@@ -108,6 +110,10 @@ struct MixedBundleTests {
             #expect(status.contains("Bundle parts:  nav 2.0, settings carrier.json (1.1.0, staged until group B is confirmed)"), "\(status)")
             // Confirming A again before the reboot leaves them staged.
             #expect(try device.ferry(["mark", "good", "A"]).status == 0)
+            #expect(try device.state.groupParts()?.state == .staged)
+            // So does boot-check run again in the same boot (a restarted service): no fallback.
+            #expect(TextFile.exists("\(device.sandbox.directory)/state/boot-id"))
+            #expect(try device.ferry(["boot-check"]).status == 0)
             #expect(try device.state.groupParts()?.state == .staged)
 
             let boot = try device.boot()
