@@ -138,6 +138,7 @@ extension StateStore {
             guard unlink(path) == 0 || errno == ENOENT else {
                 throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: path)
             }
+            IOTrace.recordRemoval(path)
             try DurableFile.synchronizeDirectory(directory)
             return
         }
