@@ -205,8 +205,7 @@ import Testing
     @Test(arguments: ["uboot", "grub"])
     func everyCrashStateOfAnInstallHoldsTheInvariants(bootloader: String) async throws {
         let environment = ProcessEnvironment.variables
-        let long = environment["FERRY_RELIABILITY_PROFILE"] == "long"
-        let target = Int(environment["FERRY_RELIABILITY_STATES"] ?? "") ?? (long ? 5_000 : 1_000)
+        let target = Int(environment["FERRY_RELIABILITY_STATES"] ?? "") ?? (ReliabilityProfile.isLong ? 5_000 : 1_000)
         let seed = UInt64(environment["FERRY_RELIABILITY_SEED"] ?? "") ?? 1
         try await withTemporaryDirectory { dir in
             let pki = try TestPKI.make(in: "\(dir)/pki", signers: ["signer1"])
@@ -263,16 +262,12 @@ import Testing
             }
             let summary =
                 "crash-simulation \(bootloader): \(events.count) events, \(states) states (\(perCut) per cut), \(violations.count) violations, seed \(seed)"
-            print(summary)
-            if let output = environment["FERRY_RELIABILITY_OUT"] {
-                let line = JSONValue.object([
+            try ReliabilityProfile.report(
+                summary,
+                [
                     "kind": .string("crash-simulation"), "bootloader": .string(bootloader), "events": .number(Double(events.count)),
                     "states": .number(Double(states)), "violations": .number(Double(violations.count)), "seed": .number(Double(seed)),
-                    "profile": .string(long ? "long" : "short"),
-                ]).serialized()
-                let previous = (try? readFile(output)) ?? []
-                try makeFile(output, bytes: previous + line + [0x0a])
-            }
+                ])
             #expect(states >= target)
             #expect(violations.isEmpty, "\(violations.prefix(5).joined(separator: "\n"))")
         }
