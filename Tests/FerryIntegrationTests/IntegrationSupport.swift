@@ -2,6 +2,7 @@ import FerryBundle
 import FerryJSON
 import FerrySystem
 import FerryTestSupport
+import SystemPackage
 
 /// The reliability profile (tools/reliability): `FERRY_RELIABILITY_PROFILE=long` for the long
 /// runs, otherwise the short ones that every test run does.
@@ -16,8 +17,11 @@ enum ReliabilityProfile {
         guard let output = ProcessEnvironment.variables["FERRY_RELIABILITY_OUT"] else { return }
         var object = fields
         object["profile"] = .string(name)
-        let previous = (try? readFile(output)) ?? []
-        try makeFile(output, bytes: previous + JSONValue.object(object).serialized() + [0x0a])
+        // One append of one line: suites that run in parallel do not lose each other's lines.
+        let fd = try FileDescriptor.open(
+            FilePath(output), .writeOnly, options: [.append, .create], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        defer { try? fd.close() }
+        _ = try fd.writeAll(JSONValue.object(object).serialized() + [0x0a])
     }
 }
 
