@@ -94,6 +94,19 @@ import Testing
         }
     }
 
+    @Test func aMergePatchAgainstAnActiveDocumentThatIsNotJSONIsRefused() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
+            // Someone left something that is not JSON under the name.
+            try DurableFile.write("apn=internet\n", to: "\(device.store)/carrier.json")
+            let result = try device.install("carrier.json", #"{"mtu": 1400}"#, mergePatch: true, dir: dir)
+            #expect(result.status == FerryError.Code.bundleInvalid.exitStatus, "\(result.output)")
+            #expect(result.output.contains("a JSON merge patch cannot apply to"), "\(result.output)")
+            #expect(try device.active("carrier.json") == "apn=internet\n")
+        }
+    }
+
     @Test func aHealthCheckThatCannotRunRemovesTheNewDocument() async throws {
         try await withTemporaryDirectory { dir in
             let device = try Device(dir, healthCheck: "\(dir)/no-such-check")
