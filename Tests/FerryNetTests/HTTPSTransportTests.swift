@@ -241,16 +241,17 @@ struct HTTPSTransportTests {
             let fixture = try Fixture(directory)
             let server = try fixture.nginx()
             defer { server.stop() }
-            let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.relay, .cut(afterBytes: 1 << 20)])
+            // libcurl may fetch the first window and the rest on one connection or on two: each of
+            // the first two connections is cut after 1 MiB, so a cut happens either way.
+            let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.cut(afterBytes: 1 << 20), .cut(afterBytes: 1 << 20)])
             defer { proxy.stop() }
             let options = try fixture.options([try fixture.tls.certificatePin("server")])
             let (bytes, source) = try Self.download("https://127.0.0.1:\(proxy.port)/payload.bin", options)
             #expect(bytes == fixture.payload)
-            #expect(source.reconnections == 1)
-            #expect(source.requests == 3)
-            // The first window (256 KiB), the rest until the cut, the rest after it.
+            #expect((1...2).contains(source.reconnections), "\(source.reconnections) reconnections")
+            // The first window (256 KiB), the rest until a cut, the rest after it (and after a second cut).
             let log = server.accessLog()
-            #expect(log.count == 3, "\(log)")
+            #expect(log.count == source.requests && source.requests == 2 + source.reconnections, "\(log)")
             #expect(log.allSatisfy { $0.contains(" 206 range=\"bytes=") }, "\(log)")
         }
     }
@@ -261,7 +262,7 @@ struct HTTPSTransportTests {
             let server = try fixture.nginx()
             defer { server.stop() }
             let www = fixture.www
-            let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.relay, .cut(afterBytes: 1 << 20)]) { _ in
+            let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.cut(afterBytes: 1 << 20), .cut(afterBytes: 1 << 20)]) { _ in
                 // A new release appears under the same name (another size, another ETag).
                 try? makeFile("\(www)/payload.next", bytes: seededBytes(count: (3 << 20) + 4096, seed: 8))
                 _ = try? Shell.run(["mv", "\(www)/payload.next", "\(www)/payload.bin"])
