@@ -58,14 +58,38 @@ enum BootloaderTargets {
         }
     }
 
-    /// An `fw_env.config`.
+    /// An `fw_env.config`; the environment it describes is then read as `ferry env list` reads
+    /// it, with every device replaced by a 64 KiB scratch file (offsets and sizes as given).
     @Sendable static func fwEnvConfig(_ input: UnsafeRawBufferPointer) {
         let text = String(decoding: input, as: UTF8.self)
-        do {
-            let config = try FWEnvConfig.parse(text, name: "fw_env.config", directory: "/etc")
-            guard (1...2).contains(config.locations.count), config.locations.allSatisfy({ $0.size > 5 && $0.device.hasPrefix("/") }) else {
-                violated("fw-env-config", "accepted \(config.locations)")
-            }
-        } catch {}
+        let config: FWEnvConfig
+        do { config = try FWEnvConfig.parse(text, name: "fw_env.config", directory: "/etc") } catch { return }
+        guard (1...2).contains(config.locations.count), config.locations.allSatisfy({ $0.size > 5 && $0.device.hasPrefix("/") }) else {
+            violated("fw-env-config", "accepted \(config.locations)")
+        }
+        let locations = config.locations.enumerated().map { index, location in
+            UBootEnvironmentLocation(device: environmentFiles[index], offset: location.offset, size: location.size, sectorSize: location.sectorSize)
+        }
+        _ = try? UBootEnvironment(locations: locations, name: "fuzz environment").readState()
     }
+
+    /// Two 64 KiB files, each with an environment copy of 16 KiB at 0 and at 32 KiB (the sandbox's layout).
+    private static let environmentFiles: [String] = {
+        let folder = FuzzScratch.directory("fwenv")
+        let format = UBootEnvironmentFormat(size: 0x4000, redundant: true)
+        return (0..<2).map { index in
+            let path = "\(folder)/env\(index).img"
+            do throws(FerryError) {
+                let copy = try UBootEnvironmentCodec.encode(
+                    ["BOOT_ORDER": "A B", "copy": "\(index)"], flags: UInt8(index + 1), padByte: 0, format: format, name: path)
+                var image = [UInt8](repeating: 0, count: 64 << 10)
+                image.replaceSubrange(0..<copy.count, with: copy)
+                image.replaceSubrange((32 << 10)..<((32 << 10) + copy.count), with: copy)
+                try DurableFile.write(image, to: path)
+            } catch {
+                fatalError("fuzz target fw-env-config: \(error.message)")
+            }
+            return path
+        }
+    }()
 }
