@@ -137,7 +137,7 @@ let package = Package(
             dependencies: ["FerryCLI", "FerryJSON", "FerryTestSupport"],
             exclude: ["Snapshots"]
         ),
-        .testTarget(name: "FerryFuzzTests", dependencies: ["FerryFuzzTargets"]),
+        .testTarget(name: "FerryFuzzTests", dependencies: ["FerryFuzzTargets", "FerryBundle", "FerryCrypto"]),
         .testTarget(
             name: "FerryIntegrationTests",
             dependencies: ["FerryCore", "FerrySystem", "FerryCLI", "FerryTestSupport"]

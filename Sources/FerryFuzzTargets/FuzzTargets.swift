@@ -36,6 +36,9 @@ public enum FuzzTargets {
         FuzzTarget(
             name: "bundle", summary: "BundleReader: manifest and signature members, manifest parsing, payload members and chunks",
             run: ContainerTargets.bundle),
+        FuzzTarget(
+            name: "signature", summary: "a detached CMS signature over a fixed manifest, checked by TrustPolicy against a fixed keyring",
+            run: SignatureTargets.signature),
         FuzzTarget(name: "manifest", summary: "Manifest.parse (manifest.json), with a serialize/parse round trip", run: ManifestTargets.manifest),
         FuzzTarget(
             name: "chunk-table", summary: "Manifest.parse of a fixed manifest whose payload list is the input (chunk tables, delta info)",

@@ -1,4 +1,6 @@
-import FerryFuzzTargets
+import FerryBundle
+import FerryCrypto
+@testable import FerryFuzzTargets
 import Testing
 
 /// Replays the committed fuzz corpus (Tests/FuzzCorpus/<target>/: seeds and every crash input
@@ -24,6 +26,15 @@ struct FuzzCorpusTests {
             target.run(bytes)
         }
         #expect(total < 1 << 20, "the corpus of \(name) holds \(total) bytes (keep it under 1 MiB)")
+    }
+
+    /// The committed signatures were made outside (openssl cms): the valid one must pass the
+    /// policy the target uses, or the target would never get past the refusals.
+    @Test func theValidSignatureSeedVerifies() throws {
+        let bytes = try #require(FuzzCorpus.read("\(Self.corpus)/signature/valid.p7s"))
+        let policy = TrustPolicy(keyring: SignatureTargets.keyring, threshold: 1, denyList: [], trustedTime: 1_798_761_600, device: nil)
+        let signers = try policy.verifySignatures(manifest: SignatureTargets.content, signatures: [(name: "valid.p7s", bytes: bytes)])
+        #expect(signers.count == 1)
     }
 
     @Test func everyCorpusFolderIsATarget() {
