@@ -67,7 +67,9 @@ enum CoreTargets {
 
     private static func typed(_ state: BootState) -> [String: String?] {
         var fields: [String: String?] = [
-            "primary": state.primary, "pending": state.pending, "pendingBootID": state.pendingBootID, "from": state.rolledBackFrom,
+            // The boot ID belongs to the pending group: it is dropped with it (by design).
+            "primary": state.primary, "pending": state.pending, "pendingBootID": state.pending == nil ? nil : state.pendingBootID,
+            "from": state.rolledBackFrom,
             "to": state.rolledBackTo, "at": state.rolledBackAt,
         ]
         for (group, time) in state.confirmedAt { fields["confirmed \(group)"] = time }
