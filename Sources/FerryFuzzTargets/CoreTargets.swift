@@ -67,11 +67,15 @@ enum CoreTargets {
 
     private static func typed(_ state: BootState) -> [String: String?] {
         var fields: [String: String?] = [
-            // The boot ID belongs to the pending group: it is dropped with it (by design).
+            // The boot ID belongs to the pending group, the rollback record to its 'from': each is
+            // dropped without them (by design).
             "primary": state.primary, "pending": state.pending, "pendingBootID": state.pending == nil ? nil : state.pendingBootID,
-            "from": state.rolledBackFrom,
-            "to": state.rolledBackTo, "at": state.rolledBackAt,
         ]
+        if state.rolledBackFrom != nil {
+            fields["from"] = state.rolledBackFrom
+            fields["to"] = state.rolledBackTo
+            fields["at"] = state.rolledBackAt
+        }
         for (group, time) in state.confirmedAt { fields["confirmed \(group)"] = time }
         for (group, time) in state.markedBadAt { fields["bad \(group)"] = time }
         return fields
