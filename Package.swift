@@ -40,6 +40,9 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        // libFuzzer's driver entry (declaration only): used by ferry-fuzz when tools/fuzz builds it
+        // with -sanitize=fuzzer; the ordinary build never references it.
+        .systemLibrary(name: "CLibFuzzer", path: "Sources/CLibFuzzer"),
 
         // MARK: - Libraries
         .target(
@@ -101,6 +104,19 @@ let package = Package(
             ]
         ),
 
+        // MARK: - Fuzzing (docs/fuzzing.md)
+        // One entry function per parser that reads untrusted or on-disk input. Not part of the
+        // ferry product: tools/fuzz builds ferry-fuzz with -sanitize=fuzzer; an ordinary build
+        // makes it a replayer of files, and FerryFuzzTests replays the committed corpus.
+        .target(
+            name: "FerryFuzzTargets",
+            dependencies: ["FerrySystem", "FerryJSON", "FerryXZ", "FerryBundle", "FerryDelta", "FerryBootloader", "FerryCore", logging]
+        ),
+        .executableTarget(
+            name: "ferry-fuzz",
+            dependencies: ["FerryFuzzTargets", "FerrySystem", "CLibFuzzer"]
+        ),
+
         // MARK: - Tests
         .target(
             name: "FerryTestSupport",
@@ -121,6 +137,7 @@ let package = Package(
             dependencies: ["FerryCLI", "FerryJSON", "FerryTestSupport"],
             exclude: ["Snapshots"]
         ),
+        .testTarget(name: "FerryFuzzTests", dependencies: ["FerryFuzzTargets", "FerryBundle", "FerryCrypto"]),
         .testTarget(
             name: "FerryIntegrationTests",
             dependencies: ["FerryCore", "FerrySystem", "FerryCLI", "FerryTestSupport"]

@@ -100,13 +100,12 @@ public struct FWEnvConfig: Sendable, Equatable {
             negative = true
             digits = digits.dropFirst()
         }
-        let value: Int64?
-        if digits.hasPrefix("0x") || digits.hasPrefix("0X") {
-            value = Int64(digits.dropFirst(2), radix: 16)
-        } else {
-            value = Int64(digits)
-        }
-        guard let value else { return nil }
+        let isHex = digits.hasPrefix("0x") || digits.hasPrefix("0X")
+        if isHex { digits = digits.dropFirst(2) }
+        // Digits only: Int64's parser would also take a second sign ("--0x…", "-0x-8…"), and the
+        // negation of its -2^63 traps.
+        guard let first = digits.first, first.isHexDigit else { return nil }
+        guard let value = isHex ? Int64(digits, radix: 16) : Int64(digits) else { return nil }
         return negative ? -value : value
     }
 }

@@ -137,7 +137,8 @@ public final class UBootEnvironment: BootEnvironment {
 
     private func absoluteOffset(_ location: UBootEnvironmentLocation, deviceSize: Int64) throws(FerryError) -> Int64 {
         let offset = location.offset < 0 ? deviceSize + location.offset : location.offset
-        guard offset >= 0, offset + Int64(location.size) <= deviceSize else {
+        // Compared without adding: an fw_env.config offset may be anything up to 2^63 - 1.
+        guard offset >= 0, offset <= deviceSize, Int64(location.size) <= deviceSize - offset else {
             throw FerryError(
                 code: .bootEnvironmentInvalid,
                 message: "\(name): the environment at offset \(location.offset) (\(location.size) bytes) lies outside '\(location.device)' (\(deviceSize) bytes)")

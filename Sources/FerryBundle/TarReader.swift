@@ -254,7 +254,9 @@ public final class TarReader {
                 return try makeMember(
                     size: size, rawName: rawName, pax: pax, memberOffset: pax == nil ? headerOffset : firstHeaderOffset,
                     maximumSize: maximumSize)
-            case UInt8(ascii: "5"), UInt8(ascii: "2"), UInt8(ascii: "1") where allowsDirectoriesAndLinks:
+            // `where` binds to one pattern only: each needs its own.
+            case UInt8(ascii: "5") where allowsDirectoriesAndLinks, UInt8(ascii: "2") where allowsDirectoriesAndLinks,
+                UInt8(ascii: "1") where allowsDirectoriesAndLinks:
                 guard size == 0 else { throw invalid("member '\(rawName)' at offset \(headerOffset) is \(Self.describe(typeflag)) with content") }
                 var member = try makeMember(
                     size: 0, rawName: rawName, pax: pax, memberOffset: pax == nil ? headerOffset : firstHeaderOffset,

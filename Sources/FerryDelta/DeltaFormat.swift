@@ -274,8 +274,9 @@ extension DeltaFormat {
         let length = reader.u64()
         let block = UInt64(DeltaFormat.blockSize)
         let cell = UInt64(cellLength(sourceSize: sourceSize))
-        guard length > 0, offset % block == 0, offset / cell == (offset + length - 1) / cell,
-            offset >= UInt64(after), offset <= UInt64(sourceSize), length <= UInt64(sourceSize) - offset,
+        // Inside the source first: only then can offset + length not overflow.
+        guard length > 0, offset % block == 0, offset >= UInt64(after), offset <= UInt64(sourceSize),
+            length <= UInt64(sourceSize) - offset, offset / cell == (offset + length - 1) / cell,
             length % block == 0 || offset + length == UInt64(sourceSize)
         else {
             throw DeltaFormat.invalid("source check \(index) (bytes \(offset) + \(length)) is not an aligned range after the previous one inside the \(sourceSize)-byte source")

@@ -15,7 +15,10 @@ public enum WallClock {
         var parts = tm()
         gmtime_r(&value, &parts)
         func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+        // Four digits, as parseISO8601 reads them: years 0–999 too (a parsed time may be in them).
+        let year = parts.tm_year + 1900
+        let yearText = (0..<1000).contains(year) ? String("000\(year)".suffix(4)) : "\(year)"
+        return "\(yearText)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 }
 
