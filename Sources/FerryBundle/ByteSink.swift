@@ -41,11 +41,16 @@ public final class FileByteSink: ByteSink {
     /// - Throws: `.deviceNotFound` (missing directory), `.permissionDenied`, `.noSpace`, `.io`.
     ///
     /// The corresponding C function is `open(2)` with `O_CREAT | O_TRUNC`.
-    public init(path: String, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws(FerryError) {
+    /// - Parameter exclusive: fail if `path` exists (also as a symbolic link: never followed).
+    public init(
+        path: String, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead], exclusive: Bool = false
+    ) throws(FerryError) {
         self.path = path
         do {
             descriptor = try FileDescriptor.open(
-                FilePath(path), .writeOnly, options: [.create, .truncate, .closeOnExec], permissions: permissions)
+                FilePath(path), .writeOnly,
+                options: exclusive ? [.create, .exclusiveCreate, .noFollow, .closeOnExec] : [.create, .truncate, .closeOnExec],
+                permissions: permissions)
         } catch {
             throw .syscall("creating", errno: error as? Errno ?? .ioError, path: path)
         }

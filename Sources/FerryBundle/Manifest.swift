@@ -55,11 +55,14 @@ public struct Manifest: Sendable, Equatable {
         public var version: String
         /// The file name inside `<store>/<name>/<version>/`.
         public var file: String
+        /// The file is a tar archive unpacked into `<store>/<name>/<version>/` (docs/apps.md).
+        public var unpack: Bool
 
-        public init(name: String, version: String, file: String) {
+        public init(name: String, version: String, file: String, unpack: Bool = false) {
             self.name = name
             self.version = version
             self.file = file
+            self.unpack = unpack
         }
     }
 
@@ -209,7 +212,9 @@ public struct Manifest: Sendable, Equatable {
                         ])
                     }
                     if let app = payload.app {
-                        entry["app"] = .object(["name": .string(app.name), "version": .string(app.version), "file": .string(app.file)])
+                        var info: [String: JSONValue] = ["name": .string(app.name), "version": .string(app.version), "file": .string(app.file)]
+                        if app.unpack { info["unpack"] = .bool(true) }
+                        entry["app"] = .object(info)
                     }
                     return .object(entry)
                 }),
@@ -344,6 +349,7 @@ public struct Manifest: Sendable, Equatable {
                 try checkMemberName(value, object: info, key: key)
             }
             guard app!.name == target else { throw info.invalid("name", "must equal the payload's target") }
+            app!.unpack = try info.bool("unpack") ?? false
             try info.finish()
         } else if type == "app" {
             throw object.invalid("app", "is required for a payload of type app")

@@ -14,6 +14,12 @@ public struct TarMember: Hashable, Sendable {
     public var offset: Int64
     /// Byte offset of the member's first header (its pax header, if it has one).
     public var headerOffset: Int64
+    /// What it is; anything but a regular file only where the reader allows it (app archives).
+    public var kind: Kind = .file
+    /// The link target of a symbolic or hard link, as stored (not checked here).
+    public var linkName: String? = nil
+
+    public enum Kind: Hashable, Sendable { case file, directory, symbolicLink, hardLink }
 
     public init(name: String, size: Int64, mode: UInt32, mtime: Int64, offset: Int64, headerOffset: Int64) {
         self.name = name
@@ -38,6 +44,9 @@ public struct TarMember: Hashable, Sendable {
 /// ``nextMember(maximumSize:)`` skips what the caller did not read. Each member's ``TarMember/offset``
 /// is its content's absolute position in the archive.
 public final class TarReader {
+    /// Accept directories, symbolic links and hard links too (app archives, unpacked with their
+    /// own checks by the app store); bundles hold regular files only.
+    public var allowsDirectoriesAndLinks = false
     /// The archive.
     public let source: any ByteSource
     /// The size limit for members when ``nextMember(maximumSize:)`` is not given one.
@@ -245,6 +254,23 @@ public final class TarReader {
                 return try makeMember(
                     size: size, rawName: rawName, pax: pax, memberOffset: pax == nil ? headerOffset : firstHeaderOffset,
                     maximumSize: maximumSize)
+            case UInt8(ascii: "5"), UInt8(ascii: "2"), UInt8(ascii: "1") where allowsDirectoriesAndLinks:
+                guard size == 0 else { throw invalid("member '\(rawName)' at offset \(headerOffset) is \(Self.describe(typeflag)) with content") }
+                var member = try makeMember(
+                    size: 0, rawName: rawName, pax: pax, memberOffset: pax == nil ? headerOffset : firstHeaderOffset,
+                    maximumSize: maximumSize, isDirectory: typeflag == UInt8(ascii: "5"))
+                if typeflag != UInt8(ascii: "5") {
+                    var stored = pax?.linkPath.map { Array($0.utf8) } ?? Self.cString(header[TarFormat.Field.linkname])
+                    // A hard link names an archive member: './' prefixes as for names.
+                    if typeflag == UInt8(ascii: "1") { stored = Self.droppingDotSlash(stored) }
+                    guard !stored.isEmpty, !stored.contains(0), let target = String(validating: stored, as: UTF8.self) else {
+                        throw invalid("member '\(member.name)' at offset \(headerOffset): its link target is empty or not UTF-8")
+                    }
+                    member.linkName = target
+                }
+                member.kind = typeflag == UInt8(ascii: "5") ? .directory : typeflag == UInt8(ascii: "2") ? .symbolicLink : .hardLink
+                currentMember = member
+                return member
             default:
                 throw invalid("member '\(rawName)' at offset \(headerOffset) is \(Self.describe(typeflag)); bundles hold regular files only")
             }
@@ -282,7 +308,7 @@ public final class TarReader {
     }
 
     private func makeMember(
-        size headerSize: Int64, rawName: String, pax: PaxOverrides?, memberOffset: Int64, maximumSize: Int64
+        size headerSize: Int64, rawName: String, pax: PaxOverrides?, memberOffset: Int64, maximumSize: Int64, isDirectory: Bool = false
     ) throws(FerryError) -> TarMember {
         var nameBytes = Self.cString(header[TarFormat.Field.name])
         if isPOSIXMagic {
@@ -292,7 +318,12 @@ public final class TarReader {
         }
         try checkNoHiddenBytes(TarFormat.Field.name, rawName: rawName, at: memberOffset)
         if let path = pax?.path { nameBytes = Array(path.utf8) }
-        if let problem = TarFormat.nameProblem(nameBytes) {
+        // A directory's name ends with '/'.
+        while isDirectory, nameBytes.count > 1, nameBytes.last == UInt8(ascii: "/") { nameBytes.removeLast() }
+        // Archives made with `tar -C dir .` name everything './…', and the folder itself '.'.
+        if allowsDirectoriesAndLinks { nameBytes = Self.droppingDotSlash(nameBytes) }
+        let isRoot = allowsDirectoriesAndLinks && isDirectory && nameBytes == [UInt8(ascii: ".")]
+        if !isRoot, let problem = TarFormat.nameProblem(nameBytes) {
             throw invalid("member '\(TarFormat.display(nameBytes))' at offset \(memberOffset): its name \(problem)")
         }
         let name = String(decoding: nameBytes, as: UTF8.self)
@@ -328,6 +359,7 @@ public final class TarReader {
         var size: Int64?
         var path: String?
         var mtime: Int64?
+        var linkPath: String?
     }
 
     private func readPaxHeader(size: Int, at offset: Int64) throws(FerryError) -> PaxOverrides {
@@ -356,6 +388,8 @@ public final class TarReader {
                 overrides.size = value
             case "path":
                 overrides.path = record.value
+            case "linkpath" where allowsDirectoriesAndLinks:
+                overrides.linkPath = record.value
             case "mtime", "atime", "ctime":
                 // Decimal seconds with an optional fraction and sign (GNU tar writes all three).
                 let parts = record.value.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
@@ -412,6 +446,13 @@ public final class TarReader {
     }
 
     /// A non-negative decimal number of at most 18 digits.
+    /// `./a/b` → `a/b` (repeatedly).
+    static func droppingDotSlash(_ bytes: [UInt8]) -> [UInt8] {
+        var result = bytes[...]
+        while result.count > 2, result.starts(with: [UInt8(ascii: "."), UInt8(ascii: "/")]) { result = result.dropFirst(2) }
+        return Array(result)
+    }
+
     private static func decimal(_ text: String) -> Int64? {
         let bytes = Array(text.utf8)
         guard !bytes.isEmpty, bytes.count <= 18, bytes.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) })

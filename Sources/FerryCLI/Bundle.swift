@@ -52,6 +52,8 @@ extension FerryCommand {
             var apps: [String] = []
             @Option(name: .customLong("app-version"), help: ArgumentHelp("The version the --app files install as (default: --version).", valueName: "version"))
             var appVersion: String?
+            @Flag(name: .customLong("app-unpack"), help: "The --app files are tar archives, unpacked into the app's version folder on the device (entries and links checked to stay inside it).")
+            var appUnpack = false
             @Option(name: .customLong("settings"), help: ArgumentHelp("A settings update: <name>=<file.json|file.xml>; repeat.", valueName: "name=file"))
             var settings: [String] = []
             @Flag(name: .customLong("merge-patch"), help: "Apply the JSON --settings as JSON merge patches (RFC 7386) to the device's documents.")
@@ -91,6 +93,7 @@ extension FerryCommand {
                     throw ValidationError("'\(image)' is not <name>=<file>")
                 }
                 if appVersion != nil && apps.isEmpty { throw ValidationError("--app-version goes with --app") }
+                if appUnpack && apps.isEmpty { throw ValidationError("--app-unpack goes with --app") }
                 for delta in deltaFrom {
                     guard let equals = delta.firstIndex(of: "="), equals != delta.startIndex, delta.index(after: equals) != delta.endIndex else {
                         throw ValidationError("--delta-from '\(delta)' is not <class>=<file>")
@@ -168,7 +171,7 @@ extension FerryCommand {
                     let file = String(path.split(separator: "/").last ?? "app")
                     bundleImages.append(
                         BundleWriter.Image(
-                            slotClass: name, path: path, app: Manifest.AppInfo(name: name, version: appVersion ?? version, file: file)))
+                            slotClass: name, path: path, app: Manifest.AppInfo(name: name, version: appVersion ?? version, file: file, unpack: appUnpack)))
                 }
                 for document in settings {
                     let (name, path) = Self.split(document)

@@ -72,13 +72,20 @@ extension FerryCommand {
                 name = bundle == "-" ? "standard input" : String(bundle.split(separator: "/").last ?? "")
             }
             let result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
-            if !result.apps.isEmpty {
+            if !result.apps.isEmpty && result.slots.isEmpty {
                 Terminal.writeOutput("Installed and activated \(result.apps.joined(separator: ", ")) (no reboot needed).\n")
+                return
+            }
+            if result.target.isEmpty {
+                Terminal.writeOutput(
+                    (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) in place into single-copy \(result.slots.joined(separator: ", "))"
+                        + (result.apps.isEmpty ? "" : "; activated \(result.apps.joined(separator: ", "))") + "; no group switch.\n")
                 return
             }
             Terminal.writeOutput(
                 (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
                     + (result.copied.isEmpty ? "" : "; \(result.copied.joined(separator: ", ")) made consistent with the booted group")
+                    + (result.apps.isEmpty ? "" : "; staged \(result.apps.joined(separator: ", ")) until the group is confirmed")
                     + "\(result.adoptedKeyring ? "; adopted the bundle's new keyring" : "")"
                     + "; group \(result.target) is now primary: reboot, then confirm.\n")
         }

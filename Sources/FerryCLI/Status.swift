@@ -27,6 +27,18 @@ extension FerryCommand {
             }
         }
 
+        /// One slot's row: name, class, location, size, state, what is installed.
+        static func row(_ slot: StatusReport.Slot) -> [String] {
+            let installed: String
+            if let record = slot.installed {
+                let hash = record.sha256.map { " sha256 \($0.prefix(12))…" } ?? ""
+                installed = "\(record.version ?? "unversioned")\(record.source.map { " (\($0))" } ?? "")\(hash)"
+            } else {
+                installed = "nothing recorded"
+            }
+            return [slot.name, slot.slotClass, slot.location, ByteFormat.string(slot.size), slot.state, installed]
+        }
+
         static func render(_ report: StatusReport) -> String {
             var lines: [String] = []
             lines.append("Compatible:    \(report.compatible)")
@@ -43,6 +55,11 @@ extension FerryCommand {
             if let rollback = report.rollback {
                 lines.append("Rolled back:   from \(rollback.from) to \(rollback.to ?? "?")\(rollback.at.map { " at \($0)" } ?? "")")
             }
+            if let record = report.groupParts {
+                let names = record.parts.map { $0.kind == .app ? "\($0.name) \($0.version ?? "")" : "settings \($0.name)" }
+                let when = record.state == .staged ? "staged until group \(record.group) is confirmed" : "\(record.state.rawValue) with group \(record.group)"
+                lines.append("Bundle parts:  \(names.joined(separator: ", ")) (\(record.version), \(when))")
+            }
             for group in report.groups {
                 lines.append("")
                 var facts: [String] = []
@@ -52,17 +69,12 @@ extension FerryCommand {
                 if let left = group.triesLeft { facts.append("\(left) tries left") }
                 if group.tried == true { facts.append("tried") }
                 lines.append("Group \(group.bootname)\(facts.isEmpty ? "" : " (\(facts.joined(separator: ", ")))")")
-                let rows = group.slots.map { slot -> [String] in
-                    let installed: String
-                    if let record = slot.installed {
-                        let hash = record.sha256.map { " sha256 \($0.prefix(12))…" } ?? ""
-                        installed = "\(record.version ?? "unversioned")\(record.source.map { " (\($0))" } ?? "")\(hash)"
-                    } else {
-                        installed = "nothing recorded"
-                    }
-                    return [slot.name, slot.slotClass, slot.location, ByteFormat.string(slot.size), slot.state, installed]
-                }
-                lines.append(contentsOf: Table.render(rows, indent: "  "))
+                lines.append(contentsOf: Table.render(group.slots.map(Self.row), indent: "  "))
+            }
+            if !report.singleCopySlots.isEmpty {
+                lines.append("")
+                lines.append("Single-copy slots (no A/B)")
+                lines.append(contentsOf: Table.render(report.singleCopySlots.map(Self.row), indent: "  "))
             }
             return lines.joined(separator: "\n") + "\n"
         }

@@ -71,15 +71,27 @@ public struct AppStore {
         try Self.checkName(name, what: "app name")
         try Self.checkName(version, what: "app version")
         try Self.checkName(file, what: "app file name")
+        let (_, staging) = try makeStaging(name: name, version: version)
+        let sink = try FileByteSink(path: "\(staging)/\(file)")
+        try write(sink)
+        try sink.finish()
+        try DurableFile.synchronizeDirectory(staging)
+        try install(staging: staging, name: name, version: version)
+    }
+
+    /// A fresh staging directory for `version` (half-written ones of earlier runs removed).
+    private func makeStaging(name: String, version: String) throws(FerryError) -> (app: String, staging: String) {
         let app = appDirectory(name)
         try DurableFile.createDirectory(app)
         for entry in Self.entries(app) where entry.hasPrefix(".") && entry.contains(".partial-") { try Self.removeTree("\(app)/\(entry)") }
         let staging = "\(app)/.\(version).partial-\(getpid())"
         try DurableFile.createDirectory(staging)
-        let sink = try FileByteSink(path: "\(staging)/\(file)")
-        try write(sink)
-        try sink.finish()
-        try DurableFile.synchronizeDirectory(staging)
+        return (app, staging)
+    }
+
+    /// Renames a complete, synced staging directory into place as `version`.
+    private func install(staging: String, name: String, version: String) throws(FerryError) {
+        let app = appDirectory(name)
         let final = "\(app)/\(version)"
         if TextFile.exists(final) {
             guard current(name) != version else {
@@ -90,6 +102,114 @@ public struct AppStore {
         }
         try Self.rename(staging, to: final)
         try DurableFile.synchronizeDirectory(app)
+    }
+
+    /// Writes a new version unpacked from a tar archive (ustar or pax; directories, regular
+    /// files, symbolic and hard links) through a staging directory, like `stage`. Every entry is
+    /// checked before it is created: a plain relative path (no `..`, no absolute path), not twice,
+    /// not under a symbolic link of the archive; a symbolic link must point inside the version
+    /// (relative, resolved lexically); a hard link must name an earlier regular file of the
+    /// archive; devices, FIFOs and other kinds are refused. Permission bits are kept without
+    /// set-user-ID, set-group-ID and sticky bits; owners are not (root owns what Ferry writes).
+    /// - Throws: `.bundleInvalid` naming the entry; the archive's and the file system's errors.
+    public func stageArchive(name: String, version: String, archive: any ByteSource) throws(FerryError) {
+        try Self.checkName(name, what: "app name")
+        try Self.checkName(version, what: "app version")
+        let (_, staging) = try makeStaging(name: name, version: version)
+        do {
+            try Self.unpack(archive, into: staging, app: name)
+        } catch {
+            try? Self.removeTree(staging)
+            throw error
+        }
+        try install(staging: staging, name: name, version: version)
+    }
+
+    static func unpack(_ archive: any ByteSource, into root: String, app: String) throws(FerryError) {
+        let tar = TarReader(source: archive)
+        tar.allowsDirectoriesAndLinks = true
+        var kinds: [String: TarMember.Kind] = [:]
+        var directories: [String] = [root]
+        var links: [(path: String, target: String)] = []
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        func refuse(_ entry: String, _ problem: String) -> FerryError {
+            FerryError(code: .bundleInvalid, message: "app '\(app)': archive entry '\(entry)' \(problem)")
+        }
+        while let member = try tar.nextMember() {
+            // The archive's own folder ('.') is the version folder.
+            if member.name == "." && member.kind == .directory { continue }
+            let path = member.name
+            let components = path.split(separator: "/").map(String.init)
+            guard kinds[path] == nil else { throw refuse(path, "appears twice") }
+            // Nothing may be created through a link the archive made.
+            for length in 1..<max(1, components.count) {
+                let parent = components[..<length].joined(separator: "/")
+                if let kind = kinds[parent], kind != .directory {
+                    throw refuse(path, "lies under '\(parent)', which is not a directory of the archive")
+                }
+            }
+            let target = "\(root)/\(path)"
+            try DurableFile.createDirectory(Paths.directory(of: target))
+            let mode = FilePermissions(rawValue: CModeT(member.mode & 0o777))
+            switch member.kind {
+            case .file:
+                let sink = try FileByteSink(path: target, permissions: mode, exclusive: true)
+                while true {
+                    let count = try tar.readContent(into: buffer)
+                    if count == 0 { break }
+                    try sink.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+                }
+                try sink.finish()
+                guard chmod(target, mode_t(member.mode & 0o777)) == 0 else {
+                    throw FerryError.syscall("setting the mode of", errno: .init(rawValue: errno), path: target)
+                }
+            case .directory:
+                if !TextFile.isDirectory(target) {
+                    guard mkdir(target, mode_t(member.mode & 0o777 | 0o700)) == 0 else {
+                        throw FerryError.syscall("creating the directory", errno: .init(rawValue: errno), path: target)
+                    }
+                }
+                directories.append(target)
+            case .symbolicLink:
+                let link = member.linkName ?? ""
+                guard !link.hasPrefix("/") else { throw refuse(path, "is a link to the absolute path '\(link)'") }
+                links.append((path, link))
+                guard symlink(link, target) == 0 else {
+                    throw FerryError.syscall("creating the link", errno: .init(rawValue: errno), path: target)
+                }
+            case .hardLink:
+                let source = member.linkName ?? ""
+                guard kinds[source] == .file else {
+                    throw refuse(path, "is a hard link to '\(source)', which is not an earlier regular file of the archive")
+                }
+                guard Glibc.link("\(root)/\(source)", target) == 0 else {
+                    throw FerryError.syscall("creating the hard link", errno: .init(rawValue: errno), path: target)
+                }
+            }
+            kinds[path] = member.kind
+        }
+        try tar.finishAndCheckEnd()
+        // Each link, resolved lexically from its folder, stays inside the version and never
+        // passes through another link of the archive (whose target could lead out).
+        for (path, link) in links {
+            var resolved = Array(path.split(separator: "/").map(String.init).dropLast())
+            for part in link.split(separator: "/", omittingEmptySubsequences: true) {
+                if kinds[resolved.joined(separator: "/")] == .symbolicLink {
+                    throw refuse(path, "is a link to '\(link)', which passes through the link '\(resolved.joined(separator: "/"))'")
+                }
+                if part == "." { continue }
+                if part == ".." {
+                    guard !resolved.isEmpty else { throw refuse(path, "is a link to '\(link)', outside the app's folder") }
+                    resolved.removeLast()
+                } else {
+                    resolved.append(String(part))
+                }
+            }
+        }
+        for directory in Set(directories + kinds.filter { $0.value == .file }.map { Paths.directory(of: "\(root)/\($0.key)") }) {
+            try DurableFile.synchronizeDirectory(directory)
+        }
     }
 
     /// Makes `version` the active one (the old one becomes `previous`); prunes old versions.

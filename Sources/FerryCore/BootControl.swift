@@ -10,6 +10,8 @@ public struct BootControl {
     public let booted: BootedGroup
     public let store: StateStore
     public let logger: Logger
+    /// The apps and settings of mixed bundles, which follow their group.
+    public var parts: GroupPartsControl { GroupPartsControl(configuration: configuration, logger: logger) }
 
     public init(configuration: SystemConfiguration, booted: BootedGroup, logger: Logger) throws(FerryError) {
         self.configuration = configuration
@@ -74,7 +76,10 @@ public struct BootControl {
     }
 
     /// Marks a whole group good: bootable, boot counter reset, recorded as confirmed.
+    /// The apps and settings of a mixed bundle installed into it are activated first (a failing
+    /// health check switches them back and the group is not confirmed).
     public func markGood(_ bootname: String) throws(FerryError) {
+        try parts.confirm(bootname)
         try chooser.setState(good: true, for: bootname)
         var state = try store.bootState()
         if state.pending == bootname { state.pending = nil }
@@ -86,12 +91,14 @@ public struct BootControl {
     }
 
     /// Marks a whole group bad: the bootloader will not boot it until it is made active again.
+    /// Apps and settings of a mixed bundle installed into it are dropped or switched back.
     public func markBad(_ bootname: String) throws(FerryError) {
         try chooser.setState(good: false, for: bootname)
         var state = try store.bootState()
         if state.pending == bootname { state.pending = nil }
         state.markedBadAt[bootname] = WallClock.iso8601()
         try store.setBootState(state)
+        try parts.markedBad(bootname)
         logger.info("Marked group bad", metadata: ["group.bootname": "\(bootname)"])
     }
 
@@ -102,8 +109,12 @@ public struct BootControl {
         var state = try store.bootState()
         state.primary = bootname
         state.pending = bootname == booted.bootname && state.pending == nil ? nil : bootname
+        state.pendingBootID = store.currentBootID(sandbox: configuration.sandbox)
         try store.setBootState(state)
         try chooser.setPrimary(bootname)
+        // Apps and settings of a mixed bundle installed into another group go back (after the
+        // switch: a cut in between is finished by boot-check confirming this group).
+        try parts.madeActive(bootname)
         logger.info("Marked group active", metadata: ["group.bootname": "\(bootname)"])
     }
 
@@ -126,8 +137,15 @@ public struct BootControl {
             throw FerryError(code: .deviceBooted, message: "boot-check: the booted group is unknown (\(booted.source))")
         }
         var result = BootCheckResult(booted: current, rolledBackFrom: nil, healthCheckPassed: nil, confirmed: false)
+        // An app or settings install cut before its health checks passed (power loss) goes back.
+        try parts.recoverInterruptedInstall()
         var state = try store.bootState()
-        if let pending = state.pending, pending != current {
+        let bootID = store.currentBootID(sandbox: configuration.sandbox)
+        if let pending = state.pending, pending != current, bootID != nil, state.pendingBootID == bootID {
+            // Made primary during this very boot (boot-check run again before the reboot): no
+            // boot has tried it yet, so this is no fallback.
+            logger.info("The pending group has not been booted yet", metadata: ["group.pending": "\(pending)"])
+        } else if let pending = state.pending, pending != current {
             // The bootloader did not boot the group Ferry made primary: it ran out of tries.
             logger.warning("Boot fell back", metadata: ["group.failed": "\(pending)", "group.booted": "\(current)"])
             state.rolledBackFrom = pending

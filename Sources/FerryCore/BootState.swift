@@ -11,6 +11,9 @@ public struct BootState: Sendable, Equatable {
     public var primary: String?
     /// The group made primary and not yet confirmed (on trial).
     public var pending: String?
+    /// The kernel's boot ID when `pending` was made primary: boot-check in that same boot (no
+    /// reboot yet) must not take the other group running for a fallback.
+    public var pendingBootID: String?
     /// The last fallback boot-check noticed.
     public var rolledBackFrom: String?
     public var rolledBackTo: String?
@@ -32,6 +35,7 @@ public struct BootState: Sendable, Equatable {
         raw = json
         primary = json["primary"]?.stringValue
         pending = json["pending"]?.stringValue
+        pendingBootID = json["pendingBootID"]?.stringValue
         if let rollback = json["rollback"]?.objectValue {
             rolledBackFrom = rollback["from"]?.stringValue
             rolledBackTo = rollback["to"]?.stringValue
@@ -48,6 +52,7 @@ public struct BootState: Sendable, Equatable {
         object["formatVersion"] = .number(Double(max(StateStore.formatVersion, object["formatVersion"]?.int64Value ?? 0)))
         object["primary"] = primary.map(JSONValue.string)
         object["pending"] = pending.map(JSONValue.string)
+        object["pendingBootID"] = pending == nil ? nil : pendingBootID.map(JSONValue.string)
         if let rolledBackFrom {
             var rollback = object["rollback"]?.objectValue ?? [:]
             rollback["from"] = .string(rolledBackFrom)
@@ -71,6 +76,13 @@ public struct BootState: Sendable, Equatable {
 
 extension StateStore {
     public var bootStatePath: String { "\(directory)/boot.json" }
+
+    /// This boot's ID: the kernel's (`/proc/sys/kernel/random/boot_id`), or on a sandbox the one
+    /// tools/sandbox-boot writes to `<state>/boot-id` for each simulated boot; nil when unknown.
+    public func currentBootID(sandbox: Bool) -> String? {
+        let text = TextFile.attribute(sandbox ? "\(directory)/boot-id" : "/proc/sys/kernel/random/boot_id")?.trimmingCharacters()
+        return text?.isEmpty == false ? text : nil
+    }
 
     /// Ferry's boot-control record (empty when none was written yet).
     public func bootState() throws(FerryError) -> BootState {

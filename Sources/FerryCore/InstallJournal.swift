@@ -85,6 +85,7 @@ extension StateStore {
         if journalPath.withCString({ unlink($0) }) != 0 {
             throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: journalPath)
         }
+        IOTrace.recordRemoval(journalPath)
         try DurableFile.synchronizeDirectory(directory)
     }
 }

@@ -58,6 +58,8 @@ public struct Installer {
         }
         let target = try control.bootname(for: "other")
         let store = StateStore(directory: configuration.stateDirectory)
+        // An app or settings install cut before its health checks passed is switched back first.
+        try control.parts.recoverInterruptedInstall()
         if try store.bootState().pending == current, !force {
             throw FerryError(
                 code: .onTrial,
@@ -69,23 +71,38 @@ public struct Installer {
         let reader = BundleReader(source: source)
         let (manifest, signers, keyring) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade)
         logger.info("Bundle verified", metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
-        let storeTypes: Set<String> = ["app", "settings"]
-        if manifest.payloads.contains(where: { storeTypes.contains($0.type) }) {
-            guard manifest.payloads.allSatisfy({ storeTypes.contains($0.type) }) else {
-                throw FerryError(
-                    code: .unsupported,
-                    message: "the bundle mixes app or settings payloads with slot images: mixed bundles are not supported by this Ferry yet")
-            }
+        // App and settings payloads alone need no group switch; beside slot images (a mixed
+        // bundle) they are staged and follow the target group (GroupParts).
+        let partPayloads = manifest.payloads.filter { $0.app != nil || $0.settings != nil }
+        if partPayloads.count == manifest.payloads.count {
             return try installApps(manifest, reader: reader, keyring: keyring, bundleName: bundleName, trustedTime: policy.trustedTime)
         }
+        let parts = control.parts
+        try parts.checkCanStage(partPayloads)
 
         // 2. Plan: one slot of the target group per payload, large enough; the group complete.
         guard let group = configuration.group(target) else { throw FerryError(code: .internal, message: "no group \(target)") }
         var plan: [(Manifest.Payload, SlotConfiguration)] = []
+        /// Single-copy module slots (no A/B), written in place where the configuration opts in.
+        var singles: [(Manifest.Payload, SlotConfiguration)] = []
         /// The booted slot each delta payload reads, by target slot name.
         var deltaSources: [String: SlotConfiguration] = [:]
         var resolver = SlotResolver()
-        for payload in manifest.payloads {
+        for payload in manifest.payloads where payload.app == nil && payload.settings == nil {
+            if let single = configuration.singleCopySlot(ofClass: payload.target) {
+                guard payload.delta == nil else {
+                    throw FerryError(
+                        code: .notCompatible,
+                        message: "payload '\(payload.member)' is a delta, but slot '\(single.name)' is single-copy: a delta cannot read the copy it overwrites")
+                }
+                let capacity = try resolver.resolve(single, configuration: configuration).byteCount
+                guard payload.imageSize <= capacity else {
+                    throw FerryError(
+                        code: .deviceTooSmall, message: "payload '\(payload.member)' is \(payload.imageSize) bytes but slot '\(single.name)' holds \(capacity)")
+                }
+                singles.append((payload, single))
+                continue
+            }
             guard let slot = group.slot(ofClass: payload.target) else {
                 throw FerryError(
                     code: .notCompatible, message: "the bundle has a payload for slot class '\(payload.target)', which this device does not have")
@@ -109,7 +126,9 @@ public struct Installer {
         // installed with, which the state records.
         let records = try store.slotRecords()
         var copies: [GroupCopy] = []
-        for slot in group.slots where !plan.contains(where: { $0.1.name == slot.name }) {
+        // A bundle of single-copy modules alone switches no group.
+        let switchesGroup = !plan.isEmpty
+        for slot in group.slots where switchesGroup && !plan.contains(where: { $0.1.name == slot.name }) {
             guard let source = configuration.group(current)?.slot(ofClass: slot.slotClass) else {
                 throw FerryError(
                     code: .bundleInvalid,
@@ -128,7 +147,7 @@ public struct Installer {
         }
 
         let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
-        for (_, slot) in plan { try access.checkCanOpen(slot) }
+        for (_, slot) in plan + singles { try access.checkCanOpen(slot) }
         for copy in copies { try access.checkCanOpen(copy.slot) }
         // A delta's source is the booted slot: every range it reads is checked against the signed
         // manifest now, so that a device whose booted slot differs writes nothing at all.
@@ -147,7 +166,7 @@ public struct Installer {
         var hookEnvironment = [
             "FERRY_BUNDLE": bundleName, "FERRY_VERSION": manifest.version.description, "FERRY_COMPATIBLE": manifest.compatible,
             "FERRY_BOOTED_GROUP": current, "FERRY_TARGET_GROUP": target, "FERRY_CONFIG": configuration.path,
-            "FERRY_SLOTS": plan.map(\.1.name).joined(separator: " "), "FERRY_STAGE": "pre-install",
+            "FERRY_SLOTS": (plan + singles).map(\.1.name).joined(separator: " "), "FERRY_STAGE": "pre-install",
         ]
         try hooks.run("pre-install", configuration.hooks.preInstall, environment: hookEnvironment)
 
@@ -167,10 +186,30 @@ public struct Installer {
             }
         }
 
-        // 5. The target group will not boot until it is complete and verified.
-        try control.markBad(target)
+        // 5. The target group will not boot until it is complete and verified. Apps and settings
+        //    staged for it by an earlier bundle are dropped with it.
+        if switchesGroup {
+            try parts.settle(beforeInstallInto: target)
+            try control.markBad(target)
+        }
         if !resumed { try store.setInstallJournal(journal) }
-        for (payload, slot) in plan {
+        var staged: [GroupParts.Part] = []
+        for payload in manifest.payloads {
+            if let info = payload.app {
+                try stageApp(payload, info, into: parts.apps, reader: reader)
+                staged.append(GroupParts.Part(kind: .app, name: info.name, version: info.version))
+                continue
+            }
+            if let info = payload.settings {
+                var incoming: [UInt8] = []
+                try reader.readPayload(payload) { (_, _, bytes) throws(FerryError) in incoming += bytes }
+                try parts.stageSettings(info, incoming: incoming, group: switchesGroup ? target : "")
+                staged.append(GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
+                continue
+            }
+            guard let slot = (plan + singles).first(where: { $0.0.member == payload.member })?.1 else {
+                throw FerryError(code: .internal, message: "payload '\(payload.member)' has no slot")
+            }
             if journal.completed.contains(slot.name) {
                 // Written and read back before the interruption: read past it in the stream.
                 try reader.readPayload(payload, resumeAt: payload.chunks.count) { (_, _, _) throws(FerryError) in }
@@ -202,7 +241,7 @@ public struct Installer {
 
         // 5. Record what is installed, adopt a new keyring, then switch.
         let now = WallClock.iso8601()
-        for (payload, slot) in plan {
+        for (payload, slot) in plan + singles {
             try store.setSlotRecord(
                 InstalledSlotRecord(
                     sha256: payload.imageSHA256.hex, size: payload.imageSize, version: manifest.version.description, source: bundleName,
@@ -214,18 +253,29 @@ public struct Installer {
             record.installedAt = now
             try store.setSlotRecord(record, for: copy.slot.name)
         }
-        try store.setPendingSecurityVersion(manifest.securityVersion, for: target)
+        if switchesGroup {
+            try store.setPendingSecurityVersion(manifest.securityVersion, for: target)
+            if !staged.isEmpty {
+                try store.setGroupParts(GroupParts(group: target, bundle: bundleName, version: manifest.version.description, parts: staged))
+            }
+        }
         try store.removeInstallJournal()
         if let keyring, let update = manifest.keyring {
             try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName)
         }
         try store.recordTrustedTime(policy.trustedTime)
         progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
-        try control.markActive(target)
+        if switchesGroup {
+            try control.markActive(target)
+        } else if !staged.isEmpty {
+            // No group to follow: apps and settings are activated now, all or none.
+            try parts.activateInstall(staged, bundle: bundleName, version: manifest.version.description)
+        }
         progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
         return Result(
-            resumed: resumed, target: target, version: manifest.version.description, slots: plan.map(\.1.name),
-            copied: copies.map(\.slot.name), adoptedKeyring: keyring != nil)
+            resumed: resumed, target: switchesGroup ? target : "", version: manifest.version.description, slots: (plan + singles).map(\.1.name),
+            copied: copies.map(\.slot.name), apps: staged.map { $0.kind == .app ? "\($0.name) \($0.version ?? "")" : "settings \($0.name)" },
+            adoptedKeyring: keyring != nil)
     }
 
     private func write(
@@ -269,97 +319,60 @@ extension Installer {
     func installApps(
         _ manifest: Manifest, reader: BundleReader, keyring: [UInt8]?, bundleName: String, trustedTime: Int64
     ) throws(FerryError) -> Result {
-        let hasApps = manifest.payloads.contains { $0.app != nil }
-        let directory = configuration.appStore ?? ""
-        if hasApps && configuration.appStore == nil {
-            throw FerryError(code: .configurationInvalid, message: "the bundle carries apps, but \(configuration.path) names no appStore")
-        }
-        let apps = AppStore(directory: directory, keep: configuration.apps.keep, logger: logger)
-        var settingsStore: SettingsStore? = nil
-        if manifest.payloads.contains(where: { $0.settings != nil }) {
-            guard let settingsDirectory = configuration.settingsStore else {
-                throw FerryError(code: .configurationInvalid, message: "the bundle carries settings, but \(configuration.path) names no settingsStore")
-            }
-            settingsStore = SettingsStore(directory: settingsDirectory, configuration: configuration.settings)
-        }
-        for payload in manifest.payloads {
-            if let info = payload.settings {
-                try AppStore.checkName(info.name, what: "settings name")
-                guard payload.size <= Int64(SettingsStore.maximumSize) else {
-                    throw FerryError(code: .limitExceeded, message: "settings '\(info.name)' is \(payload.size) bytes, more than \(SettingsStore.maximumSize)")
-                }
-            }
-            guard let info = payload.app else { continue }
-            try AppStore.checkName(info.name, what: "app name")
-            try AppStore.checkName(info.version, what: "app version")
-            try AppStore.checkName(info.file, what: "app file name")
-        }
+        let control = GroupPartsControl(configuration: configuration, logger: logger)
+        try control.checkCanStage(manifest.payloads)
         // Settings are read and checked (well-formed, schema, merge patch, validation command)
-        // before anything is replaced.
-        var documents: [(Manifest.SettingsInfo, [UInt8])] = []
-        for payload in manifest.payloads {
-            if let info = payload.settings, let settingsStore {
-                var incoming: [UInt8] = []
-                try reader.readPayload(payload) { (_, _, bytes) throws(FerryError) in incoming += bytes }
-                documents.append(
-                    (info, try settingsStore.candidate(name: info.name, format: info.format, mergePatch: info.mergePatch, incoming: incoming)))
-                continue
-            }
-            guard let info = payload.app else { continue }
-            progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: 0, bytesTotal: payload.size))
-            try apps.stage(name: info.name, version: info.version, file: info.file) { (sink) throws(FerryError) in
-                try reader.readPayload(payload) { (_, offset, bytes) throws(FerryError) in
-                    try sink.write(bytes)
-                    progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
+        // before anything is replaced; apps are written as complete, inactive versions.
+        var parts: [GroupParts.Part] = []
+        do {
+            for payload in manifest.payloads {
+                if let info = payload.settings {
+                    var incoming: [UInt8] = []
+                    try reader.readPayload(payload) { (_, _, bytes) throws(FerryError) in incoming += bytes }
+                    try control.stageSettings(info, incoming: incoming, group: "")
+                    parts.append(GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
+                } else if let info = payload.app {
+                    try stageApp(payload, info, into: control.apps, reader: reader)
+                    parts.append(GroupParts.Part(kind: .app, name: info.name, version: info.version))
                 }
             }
+            try reader.finish()
+        } catch {
+            try? AppStore.removeTree(control.stagingDirectory(""))
+            throw error
         }
-        try reader.finish()
         let store = StateStore(directory: configuration.stateDirectory)
         if let keyring, let update = manifest.keyring { try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName) }
         try store.recordTrustedTime(trustedTime)
-        for payload in manifest.payloads {
-            guard let info = payload.app else { continue }
-            let previous = apps.current(info.name)
-            progress(ProgressEvent(stage: .switchGroup, slot: info.name, bytesDone: 0, bytesTotal: 0))
-            try apps.activate(name: info.name, version: info.version)
-            guard let check = configuration.apps.healthCheck else { continue }
-            guard
-                let failure = HealthCheck.failure(
-                    of: check,
-                    environment: [
-                        "FERRY_APP": info.name, "FERRY_APP_VERSION": info.version,
-                        "FERRY_APP_DIR": "\(directory)/\(info.name)/\(info.version)", "FERRY_CONFIG": configuration.path,
-                    ], timeoutSeconds: configuration.apps.timeoutSeconds)
-            else { continue }
-            if previous != nil {
-                try apps.rollback(info.name)
-            } else {
-                try apps.deactivate(info.name)
-            }
-            throw FerryError(
-                code: .healthCheckFailed,
-                message: "app '\(info.name)' \(info.version): \(failure); "
-                    + (previous.map { "switched back to \($0)" } ?? "deactivated (no earlier version)"))
-        }
-        for (info, document) in documents {
-            guard let settingsStore else { break }
-            progress(ProgressEvent(stage: .switchGroup, slot: info.name, bytesDone: 0, bytesTotal: 0))
-            try settingsStore.replace(name: info.name, with: document)
-            if let failure = settingsStore.healthCheck(info.name) {
-                let restored = TextFile.exists(settingsStore.path(info.name) + ".previous")
-                if restored { try settingsStore.rollback(info.name) } else { try settingsStore.remove(info.name) }
-                throw FerryError(
-                    code: .healthCheckFailed,
-                    message: "settings '\(info.name)': \(failure); " + (restored ? "the previous version is back" : "removed (no earlier version)"))
-            }
-        }
+        progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
+        try control.activateInstall(parts, bundle: bundleName, version: manifest.version.description)
         progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
         return Result(
             resumed: false, target: "", version: manifest.version.description, slots: [], copied: [],
             apps: manifest.payloads.compactMap { payload in
                 payload.app.map { "\($0.name) \($0.version)" } ?? payload.settings.map { "settings \($0.name)" }
             }, adoptedKeyring: keyring != nil)
+    }
+}
+
+extension Installer {
+    /// Writes an app payload into the app store as a complete, inactive version.
+    func stageApp(_ payload: Manifest.Payload, _ info: Manifest.AppInfo, into apps: AppStore, reader: BundleReader) throws(FerryError) {
+        progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: 0, bytesTotal: payload.size))
+        if info.unpack {
+            let stream = try PayloadStream(reader: reader, payload: payload)
+            try apps.stageArchive(name: info.name, version: info.version, archive: stream)
+            // Whatever follows the archive's end (padding) is read and checked too.
+            try stream.skip(payload.size - stream.position)
+            progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: payload.size, bytesTotal: payload.size))
+            return
+        }
+        try apps.stage(name: info.name, version: info.version, file: info.file) { (sink) throws(FerryError) in
+            try reader.readPayload(payload) { (_, offset, bytes) throws(FerryError) in
+                try sink.write(bytes)
+                progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
+            }
+        }
     }
 }
 

@@ -64,6 +64,12 @@ public struct SlotAccess {
                 code: .deviceBooted,
                 message: "refusing to write slot '\(slot.name)': it belongs to the booted group \(bootedName)")
         }
+        // The only copy: a cut during the write leaves the module torn (docs/configuration.md).
+        guard !slot.singleCopy || slot.writeInPlace else {
+            throw FerryError(
+                code: .deviceBooted,
+                message: "refusing to write slot '\(slot.name)': it is single-copy (no A/B) and is written in place only with \"writeInPlace\": true in its configuration")
+        }
     }
 
     /// Finds the configured slot whose device is `path` (a device node or image file).

@@ -41,7 +41,8 @@ public struct SlotWriter {
 
         // The group must not boot while one of its slots is half written.
         let control = try BootControl(configuration: configuration, booted: booted, logger: logger)
-        try control.markBad(slot.bootname)
+        // (A single-copy slot belongs to no group: it is written in place, by opt-in.)
+        if !slot.singleCopy { try control.markBad(slot.bootname) }
         let open = try access.openForWriting(slot)
         defer { try? open.close() }
         let hasher = SHA256Hasher()

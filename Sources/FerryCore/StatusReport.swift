@@ -84,9 +84,13 @@ public struct StatusReport: Sendable, Equatable {
     /// The last fallback `boot-check` recorded.
     public var rollback: Rollback?
     public var groups: [Group]
+    /// Module slots the hardware has only once (no A/B), in no group.
+    public var singleCopySlots: [Slot] = []
     /// Apps and settings documents, when their stores are configured.
     public var apps: [App] = []
     public var settings: [Settings] = []
+    /// The apps and settings of a mixed bundle, staged for or active with a group.
+    public var groupParts: GroupParts? = nil
 
     /// Gathers the status of the device described by `configuration` (read-only).
     /// - Throws: the configuration's device errors (missing, too small, duplicated), `.stateInvalid`.
@@ -115,6 +119,22 @@ public struct StatusReport: Sendable, Equatable {
             // Status still reports the slots; the broken environment is shown, not fatal.
             bootError = error.message
         }
+        func slotStatus(_ member: SlotConfiguration) -> Slot? {
+            guard let resolved = slots.first(where: { $0.slot.name == member.name }) else { return nil }
+            let state =
+                member.singleCopy ? "single-copy" : booted.bootname == nil ? "unknown" : (member.bootname == booted.bootname ? "booted" : "inactive")
+            return Slot(
+                name: member.name, slotClass: member.slotClass,
+                device: Self.display(member.device, configuration),
+                location: Paths.display(resolved.locationDescription, relativeTo: configuration.directory),
+                size: resolved.byteCount, state: state,
+                installed: records[member.name].map {
+                    Installed(
+                        version: $0.version, sha256: $0.sha256, size: $0.size, source: $0.source,
+                        installedAt: $0.installedAt)
+                })
+        }
+        let singleCopySlots = configuration.slots.filter(\.singleCopy).compactMap(slotStatus)
         let groups = configuration.groups.map { group in
             let state = states.first { $0.bootname == group.bootname }
             let boot: String? = state.map {
@@ -124,21 +144,7 @@ public struct StatusReport: Sendable, Equatable {
                 bootname: group.bootname, booted: group.bootname == booted.bootname,
                 primary: group.bootname == primary, boot: boot, triesLeft: state?.triesLeft, tried: state?.tried,
                 confirmedAt: bootState.confirmedAt[group.bootname],
-                slots: group.slots.compactMap { member in
-                    guard let resolved = slots.first(where: { $0.slot.name == member.name }) else { return nil }
-                    let state =
-                        booted.bootname == nil ? "unknown" : (member.bootname == booted.bootname ? "booted" : "inactive")
-                    return Slot(
-                        name: member.name, slotClass: member.slotClass,
-                        device: Self.display(member.device, configuration),
-                        location: Paths.display(resolved.locationDescription, relativeTo: configuration.directory),
-                        size: resolved.byteCount, state: state,
-                        installed: records[member.name].map {
-                            Installed(
-                                version: $0.version, sha256: $0.sha256, size: $0.size, source: $0.source,
-                                installedAt: $0.installedAt)
-                        })
-                })
+                slots: group.slots.compactMap(slotStatus))
         }
         let bootloader: String
         switch configuration.bootloader.kind {
@@ -163,7 +169,7 @@ public struct StatusReport: Sendable, Equatable {
             sandbox: configuration.sandbox, booted: booted.bootname, bootedSource: booted.source, bootloader: bootloader,
             stateDirectory: configuration.stateDirectory, keyring: keyring, securityFloor: securityFloor, primary: primary, bootOrder: order, bootError: bootError,
             rollback: bootState.rolledBackFrom.map { Rollback(from: $0, to: bootState.rolledBackTo, at: bootState.rolledBackAt) },
-            groups: groups, apps: apps, settings: settings)
+            groups: groups, singleCopySlots: singleCopySlots, apps: apps, settings: settings, groupParts: try store.groupParts())
     }
 
     static func display(_ device: SlotDevice, _ configuration: SystemConfiguration) -> String {
@@ -184,6 +190,23 @@ public struct StatusReport: Sendable, Equatable {
         }
         func number(_ value: Int64?) -> JSONValue? { value.map { .number(Double($0)) } }
         func string(_ value: String?) -> JSONValue? { value.map { .string($0) } }
+        func slotJSON(_ slot: Slot) -> JSONValue {
+            object([
+                ("name", .string(slot.name)), ("class", .string(slot.slotClass)),
+                ("device", .string(slot.device)), ("location", .string(slot.location)),
+                ("size", number(slot.size)), ("state", .string(slot.state)),
+                (
+                    "installed",
+                    slot.installed.map { installed in
+                        object([
+                            ("version", string(installed.version)), ("sha256", string(installed.sha256)),
+                            ("size", number(installed.size)), ("source", string(installed.source)),
+                            ("installedAt", string(installed.installedAt)),
+                        ])
+                    }
+                ),
+            ])
+        }
         let groups = self.groups.map { group in
             object([
                 ("bootname", .string(group.bootname)), ("booted", .bool(group.booted)), ("primary", .bool(group.primary)),
@@ -192,23 +215,7 @@ public struct StatusReport: Sendable, Equatable {
                 (
                     "slots",
                     .array(
-                        group.slots.map { slot in
-                            object([
-                                ("name", .string(slot.name)), ("class", .string(slot.slotClass)),
-                                ("device", .string(slot.device)), ("location", .string(slot.location)),
-                                ("size", number(slot.size)), ("state", .string(slot.state)),
-                                (
-                                    "installed",
-                                    slot.installed.map { installed in
-                                        object([
-                                            ("version", string(installed.version)), ("sha256", string(installed.sha256)),
-                                            ("size", number(installed.size)), ("source", string(installed.source)),
-                                            ("installedAt", string(installed.installedAt)),
-                                        ])
-                                    }
-                                ),
-                            ])
-                        })
+                        group.slots.map { slot in slotJSON(slot) })
                 ),
             ])
         }
@@ -224,6 +231,7 @@ public struct StatusReport: Sendable, Equatable {
                 rollback.map { object([("from", .string($0.from)), ("to", string($0.to)), ("at", string($0.at))]) }
             ),
             ("groups", .array(groups)),
+            ("singleCopySlots", singleCopySlots.isEmpty ? nil : .array(singleCopySlots.map(slotJSON))),
             (
                 "apps",
                 apps.isEmpty
@@ -241,6 +249,22 @@ public struct StatusReport: Sendable, Equatable {
                 settings.isEmpty
                     ? nil
                     : .array(settings.map { object([("name", .string($0.name)), ("previousKept", .bool($0.hasPrevious))]) })
+            ),
+            (
+                "groupParts",
+                groupParts.map { record in
+                    object([
+                        ("group", .string(record.group)), ("bundle", .string(record.bundle)), ("version", .string(record.version)),
+                        ("state", .string(record.state.rawValue)),
+                        (
+                            "parts",
+                            .array(
+                                record.parts.map { part in
+                                    object([("kind", .string(part.kind.rawValue)), ("name", .string(part.name)), ("version", string(part.version))])
+                                })
+                        ),
+                    ])
+                }
             ),
         ])
     }

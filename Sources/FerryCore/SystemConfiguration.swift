@@ -28,11 +28,15 @@ public struct SlotConfiguration: Sendable, Equatable {
     public var name: String
     /// Slot class (`rootfs`, `modem`, `tee`, …): which payloads it takes.
     public var slotClass: String
-    /// The bootname of the group it belongs to (`A`).
+    /// The bootname of the group it belongs to (`A`); empty for a single-copy slot.
     public var bootname: String
     public var device: SlotDevice
     /// The size the configuration promises; the device must be at least this large.
     public var declaredSize: Int64?
+    /// A module slot the hardware has only once (no A/B): in no group, never the rootfs.
+    public var singleCopy: Bool = false
+    /// The opt-in for writing a single-copy slot in place (a cut during the write leaves it torn).
+    public var writeInPlace: Bool = false
 }
 
 /// A slot group: the slots booted together under one bootname (group A = rootfs_a + modem_a + tee_a).
@@ -137,6 +141,11 @@ public struct SystemConfiguration: Sendable {
 
     /// The group with `bootname`.
     public func group(_ bootname: String) -> SlotGroup? { groups.first { $0.bootname == bootname } }
+
+    /// The single-copy slot of `slotClass` (docs/configuration.md), if the device has one.
+    public func singleCopySlot(ofClass slotClass: String) -> SlotConfiguration? {
+        slots.first { $0.singleCopy && $0.slotClass == slotClass }
+    }
 
     /// The path of the configuration to use: `--config`, else `FERRY_CONFIG`, else the default.
     public static func locate(explicit: String?, environment: [String: String]) -> String {
@@ -354,9 +363,23 @@ public struct SystemConfiguration: Sendable {
             guard Self.isName(slotClass) else {
                 throw entry.invalid("class", "may use only letters, digits, '_', '-' and '.'")
             }
-            let bootname = try entry.requiredString("bootname")
-            guard Self.isName(bootname) else {
-                throw entry.invalid("bootname", "may use only letters, digits, '_', '-' and '.'")
+            let singleCopy = try entry.bool("singleCopy") ?? false
+            let writeInPlace = try entry.bool("writeInPlace") ?? false
+            let bootname: String
+            if singleCopy {
+                guard try entry.string("bootname") == nil else {
+                    throw entry.invalid("bootname", "a single-copy slot belongs to no group: leave 'bootname' out")
+                }
+                guard slotClass != "rootfs" else {
+                    throw entry.invalid("singleCopy", "the rootfs is never single-copy: it needs a slot in every group")
+                }
+                bootname = ""
+            } else {
+                guard !writeInPlace else { throw entry.invalid("writeInPlace", "applies to single-copy slots only") }
+                bootname = try entry.requiredString("bootname")
+                guard Self.isName(bootname) else {
+                    throw entry.invalid("bootname", "may use only letters, digits, '_', '-' and '.'")
+                }
             }
             let devicePath = try entry.string("device")
             let disk = try entry.string("disk")
@@ -390,7 +413,9 @@ public struct SystemConfiguration: Sendable {
                 throw entry.invalid("device", "give either 'device' or 'disk' and 'partition', not both")
             }
             slots.append(
-                SlotConfiguration(name: name, slotClass: slotClass, bootname: bootname, device: device, declaredSize: size))
+                SlotConfiguration(
+                    name: name, slotClass: slotClass, bootname: bootname, device: device, declaredSize: size, singleCopy: singleCopy,
+                    writeInPlace: writeInPlace))
         }
         try object.finish()
         guard !slots.isEmpty else { throw root.invalid("slots", "must name at least two slots (one per group)") }
@@ -406,7 +431,20 @@ public struct SystemConfiguration: Sendable {
     }
 
     /// Groups slots by bootname and checks that every group has exactly the same slot classes.
-    private static func makeGroups(_ slots: [SlotConfiguration], file: String) throws(FerryError) -> [SlotGroup] {
+    private static func makeGroups(_ all: [SlotConfiguration], file: String) throws(FerryError) -> [SlotGroup] {
+        let slots = all.filter { !$0.singleCopy }
+        for single in all where single.singleCopy {
+            if let grouped = slots.first(where: { $0.slotClass == single.slotClass }) {
+                throw FerryError(
+                    code: .configurationInvalid,
+                    message: "\(file): slots.\(single.name): slot class '\(single.slotClass)' is single-copy here but has the A/B slot '\(grouped.name)'")
+            }
+            if let other = all.first(where: { $0.singleCopy && $0.slotClass == single.slotClass && $0.name != single.name }) {
+                throw FerryError(
+                    code: .configurationInvalid,
+                    message: "\(file): slots.\(single.name): slot class '\(single.slotClass)' already has the single-copy slot '\(other.name)'")
+            }
+        }
         var byBootname: [String: [SlotConfiguration]] = [:]
         for slot in slots { byBootname[slot.bootname, default: []].append(slot) }
         let groups = byBootname.keys.sorted().map { SlotGroup(bootname: $0, slots: byBootname[$0]!) }

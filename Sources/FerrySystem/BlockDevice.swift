@@ -218,6 +218,7 @@ public final class BlockDevice: BlockTarget {
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(FerryError) {
         precondition(isWritable, "Ferry bug: writing to '\(path)' opened read-only")
         try checkRange(offset, bytes.count, "writing")
+        IOTrace.record(.write(path: path, offset: windowOffset + offset, bytes: Array(bytes)))
         var done = 0
         while done < bytes.count {
             let chunk = UnsafeRawBufferPointer(rebasing: bytes[done...])
@@ -236,6 +237,7 @@ public final class BlockDevice: BlockTarget {
     /// The corresponding C function is `fsync(2)`.
     public func synchronize() throws(FerryError) {
         do { try fd.synchronize() } catch { throw .syscall("synchronizing", errno: error, path: path) }
+        IOTrace.record(.sync(path: path))
     }
 
     /// Flushes data (not all metadata) to stable storage.
@@ -243,6 +245,7 @@ public final class BlockDevice: BlockTarget {
     /// The corresponding C function is `fdatasync(2)`.
     public func synchronizeData() throws(FerryError) {
         do { try fd.synchronizeData() } catch { throw .syscall("synchronizing", errno: error, path: path) }
+        IOTrace.record(.sync(path: path))
     }
 
     /// Drops the cached pages of the device so the next reads come from the medium.
@@ -292,6 +295,7 @@ public final class BlockDevice: BlockTarget {
         try checkRange(range.lowerBound, Int(range.count), "zeroing")
         if range.isEmpty { return }
         let absolute = windowOffset + range.lowerBound
+        IOTrace.record(.zero(path: path, offset: absolute, count: Int64(range.count)))
         do {
             if kind == .blockDevice {
                 var span: (UInt64, UInt64) = (UInt64(absolute), UInt64(range.count))

@@ -50,6 +50,7 @@ public enum DurableFile {
             throw .syscall("renaming '\(temporary.string)' over", errno: currentErrno, path: path)
         }
         renamed = true
+        IOTrace.record(.replace(path: path, bytes: Array(bytes)))
         try synchronizeDirectory(directory.string.isEmpty ? "." : directory.string)
     }
 
@@ -68,6 +69,7 @@ public enum DurableFile {
         }
         defer { try? fd.closeOnce() }
         do { try fd.synchronize() } catch { throw .syscall("synchronizing directory", errno: error, path: path) }
+        IOTrace.record(.directorySync(path: path))
     }
 
     /// Creates `path` and missing parents (mode 0755), syncing each parent that gained an entry.

@@ -41,6 +41,20 @@ import Testing
             try BundleWriter.create(options, output: output, logger: quietLogger)
         }
 
+        /// A bundle carrying the tar archive at `archive` as app `name` at `version`, unpacked on the device.
+        func archiveBundle(_ name: String, _ version: String, archive: String, output: String) throws {
+            var options = BundleWriter.Options(
+                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.0.0")!,
+                images: [
+                    BundleWriter.Image(
+                        slotClass: name, path: archive, app: Manifest.AppInfo(name: name, version: version, file: "\(name).tar", unpack: true))
+                ],
+                signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key")])
+            options.chunkSize = 1 << 20
+            options.preset = 0
+            try BundleWriter.create(options, output: output, logger: quietLogger)
+        }
+
         func current(_ name: String) -> String? { AppStore.readLink("\(store)/\(name)/current") }
         func active(_ name: String) throws -> [UInt8] { try readFile("\(store)/\(name)/current/\(name).pkg") }
     }
@@ -146,6 +160,72 @@ import Testing
             #expect(again.status == 0 || again.output.contains("already the active version"), "\(again.output)")
             #expect(try device.active("map") == new)
             #expect(!AppStore.entries("\(device.store)/map").contains { $0.contains(".partial-") })
+        }
+    }
+
+    @Test func anArchiveIsUnpackedWithItsFoldersAndLinks() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device("\(dir)/device")
+            let source = "\(dir)/src"
+            try DurableFile.createDirectory("\(source)/bin")
+            try DurableFile.write("#!/bin/sh\necho nav\n", to: "\(source)/bin/run")
+            try Shell.check(["chmod", "4755", "\(source)/bin/run"])
+            try Shell.check(["ln", "-s", "bin/run", "\(source)/start"])
+            try Shell.check(["ln", "\(source)/bin/run", "\(source)/hard"])
+            try Shell.check(["tar", "--format=posix", "-C", source, "-cf", "\(dir)/nav.tar", "."])
+            try device.archiveBundle("nav", "3.0", archive: "\(dir)/nav.tar", output: "\(dir)/nav.ferry")
+            let result = try device.ferry(["install", "\(dir)/nav.ferry"])
+            #expect(result.status == 0, "\(result.output)")
+            let version = "\(device.store)/nav/3.0"
+            #expect(try readFile("\(version)/bin/run") == Array("#!/bin/sh\necho nav\n".utf8))
+            #expect(AppStore.readLink("\(version)/start") == "bin/run")
+            #expect(try readFile("\(version)/hard") == Array("#!/bin/sh\necho nav\n".utf8))
+            // Permission bits kept, set-user-ID dropped.
+            #expect(try Shell.check(["stat", "-c", "%a", "\(version)/bin/run"]).hasPrefix("755\n"))
+            #expect(device.current("nav") == "3.0")
+        }
+    }
+
+    @Test(arguments: [
+        ("dotdot", "'../evil'"),
+        ("absolute-link", "is a link to the absolute path '/etc/passwd'"),
+        ("link-outside", "outside the app's folder"),
+        ("through-link", "lies under 'd', which is not a directory of the archive"),
+        ("fifo", "is a FIFO"),
+    ])
+    func archivesThatReachOutsideTheStoreAreRefusedAndNothingChanges(_ kind: String, _ expected: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device("\(dir)/device")
+            try device.bundle("nav", "1.0", [1, 2, 3], output: "\(dir)/nav-1.ferry")
+            #expect(try device.ferry(["install", "\(dir)/nav-1.ferry"]).status == 0)
+            let work = "\(dir)/work"
+            try DurableFile.createDirectory("\(work)/e")
+            try DurableFile.write("x", to: "\(work)/f")
+            try DurableFile.write("y", to: "\(work)/e/x")
+            let archive = "\(dir)/bad.tar"
+            let tar = ["tar", "--format=posix", "-C", work, "-cf", archive]
+            switch kind {
+            case "dotdot": try Shell.check(tar + ["-P", "--transform", "s,^f,../evil,", "f"])
+            case "absolute-link":
+                try Shell.check(["ln", "-s", "/etc/passwd", "\(work)/abs"])
+                try Shell.check(tar + ["abs"])
+            case "link-outside":
+                try Shell.check(["ln", "-s", "../../x", "\(work)/up"])
+                try Shell.check(tar + ["up"])
+            case "through-link":
+                try Shell.check(["ln", "-s", "e", "\(work)/d"])
+                try Shell.check(tar + ["--transform", "s,^e/x,d/x,", "d", "e/x"])
+            default:
+                try Shell.check(["mkfifo", "\(work)/p"])
+                try Shell.check(tar + ["p"])
+            }
+            try device.archiveBundle("nav", "2.0", archive: archive, output: "\(dir)/bad.ferry")
+            let result = try device.ferry(["install", "\(dir)/bad.ferry"])
+            #expect(result.status == 41, "\(kind): \(result.output)")
+            #expect(result.output.contains(expected), "\(kind): \(result.output)")
+            #expect(device.current("nav") == "1.0")
+            #expect(AppStore.entries("\(device.store)/nav").sorted() == ["1.0", "current"], "\(kind)")
+            #expect(!TextFile.exists("/tmp/x") || kind != "through-link")
         }
     }
 }

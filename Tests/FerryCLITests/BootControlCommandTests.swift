@@ -24,6 +24,30 @@ import Testing
             configuration: sandbox.configuration(), commandLine: KernelCommandLine(""), mounts: MountTable.current())
     }
 
+    @Test(arguments: ["uboot", "grub"])
+    func bootCheckAgainBeforeTheRebootIsNoFallback(bootloader: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir, bootloader: bootloader)
+            // A running system (this boot has an ID), then a switch to B, then boot-check again
+            // (a restarted service) before any reboot.
+            #expect(try boot(sandbox, fail: false) == "A")
+            #expect(try ferry(["mark", "active", "B", "--config", sandbox.configurationPath]).status == 0)
+            let again = try ferry(["boot-check", "--config", sandbox.configurationPath])
+            #expect(again.status == 0 && !again.output.contains("rolled back"), "\(again.output)")
+            let report = try status(sandbox)
+            #expect(report.primary == "B" && report.rollback == nil)
+            #expect(report.groups.first { $0.bootname == "B" }?.boot == "trial")
+            // The reboot then tries B; a later fallback is still noticed.
+            #expect(try boot(sandbox, fail: true) == "B")
+            if bootloader == "grub" { #expect(try boot(sandbox, fail: false) == "A") }
+            if bootloader == "uboot" {
+                for _ in 1...2 { #expect(try boot(sandbox, fail: true) == "B") }
+                #expect(try boot(sandbox, fail: false) == "A")
+            }
+            #expect(try status(sandbox).rollback?.from == "B")
+        }
+    }
+
     @Test func ubootRollbackAfterThreeFailedTries() async throws {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir, bootloader: "uboot")

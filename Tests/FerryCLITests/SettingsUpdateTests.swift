@@ -94,6 +94,19 @@ import Testing
         }
     }
 
+    @Test func aMergePatchAgainstAnActiveDocumentThatIsNotJSONIsRefused() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
+            // Someone left something that is not JSON under the name.
+            try DurableFile.write("apn=internet\n", to: "\(device.store)/carrier.json")
+            let result = try device.install("carrier.json", #"{"mtu": 1400}"#, mergePatch: true, dir: dir)
+            #expect(result.status == FerryError.Code.bundleInvalid.exitStatus, "\(result.output)")
+            #expect(result.output.contains("a JSON merge patch cannot apply to"), "\(result.output)")
+            #expect(try device.active("carrier.json") == "apn=internet\n")
+        }
+    }
+
     @Test func aHealthCheckThatCannotRunRemovesTheNewDocument() async throws {
         try await withTemporaryDirectory { dir in
             let device = try Device(dir, healthCheck: "\(dir)/no-such-check")
@@ -115,6 +128,68 @@ import Testing
             #expect(bad.status == FerryError.Code.healthCheckFailed.exitStatus, "\(bad.output)")
             #expect(bad.output.contains("failed with status 3; the previous version is back"), "\(bad.output)")
             #expect(try device.active("carrier.json") == #"{"apn": "internet"}"#)
+        }
+    }
+
+    @Test func aKilledInstallLeavesTheOldOrTheNewDocumentWhole() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            // Big enough (about 12 MiB) that the install takes a while to read, check and write.
+            let old = #"{"apn": "internet"}"#
+            let entries = (0..<400_000).map { "\"k\($0)\": \($0)" }.joined(separator: ", ")
+            let new = "{\(entries)}"
+            #expect(try device.install("carrier.json", old, dir: dir).status == 0)
+            try DurableFile.write(new, to: "\(dir)/payload-new")
+            _ = try Shell.check([
+                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.0",
+                "--cert", "\(device.sandbox.directory)/pki/signer1.pem", "--key", "\(device.sandbox.directory)/pki/signer1.key",
+                "--settings", "carrier.json=\(dir)/payload-new", "-o", "\(dir)/new.ferry",
+            ])
+            let install = [TestEnvironment.ferryBinary, "install", "\(dir)/new.ferry"] + device.config
+            var cut = 0
+            for attempt in 0..<16 where cut < 4 {
+                let process = try SpawnedProcess(install)
+                sleepSeconds(0.03 + 0.04 * Double(attempt))
+                if process.kill() == nil { cut += 1 }
+                // Whatever the moment: the active document is complete, old or new.
+                let active = try device.active("carrier.json")
+                #expect(active == old || active.utf8.count == new.utf8.count && active == new, "kill \(attempt): the active document is neither version")
+                if active == new { break }
+            }
+            #expect(cut >= 1, "no install was cut in the middle")
+            let again = try device.ferry(["install", "\(dir)/new.ferry"])
+            #expect(again.status == 0, "\(again.output)")
+            #expect(try device.active("carrier.json") == new)
+            #expect(!AppStore.entries(device.store).contains { $0.contains(".tmp-") || $0.contains(".candidate-") })
+        }
+    }
+
+    @Test func anActivationCutBeforeItsHealthCheckPassedIsSwitchedBackByBootCheck() async throws {
+        try await withTemporaryDirectory { dir in
+            let script = "\(dir)/check.sh"
+            try DurableFile.createDirectory("\(dir)/device")
+            let device = try Device("\(dir)/device", healthCheck: script)
+            try DurableFile.write("#!/bin/sh\ngrep -q slow \"$FERRY_SETTINGS_FILE\" && sleep 0.8\nexit 0\n", to: script)
+            try Shell.check(["chmod", "+x", script])
+            #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
+            try DurableFile.write(#"{"apn": "slow"}"#, to: "\(dir)/payload-slow")
+            _ = try Shell.check([
+                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.0",
+                "--cert", "\(device.sandbox.directory)/pki/signer1.pem", "--key", "\(device.sandbox.directory)/pki/signer1.key",
+                "--settings", "carrier.json=\(dir)/payload-slow", "-o", "\(dir)/slow.ferry",
+            ])
+            let process = try SpawnedProcess([TestEnvironment.ferryBinary, "install", "\(dir)/slow.ferry"] + device.config)
+            // Wait until the new document is active and its (slow) health check runs, then cut.
+            for _ in 0..<100 where try device.active("carrier.json") != #"{"apn": "slow"}"# { sleepSeconds(0.02) }
+            #expect(try device.active("carrier.json") == #"{"apn": "slow"}"#)
+            #expect(process.kill() == nil, "the install ended before it was cut")
+            #expect(TextFile.exists("\(device.sandbox.directory)/state/install-parts.json"))
+            // The next boot switches it back: its health check never passed.
+            let check = try device.ferry(["boot-check"])
+            #expect(check.status == 0, "\(check.output)")
+            #expect(try device.active("carrier.json") == #"{"apn": "internet"}"#)
+            #expect(!TextFile.exists("\(device.sandbox.directory)/state/install-parts.json"))
+            #expect(!TextFile.exists("\(device.store)/.install"))
         }
     }
 }

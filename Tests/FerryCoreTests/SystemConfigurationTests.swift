@@ -242,6 +242,43 @@ import Testing
         ("unknown top-level key", valid(#""colour": "blue""#)),
         ("misspelled top-level key", document(#""compatable": "board""#, bootloader, pair)),
         (
+            "a single-copy slot with a bootname",
+            document(
+                compatible, bootloader,
+                slots(
+                    #""rootfs_a": { "class": "rootfs", "bootname": "A", "device": "a.img" }"#,
+                    #""rootfs_b": { "class": "rootfs", "bootname": "B", "device": "b.img" }"#,
+                    #""boot": { "class": "bootloader", "bootname": "A", "singleCopy": true, "device": "c.img" }"#))
+        ),
+        (
+            "a single-copy rootfs",
+            document(
+                compatible, bootloader,
+                slots(
+                    #""rootfs_a": { "class": "rootfs", "bootname": "A", "device": "a.img" }"#,
+                    #""rootfs_b": { "class": "rootfs", "bootname": "B", "device": "b.img" }"#,
+                    #""root": { "class": "rootfs", "singleCopy": true, "device": "c.img" }"#))
+        ),
+        (
+            "a class both single-copy and A/B",
+            document(
+                compatible, bootloader,
+                slots(
+                    #""rootfs_a": { "class": "rootfs", "bootname": "A", "device": "a.img" }"#,
+                    #""rootfs_b": { "class": "rootfs", "bootname": "B", "device": "b.img" }"#,
+                    #""modem_a": { "class": "modem", "bootname": "A", "device": "m.img" }"#,
+                    #""modem_b": { "class": "modem", "bootname": "B", "device": "n.img" }"#,
+                    #""modem": { "class": "modem", "singleCopy": true, "device": "c.img" }"#))
+        ),
+        (
+            "writeInPlace on an A/B slot",
+            document(
+                compatible, bootloader,
+                slots(
+                    #""rootfs_a": { "class": "rootfs", "bootname": "A", "device": "a.img", "writeInPlace": true }"#,
+                    #""rootfs_b": { "class": "rootfs", "bootname": "B", "device": "b.img" }"#))
+        ),
+        (
             "unknown key inside a slot",
             document(
                 compatible, bootloader,
@@ -546,6 +583,19 @@ import Testing
         #expect(configuration.slots.count == 2)
         let sandboxed = Self.document(Self.compatible, Self.bootloader, #""sandbox": true"#, Self.pair)
         #expect(try SystemConfiguration.parse(Array(sandboxed.utf8), path: "/tmp/ferry/system.json").sandbox)
+    }
+
+    @Test func aSingleCopySlotBelongsToNoGroup() throws {
+        let text = Self.document(
+            Self.compatible, Self.bootloader,
+            Self.slots(
+                #""rootfs_a": { "class": "rootfs", "bootname": "A", "device": "a.img" }"#,
+                #""rootfs_b": { "class": "rootfs", "bootname": "B", "device": "b.img" }"#,
+                #""boot": { "class": "bootloader", "singleCopy": true, "writeInPlace": true, "device": "c.img" }"#))
+        let configuration = try SystemConfiguration.parse(Array(text.utf8), path: "/tmp/ferry/system.json")
+        #expect(configuration.groups.map { $0.slots.map(\.name) } == [["rootfs_a"], ["rootfs_b"]])
+        let single = try #require(configuration.singleCopySlot(ofClass: "bootloader"))
+        #expect(single.name == "boot" && single.bootname.isEmpty && single.writeInPlace)
     }
 
     @Test func aMissingFileIsConfigurationNotFound() async throws {

@@ -1,6 +1,7 @@
 import FerryBundle
 import FerryCore
 import FerryCrypto
+import FerryJSON
 import FerrySystem
 import FerryTestSupport
 import Logging
@@ -47,11 +48,13 @@ struct CrashTests {
             var killed = 0
             var resumedRuns = 0
             var attempts = 0
-            // Until 50 runs were really cut (a run may finish just before its kill), at most 100 tries.
-            while killed < 50 && attempts < 100 {
+            var violations = 0
+            let target = ReliabilityProfile.isLong ? 200 : 50
+            // Until `target` runs were really cut (a run may finish just before its kill), at most twice as many tries.
+            while killed < target && attempts < 2 * target {
                 let point = attempts
                 attempts += 1
-                let delay = duration * 0.9 * (Double(point % 50) + 0.5) / 50
+                let delay = duration * 0.9 * (Double(point % target) + 0.5) / Double(target)
                 let process = try SpawnedProcess(install)
                 sleepSeconds(delay)
                 if process.kill() == nil { killed += 1 }
@@ -69,8 +72,15 @@ struct CrashTests {
                 if again.output.contains("Resumed") { resumedRuns += 1 }
                 for (name, bytes) in images { #expect(try region("\(name)_b", bytes.count) == bytes, "after kill \(point): \(name)_b") }
                 #expect(StateStore(directory: configuration.stateDirectory).installJournal() == nil)
+                if try groupAHash() != groupA || again.status != 0 { violations += 1 }
             }
-            #expect(killed >= 50, "only \(killed) runs were killed in \(attempts) tries")
+            try ReliabilityProfile.report(
+                "process-kills: \(killed) installs killed with SIGKILL in \(attempts) runs, \(resumedRuns) resumed from a journal, \(violations) violations",
+                [
+                    "kind": .string("process-kills"), "killed": .number(Double(killed)), "runs": .number(Double(attempts)),
+                    "resumed": .number(Double(resumedRuns)), "violations": .number(Double(violations)),
+                ])
+            #expect(killed >= target, "only \(killed) runs were killed in \(attempts) tries")
             #expect(resumedRuns >= 5, "only \(resumedRuns) runs resumed from a journal")
         }
     }

@@ -1,5 +1,6 @@
 import FerryBundle
 import FerryCore
+import FerryJSON
 import FerrySystem
 import FerryTestSupport
 import Logging
@@ -18,6 +19,9 @@ struct FaultTests {
         var errno: Errno
         var failSync: Bool
         var code: FerryError.Code
+        var failSyncAt: Int? = nil
+        var failReadAfterBytes: Int64? = nil
+        var tear = false
         var description: String { name }
     }
 
@@ -26,6 +30,10 @@ struct FaultTests {
         Case(name: "EIO in the middle", failAfterBytes: 5 << 20, errno: .ioError, failSync: false, code: .io),
         Case(name: "ENOSPC in the middle", failAfterBytes: 3 << 20, errno: .noSpace, failSync: false, code: .noSpace),
         Case(name: "EIO on sync", failAfterBytes: nil, errno: .ioError, failSync: true, code: .io),
+        Case(name: "EIO on the third sync", failAfterBytes: nil, errno: .ioError, failSync: false, code: .io, failSyncAt: 3),
+        Case(name: "ENOSPC on the first write", failAfterBytes: 0, errno: .noSpace, failSync: false, code: .noSpace),
+        Case(name: "a short write, then EIO", failAfterBytes: (4 << 20) + 1536, errno: .ioError, failSync: false, code: .io, tear: true),
+        Case(name: "EIO on read during the read-back", failAfterBytes: nil, errno: .ioError, failSync: false, code: .io, failReadAfterBytes: 6 << 20),
     ]
 
     @Test(arguments: cases)
@@ -38,7 +46,12 @@ struct FaultTests {
 
             let booted = BootedGroup(bootname: "A", source: "test")
             var installer = Installer(configuration: configuration, booted: booted, logger: quietLogger)
-            installer.wrapDevice = { FaultyBlockTarget($0, failAfterBytes: fault.failAfterBytes, writeError: fault.errno, failSynchronize: fault.failSync) }
+            installer.checkpointBytes = 2 << 20
+            installer.wrapDevice = {
+                FaultyBlockTarget(
+                    $0, failAfterBytes: fault.failAfterBytes, writeError: fault.errno, failSynchronize: fault.failSync,
+                    failSynchronizeAt: fault.failSyncAt, failReadAfterBytes: fault.failReadAfterBytes, tearFailingWrite: fault.tear)
+            }
             let lock = try StateStore(directory: configuration.stateDirectory).acquireWriteLock(command: "test")
             let error = #expect(throws: FerryError.self) {
                 try installer.install(from: FileByteSource(path: "\(dir)/update.ferry"), bundleName: "update.ferry", allowDowngrade: false, force: false)
@@ -54,6 +67,10 @@ struct FaultTests {
             // The next install, on a healthy device, succeeds.
             let again = try Shell.run([TestEnvironment.ferryBinary, "install", "\(dir)/update.ferry", "--config", sandbox.configurationPath])
             #expect(again.status == 0, "\(again.output)")
+            let clean = error?.code == fault.code && environment.contains("BOOT_ORDER=A B") && again.status == 0
+            try ReliabilityProfile.report(
+                "io-fault \(fault.name): \(clean ? "clean error, nothing switched, next install succeeded" : "VIOLATION")",
+                ["kind": .string("io-fault"), "name": .string(fault.name), "violations": .number(clean ? 0 : 1)])
         }
     }
 }

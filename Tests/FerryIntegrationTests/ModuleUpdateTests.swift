@@ -1,6 +1,7 @@
 import FerryBundle
 import FerryCore
 import FerryCrypto
+import FerryJSON
 import FerrySystem
 import FerryTestSupport
 import Testing
@@ -95,6 +96,64 @@ struct ModuleUpdateTests {
             #expect(result.status == FerryError.Code.notCompatible.exitStatus, "\(result.output)")
             #expect(result.output.contains("slot class 'bootloader', which this device does not have"), "\(result.output)")
             #expect(try ferry(sandbox, ["env", "list"]).output == before)
+        }
+    }
+
+    /// Makes the sandbox's TEE single-copy: `tee_a` becomes the one `tee` slot, `tee_b` is dropped.
+    func makeTEESingleCopy(_ sandbox: Sandbox, writeInPlace: Bool) throws {
+        var root = try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+        var slots = root["slots"]?.objectValue ?? [:]
+        var tee = (slots["tee_a"] ?? slots["tee"])?.objectValue ?? [:]
+        tee["bootname"] = nil
+        tee["singleCopy"] = .bool(true)
+        if writeInPlace { tee["writeInPlace"] = .bool(true) }
+        slots["tee_a"] = nil
+        slots["tee_b"] = nil
+        slots["tee"] = .object(tee)
+        root["slots"] = .object(slots)
+        try DurableFile.write(String(decoding: JSONValue.object(root).serialized(), as: UTF8.self), to: sandbox.configurationPath)
+    }
+
+    @Test func aSingleCopyModuleIsWrittenInPlaceOnlyWithTheOptIn() async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            try makeTEESingleCopy(sandbox, writeInPlace: false)
+            let environment = try ferry(sandbox, ["env", "list"]).output
+            let before = try slot(sandbox, "tee_a", 1 << 20)
+            let tee = seededBytes(count: 1 << 20, seed: 58)
+            try moduleBundle(sandbox, slotClass: "tee", bytes: tee, version: "1.0.3", output: "\(dir)/tee.ferry")
+            // Without the opt-in: refused before anything is written.
+            let refused = try ferry(sandbox, ["install", "\(dir)/tee.ferry"])
+            #expect(refused.status == 22, "\(refused.output)")
+            #expect(refused.output.contains("single-copy (no A/B) and is written in place only with \"writeInPlace\": true"), "\(refused.output)")
+            #expect(try slot(sandbox, "tee_a", 1 << 20) == before)
+            #expect(try ferry(sandbox, ["env", "list"]).output == environment)
+
+            // With it: written in place, read back, recorded; no group switch.
+            try makeTEESingleCopy(sandbox, writeInPlace: true)
+            let installed = try ferry(sandbox, ["install", "\(dir)/tee.ferry"])
+            #expect(installed.status == 0, "\(installed.output)")
+            #expect(installed.output.contains("Installed 1.0.3 in place into single-copy tee; no group switch."), "\(installed.output)")
+            #expect(try slot(sandbox, "tee_a", tee.count) == tee)
+            #expect(try ferry(sandbox, ["env", "list"]).output == environment)
+            let records = try StateStore(directory: try sandbox.configuration().stateDirectory).slotRecords()
+            #expect(records["tee"]?.sha256 == SHA256Hasher.hash(tee).hex)
+            let status = try ferry(sandbox, ["status"]).output
+            #expect(status.contains("Single-copy slots (no A/B)") && status.contains("single-copy  1.0.3"), "\(status)")
+
+            // Beside A/B members it is written too, and the group switches.
+            let tee2 = seededBytes(count: 1 << 20, seed: 59)
+            try makeFile("\(dir)/tee2.img", bytes: tee2)
+            try makeFile("\(dir)/modem2.img", bytes: seededBytes(count: 1 << 20, seed: 60))
+            var options = BundleWriter.Options(
+                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.0.4")!,
+                images: [BundleWriter.Image(slotClass: "modem", path: "\(dir)/modem2.img"), BundleWriter.Image(slotClass: "tee", path: "\(dir)/tee2.img")],
+                signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key")])
+            options.chunkSize = 1 << 20
+            try BundleWriter.create(options, output: "\(dir)/both.ferry", logger: quietLogger)
+            let both = try ferry(sandbox, ["install", "\(dir)/both.ferry"])
+            #expect(both.status == 0 && both.output.contains("into group B (modem_b, tee)"), "\(both.output)")
+            #expect(try slot(sandbox, "tee_a", tee2.count) == tee2)
         }
     }
 }

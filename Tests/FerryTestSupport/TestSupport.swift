@@ -254,24 +254,46 @@ public final class FaultyBlockTarget: BlockTarget {
     public var failAfterBytes: Int64?
     public var writeError: Errno
     public var failSynchronize: Bool
+    /// Fail the Nth sync (1-based) instead of every one.
+    public var failSynchronizeAt: Int?
+    /// Reads fail with EIO once this many bytes were read.
+    public var failReadAfterBytes: Int64?
+    /// The failing write first writes a sector-aligned part of its bytes (a short write), then fails.
+    public var tearFailingWrite: Bool
     public private(set) var bytesWritten: Int64 = 0
+    public private(set) var bytesRead: Int64 = 0
+    public private(set) var synchronizations = 0
 
-    public init(_ inner: any BlockTarget, failAfterBytes: Int64? = nil, writeError: Errno = .ioError, failSynchronize: Bool = false) {
+    public init(
+        _ inner: any BlockTarget, failAfterBytes: Int64? = nil, writeError: Errno = .ioError, failSynchronize: Bool = false,
+        failSynchronizeAt: Int? = nil, failReadAfterBytes: Int64? = nil, tearFailingWrite: Bool = false
+    ) {
         self.inner = inner
         self.failAfterBytes = failAfterBytes
         self.writeError = writeError
         self.failSynchronize = failSynchronize
+        self.failSynchronizeAt = failSynchronizeAt
+        self.failReadAfterBytes = failReadAfterBytes
+        self.tearFailingWrite = tearFailingWrite
     }
 
     public var byteCount: Int64 { inner.byteCount }
     public var logicalSectorSize: Int { inner.logicalSectorSize }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(FerryError) {
+        if let limit = failReadAfterBytes, bytesRead + Int64(buffer.count) > limit {
+            throw FerryError.syscall("reading \(buffer.count) bytes at offset \(offset) of", errno: .ioError, path: "faulty device")
+        }
         try inner.read(into: buffer, at: offset)
+        bytesRead += Int64(buffer.count)
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(FerryError) {
         if let limit = failAfterBytes, bytesWritten + Int64(bytes.count) > limit {
+            if tearFailingWrite {
+                let part = Int(max(0, limit - bytesWritten)) / 512 * 512
+                if part > 0 { try inner.write(UnsafeRawBufferPointer(rebasing: bytes[..<part]), at: offset) }
+            }
             throw FerryError.syscall("writing \(bytes.count) bytes at offset \(offset) of", errno: writeError, path: "faulty device")
         }
         try inner.write(bytes, at: offset)
@@ -279,7 +301,8 @@ public final class FaultyBlockTarget: BlockTarget {
     }
 
     public func synchronize() throws(FerryError) {
-        if failSynchronize { throw FerryError.syscall("synchronizing", errno: .ioError, path: "faulty device") }
+        synchronizations += 1
+        if failSynchronize || failSynchronizeAt == synchronizations { throw FerryError.syscall("synchronizing", errno: .ioError, path: "faulty device") }
         try inner.synchronize()
     }
 
