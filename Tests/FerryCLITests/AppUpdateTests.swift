@@ -144,15 +144,11 @@ import Testing
             try device.bundle("map", "2.0", new, output: "\(dir)/map-2.ferry")
             #expect(try device.ferry(["install", "\(dir)/map-1.ferry"]).status == 0)
             let install = [TestEnvironment.ferryBinary, "install", "\(dir)/map-2.ferry"] + device.config
-            var cut = 0
-            for attempt in 0..<12 where cut < 3 {
-                let process = try SpawnedProcess(install)
-                sleepSeconds(0.05 + 0.05 * Double(attempt))
-                if process.kill() == nil { cut += 1 }
+            let cut = try killRepeatedly(install, attempts: 12, cuts: 3, firstDelay: 0.05, step: 0.05) { attempt in
                 // Whatever the moment: the active version is complete, old or new.
                 let active = try device.active("map")
                 #expect(active == old || active == new, "kill \(attempt): the active file is neither version")
-                if device.current("map") == "2.0" { break }
+                return device.current("map") == "2.0"
             }
             #expect(cut >= 1, "no install was cut in the middle")
             // The next run completes (a stale staging directory does not get in the way).

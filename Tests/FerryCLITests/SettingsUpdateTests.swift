@@ -36,16 +36,21 @@ import Testing
         }
 
         /// Bundles `text` as settings `name` (the file keeps `name`'s extension) and installs it.
-        func install(_ name: String, _ text: String, mergePatch: Bool = false, dir: String) throws -> Shell.Result {
-            let file = "\(dir)/payload-\(name)"
+        /// Bundles `text` as settings `name` into `output`.
+        func bundle(_ name: String, _ text: String, mergePatch: Bool = false, output: String) throws {
+            let file = "\(output).payload"
             try DurableFile.write(text, to: file)
             var arguments = [
                 TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.0",
                 "--cert", "\(sandbox.directory)/pki/signer1.pem", "--key", "\(sandbox.directory)/pki/signer1.key",
-                "--settings", "\(name)=\(file)", "-o", "\(dir)/settings.ferry",
+                "--settings", "\(name)=\(file)", "-o", output,
             ]
             if mergePatch { arguments.append("--merge-patch") }
             _ = try Shell.check(arguments)
+        }
+
+        func install(_ name: String, _ text: String, mergePatch: Bool = false, dir: String) throws -> Shell.Result {
+            try bundle(name, text, mergePatch: mergePatch, output: "\(dir)/settings.ferry")
             return try ferry(["install", "\(dir)/settings.ferry"])
         }
 
@@ -139,22 +144,13 @@ import Testing
             let entries = (0..<400_000).map { "\"k\($0)\": \($0)" }.joined(separator: ", ")
             let new = "{\(entries)}"
             #expect(try device.install("carrier.json", old, dir: dir).status == 0)
-            try DurableFile.write(new, to: "\(dir)/payload-new")
-            _ = try Shell.check([
-                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.0",
-                "--cert", "\(device.sandbox.directory)/pki/signer1.pem", "--key", "\(device.sandbox.directory)/pki/signer1.key",
-                "--settings", "carrier.json=\(dir)/payload-new", "-o", "\(dir)/new.ferry",
-            ])
+            try device.bundle("carrier.json", new, output: "\(dir)/new.ferry")
             let install = [TestEnvironment.ferryBinary, "install", "\(dir)/new.ferry"] + device.config
-            var cut = 0
-            for attempt in 0..<16 where cut < 4 {
-                let process = try SpawnedProcess(install)
-                sleepSeconds(0.03 + 0.04 * Double(attempt))
-                if process.kill() == nil { cut += 1 }
+            let cut = try killRepeatedly(install, attempts: 16, cuts: 4, firstDelay: 0.03, step: 0.04) { attempt in
                 // Whatever the moment: the active document is complete, old or new.
                 let active = try device.active("carrier.json")
-                #expect(active == old || active.utf8.count == new.utf8.count && active == new, "kill \(attempt): the active document is neither version")
-                if active == new { break }
+                #expect(active == old || active == new, "kill \(attempt): the active document is neither version")
+                return active == new
             }
             #expect(cut >= 1, "no install was cut in the middle")
             let again = try device.ferry(["install", "\(dir)/new.ferry"])
@@ -172,12 +168,7 @@ import Testing
             try DurableFile.write("#!/bin/sh\ngrep -q slow \"$FERRY_SETTINGS_FILE\" && sleep 0.8\nexit 0\n", to: script)
             try Shell.check(["chmod", "+x", script])
             #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
-            try DurableFile.write(#"{"apn": "slow"}"#, to: "\(dir)/payload-slow")
-            _ = try Shell.check([
-                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.0",
-                "--cert", "\(device.sandbox.directory)/pki/signer1.pem", "--key", "\(device.sandbox.directory)/pki/signer1.key",
-                "--settings", "carrier.json=\(dir)/payload-slow", "-o", "\(dir)/slow.ferry",
-            ])
+            try device.bundle("carrier.json", #"{"apn": "slow"}"#, output: "\(dir)/slow.ferry")
             let process = try SpawnedProcess([TestEnvironment.ferryBinary, "install", "\(dir)/slow.ferry"] + device.config)
             // Wait until the new document is active and its (slow) health check runs, then cut.
             for _ in 0..<100 where try device.active("carrier.json") != #"{"apn": "slow"}"# { sleepSeconds(0.02) }

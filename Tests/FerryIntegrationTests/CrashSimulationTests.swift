@@ -35,18 +35,6 @@ import Testing
         func record(_ event: IOEvent) { events.withLock { $0.append(event) } }
     }
 
-    /// SplitMix64: small, seeded, reproducible.
-    struct Random {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    }
 
     static let files = ["rootfs_a.img", "rootfs_b.img", "modem_a.img", "modem_b.img", "env"]
     static let rootfsSize = 1 << 20
@@ -112,7 +100,7 @@ import Testing
     }
 
     /// Builds the state a power cut after `cut` events leaves, in `dir` (a copy of the snapshot).
-    static func materialize(_ events: [IOEvent], cut: Int, device: String, into dir: String, random: inout Random) throws {
+    static func materialize(_ events: [IOEvent], cut: Int, device: String, into dir: String, random: inout SeededGenerator) throws {
         func local(_ path: String) -> String { path.hasPrefix(device + "/") ? dir + path.dropFirst(device.count) : path }
         var lastSync: [String: Int] = [:]
         var lastDirectorySync: [String: Int] = [:]
@@ -241,7 +229,7 @@ import Testing
 
             // The replay.
             let perCut = (target + events.count) / (events.count + 1)
-            var random = Random(state: seed &* 0x1000 &+ (bootloader == "grub" ? 7 : 3))
+            var random = SeededGenerator(seed: seed &* 0x1000 &+ (bootloader == "grub" ? 7 : 3))
             var states = 0, violations: [String] = []
             // On tmpfs where there is one: each state's second install syncs often, and nothing
             // here needs the syncs to reach a disk.

@@ -29,6 +29,21 @@ public func expectFerryError<R>(
         sourceLocation: sourceLocation)
 }
 
+/// A tiny seeded generator (SplitMix64): reproducible random choices in tests.
+public struct SeededGenerator {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// A number in 0..<bound.
+    public mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*), so fixtures are reproducible from a seed.
 public func seededBytes(count: Int, seed: UInt64) -> [UInt8] {
     var state = seed == 0 ? 0x9E37_79B9_7F4A_7C15 : seed
@@ -198,6 +213,24 @@ public struct TestPKI {
             "-CAcreateserial", "-days", "\(days)", "-extfile", "\(directory)/\(name).ext", "-out", certificate(name),
         ])
     }
+}
+
+/// Runs `arguments` again and again, killing each run with SIGKILL after a growing delay
+/// (`firstDelay`, then `step` more each time), until `cuts` runs were really cut (a run may end
+/// before its kill) or `attempts` runs were made. After each run, `after(attempt)` checks the state
+/// and returns true to stop early (the work is done).
+/// - Returns: how many runs were cut.
+public func killRepeatedly(
+    _ arguments: [String], attempts: Int, cuts: Int, firstDelay: Double, step: Double, after: (Int) throws -> Bool
+) throws -> Int {
+    var cut = 0
+    for attempt in 0..<attempts where cut < cuts {
+        let process = try SpawnedProcess(arguments)
+        sleepSeconds(firstDelay + step * Double(attempt))
+        if process.kill() == nil { cut += 1 }
+        if try after(attempt) { break }
+    }
+    return cut
 }
 
 /// A child process the test can kill at a chosen moment (crash tests).
