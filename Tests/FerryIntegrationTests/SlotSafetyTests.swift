@@ -146,21 +146,19 @@ struct SlotSafetyTests {
             #expect(error.code == .lockHeld)
             lock.release()
             #expect(try Shell.run(["flock", "--nonblock", store.lockPath, "true"]).status == 0)
-            // Held by another process: refused here.
-            let holder = try Shell.check(["sh", "-c", "flock --nonblock \(store.lockPath) sleep 30 >/dev/null 2>&1 & echo $!"])
-            defer { _ = try? Shell.run(["kill", holder.trimmed]) }
-            var refused = false
-            // Until the background flock holds it (up to 20 s: a loaded machine starts it late).
-            for _ in 0..<2000 {
-                if let held = try? store.acquireWriteLock(command: "third") {
-                    held.release()
-                    usleepMilliseconds(10)
-                } else {
-                    refused = true
-                    break
-                }
+            // Held by another process: refused here. The holder blocks until it has the lock, then
+            // leaves a marker, so the check below runs only once the lock is really held.
+            let ready = "\(dir)/holder-ready"
+            let holder = try Shell.check(["sh", "-c", "flock \(store.lockPath) sh -c 'touch \(ready); exec sleep 30' >/dev/null 2>&1 & echo $!"])
+            defer { _ = try? Shell.run(["pkill", "-P", holder.trimmed]); _ = try? Shell.run(["kill", holder.trimmed]) }
+            var waited = 0
+            while !(Glibc.access(ready, F_OK) == 0) && waited < 6000 {
+                usleepMilliseconds(10)
+                waited += 1
             }
-            #expect(refused)
+            #expect((Glibc.access(ready, F_OK) == 0), "the holder never took the lock")
+            let held = try #require(throws: FerryError.self) { try store.acquireWriteLock(command: "third") }
+            #expect(held.code == .lockHeld)
         }
     }
 }
