@@ -273,9 +273,7 @@ private final class DecodeBatch: @unchecked Sendable {
         let output = decoded(slot, size: job.decodedSize)
         do throws(FerryError) {
             try ChunkCheck.decode(input, into: output, compression: job.compression)
-            let hasher = SHA256Hasher()
-            hasher.update(UnsafeRawBufferPointer(output))
-            digests[slot] = hasher.finalize()
+            digests[slot] = SHA256Hasher.hashNotingZeros(UnsafeRawBufferPointer(output))
         } catch {
             errors[slot] = error
         }

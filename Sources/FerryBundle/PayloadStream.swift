@@ -97,7 +97,7 @@ public final class PayloadStream: ByteSource {
         } catch {
             throw error.prefixed("payload '\(payload.member)' chunk \(index)")
         }
-        try ChunkCheck.decoded(SHA256Hasher.hash(UnsafeRawBufferPointer(output)), chunk: chunk, index: index, member: payload.member)
+        try ChunkCheck.decoded(SHA256Hasher.hashNotingZeros(UnsafeRawBufferPointer(output)), chunk: chunk, index: index, member: payload.member)
         nextChunk += 1
         available = 0..<size
     }

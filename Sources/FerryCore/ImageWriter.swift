@@ -13,12 +13,12 @@ public enum ImageWriter {
         while start < bytes.count {
             let end = min(start + zeroBlock, bytes.count)
             let block = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
-            let isZero = block.allSatisfy { $0 == 0 }
+            let isZero = ZeroBytes.isZero(block)
             // Extend the run while blocks stay of the same kind.
             var runEnd = end
             while runEnd < bytes.count {
                 let next = UnsafeRawBufferPointer(rebasing: bytes[runEnd..<min(runEnd + zeroBlock, bytes.count)])
-                guard next.allSatisfy({ $0 == 0 }) == isZero else { break }
+                guard ZeroBytes.isZero(next) == isZero else { break }
                 runEnd = min(runEnd + zeroBlock, bytes.count)
             }
             if isZero && (offset + Int64(start)) % 4096 == 0 && (runEnd - start) % 4096 == 0 {

@@ -289,6 +289,16 @@ public struct Installer {
         progress(
             ProgressEvent(stage: .write, slot: slot.name, bytesDone: Int64(resumeAt) * payload.chunkSize, bytesTotal: payload.size))
         var sinceCheckpoint: Int64 = 0
+        // Every chunk of the slot is read back and compared with its signed decoded hash (as strong
+        // as the whole-payload hash), from the device, not the page cache. Regions are read back
+        // once a checkpoint made them durable, on a thread of their own, while later chunks are
+        // decoded and written; chunks written before an interruption are durable already.
+        let readBack = ReadBackQueue(
+            device: device, dropCaches: { (range) throws(FerryError) in try open.device.dropCaches(range) }, payload: payload,
+            slot: slot.name, path: open.devicePath)
+        // (Runs before the device is closed: no read may outlive its descriptor.)
+        defer { readBack.cancel() }
+        readBack.verify(upTo: resumeAt)
         // Each chunk arrives hash-checked (compressed and decoded) before it is written.
         try reader.readPayload(payload, resumeAt: resumeAt, checkWholeHash: false) { (index, offset, bytes) throws(FerryError) in
             try ImageWriter.write(bytes, at: offset, to: device)
@@ -299,15 +309,15 @@ public struct Installer {
                 journal.chunksDone[slot.name] = index + 1
                 try store.setInstallJournal(journal)
                 sinceCheckpoint = 0
+                if let failure = readBack.failure { throw failure }
+                readBack.verify(upTo: index + 1)
             }
             progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
         }
         try device.synchronize()
-        // Read back from the device, not from the page cache, and compare with the payload's hash.
-        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: payload.size))
-        try open.device.dropCaches()
-        // Every chunk of the slot against its signed decoded hash: as strong as the whole-payload hash.
-        try ReadBack.verify(device, payload: payload, slot: slot.name, path: open.devicePath)
+        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: readBack.verifiedBytes, bytesTotal: payload.size))
+        readBack.verify(upTo: payload.chunks.count)
+        try readBack.finish()
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: payload.size, bytesTotal: payload.size))
     }
 }

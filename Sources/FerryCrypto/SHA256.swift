@@ -1,5 +1,6 @@
 internal import COpenSSL
 import FerrySystem
+import Synchronization
 
 /// A SHA-256 digest (32 bytes), printed and parsed as lowercase hex.
 public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
@@ -85,6 +86,37 @@ public final class SHA256Hasher {
         hasher.update(bytes)
         return hasher.finalize()
     }
+
+    /// The digest of `bytes`, with a shortcut for zeros: a buffer of zeros (the empty blocks of a
+    /// filesystem image) gets the digest of that many zeros, computed once per length and then
+    /// remembered, so the result is always exactly `hash(bytes)`.
+    public static func hashNotingZeros(_ bytes: UnsafeRawBufferPointer) -> SHA256Digest {
+        guard bytes.count >= 64 << 10, ZeroBytes.isZero(bytes) else { return hash(bytes) }
+        return digestOfZeros(count: bytes.count)
+    }
+
+    /// The SHA-256 of `count` zero bytes (remembered for a few lengths: chunk sizes repeat).
+    public static func digestOfZeros(count: Int) -> SHA256Digest {
+        if let known = zeroDigests.withLock({ $0[count] }) { return known }
+        let hasher = SHA256Hasher()
+        let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: min(count, 1 << 20), alignment: 4096)
+        defer { piece.deallocate() }
+        piece.initializeMemory(as: UInt8.self, repeating: 0)
+        var left = count
+        while left > 0 {
+            let size = min(left, piece.count)
+            hasher.update(UnsafeRawBufferPointer(rebasing: piece[..<size]))
+            left -= size
+        }
+        let digest = hasher.finalize()
+        zeroDigests.withLock { known in
+            if known.count >= 16 { known.removeAll() }
+            known[count] = digest
+        }
+        return digest
+    }
+
+    private static let zeroDigests = Mutex<[Int: SHA256Digest]>([:])
 
     /// The digest of `bytes`.
     public static func hash(_ bytes: [UInt8]) -> SHA256Digest {

@@ -265,6 +265,18 @@ public final class BlockDevice: BlockTarget {
         }
     }
 
+    /// Drops the cached pages of `range`, which the caller synced before, so the next reads of it
+    /// come from the medium. Safe while other ranges are being written through the same device.
+    ///
+    /// The corresponding C function is `posix_fadvise(2)` (`POSIX_FADV_DONTNEED`), which drops clean
+    /// pages of a block device's buffer cache as of an image file's page cache.
+    public func dropCaches(_ range: Range<Int64>) throws(FerryError) {
+        try checkRange(range.lowerBound, Int(range.count), "dropping cached pages of")
+        if range.isEmpty { return }
+        let result = posix_fadvise(fd.rawValue, off_t(windowOffset + range.lowerBound), off_t(range.count), POSIX_FADV_DONTNEED)
+        if result != 0 { throw .syscall("dropping cached pages of", errno: Errno(rawValue: result), path: path) }
+    }
+
     /// Tells the device that `range` is no longer needed; its contents become undefined.
     ///
     /// The corresponding C functions are `ioctl(BLKDISCARD)` and `fallocate(PUNCH_HOLE)`.

@@ -132,4 +132,19 @@ import Testing
             #expect(error?.code == .deviceTooSmall)
         }
     }
+
+    /// The zero shortcut gives exactly the digest of the bytes, for zeros of several lengths
+    /// (remembered ones too) and for data that is zero except one byte.
+    @Test func hashNotingZerosIsTheDigestOfTheBytes() {
+        for size in [0, 100, 65536, 65537, 4 << 20, (4 << 20) - 512, 4 << 20] {
+            let zeros = [UInt8](repeating: 0, count: size)
+            var almost = zeros
+            if size > 0 { almost[size - 1] = 1 }
+            for bytes in [zeros, almost] {
+                let shortcut = bytes.withUnsafeBytes { SHA256Hasher.hashNotingZeros($0) }
+                #expect(shortcut == SHA256Hasher.hash(bytes), "\(size) bytes")
+            }
+        }
+        #expect(SHA256Hasher.digestOfZeros(count: 3) == SHA256Hasher.hash([0, 0, 0]))
+    }
 }

@@ -234,7 +234,7 @@ import Testing
             // On tmpfs where there is one: each state's second install syncs often, and nothing
             // here needs the syncs to reach a disk.
             let scratch = (TextFile.isDirectory("/dev/shm") ? "/dev/shm" : dir) + "/ferry-test-crash-state-\(getpid())-\(bootloader)"
-            defer { try? Shell.check(["rm", "-rf", scratch]) }
+            defer { _ = try? Shell.check(["rm", "-rf", scratch]) }
             let booted = try Dictionary(uniqueKeysWithValues: ["rootfs_a.img", "modem_a.img"].map {
                 ($0, SHA256Hasher.hash(try readFile("\(snapshot)/\($0)")))
             })

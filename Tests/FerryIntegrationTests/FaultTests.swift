@@ -22,6 +22,7 @@ struct FaultTests {
         var failSyncAt: Int? = nil
         var failReadAfterBytes: Int64? = nil
         var tear = false
+        var corruptAt: Int64? = nil
         var description: String { name }
     }
 
@@ -34,6 +35,10 @@ struct FaultTests {
         Case(name: "ENOSPC on the first write", failAfterBytes: 0, errno: .noSpace, failSync: false, code: .noSpace),
         Case(name: "a short write, then EIO", failAfterBytes: (4 << 20) + 1536, errno: .ioError, failSync: false, code: .io, tear: true),
         Case(name: "EIO on read during the read-back", failAfterBytes: nil, errno: .ioError, failSync: false, code: .io, failReadAfterBytes: 6 << 20),
+        // Devices that lose data silently: the read-back catches it, early (a region read back
+        // while later ones are written) or at the end (the last chunk).
+        Case(name: "a byte silently corrupted in the first region", failAfterBytes: nil, errno: .ioError, failSync: false, code: .readBackMismatch, corruptAt: 4097),
+        Case(name: "a byte silently corrupted in the last chunk", failAfterBytes: nil, errno: .ioError, failSync: false, code: .readBackMismatch, corruptAt: (10 << 20) - 3),
     ]
 
     @Test(arguments: cases)
@@ -50,7 +55,7 @@ struct FaultTests {
             installer.wrapDevice = {
                 FaultyBlockTarget(
                     $0, failAfterBytes: fault.failAfterBytes, writeError: fault.errno, failSynchronize: fault.failSync,
-                    failSynchronizeAt: fault.failSyncAt, failReadAfterBytes: fault.failReadAfterBytes, tearFailingWrite: fault.tear)
+                    failSynchronizeAt: fault.failSyncAt, failReadAfterBytes: fault.failReadAfterBytes, tearFailingWrite: fault.tear, corruptByteAt: fault.corruptAt)
             }
             let lock = try StateStore(directory: configuration.stateDirectory).acquireWriteLock(command: "test")
             let error = #expect(throws: FerryError.self) {

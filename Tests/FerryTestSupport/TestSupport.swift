@@ -293,14 +293,17 @@ public final class FaultyBlockTarget: BlockTarget {
     public var failReadAfterBytes: Int64?
     /// The failing write first writes a sector-aligned part of its bytes (a short write), then fails.
     public var tearFailingWrite: Bool
+    /// A device that lies: the byte at this offset is written flipped, and no error is reported.
+    public var corruptByteAt: Int64?
     public private(set) var bytesWritten: Int64 = 0
     public private(set) var bytesRead: Int64 = 0
     public private(set) var synchronizations = 0
 
     public init(
         _ inner: any BlockTarget, failAfterBytes: Int64? = nil, writeError: Errno = .ioError, failSynchronize: Bool = false,
-        failSynchronizeAt: Int? = nil, failReadAfterBytes: Int64? = nil, tearFailingWrite: Bool = false
+        failSynchronizeAt: Int? = nil, failReadAfterBytes: Int64? = nil, tearFailingWrite: Bool = false, corruptByteAt: Int64? = nil
     ) {
+        self.corruptByteAt = corruptByteAt
         self.inner = inner
         self.failAfterBytes = failAfterBytes
         self.writeError = writeError
@@ -329,7 +332,15 @@ public final class FaultyBlockTarget: BlockTarget {
             }
             throw FerryError.syscall("writing \(bytes.count) bytes at offset \(offset) of", errno: writeError, path: "faulty device")
         }
-        try inner.write(bytes, at: offset)
+        if let corrupt = corruptByteAt, (offset..<(offset + Int64(bytes.count))).contains(corrupt) {
+            let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 4096)
+            defer { copy.deallocate() }
+            copy.copyMemory(from: bytes)
+            copy[Int(corrupt - offset)] ^= 0x5a
+            try inner.write(UnsafeRawBufferPointer(copy), at: offset)
+        } else {
+            try inner.write(bytes, at: offset)
+        }
         bytesWritten += Int64(bytes.count)
     }
 
