@@ -4,6 +4,7 @@
 #define C_LZMA_SHIM_H
 #include <lzma.h>
 static const uint32_t CLzma_CONCATENATED = LZMA_CONCATENATED;
+static const uint32_t CLzma_IGNORE_CHECK = LZMA_IGNORE_CHECK;
 
 // Used by XZChunkCodec to build an LZMA2 filter chain: these are UINT32_C()/UINT64_C() macros too.
 static const uint32_t CLzma_PRESET_EXTREME = LZMA_PRESET_EXTREME;

@@ -113,78 +113,59 @@ public final class BundleReader {
     ) throws(FerryError) {
         _ = try nextMember(named: payload.member, size: payload.storedSize)
         let chunkSize = Int(payload.chunkSize)
-        // Chunks are read in order, then decoded in parallel in batches of `slots` (every core
-        // working), then handed out in order. Two batches alternate: while `body` writes one, the
-        // next one is already being decoded (memory bounded at four buffers per core).
-        let slots = max(1, min(ProcessEnvironment.processorCount, 8, payload.chunks.count))
-        let batches = (0..<2).map { _ in DecodeBatch(slots: slots, storedBound: chunkSize + chunkSize / 8 + 4096, chunkSize: chunkSize) }
-        defer { for batch in batches { batch.deallocate() } }
+        // A ring of chunk buffers: this thread reads each chunk (checking its compressed SHA-256)
+        // into a free slot and hands it to a decoder; decoders run on every core at once, each
+        // chunk as soon as it is read; this thread then hands the decoded chunks out in order.
+        // So decoding never waits for writing, nor writing for a whole batch. Memory: a stored and
+        // a decoded buffer per slot, two slots per core plus one.
+        let workers = max(1, min(ProcessEnvironment.processorCount, 8))
+        let ring = DecodeRing(
+            slots: max(1, min(2 * workers + 1, payload.chunks.count)), storedBound: chunkSize + chunkSize / 8 + 4096, chunkSize: chunkSize)
+        // No decoder may outlive the buffers (an error leaves some running).
+        defer { ring.finish() }
         let whole = SHA256Hasher()
 
-        /// Reads the next chunks into `batch` (checking each one's compressed SHA-256); returns how many.
-        func fill(_ batch: DecodeBatch, from first: Int) throws(FerryError) -> Int {
-            let count = min(slots, payload.chunks.count - first)
-            for slot in 0..<count {
-                let index = first + slot
-                let chunk = payload.chunks[index]
-                let stored = batch.stored(slot, size: Int(chunk.size))
-                var done = 0
-                while done < stored.count {
-                    let read = try tar.readContent(into: UnsafeMutableRawBufferPointer(rebasing: stored[done...]))
-                    guard read > 0 else {
-                        throw FerryError(code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
-                    }
-                    done += read
+        /// Reads chunk `index` into its slot (checking its compressed SHA-256) and starts decoding it.
+        func read(_ index: Int) throws(FerryError) {
+            let chunk = payload.chunks[index]
+            let slot = index % ring.slots
+            let stored = ring.stored(slot, size: Int(chunk.size))
+            var done = 0
+            while done < stored.count {
+                let read = try tar.readContent(into: UnsafeMutableRawBufferPointer(rebasing: stored[done...]))
+                guard read > 0 else {
+                    throw FerryError(code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
                 }
-                try ChunkCheck.compressed(UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
-                batch.jobs[slot] = DecodeBatch.Job(
-                    storedSize: Int(chunk.size),
-                    decodedSize: index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize,
-                    compression: payload.compression)
+                done += read
             }
-            batch.count = count
-            return count
-        }
-
-        /// Hands out a decoded batch in order, each chunk checked against its decoded SHA-256.
-        func emit(_ batch: DecodeBatch, from first: Int) throws(FerryError) {
-            for slot in 0..<batch.count {
-                let index = first + slot
-                let job = batch.jobs[slot]
-                if let error = batch.errors[slot] { throw error.prefixed("payload '\(payload.member)' chunk \(index)") }
-                try ChunkCheck.decoded(batch.digests[slot], chunk: payload.chunks[index], index: index, member: payload.member)
-                let output = UnsafeRawBufferPointer(batch.decoded(slot, size: job.decodedSize))
-                if checkWholeHash { whole.update(output) }
-                try body(index, Int64(index) * payload.chunkSize, output)
-            }
+            try ChunkCheck.compressed(UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
+            let decodedSize = index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize
+            ring.start(
+                slot,
+                DecodeRing.Job(
+                    storedSize: Int(chunk.size), decodedSize: decodedSize, compression: payload.compression,
+                    zeros: ChunkCheck.isZeros(chunk, decodedSize: decodedSize)))
         }
 
         // Chunks already written by an interrupted install are skipped unread (a seek in a file, a
         // range request over HTTPS); the read-back verifies them on the device.
-        var first = min(resumeAt, payload.chunks.count)
+        let first = min(resumeAt, payload.chunks.count)
         try tar.skipContent(payload.chunks[..<first].reduce(0) { $0 + $1.size })
-        var current = 0
-        if first < payload.chunks.count {
-            _ = try fill(batches[current], from: first)
-            batches[current].decodeAll()
-        }
-        while first < payload.chunks.count {
-            let next = first + batches[current].count
-            let pending = DispatchGroup()
-            if next < payload.chunks.count {
-                let ahead = batches[1 - current]
-                _ = try fill(ahead, from: next)
-                DispatchQueue.global().async(group: pending) { ahead.decodeAll() }
+        var next = first
+        for index in first..<payload.chunks.count {
+            // Keep every slot busy: read ahead while one is free.
+            while next < payload.chunks.count && next - index < ring.slots {
+                try read(next)
+                next += 1
             }
-            do {
-                try emit(batches[current], from: first)
-            } catch {
-                pending.wait()  // its buffers are freed on the way out
-                throw error
-            }
-            pending.wait()
-            first = next
-            current = 1 - current
+            // Hand out the oldest, checked against its decoded SHA-256; its slot is then free.
+            let slot = index % ring.slots
+            let job = ring.wait(slot)
+            if let error = ring.errors[slot] { throw error.prefixed("payload '\(payload.member)' chunk \(index)") }
+            try ChunkCheck.decoded(ring.digests[slot], chunk: payload.chunks[index], index: index, member: payload.member)
+            let output = UnsafeRawBufferPointer(ring.decoded(slot, size: job.decodedSize))
+            if checkWholeHash { whole.update(output) }
+            try body(index, Int64(index) * payload.chunkSize, output)
         }
         guard resumeAt > 0 || !checkWholeHash || whole.finalize() == payload.sha256 else {
             throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' does not match its SHA-256")
@@ -204,15 +185,18 @@ public final class BundleReader {
     }
 }
 
-/// The buffers of one batch of chunks decoded in parallel.
+/// The chunk buffers of ``BundleReader/readPayload(_:resumeAt:checkWholeHash:body:)``: a ring of
+/// slots, each holding one chunk from the moment it is read until it was handed out.
 ///
-/// `@unchecked Sendable`: each worker touches only its own slot, and the reading thread touches
-/// the slots only before `concurrentPerform` starts the workers and after it returned.
-private final class DecodeBatch: @unchecked Sendable {
+/// `@unchecked Sendable`: a decoder touches only its own slot, between `start` and the signal
+/// that `wait` consumes; the reading thread touches a slot only outside that span.
+private final class DecodeRing: @unchecked Sendable {
     struct Job {
         var storedSize = 0
         var decodedSize = 0
         var compression = Manifest.Compression.xz
+        /// The signed decoded hash is that of zeros: not decoded (``ChunkCheck/isZeros(_:decodedSize:)``).
+        var zeros = false
     }
 
     let slots: Int
@@ -220,13 +204,16 @@ private final class DecodeBatch: @unchecked Sendable {
     let chunkSize: Int
     let storedBuffers: UnsafeMutableRawBufferPointer
     let decodedBuffers: UnsafeMutableRawBufferPointer
-    var jobs: [Job]
-    /// How many slots the current fill used.
-    var count = 0
-    /// Per-slot results, written by the workers through raw pointers (never through a shared
-    /// Swift array, whose concurrent mutation would violate exclusivity).
+    /// Per-slot jobs and results, through raw pointers (never a shared Swift array, whose
+    /// concurrent mutation would violate exclusivity).
+    let jobs: UnsafeMutablePointer<Job>
     let errors: UnsafeMutablePointer<FerryError?>
     let digests: UnsafeMutablePointer<SHA256Digest?>
+    /// Signalled by a slot's decoder when it is done.
+    private let done: [DispatchSemaphore]
+    /// Whether a slot's decoder was started and its signal not yet consumed.
+    private var busy: [Bool]
+    private let decoders = DispatchGroup()
 
     init(slots: Int, storedBound: Int, chunkSize: Int) {
         self.slots = slots
@@ -234,16 +221,23 @@ private final class DecodeBatch: @unchecked Sendable {
         self.chunkSize = chunkSize
         storedBuffers = .allocate(byteCount: self.storedBound * slots, alignment: 4096)
         decodedBuffers = .allocate(byteCount: chunkSize * slots, alignment: 4096)
-        jobs = Array(repeating: Job(), count: slots)
+        jobs = .allocate(capacity: slots)
+        jobs.initialize(repeating: Job(), count: slots)
         errors = .allocate(capacity: slots)
         errors.initialize(repeating: nil, count: slots)
         digests = .allocate(capacity: slots)
         digests.initialize(repeating: nil, count: slots)
+        done = (0..<slots).map { _ in DispatchSemaphore(value: 0) }
+        busy = Array(repeating: false, count: slots)
     }
 
-    func deallocate() {
+    /// Waits for every decoder still running, then frees the buffers.
+    func finish() {
+        decoders.wait()
         storedBuffers.deallocate()
         decodedBuffers.deallocate()
+        jobs.deinitialize(count: slots)
+        jobs.deallocate()
         errors.deinitialize(count: slots)
         errors.deallocate()
         digests.deinitialize(count: slots)
@@ -258,19 +252,37 @@ private final class DecodeBatch: @unchecked Sendable {
         UnsafeMutableRawBufferPointer(rebasing: decodedBuffers[(slot * chunkSize)..<(slot * chunkSize + size)])
     }
 
-    /// Decodes every filled slot, on every core.
-    func decodeAll() {
-        let work = { @Sendable (slot: Int) in self.decode(slot) }
-        if count == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: count, execute: work) }
+    /// Starts decoding the chunk read into `slot`, on another thread.
+    func start(_ slot: Int, _ job: Job) {
+        precondition(!busy[slot], "Ferry bug: decode slot \(slot) reused before it was handed out")
+        jobs[slot] = job
+        busy[slot] = true
+        DispatchQueue.global().async(group: decoders) {
+            self.decode(slot)
+            self.done[slot].signal()
+        }
     }
 
-    /// Decodes and hashes one slot's chunk (runs on a worker thread).
-    func decode(_ slot: Int) {
-        let job = jobs[slot]  // read-only while the workers run
+    /// Waits until `slot` is decoded; returns its job (results in `errors` and `digests`).
+    func wait(_ slot: Int) -> Job {
+        precondition(busy[slot], "Ferry bug: waiting for decode slot \(slot), which was not started")
+        done[slot].wait()
+        busy[slot] = false
+        return jobs[slot]
+    }
+
+    /// Decodes and hashes one slot's chunk (runs on a decoder thread).
+    private func decode(_ slot: Int) {
+        let job = jobs[slot]
         errors[slot] = nil
         digests[slot] = nil
         let input = UnsafeRawBufferPointer(stored(slot, size: job.storedSize))
         let output = decoded(slot, size: job.decodedSize)
+        if job.zeros {
+            output.initializeMemory(as: UInt8.self, repeating: 0)
+            digests[slot] = SHA256Hasher.digestOfZeros(count: output.count)
+            return
+        }
         do throws(FerryError) {
             try ChunkCheck.decode(input, into: output, compression: job.compression)
             digests[slot] = SHA256Hasher.hashNotingZeros(UnsafeRawBufferPointer(output))

@@ -92,6 +92,12 @@ public final class PayloadStream: ByteSource {
         try ChunkCheck.compressed(UnsafeRawBufferPointer(input), chunk: chunk, index: index, member: payload.member)
         let size = Int(decodedSize(index))
         let output = UnsafeMutableRawBufferPointer(rebasing: decoded[..<size])
+        if ChunkCheck.isZeros(chunk, decodedSize: size) {
+            output.initializeMemory(as: UInt8.self, repeating: 0)
+            nextChunk += 1
+            available = 0..<size
+            return
+        }
         do throws(FerryError) {
             try ChunkCheck.decode(UnsafeRawBufferPointer(input), into: output, compression: payload.compression)
         } catch {
@@ -105,6 +111,15 @@ public final class PayloadStream: ByteSource {
 
 /// The checks every chunk of every payload passes, whoever reads it.
 enum ChunkCheck {
+    /// Whether the chunk's signed decoded SHA-256 is that of `decodedSize` zero bytes. Such a chunk
+    /// (the empty blocks of a filesystem image, often half of it) decodes to zeros by definition,
+    /// since any other decoding would fail its hash check, so readers skip decoding it. What is
+    /// written still follows from signed data only: its compressed bytes are checked as any
+    /// chunk's, and its decoded bytes are the ones its signed hash names.
+    static func isZeros(_ chunk: Manifest.Chunk, decodedSize: Int) -> Bool {
+        chunk.decodedSHA256 == SHA256Hasher.digestOfZeros(count: decodedSize)
+    }
+
     /// - Throws: `.bundleInvalid` when the stored bytes do not match the chunk's SHA-256.
     static func compressed(_ bytes: UnsafeRawBufferPointer, chunk: Manifest.Chunk, index: Int, member: String) throws(FerryError) {
         guard SHA256Hasher.hash(bytes) == chunk.sha256 else {
@@ -120,7 +135,9 @@ enum ChunkCheck {
     {
         switch compression {
         case .xz:
-            try XZChunkCodec.decode(input, into: output, expectedSize: output.count)
+            // The stream's CRC64 is not checked: every caller compares the decoded bytes with the
+            // chunk's signed decoded SHA-256 before using them (about 7 % less decoding time).
+            try XZChunkCodec.decode(input, into: output, expectedSize: output.count, checkIntegrity: false)
         case .none:
             guard input.count == output.count else { throw FerryError(code: .bundleInvalid, message: "a stored chunk has the wrong size") }
             output.copyMemory(from: input)

@@ -68,7 +68,8 @@ public enum XZChunkCodec {
     /// Decodes one chunk (exactly one .xz stream) into `output`.
     ///
     /// The chunk must decode to exactly `expectedSize` bytes and must contain nothing after the end of
-    /// its stream. The stream's integrity check (CRC32, CRC64 or SHA-256) is verified. On failure the
+    /// its stream. The stream's integrity check (CRC32, CRC64 or SHA-256) is verified unless
+    /// `checkIntegrity` is false. On failure the
     /// first `expectedSize` bytes of `output` hold unspecified data.
     ///
     /// - Parameters:
@@ -77,6 +78,8 @@ public enum XZChunkCodec {
     ///     first `expectedSize` bytes are written.
     ///   - expectedSize: The decoded size listed in the manifest.
     ///   - memoryLimit: The most memory the decoder may use. The default is ``defaultMemoryLimit``.
+    ///   - checkIntegrity: Whether to verify the stream's own check (`LZMA_IGNORE_CHECK` when false):
+    ///     pass false only when the caller compares the decoded bytes with a stronger hash anyway.
     /// - Throws: `.bundleInvalid` if the chunk is not .xz, corrupt, truncated, followed by other bytes,
     ///   or decodes to more or fewer than `expectedSize` bytes; `.limitExceeded` if decoding it needs
     ///   more than `memoryLimit`; `.io` if liblzma cannot allocate memory.
@@ -84,7 +87,7 @@ public enum XZChunkCodec {
     /// The corresponding C functions are `lzma_stream_decoder(3)` and `lzma_code(3)`.
     public static func decode(
         _ compressed: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, expectedSize: Int,
-        memoryLimit: Int = defaultMemoryLimit
+        memoryLimit: Int = defaultMemoryLimit, checkIntegrity: Bool = true
     ) throws(FerryError) {
         precondition(
             expectedSize >= 0 && expectedSize <= output.count,
@@ -104,7 +107,7 @@ public enum XZChunkCodec {
             stream.deinitialize(count: 1).deallocate()
             spare.deallocate()
         }
-        let initialized = lzma_stream_decoder(stream, UInt64(memoryLimit), 0)
+        let initialized = lzma_stream_decoder(stream, UInt64(memoryLimit), checkIntegrity ? 0 : CLzma_IGNORE_CHECK)
         guard initialized == LZMA_OK else {
             throw XZError(initialized, message: reason(initialized)).ferryError("setting up the decoder for \(what)")
         }

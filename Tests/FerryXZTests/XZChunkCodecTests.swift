@@ -26,16 +26,32 @@ import Testing
     static let xzMagic: [UInt8] = [0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00]
 
     /// Decodes `stream` into a fresh buffer of `expectedSize` bytes.
-    func decoded(_ stream: [UInt8], expectedSize: Int, memoryLimit: Int = XZChunkCodec.defaultMemoryLimit) throws
-        -> [UInt8]
-    {
+    func decoded(
+        _ stream: [UInt8], expectedSize: Int, memoryLimit: Int = XZChunkCodec.defaultMemoryLimit, checkIntegrity: Bool = true
+    ) throws -> [UInt8] {
         var output = [UInt8](repeating: 0, count: expectedSize)
         try stream.withUnsafeBytes { compressed in
             try output.withUnsafeMutableBytes { buffer in
-                try XZChunkCodec.decode(compressed, into: buffer, expectedSize: expectedSize, memoryLimit: memoryLimit)
+                try XZChunkCodec.decode(
+                    compressed, into: buffer, expectedSize: expectedSize, memoryLimit: memoryLimit, checkIntegrity: checkIntegrity)
             }
         }
         return output
+    }
+
+    /// A stream whose CRC64 is wrong fails by default, and decodes when the caller checks the
+    /// decoded bytes itself (as bundle readers do, with the chunk's SHA-256).
+    @Test func theStreamCheckIsVerifiedUnlessTheCallerOptsOut() throws {
+        let bytes = Input.text100KiB.bytes
+        var stream = try encoded(bytes)
+        // The footer (12 bytes) gives the index's size; the block's 8-byte CRC64 comes just before it.
+        let footer = stream.count - 12
+        let backward = Int(UInt32(stream[footer + 4]) | UInt32(stream[footer + 5]) << 8 | UInt32(stream[footer + 6]) << 16 | UInt32(stream[footer + 7]) << 24)
+        let check = footer - (backward + 1) * 4 - 8
+        stream[check] ^= 0x01
+        let error = #expect(throws: FerryError.self) { try decoded(stream, expectedSize: bytes.count) }
+        #expect(error?.code == .bundleInvalid, "\(error?.message ?? "")")
+        #expect(try decoded(stream, expectedSize: bytes.count, checkIntegrity: false) == bytes)
     }
 
     func encoded(_ bytes: [UInt8], preset: Int = 6, extreme: Bool = false) throws -> [UInt8] {
