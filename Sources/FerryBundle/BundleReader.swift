@@ -13,6 +13,8 @@ import Dispatch
 ///    compressed and decoded SHA-256 checked before the chunk is handed out.
 public final class BundleReader {
     public static let maximumSignatures = 16
+    /// The memory the chunk buffers of a payload being decoded may take (at least two chunks).
+    static let decodeMemory = 64 << 20
 
     public let tar: TarReader
     private var pendingMember: TarMember?
@@ -117,10 +119,11 @@ public final class BundleReader {
         // into a free slot and hands it to a decoder; decoders run on every core at once, each
         // chunk as soon as it is read; this thread then hands the decoded chunks out in order.
         // So decoding never waits for writing, nor writing for a whole batch. Memory: a stored and
-        // a decoded buffer per slot, two slots per core plus one.
+        // a decoded buffer per slot, two slots per core plus one, within 64 MiB whatever the cores.
+        let storedBound = chunkSize + chunkSize / 8 + 4096
         let workers = max(1, min(ProcessEnvironment.processorCount, 8))
-        let ring = DecodeRing(
-            slots: max(1, min(2 * workers + 1, payload.chunks.count)), storedBound: chunkSize + chunkSize / 8 + 4096, chunkSize: chunkSize)
+        let slots = max(2, min(2 * workers + 1, Self.decodeMemory / (storedBound + chunkSize)))
+        let ring = DecodeRing(slots: max(1, min(slots, payload.chunks.count)), storedBound: storedBound, chunkSize: chunkSize)
         // No decoder may outlive the buffers (an error leaves some running).
         defer { ring.finish() }
         let whole = SHA256Hasher()
