@@ -123,7 +123,8 @@ public final class BundleReader {
         let storedBound = chunkSize + chunkSize / 8 + 4096
         let workers = max(1, min(ProcessEnvironment.processorCount, 8))
         let slots = max(2, min(2 * workers + 1, Self.decodeMemory / (storedBound + chunkSize)))
-        let ring = DecodeRing(slots: max(1, min(slots, payload.chunks.count)), storedBound: storedBound, chunkSize: chunkSize)
+        let ring = DecodeRing(
+            slots: max(1, min(slots, payload.chunks.count)), decoders: workers, storedBound: storedBound, chunkSize: chunkSize)
         // No decoder may outlive the buffers (an error leaves some running).
         defer { ring.finish() }
         let whole = SHA256Hasher()
@@ -217,8 +218,15 @@ private final class DecodeRing: @unchecked Sendable {
     /// Whether a slot's decoder was started and its signal not yet consumed.
     private var busy: [Bool]
     private let decoders = DispatchGroup()
+    /// One serial queue per decoder, chunks handed out round-robin. Each such queue has a thread
+    /// of its own as soon as it has work; the global pool, by contrast, grows by a thread only
+    /// when its monitor sees it short (about a second on Linux), which left one core idle at the
+    /// start of every install.
+    private let queues: [DispatchQueue]
+    /// Chunks started so far (touched only by the caller's thread).
+    private var started = 0
 
-    init(slots: Int, storedBound: Int, chunkSize: Int) {
+    init(slots: Int, decoders: Int, storedBound: Int, chunkSize: Int) {
         self.slots = slots
         self.storedBound = (storedBound + 4095) / 4096 * 4096
         self.chunkSize = chunkSize
@@ -232,6 +240,7 @@ private final class DecodeRing: @unchecked Sendable {
         digests.initialize(repeating: nil, count: slots)
         done = (0..<slots).map { _ in DispatchSemaphore(value: 0) }
         busy = Array(repeating: false, count: slots)
+        queues = (0..<max(1, min(decoders, slots))).map { DispatchQueue(label: "ferry.decode.\($0)") }
     }
 
     /// Waits for every decoder still running, then frees the buffers.
@@ -260,7 +269,9 @@ private final class DecodeRing: @unchecked Sendable {
         precondition(!busy[slot], "Ferry bug: decode slot \(slot) reused before it was handed out")
         jobs[slot] = job
         busy[slot] = true
-        DispatchQueue.global().async(group: decoders) {
+        let queue = queues[started % queues.count]
+        started += 1
+        queue.async(group: decoders) {
             self.decode(slot)
             self.done[slot].signal()
         }
