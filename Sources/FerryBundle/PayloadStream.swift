@@ -109,6 +109,20 @@ public final class PayloadStream: ByteSource {
     }
 }
 
+extension Manifest.Payload {
+    /// The decoded size of chunk `index` (the last one may be short).
+    public func decodedSize(ofChunk index: Int) -> Int {
+        index == chunks.count - 1 ? Int(size - chunkSize * Int64(index)) : Int(chunkSize)
+    }
+
+    /// The chunks whose signed decoded SHA-256 is that of zeros: they decode to zeros by
+    /// definition (``ChunkCheck/isZeros(_:decodedSize:)``), so an installer may zero their range
+    /// of the slot before their stored bytes even arrive.
+    public var zeroChunks: [Int] {
+        chunks.indices.filter { ChunkCheck.isZeros(chunks[$0], decodedSize: decodedSize(ofChunk: $0)) }
+    }
+}
+
 /// The checks every chunk of every payload passes, whoever reads it.
 enum ChunkCheck {
     /// Whether the chunk's signed decoded SHA-256 is that of `decodedSize` zero bytes. Such a chunk

@@ -20,13 +20,17 @@ public struct InstallJournal: Sendable, Equatable {
     public var deltaPositions: [String: DeltaApplier.Position]
     /// Slots written, synced and read back completely.
     public var completed: [String]
+    /// Slots whose zero chunks (``FerryBundle/Manifest/Payload/zeroChunks``) were all zeroed and
+    /// synced before the rest was streamed: `chunksDone` then counts for the other chunks.
+    public var zeroed: [String]
     public var startedAt: String
 
     var json: JSONValue {
         .object([
             "formatVersion": .number(1), "manifestSha256": .string(manifestSHA256), "target": .string(target),
             "bundle": .string(bundle), "chunksDone": .object(chunksDone.mapValues { .number(Double($0)) }),
-            "completed": .array(completed.map(JSONValue.string)), "startedAt": .string(startedAt),
+            "completed": .array(completed.map(JSONValue.string)), "zeroed": .array(zeroed.map(JSONValue.string)),
+            "startedAt": .string(startedAt),
             "deltaPositions": .object(
                 deltaPositions.mapValues { position in
                     .object([
@@ -44,6 +48,7 @@ public struct InstallJournal: Sendable, Equatable {
         chunksDone = [:]
         deltaPositions = [:]
         completed = []
+        zeroed = []
         startedAt = WallClock.iso8601()
     }
 
@@ -60,6 +65,8 @@ public struct InstallJournal: Sendable, Equatable {
             return DeltaApplier.Position(operation: operation, deltaOffset: deltaOffset, targetOffset: targetOffset)
         }
         if case .array(let items)? = json["completed"] { completed = items.compactMap(\.stringValue) } else { completed = [] }
+        // (Journals of earlier versions have no such list: every zero chunk is then zeroed again.)
+        if case .array(let items)? = json["zeroed"] { zeroed = items.compactMap(\.stringValue) } else { zeroed = [] }
         startedAt = json["startedAt"]?.stringValue ?? ""
     }
 }

@@ -284,6 +284,8 @@ public struct Installer {
     ) throws(FerryError) {
         let open = try access.openForWriting(slot)
         defer { try? open.close() }
+        // Whole chunks land in aligned buffers: they need not pass through the page cache.
+        open.device.enableDirectWrites()
         let device = wrapDevice(open.device)
         let resumeAt = min(journal.chunksDone[slot.name] ?? 0, payload.chunks.count)
         progress(
@@ -294,15 +296,36 @@ public struct Installer {
         // once a checkpoint made them durable, on a thread of their own, while later chunks are
         // decoded and written; chunks written before an interruption are durable already.
         let readBack = ReadBackQueue(
-            device: device, dropCaches: { (range) throws(FerryError) in try open.device.dropCaches(range) }, payload: payload,
-            slot: slot.name, path: open.devicePath)
+            device: device, direct: open.device.directReader().map(wrapDevice),
+            dropCaches: { (range) throws(FerryError) in try open.device.dropCaches(range) }, payload: payload, slot: slot.name,
+            path: open.devicePath)
         // (Runs before the device is closed: no read may outlive its descriptor.)
         defer { readBack.cancel() }
         readBack.verify(upTo: resumeAt)
+        // Zero chunks first: the signed manifest says which chunks decode to zeros, so their ranges
+        // are zeroed by the device and synced before any byte is streamed, and read back while the
+        // rest decodes (reading back zeroed ranges is slow on some devices, loop devices over sparse
+        // files among them: left for the end, it was the end's longest wait).
+        // Done when the first chunk is handed out, so the decoders are busy meanwhile.
+        let zeroFirst = Self.zeroChunksToZeroFirst(payload, from: resumeAt)
+        var zeroedFirst = zeroFirst.isEmpty
+        let zeroedAlready = Set(zeroFirst)
         // Each chunk arrives hash-checked (compressed and decoded) before it is written.
         try reader.readPayload(payload, resumeAt: resumeAt, checkWholeHash: false) { (index, offset, bytes) throws(FerryError) in
-            try ImageWriter.write(bytes, at: offset, to: device)
-            sinceCheckpoint += Int64(bytes.count)
+            if !zeroedFirst {
+                if !journal.zeroed.contains(slot.name) {
+                    for span in Self.spans(of: zeroFirst, in: payload) { try device.zeroOut(span) }
+                    try device.synchronize()
+                    journal.zeroed.append(slot.name)
+                    try store.setInstallJournal(journal)
+                }
+                readBack.verify(zeroFirst)
+                zeroedFirst = true
+            }
+            if !zeroedAlready.contains(index) {
+                try ImageWriter.write(bytes, at: offset, to: device)
+                sinceCheckpoint += Int64(bytes.count)
+            }
             if sinceCheckpoint >= checkpointBytes {
                 // Checkpoint: the slot first, then the journal, so it never claims more than is durable.
                 try device.synchronize()
@@ -323,6 +346,29 @@ public struct Installer {
 }
 
 extension Installer {
+    /// The zero chunks at or after `first` whose range starts and ends on a 4 KiB boundary (what
+    /// ``ImageWriter`` lets the device zero; in practice every zero chunk but a short last one).
+    static func zeroChunksToZeroFirst(_ payload: Manifest.Payload, from first: Int) -> [Int] {
+        payload.zeroChunks.filter { index in
+            index >= first && (Int64(index) * payload.chunkSize) % 4096 == 0 && payload.decodedSize(ofChunk: index) % 4096 == 0
+        }
+    }
+
+    /// The byte ranges of `chunks` in the slot, adjacent ones merged.
+    static func spans(of chunks: [Int], in payload: Manifest.Payload) -> [Range<Int64>] {
+        var spans: [Range<Int64>] = []
+        for index in chunks {
+            let start = Int64(index) * payload.chunkSize
+            let next = start..<(start + Int64(payload.decodedSize(ofChunk: index)))
+            if let last = spans.last, last.upperBound == next.lowerBound {
+                spans[spans.count - 1] = last.lowerBound..<next.upperBound
+            } else {
+                spans.append(next)
+            }
+        }
+        return spans
+    }
+
     /// An app-only bundle: every app is written into the app store (staged, synced, renamed in),
     /// then each is activated and health-checked; a failing check switches that app back.
     /// No slot is written and no group switches.

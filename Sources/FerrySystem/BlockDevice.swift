@@ -47,6 +47,8 @@ public final class BlockDevice: BlockTarget {
     /// The device number (`st_rdev`) of a block device; nil for image files.
     public let deviceNumber: UInt64?
     private var descriptor: FileDescriptor?
+    /// A second descriptor with `O_DIRECT` for aligned writes (``enableDirectWrites()``).
+    private var directDescriptor: FileDescriptor?
 
     private init(
         path: String, kind: Kind, isWritable: Bool, byteCount: Int64, sectorSize: Int,
@@ -100,19 +102,21 @@ public final class BlockDevice: BlockTarget {
     }
 
     private static func open(
-        _ path: String, mode: FileDescriptor.AccessMode, options: FileDescriptor.OpenOptions,
-        window: Range<Int64>?, exclusive: Bool
+        _ openPath: String, mode: FileDescriptor.AccessMode, options: FileDescriptor.OpenOptions,
+        window: Range<Int64>?, exclusive: Bool, displayPath: String? = nil
     ) throws(FerryError) -> BlockDevice {
+        // What messages and callers see (the descriptor path of a reopened device is no name).
+        let path = displayPath ?? openPath
         let fd: FileDescriptor
         do {
             // Probe the type first: O_EXCL means "exclusive open" only for block devices.
-            let status = try fileStatus(path: path)
+            let status = try fileStatus(path: openPath)
             var openOptions = options
             if exclusive && status.isBlockDevice { openOptions.insert(.exclusiveCreate) }
             guard status.isBlockDevice || status.isRegularFile else {
                 throw FerryError(code: .deviceNotFound, message: "'\(path)' is neither a block device nor a regular file")
             }
-            fd = try FileDescriptor.open(FilePath(path), mode, options: openOptions)
+            fd = try FileDescriptor.open(FilePath(openPath), mode, options: openOptions)
         } catch let error as FerryError {
             throw error
         } catch let errno as Errno {
@@ -214,11 +218,34 @@ public final class BlockDevice: BlockTarget {
 
     /// Writes all of `bytes` at `offset`.
     ///
+    /// With ``enableDirectWrites()``, writes whose address, offset and length are whole sectors go
+    /// through the direct descriptor; the rest, and every write once the device called a direct
+    /// write invalid, through the page cache. The kernel keeps the two coherent, and
+    /// ``synchronize()`` makes both durable (it flushes the device's write cache either way).
+    ///
     /// The corresponding C function is `pwrite(2)`.
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(FerryError) {
         precondition(isWritable, "Ferry bug: writing to '\(path)' opened read-only")
         try checkRange(offset, bytes.count, "writing")
         IOTrace.record(.write(path: path, offset: windowOffset + offset, bytes: Array(bytes)))
+        if let direct = directDescriptor, isSectorAligned(bytes, windowOffset + offset) {
+            do {
+                var done = 0
+                while done < bytes.count {
+                    done += try direct.write(
+                        toAbsoluteOffset: windowOffset + offset + Int64(done), UnsafeRawBufferPointer(rebasing: bytes[done...]))
+                }
+                return
+            } catch {
+                let errno = error as? Errno ?? .ioError
+                guard errno == .invalidArgument else {
+                    throw FerryError.syscall("writing \(bytes.count) bytes at offset \(offset) of", errno: errno, path: path)
+                }
+                // Direct I/O refused after all (alignment rules stricter than the sector size):
+                // the buffered write below writes every byte again.
+                closeDirectWrites()
+            }
+        }
         var done = 0
         while done < bytes.count {
             let chunk = UnsafeRawBufferPointer(rebasing: bytes[done...])
@@ -230,6 +257,30 @@ public final class BlockDevice: BlockTarget {
                     path: path)
             }
         }
+    }
+
+    /// Lets aligned writes bypass the page cache (`O_DIRECT`, through a second descriptor on the
+    /// same open file): no copy into cached pages that writeback copies out again and a read-back
+    /// must drop. Returns false, and changes nothing, where the file system refuses direct I/O.
+    @discardableResult
+    public func enableDirectWrites() -> Bool {
+        precondition(isWritable, "Ferry bug: direct writes to '\(path)' opened read-only")
+        if directDescriptor != nil { return true }
+        directDescriptor = try? FileDescriptor.open(
+            FilePath("/proc/self/fd/\(fd.rawValue)"), .writeOnly,
+            options: [.closeOnExec, FileDescriptor.OpenOptions(rawValue: CFerryShims_O_DIRECT)])
+        return directDescriptor != nil
+    }
+
+    private func isSectorAligned(_ bytes: UnsafeRawBufferPointer, _ absoluteOffset: Int64) -> Bool {
+        let sector = max(logicalSectorSize, 512)
+        guard let address = bytes.baseAddress else { return false }
+        return Int(bitPattern: address) % sector == 0 && absoluteOffset % Int64(sector) == 0 && bytes.count % sector == 0
+    }
+
+    private func closeDirectWrites() {
+        _ = try? directDescriptor?.close()
+        directDescriptor = nil
     }
 
     /// Flushes data and metadata to stable storage. A failure here is fatal for an install.
@@ -246,6 +297,21 @@ public final class BlockDevice: BlockTarget {
     public func synchronizeData() throws(FerryError) {
         do { try fd.synchronizeData() } catch { throw .syscall("synchronizing", errno: error, path: path) }
         IOTrace.record(.sync(path: path))
+    }
+
+    /// A second, read-only descriptor on the very same device or file (and window) that bypasses
+    /// the page cache (`O_DIRECT`): what a read-back reads comes from the medium, not from pages
+    /// this process wrote. Reads through it must be aligned to the logical sector size, in
+    /// offset, length and buffer address. Nil where the file system refuses direct I/O (then read
+    /// through this descriptor after ``dropCaches(_:)``).
+    ///
+    /// Opened through `/proc/self/fd`, so it cannot be another file than this one.
+    public func directReader() -> BlockDevice? {
+        let window = windowOffset..<(windowOffset + byteCount)
+        return try? BlockDevice.open(
+            "/proc/self/fd/\(fd.rawValue)", mode: .readOnly,
+            options: [.closeOnExec, FileDescriptor.OpenOptions(rawValue: CFerryShims_O_DIRECT)], window: window,
+            exclusive: false, displayPath: path)
     }
 
     /// Drops the cached pages of the device so the next reads come from the medium.
@@ -345,6 +411,7 @@ public final class BlockDevice: BlockTarget {
     ///
     /// The corresponding C function is `close(2)`.
     public func close() throws(FerryError) {
+        closeDirectWrites()
         guard let descriptor else { return }
         self.descriptor = nil
         // Unlock explicitly: a child spawned by another thread holds a copy of this descriptor until

@@ -40,12 +40,13 @@ import Testing
     static let rootfsSize = 1 << 20
     static let modemSize = 256 << 10
 
-    /// A device of plain image files (no loop devices): A holds factory images, B is empty.
+    /// A device of plain image files (no loop devices): A holds factory images, B other bytes (rootfs) or none (modem).
     static func makeDevice(_ dir: String, bootloader: String, pki: TestPKI) throws {
         try DurableFile.createDirectory(dir)
         try makeFile("\(dir)/rootfs_a.img", bytes: seededBytes(count: rootfsSize, seed: 1))
         try makeFile("\(dir)/modem_a.img", bytes: seededBytes(count: modemSize, seed: 2))
-        try makeFile("\(dir)/rootfs_b.img", size: Int64(rootfsSize))
+        // B holds other bytes (an older release), so that zeroing its ranges shows in every state.
+        try makeFile("\(dir)/rootfs_b.img", bytes: seededBytes(count: rootfsSize, seed: 3))
         try makeFile("\(dir)/modem_b.img", size: Int64(modemSize))
         let environment: String
         if bootloader == "grub" {
@@ -199,7 +200,10 @@ import Testing
             let pki = try TestPKI.make(in: "\(dir)/pki", signers: ["signer1"])
             let device = "\(dir)/device", snapshot = "\(dir)/snapshot"
             try Self.makeDevice(device, bootloader: bootloader, pki: pki)
-            let images = ["rootfs": seededBytes(count: Self.rootfsSize, seed: 11), "modem": seededBytes(count: Self.modemSize, seed: 12)]
+            // The rootfs has zero chunks (64 KiB each), which the install zeroes first.
+            var rootfs = seededBytes(count: Self.rootfsSize, seed: 11)
+            for chunk in [1, 2, 5, 6, 7, 12] { rootfs.replaceSubrange((chunk << 16)..<((chunk + 1) << 16), with: repeatElement(0, count: 1 << 16)) }
+            let images = ["rootfs": rootfs, "modem": seededBytes(count: Self.modemSize, seed: 12)]
             for (slot, bytes) in images { try makeFile("\(dir)/\(slot).img", bytes: bytes) }
             var options = BundleWriter.Options(
                 compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,

@@ -23,7 +23,8 @@ struct CrashTests {
             let sandbox = try Sandbox.make(in: dir)
             let configuration = try sandbox.configuration()
             let images = try sandbox.makeUpdate(
-                [("rootfs", 12 << 20), ("modem", 3 << 20), ("tee", 1 << 20)], output: "\(dir)/update.ferry", preset: 0, seed: 21)
+                [("rootfs", 12 << 20), ("modem", 3 << 20), ("tee", 1 << 20)], output: "\(dir)/update.ferry", preset: 0, seed: 21,
+                zeroChunks: ["rootfs": [1, 2, 5, 6, 7, 10], "modem": [2]])
 
             let table = try PartitionTable.read(sandbox.diskPath)
             func region(_ label: String, _ count: Int) throws -> [UInt8] {

@@ -23,6 +23,9 @@ struct FaultTests {
         var failReadAfterBytes: Int64? = nil
         var tear = false
         var corruptAt: Int64? = nil
+        /// The device claims to zero but keeps the old bytes; rootfs_b holds other bytes before,
+        /// and the update has zero chunks.
+        var ignoreZeroOut = false
         var description: String { name }
     }
 
@@ -39,6 +42,8 @@ struct FaultTests {
         // while later ones are written) or at the end (the last chunk).
         Case(name: "a byte silently corrupted in the first region", failAfterBytes: nil, errno: .ioError, failSync: false, code: .readBackMismatch, corruptAt: 4097),
         Case(name: "a byte silently corrupted in the last chunk", failAfterBytes: nil, errno: .ioError, failSync: false, code: .readBackMismatch, corruptAt: (10 << 20) - 3),
+        // Zero chunks are zeroed first and read back while the rest is written.
+        Case(name: "zeroing silently does nothing", failAfterBytes: nil, errno: .ioError, failSync: false, code: .readBackMismatch, ignoreZeroOut: true),
     ]
 
     @Test(arguments: cases)
@@ -46,7 +51,16 @@ struct FaultTests {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
             let configuration = try sandbox.configuration()
-            try sandbox.makeUpdate([("rootfs", 10 << 20), ("modem", 2 << 20), ("tee", 1 << 20)], output: "\(dir)/update.ferry")
+            try sandbox.makeUpdate(
+                [("rootfs", 10 << 20), ("modem", 2 << 20), ("tee", 1 << 20)], output: "\(dir)/update.ferry",
+                zeroChunks: fault.ignoreZeroOut ? ["rootfs": [1, 2, 6]] : [:])
+            if fault.ignoreZeroOut {
+                // Other bytes where the zeros go: a device that does not zero keeps them.
+                let partition = try PartitionTable.read(sandbox.diskPath).partition(.partitionLabel("rootfs_b"), disk: sandbox.diskPath)
+                let slot = try BlockDevice.openSharedForWriting(sandbox.diskPath)
+                try slot.write(seededBytes(count: 10 << 20, seed: 77), at: partition.range.lowerBound)
+                try slot.close()
+            }
             let environmentBefore = try Shell.check([TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath])
 
             let booted = BootedGroup(bootname: "A", source: "test")
@@ -55,7 +69,8 @@ struct FaultTests {
             installer.wrapDevice = {
                 FaultyBlockTarget(
                     $0, failAfterBytes: fault.failAfterBytes, writeError: fault.errno, failSynchronize: fault.failSync,
-                    failSynchronizeAt: fault.failSyncAt, failReadAfterBytes: fault.failReadAfterBytes, tearFailingWrite: fault.tear, corruptByteAt: fault.corruptAt)
+                    failSynchronizeAt: fault.failSyncAt, failReadAfterBytes: fault.failReadAfterBytes, tearFailingWrite: fault.tear, corruptByteAt: fault.corruptAt,
+                    ignoreZeroOut: fault.ignoreZeroOut)
             }
             let lock = try StateStore(directory: configuration.stateDirectory).acquireWriteLock(command: "test")
             let error = #expect(throws: FerryError.self) {

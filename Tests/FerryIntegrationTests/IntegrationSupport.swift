@@ -28,15 +28,21 @@ enum ReliabilityProfile {
 extension Sandbox {
     /// Writes seeded images for the given slot classes next to the sandbox and a bundle of them,
     /// signed by the sandbox's `signer`, in chunks of 1 MiB.
+    /// - Parameter zeroChunks: per slot class, the 1 MiB chunks of its image that are all zeros
+    ///   (the empty blocks of a filesystem image, which installs zero first).
     /// - Returns: the images, by slot class, in the given order.
     @discardableResult
     func makeUpdate(
         _ sizes: [(slotClass: String, bytes: Int)], output: String, version: String = "1.1.0", signer: String = "signer1",
-        preset: Int = 6, seed: UInt64 = 0
+        preset: Int = 6, seed: UInt64 = 0, zeroChunks: [String: [Int]] = [:]
     ) throws -> [(String, [UInt8])] {
         var images: [(String, [UInt8])] = []
         for (slotClass, count) in sizes {
-            let bytes = seededBytes(count: count, seed: seed &+ UInt64(count))
+            var bytes = seededBytes(count: count, seed: seed &+ UInt64(count))
+            for chunk in zeroChunks[slotClass] ?? [] {
+                let range = (chunk << 20)..<min((chunk + 1) << 20, count)
+                bytes.replaceSubrange(range, with: repeatElement(0, count: range.count))
+            }
             try makeFile("\(directory)/\(slotClass).img", bytes: bytes)
             images.append((slotClass, bytes))
         }

@@ -185,6 +185,60 @@ import Glibc
         }
     }
 
+    // MARK: - Direct I/O
+
+    /// Direct (O_DIRECT) writes and reads through a window: aligned writes bypass the page cache,
+    /// unaligned ones take the buffered path, and every path sees the same bytes.
+    @Test func directWritesAndTheDirectReaderSeeTheSameBytesAsBufferedIO() async throws {
+        try await withImage { path, original in
+            let window: Range<Int64> = 65_536..<196_608
+            let device = try BlockDevice.openExclusive(path, window: window)
+            // /tmp here is ext4, which takes direct I/O; elsewhere (an old tmpfs) there is none.
+            let direct = device.enableDirectWrites()
+            let aligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 4096)
+            defer { aligned.deallocate() }
+            let data = seededBytes(count: 65_536, seed: 31)
+            aligned.copyBytes(from: data)
+            // A cached (dirty) write first, then a direct one over it: the direct one wins.
+            try writeBytes([1, 2, 3], to: device, at: 32_868)
+            try device.write(UnsafeRawBufferPointer(aligned), at: 32_768)
+            // Not whole sectors: through the page cache, even with direct writes on.
+            let odd = seededBytes(count: 1001, seed: 32)
+            try writeBytes(odd, to: device, at: 777)
+            try device.synchronize()
+
+            var expected = original
+            expected.replaceSubrange(98_304..<163_840, with: data)
+            expected.replaceSubrange(66_313..<67_314, with: odd)
+            if let reader = device.directReader() {
+                #expect(reader.path == path && reader.byteCount == window.count && !reader.isWritable)
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: window.count, alignment: 4096)
+                defer { buffer.deallocate() }
+                try reader.read(into: buffer, at: 0)
+                #expect(Array(buffer) == Array(expected[65_536..<196_608]))
+                try reader.close()
+            } else {
+                #expect(!direct, "direct writes were taken but direct reads not")
+            }
+            try device.close()
+            #expect(try readFile(path) == expected)
+        }
+    }
+
+    /// The direct reader reopens the very file the device has open, not whatever the path names now.
+    @Test func theDirectReaderReadsTheOpenFileNotThePath() async throws {
+        try await withImage { path, original in
+            let device = try BlockDevice.openForReading(path)
+            try Shell.check(["mv", path, path + ".old"])
+            try makeFile(path, bytes: seededBytes(count: Int(Self.fileSize), seed: 99))
+            guard let reader = device.directReader() else { return }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+            defer { buffer.deallocate() }
+            try reader.read(into: buffer, at: 8192)
+            #expect(Array(buffer) == Array(original[8192..<12_288]))
+        }
+    }
+
     @Test(arguments: [(32_768, 1), (32_000, 1000), (-1, 1), (40_000, 0)] as [(Int64, Int)])
     func aWindowRefusesOffsetsOutsideIt(offset: Int64, count: Int) async throws {
         try await withImage { path, original in

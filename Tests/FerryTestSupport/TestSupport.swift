@@ -295,15 +295,19 @@ public final class FaultyBlockTarget: BlockTarget {
     public var tearFailingWrite: Bool
     /// A device that lies: the byte at this offset is written flipped, and no error is reported.
     public var corruptByteAt: Int64?
+    /// A device that lies about zeroing: it reports success and leaves the old bytes.
+    public var ignoreZeroOut: Bool
     public private(set) var bytesWritten: Int64 = 0
     public private(set) var bytesRead: Int64 = 0
     public private(set) var synchronizations = 0
 
     public init(
         _ inner: any BlockTarget, failAfterBytes: Int64? = nil, writeError: Errno = .ioError, failSynchronize: Bool = false,
-        failSynchronizeAt: Int? = nil, failReadAfterBytes: Int64? = nil, tearFailingWrite: Bool = false, corruptByteAt: Int64? = nil
+        failSynchronizeAt: Int? = nil, failReadAfterBytes: Int64? = nil, tearFailingWrite: Bool = false, corruptByteAt: Int64? = nil,
+        ignoreZeroOut: Bool = false
     ) {
         self.corruptByteAt = corruptByteAt
+        self.ignoreZeroOut = ignoreZeroOut
         self.inner = inner
         self.failAfterBytes = failAfterBytes
         self.writeError = writeError
@@ -354,7 +358,7 @@ public final class FaultyBlockTarget: BlockTarget {
         if let limit = failAfterBytes, bytesWritten + Int64(range.count) > limit {
             throw FerryError.syscall("zeroing \(range.count) bytes of", errno: writeError, path: "faulty device")
         }
-        try inner.zeroOut(range)
+        if !ignoreZeroOut { try inner.zeroOut(range) }
         bytesWritten += Int64(range.count)
     }
 }
