@@ -303,10 +303,10 @@ public struct Installer {
         defer { readBack.cancel() }
         readBack.verify(upTo: resumeAt)
         // Zero chunks first: the signed manifest says which chunks decode to zeros, so their ranges
-        // are zeroed by the device and synced before any byte is streamed, and read back while the
-        // rest decodes (reading back zeroed ranges is slow on some devices, loop devices over sparse
-        // files among them: left for the end, it was the end's longest wait).
-        // Done when the first chunk is handed out, so the decoders are busy meanwhile.
+        // are zeroed by the device and synced before the first chunk is written (when it is handed
+        // out, so the decoders are busy meanwhile), and read back while the rest decodes. Reading
+        // back zeroed ranges is slow on some devices, loop devices over sparse files among them:
+        // left for the end, it was the end's longest wait.
         let zeroFirst = Self.zeroChunksToZeroFirst(payload, from: resumeAt)
         var zeroedFirst = zeroFirst.isEmpty
         let zeroedAlready = Set(zeroFirst)
