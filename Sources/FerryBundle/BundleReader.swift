@@ -143,7 +143,7 @@ public final class BundleReader {
                 done += read
             }
             try ChunkCheck.compressed(UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
-            let decodedSize = index == payload.chunks.count - 1 ? Int(payload.size - payload.chunkSize * Int64(index)) : chunkSize
+            let decodedSize = payload.decodedSize(ofChunk: index)
             ring.start(
                 slot,
                 DecodeRing.Job(

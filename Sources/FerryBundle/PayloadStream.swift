@@ -75,9 +75,7 @@ public final class PayloadStream: ByteSource {
     /// Whether every byte of the payload was handed out or skipped.
     public var isAtEnd: Bool { position == payload.size }
 
-    private func decodedSize(_ index: Int) -> Int64 {
-        index == payload.chunks.count - 1 ? payload.size - payload.chunkSize * Int64(index) : payload.chunkSize
-    }
+    private func decodedSize(_ index: Int) -> Int64 { Int64(payload.decodedSize(ofChunk: index)) }
 
     private func loadChunk() throws(FerryError) {
         let index = nextChunk

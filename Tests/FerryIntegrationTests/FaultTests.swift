@@ -26,6 +26,8 @@ struct FaultTests {
         /// The device claims to zero but keeps the old bytes; rootfs_b holds other bytes before,
         /// and the update has zero chunks.
         var ignoreZeroOut = false
+        /// The update has zero chunks, which the install zeroes before it writes anything else.
+        var zeroChunks = false
         var description: String { name }
     }
 
@@ -44,6 +46,7 @@ struct FaultTests {
         Case(name: "a byte silently corrupted in the last chunk", failAfterBytes: nil, errno: .ioError, failSync: false, code: .readBackMismatch, corruptAt: (10 << 20) - 3),
         // Zero chunks are zeroed first and read back while the rest is written.
         Case(name: "zeroing silently does nothing", failAfterBytes: nil, errno: .ioError, failSync: false, code: .readBackMismatch, ignoreZeroOut: true),
+        Case(name: "EIO while the zero chunks are zeroed", failAfterBytes: 0, errno: .ioError, failSync: false, code: .io, zeroChunks: true),
     ]
 
     @Test(arguments: cases)
@@ -53,7 +56,7 @@ struct FaultTests {
             let configuration = try sandbox.configuration()
             try sandbox.makeUpdate(
                 [("rootfs", 10 << 20), ("modem", 2 << 20), ("tee", 1 << 20)], output: "\(dir)/update.ferry",
-                zeroChunks: fault.ignoreZeroOut ? ["rootfs": [1, 2, 6]] : [:])
+                zeroChunks: fault.ignoreZeroOut || fault.zeroChunks ? ["rootfs": [1, 2, 6]] : [:])
             if fault.ignoreZeroOut {
                 // Other bytes where the zeros go: a device that does not zero keeps them.
                 let partition = try PartitionTable.read(sandbox.diskPath).partition(.partitionLabel("rootfs_b"), disk: sandbox.diskPath)
