@@ -58,11 +58,19 @@ public final class BundleReader {
     }
 
     /// Steps 1–4: reads, verifies and parses; returns the trusted manifest and the signers.
-    /// - Throws: everything `readSignedManifest`, `TrustPolicy` and `Manifest.parse` throw.
-    public func verify(policy: TrustPolicy, allowDowngrade: Bool = false) throws(FerryError) -> (Manifest, [Certificate], keyring: [UInt8]?) {
+    /// - Parameter indexed: the update index entry the bundle was chosen by: its manifest must be
+    ///   the one the entry binds (checked as soon as it is read, before the signatures), and say
+    ///   what the entry says.
+    /// - Throws: everything `readSignedManifest`, `TrustPolicy` and `Manifest.parse` throw;
+    ///   `.notIndexed` for a bundle other than the entry's.
+    public func verify(policy: TrustPolicy, allowDowngrade: Bool = false, indexed: UpdateIndex.Entry? = nil) throws(FerryError) -> (
+        Manifest, [Certificate], keyring: [UInt8]?
+    ) {
         try readSignedManifest()
+        try indexed?.checkManifest(manifestBytes, bundle: tar.source.sourceName)
         let signers = try policy.verifySignatures(manifest: manifestBytes, signatures: signatures)
         let manifest = try Manifest.parse(manifestBytes)
+        try indexed?.checkManifest(manifest, bundle: tar.source.sourceName)
         try policy.checkManifest(manifest, allowDowngradeOverride: allowDowngrade)
         var keyring: [UInt8]? = nil
         if let update = manifest.keyring {

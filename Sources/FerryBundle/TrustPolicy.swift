@@ -85,14 +85,20 @@ public struct TrustPolicy {
         return counted
     }
 
+    /// Refuses a document (bundle, update index) that expired before `time`; the host side checks
+    /// the same against its clock, so that it never signs what every device would refuse.
+    /// - Throws: `.expired`.
+    public static func checkExpiry(_ expires: Int64, of document: String, at time: Int64) throws(FerryError) {
+        guard expires >= time else {
+            throw FerryError(
+                code: .expired, message: "\(document) expired at \(WallClock.iso8601(expires)) (trusted time \(WallClock.iso8601(time)))")
+        }
+    }
+
     /// Checks the manifest's content against the device: expiry, compatible, version, security floor.
     /// - Throws: `.expired`, `.notCompatible`, `.downgrade`.
     public func checkManifest(_ manifest: Manifest, allowDowngradeOverride: Bool = false) throws(FerryError) {
-        if let expires = manifest.expires, expires < trustedTime {
-            throw FerryError(
-                code: .expired,
-                message: "the bundle expired at \(WallClock.iso8601(expires)) (trusted time \(WallClock.iso8601(trustedTime)))")
-        }
+        if let expires = manifest.expires { try Self.checkExpiry(expires, of: "the bundle", at: trustedTime) }
         guard let device else { return }
         guard manifest.compatible == device.compatible else {
             throw FerryError(

@@ -10,7 +10,8 @@ import FerrySystem
 /// older than the last it accepted: replay) and `expires` bounds how long an index may be served
 /// unchanged (freeze).
 public struct UpdateIndex: Sendable, Equatable {
-    public static let formatVersion: Int64 = 1
+    /// 2: entries bind their bundle's manifest (`manifestSha256`). Format 1 did not, and is refused.
+    public static let formatVersion: Int64 = 2
     /// The largest index accepted (read before its signature is checked).
     public static let maximumSize = 1 << 20
     public static let maximumEntries = 4096
@@ -40,11 +41,14 @@ public struct UpdateIndex: Sendable, Equatable {
         public var url: String
         public var size: Int64
         public var sha256: SHA256Digest
+        /// The SHA-256 of the bundle's `manifest.json`: binds the entry to one signed manifest, so
+        /// that a swapped bundle is refused as soon as its manifest is read, before any write.
+        public var manifestSHA256: SHA256Digest
         public var payloads: [PayloadSummary]
 
         public init(
             compatible: String, version: SemanticVersion, securityVersion: Int64, url: String, size: Int64, sha256: SHA256Digest,
-            payloads: [PayloadSummary]
+            manifestSHA256: SHA256Digest, payloads: [PayloadSummary]
         ) {
             self.compatible = compatible
             self.version = version
@@ -52,6 +56,7 @@ public struct UpdateIndex: Sendable, Equatable {
             self.url = url
             self.size = size
             self.sha256 = sha256
+            self.manifestSHA256 = manifestSHA256
             self.payloads = payloads
         }
 
@@ -84,7 +89,7 @@ public struct UpdateIndex: Sendable, Equatable {
                     .object([
                         "compatible": .string(entry.compatible), "version": .string(entry.version.description),
                         "securityVersion": number(entry.securityVersion), "url": .string(entry.url), "size": number(entry.size),
-                        "sha256": .string(entry.sha256.hex),
+                        "sha256": .string(entry.sha256.hex), "manifestSha256": .string(entry.manifestSHA256.hex),
                         "payloads": .array(
                             entry.payloads.map { payload in
                                 var object: [String: JSONValue] = ["type": .string(payload.type), "target": .string(payload.target)]
@@ -105,6 +110,11 @@ public struct UpdateIndex: Sendable, Equatable {
         let file = "index.json"
         var root = try StrictObject(JSONValue.parse(bytes, what: file, code: .bundleInvalid), path: "", file: file, code: .bundleInvalid)
         let version = try root.integer("formatVersion", in: 1...Int64(Int32.max)) ?? 0
+        guard version != 1 else {
+            throw root.invalid(
+                "formatVersion",
+                "is 1: an index of format 1 does not bind its bundles' manifests, so a swapped bundle would be noticed only after it was written; this Ferry reads format \(formatVersion): publish the index again with 'ferry bundle index'")
+        }
         guard version == formatVersion else {
             throw root.invalid("formatVersion", "is \(version); this Ferry reads update index format \(formatVersion)")
         }
@@ -131,6 +141,7 @@ public struct UpdateIndex: Sendable, Equatable {
             }
             guard let size = try object.integer("size", in: 1...Manifest.maximumPayloadSize) else { throw object.invalid("size", "is required") }
             let sha256 = try object.digest("sha256")
+            let manifestSHA256 = try object.digest("manifestSha256")
             guard case .array(let payloadItems)? = object.raw("payloads"), payloadItems.count <= Manifest.maximumPayloads else {
                 throw object.invalid("payloads", "must be an array of at most \(Manifest.maximumPayloads)")
             }
@@ -154,7 +165,7 @@ public struct UpdateIndex: Sendable, Equatable {
             entries.append(
                 Entry(
                     compatible: compatible, version: semver, securityVersion: securityVersion, url: url, size: size, sha256: sha256,
-                    payloads: payloads))
+                    manifestSHA256: manifestSHA256, payloads: payloads))
         }
         try root.finish()
         return UpdateIndex(serial: serial, created: created, expires: expires, entries: entries)
@@ -170,12 +181,56 @@ public struct UpdateIndex: Sendable, Equatable {
 
     /// The entry describing a bundle (host side): its manifest says what it holds.
     /// - Parameters:
+    ///   - manifestBytes: the bundle's `manifest.json`, exactly as stored.
     ///   - url: where the bundle will be, relative to the index.
     ///   - size, sha256: of the bundle file.
-    public static func entry(for manifest: Manifest, url: String, size: Int64, sha256: SHA256Digest) -> Entry {
+    public static func entry(for manifest: Manifest, manifestBytes: [UInt8], url: String, size: Int64, sha256: SHA256Digest) -> Entry {
         Entry(
             compatible: manifest.compatible, version: manifest.version, securityVersion: manifest.securityVersion, url: url, size: size,
-            sha256: sha256,
-            payloads: manifest.payloads.map { PayloadSummary(type: $0.type, target: $0.target, sourceSHA256: $0.delta?.sourceSHA256) })
+            sha256: sha256, manifestSHA256: SHA256Hasher.hash(manifestBytes), payloads: Self.summaries(of: manifest))
+    }
+
+    static func summaries(of manifest: Manifest) -> [PayloadSummary] {
+        manifest.payloads.map { PayloadSummary(type: $0.type, target: $0.target, sourceSHA256: $0.delta?.sourceSHA256) }
+    }
+}
+
+extension UpdateIndex.Entry {
+    /// Refuses a bundle whose manifest is not the one this entry binds; runs as soon as the
+    /// manifest is read, before its signatures are checked and before anything is written.
+    /// - Throws: `.notIndexed`.
+    public func checkManifest(_ manifestBytes: [UInt8], bundle: String) throws(FerryError) {
+        let digest = SHA256Hasher.hash(manifestBytes)
+        guard digest == manifestSHA256 else {
+            throw FerryError(
+                code: .notIndexed,
+                message: "\(bundle) is not the bundle the update index names for \(version): its manifest has SHA-256 \(digest.hex), the index says \(manifestSHA256.hex) (a swapped or stale file on the server)")
+        }
+    }
+
+    /// Refuses a verified manifest that says something other than this entry: another version,
+    /// compatible, security version, or other payloads (a delta from another source).
+    /// - Throws: `.notIndexed`.
+    public func checkManifest(_ manifest: Manifest, bundle: String) throws(FerryError) {
+        func refuse(_ what: String) -> FerryError {
+            FerryError(code: .notIndexed, message: "\(bundle) is not the bundle the update index names: \(what)")
+        }
+        guard manifest.version == version else { throw refuse("it holds version \(manifest.version), the index entry says \(version)") }
+        guard manifest.compatible == compatible else {
+            throw refuse("it is for '\(manifest.compatible)', the index entry says '\(compatible)'")
+        }
+        guard manifest.securityVersion == securityVersion else {
+            throw refuse("its security version is \(manifest.securityVersion), the index entry says \(securityVersion)")
+        }
+        let actual = UpdateIndex.summaries(of: manifest)
+        guard actual == payloads else {
+            for (index, summary) in actual.enumerated() where index < payloads.count && summary != payloads[index] {
+                if let source = summary.sourceSHA256, payloads[index].sourceSHA256 != source {
+                    throw refuse("its '\(summary.target)' delta applies to \(source.hex), the index entry names \(payloads[index].sourceSHA256?.hex ?? "no delta source")")
+                }
+                throw refuse("its payload \(index + 1) is \(summary.type) '\(summary.target)', the index entry says \(payloads[index].type) '\(payloads[index].target)'")
+            }
+            throw refuse("it has \(actual.count) payload(s), the index entry lists \(payloads.count)")
+        }
     }
 }

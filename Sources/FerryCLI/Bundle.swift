@@ -151,7 +151,30 @@ extension FerryCommand {
                 return BundleWriter.Image(slotClass: slotClass, path: path, delta: info)
             }
 
+            /// Refuses, before any work, what every device would refuse, with the device's message:
+            /// an expired bundle, app and settings names that are not plain, settings documents
+            /// that are not well-formed.
+            func checkAsDevicesWould() throws(FerryError) {
+                if let expires = expires.flatMap(WallClock.parseISO8601) {
+                    try TrustPolicy.checkExpiry(expires, of: "the bundle", at: WallClock.now())
+                }
+                for app in apps {
+                    let (name, path) = Self.split(app)
+                    try AppStore.checkName(name, what: "app name")
+                    try AppStore.checkName(appVersion ?? version, what: "app version")
+                    try AppStore.checkName(String(path.split(separator: "/").last ?? "app"), what: "app file name")
+                }
+                for document in settings {
+                    let (name, path) = Self.split(document)
+                    let format = try Self.settingsFormat(path)
+                    try SettingsStore.checkWellFormed(
+                        try TextFile.readBytes(path, limit: SettingsStore.maximumSize), name: name, format: format,
+                        mergePatch: mergePatch && format == "json")
+                }
+            }
+
             func run() async throws {
+                try checkAsDevicesWould()
                 let output = Paths.absolute(self.output)
                 var bundleImages: [BundleWriter.Image] = []
                 var temporaries: [String] = []
@@ -241,9 +264,14 @@ extension FerryCommand {
                     let file = try BlockDevice.openForReading(bundle)
                     let digest = try SHA256Hasher.hash(file)
                     let name = String(bundle.split(separator: "/").last ?? Substring(bundle))
-                    entries.append(UpdateIndex.entry(for: manifest, url: name, size: file.byteCount, sha256: digest))
+                    entries.append(
+                        UpdateIndex.entry(for: manifest, manifestBytes: reader.manifestBytes, url: name, size: file.byteCount, sha256: digest))
                 }
                 let now = WallClock.now()
+                // Every device would refuse an index that expired already: the same check, the same message.
+                if let expires = expires.flatMap(WallClock.parseISO8601) {
+                    try TrustPolicy.checkExpiry(expires, of: "the update index", at: now)
+                }
                 let index = UpdateIndex(
                     serial: serial, created: now, expires: expires.flatMap(WallClock.parseISO8601) ?? now + 30 * 86_400, entries: entries)
                 let bytes = index.serialized()

@@ -15,7 +15,7 @@ public struct FerryCommand: AsyncParsableCommand {
         abstract: "Safe A/B partition updates for embedded Linux devices.",
         discussion: """
             Device commands read the system configuration (--config, else $FERRY_CONFIG, else \
-            /etc/ferry/system.json). Every failure prints one line 'ferry: error: ...' and exits \
+            /etc/ferry/system.json); --config and --verbose go before or after the command. Every failure prints one line 'ferry: error: ...' and exits \
             with the status documented in docs/errors.md (--verbose adds the cause chain).
             """,
         version: FerryVersion.current,
@@ -38,7 +38,7 @@ public struct FerryCommand: AsyncParsableCommand {
     public static func execute(_ arguments: [String]) async -> Int32 {
         let verbose = arguments.contains("--verbose")
         do {
-            var command = try parseAsRoot(arguments)
+            var command = try parseAsRoot(GlobalOptions.normalized(arguments))
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
@@ -92,6 +92,54 @@ public struct GlobalOptions: ParsableArguments {
     public var verbose = false
 
     public init() {}
+
+    /// `arguments` with the global options moved where ArgumentParser reads them: after the
+    /// subcommand, so that `ferry --config X status` means `ferry status --config X` (as git, RAUC
+    /// and SWUpdate accept them on either side). A command without the global options (the host
+    /// commands) still takes `--verbose` anywhere: its effect (logging, the cause chain) is global.
+    static func normalized(_ arguments: [String]) -> [String] {
+        var leading: [String] = []
+        var rest = arguments[...]
+        while let first = rest.first {
+            if first == "--verbose" {
+                leading.append(first)
+                rest = rest.dropFirst()
+            } else if first == "--config", rest.count >= 2 {
+                leading += rest.prefix(2)
+                rest = rest.dropFirst(2)
+            } else if first.hasPrefix("--config=") {
+                leading.append(first)
+                rest = rest.dropFirst()
+            } else {
+                break
+            }
+        }
+        // The subcommand path: the names that follow, as long as each is a subcommand.
+        var type: any ParsableCommand.Type = FerryCommand.self
+        var path: [String] = []
+        while let name = rest.first, let next = type.configuration.subcommands.first(where: { $0._commandName == name }) {
+            type = next
+            path.append(name)
+            rest = rest.dropFirst()
+        }
+        var tail = Array(rest)
+        if !acceptsGlobalOptions(type) {
+            // Only --verbose is dropped (it acts through the process's arguments); --config stays,
+            // for ArgumentParser to refuse as an option this command does not have.
+            leading.removeAll { $0 == "--verbose" }
+            if let separator = tail.firstIndex(of: "--") {
+                tail = tail[..<separator].filter { $0 != "--verbose" } + tail[separator...]
+            } else {
+                tail.removeAll { $0 == "--verbose" }
+            }
+        }
+        return path + leading + tail
+    }
+
+    /// Whether a command declares the global options (`@OptionGroup var global: GlobalOptions`).
+    static func acceptsGlobalOptions(_ type: any ParsableCommand.Type) -> Bool {
+        Mirror(reflecting: type.init()).children.contains { $0.value is OptionGroup<GlobalOptions> }
+    }
 
     /// Loads the system configuration named by --config, $FERRY_CONFIG or the default path.
     func loadConfiguration() throws(FerryError) -> SystemConfiguration {

@@ -71,7 +71,12 @@ extension FerryCommand {
                 source = try Bundle.source(bundle)
                 name = bundle == "-" ? "standard input" : String(bundle.split(separator: "/").last ?? "")
             }
-            let result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
+            let result: Installer.Result
+            do {
+                result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
+            } catch {
+                throw Installer.explainingResume(error, stateDirectory: context.configuration.stateDirectory)
+            }
             if !result.apps.isEmpty && result.slots.isEmpty {
                 Terminal.writeOutput("Installed and activated \(result.apps.joined(separator: ", ")) (no reboot needed).\n")
                 return

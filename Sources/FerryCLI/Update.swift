@@ -50,6 +50,7 @@ extension FerryCommand {
                 .object([
                     "version": .string(entry.version.description), "url": .string(decision.url(of: entry)),
                     "size": .number(Double(entry.size)), "sha256": .string(entry.sha256.hex),
+                    "manifestSha256": .string(entry.manifestSHA256.hex),
                     "kind": .string(entry.isDelta ? "delta" : "full"), "securityVersion": .number(Double(entry.securityVersion)),
                 ])
             }
@@ -70,9 +71,10 @@ extension FerryCommand {
         ) throws(FerryError) -> Installer.Result {
             let url = decision.url(of: entry)
             Terminal.writeOutput("Installing \(entry.version) (\(entry.isDelta ? "delta" : "full image")) from \(url)\n")
-            let download = try HTTPSource(url: url, options: context.configuration.transport, logger: context.logger)
+            let download = try HTTPSource(
+                url: url, options: context.configuration.transport, logger: context.logger, expectedSize: entry.size)
             return try installer.install(
-                from: IndexedBundleSource(download, entry: entry), bundleName: url, allowDowngrade: false, force: force)
+                from: IndexedBundleSource(download, entry: entry), bundleName: url, allowDowngrade: false, force: force, indexed: entry)
         }
 
         static let configuration = CommandConfiguration(
@@ -91,6 +93,13 @@ extension FerryCommand {
         var force = false
         @Option(help: "Progress: a bar on a terminal, plain lines otherwise (auto), or bar, lines, json.")
         var progress: ProgressMode = .auto
+        /// Bytes between checkpoints, in MiB (tests use small values to checkpoint inside small slots).
+        @Option(name: .customLong("checkpoint-mib"), help: .hidden)
+        var checkpointMiB: Int?
+
+        func validate() throws {
+            if let checkpointMiB, checkpointMiB < 1 { throw ValidationError("--checkpoint-mib must be at least 1") }
+        }
 
         func run() async throws {
             let context = try DeviceContext.load(global, writing: "update")
@@ -101,19 +110,24 @@ extension FerryCommand {
                 throw FerryCommand.upToDate
             }
             var installer = Installer(configuration: context.configuration, booted: context.booted, logger: context.logger)
+            if let checkpointMiB { installer.checkpointBytes = Int64(checkpointMiB) << 20 }
             let renderer = ProgressRenderer(mode: progress)
             installer.progress = { renderer.handle($0) }
             let result: Installer.Result
-            do {
-                result = try Self.install(entry, decision: decision, installer: installer, context: context, force: force)
+            do throws(FerryError) {
+                do {
+                    result = try Self.install(entry, decision: decision, installer: installer, context: context, force: force)
+                } catch {
+                    // A delta whose source check failed wrote nothing: take the full bundle instead.
+                    guard error.code == .notCompatible, entry.isDelta, let fallback = decision.fallback else { throw error }
+                    Terminal.writeOutput("The delta does not apply to this device (\(error.message)); falling back to the full bundle.\n")
+                    result = try Self.install(fallback, decision: decision, installer: installer, context: context, force: force)
+                }
             } catch {
-                // A delta whose source check failed wrote nothing: take the full bundle instead.
-                guard error.code == .notCompatible, entry.isDelta, let fallback = decision.fallback else { throw error }
-                Terminal.writeOutput("The delta does not apply to this device (\(error.message)); falling back to the full bundle.\n")
-                result = try Self.install(fallback, decision: decision, installer: installer, context: context, force: force)
+                throw Installer.explainingResume(error, stateDirectory: context.configuration.stateDirectory)
             }
             Terminal.writeOutput(
-                "Installed \(result.version) into group \(result.target) (\(result.slots.joined(separator: ", "))); "
+                (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", "))); "
                     + "group \(result.target) is now primary: reboot, then confirm.\n")
         }
     }

@@ -11,9 +11,11 @@ extension FerryCommand {
             abstract: "Write an image straight into one slot (operator action: recovery, factory).",
             discussion: """
                 No bundle and no signature check: this is for operators. It still refuses the booted \
-                group and mounted slots, marks the slot's group bad first (make it active with \
-                'ferry mark active' when the group is complete), reads the slot back, and records its \
-                SHA-256. It never raises the security floor.
+                group, mounted slots, a slot another writer holds, an image larger than the slot and \
+                one that is empty or not xz, all before anything changes; then it marks the slot's \
+                group bad (make it active with 'ferry mark active' when the group is complete), \
+                writes, reads the slot back, and records its SHA-256. It never raises the security \
+                floor.
                 """)
 
         @OptionGroup var global: GlobalOptions

@@ -36,10 +36,12 @@ public struct AppStore {
         let allowed = name.unicodeScalars.allSatisfy {
             ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "." || $0 == "_" || $0 == "-"
         }
-        guard allowed, !name.isEmpty, name.count <= 64, !name.hasPrefix("."), name != "current", name != "previous" else {
+        guard allowed, !name.isEmpty, name.count <= 64, !name.hasPrefix("."), name != "current", name != "previous",
+            !GroupPartsControl.isLeftover(name)
+        else {
             throw FerryError(
                 code: .bundleInvalid,
-                message: "\(what) '\(name)' is not a plain name (letters, digits, '.', '_', '-'; not starting with '.'; not 'current' or 'previous')")
+                message: "\(what) '\(name)' is not a plain name (letters, digits, '.', '_', '-'; not starting with '.'; not 'current' or 'previous'; not ending like a temporary file, '.tmp-<digits>')")
         }
     }
 
@@ -59,7 +61,9 @@ public struct AppStore {
 
     /// The complete versions of `name` (staging directories excluded).
     public func versions(_ name: String) -> [String] {
-        Self.entries(appDirectory(name)).filter { !$0.hasPrefix(".") && $0 != "current" && $0 != "previous" }.sorted()
+        Self.entries(appDirectory(name)).filter {
+            !$0.hasPrefix(".") && $0 != "current" && $0 != "previous" && !GroupPartsControl.isLeftover($0)
+        }.sorted()
     }
 
     /// Writes a new version: `write` fills `<version>/<file>` (through a staging directory); then
@@ -212,15 +216,32 @@ public struct AppStore {
         }
     }
 
-    /// Makes `version` the active one (the old one becomes `previous`); prunes old versions.
-    public func activate(name: String, version: String) throws(FerryError) {
+    /// Makes `version` the active one (the old one becomes `previous`); prunes old versions
+    /// unless `prune` is false (an activation that a health check may still switch back).
+    public func activate(name: String, version: String, prune pruning: Bool = true) throws(FerryError) {
         let app = appDirectory(name)
         guard TextFile.isDirectory("\(app)/\(version)") else {
             throw FerryError(code: .unknownSlot, message: "app '\(name)' has no installed version \(version)")
         }
         if let old = current(name), old != version { try Self.switchLink("\(app)/previous", to: old) }
         try Self.switchLink("\(app)/current", to: version)
-        try prune(name)
+        if pruning { try prune(name) }
+    }
+
+    /// Puts `current` and `previous` back as they were before an activation (nil: no such link).
+    /// A `previous` whose version is gone is left out rather than pointed at nothing.
+    public func restore(_ name: String, current version: String?, previous: String?) throws(FerryError) {
+        let app = appDirectory(name)
+        if let version {
+            if current(name) != version { try Self.switchLink("\(app)/current", to: version) }
+        } else {
+            try deactivate(name)
+        }
+        if let previous, TextFile.isDirectory("\(app)/\(previous)") {
+            if self.previous(name) != previous { try Self.switchLink("\(app)/previous", to: previous) }
+        } else if self.previous(name) != nil {
+            try Self.removeLink("\(app)/previous")
+        }
     }
 
     /// Returns to the previous version (which becomes current; the rolled-back one becomes previous).
@@ -240,9 +261,13 @@ public struct AppStore {
 
     /// Leaves `name` without an active version (its first version failed its health check).
     public func deactivate(_ name: String) throws(FerryError) {
-        let link = "\(appDirectory(name))/current"
+        try Self.removeLink("\(appDirectory(name))/current")
+    }
+
+    /// Removes a link (if there) and syncs its directory.
+    static func removeLink(_ link: String) throws(FerryError) {
         guard unlink(link) == 0 || errno == ENOENT else { throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: link) }
-        try DurableFile.synchronizeDirectory(appDirectory(name))
+        try DurableFile.synchronizeDirectory(Paths.directory(of: link))
     }
 
     /// Removes versions beyond `keep` besides current and previous (oldest first by change time).

@@ -45,14 +45,21 @@ public struct GroupParts: Sendable, Equatable {
         /// What activation replaced: the app's earlier current version, or for settings `kept`
         /// when the earlier document was saved beside the staged one. nil: there was none.
         public var replaced: String?
+        /// The app's earlier `previous` version (what `apps rollback` returned to before this
+        /// activation), put back with `replaced` when the activation is switched back.
+        public var replacedPrevious: String?
 
-        public init(kind: Kind, name: String, version: String? = nil, format: String? = nil, mergePatch: Bool = false, replaced: String? = nil) {
+        public init(
+            kind: Kind, name: String, version: String? = nil, format: String? = nil, mergePatch: Bool = false, replaced: String? = nil,
+            replacedPrevious: String? = nil
+        ) {
             self.kind = kind
             self.name = name
             self.version = version
             self.format = format
             self.mergePatch = mergePatch
             self.replaced = replaced
+            self.replacedPrevious = replacedPrevious
         }
 
         var label: String { kind == .app ? "app '\(name)' \(version ?? "")" : "settings '\(name)'" }
@@ -94,7 +101,8 @@ public struct GroupParts: Sendable, Equatable {
             parts.append(
                 Part(
                     kind: kind, name: name, version: object["version"]?.stringValue, format: object["format"]?.stringValue,
-                    mergePatch: object["mergePatch"] == .bool(true), replaced: object["replaced"]?.stringValue))
+                    mergePatch: object["mergePatch"] == .bool(true), replaced: object["replaced"]?.stringValue,
+                    replacedPrevious: object["replacedPrevious"]?.stringValue))
         }
         self.init(
             group: group, bundle: json["bundle"]?.stringValue ?? "", version: json["version"]?.stringValue ?? "", state: state, parts: parts)
@@ -111,6 +119,7 @@ public struct GroupParts: Sendable, Equatable {
                     if let format = part.format { object["format"] = .string(format) }
                     if part.mergePatch { object["mergePatch"] = .bool(true) }
                     if let replaced = part.replaced { object["replaced"] = .string(replaced) }
+                    if let previous = part.replacedPrevious { object["replacedPrevious"] = .string(previous) }
                     return .object(object)
                 }),
         ])
@@ -241,10 +250,46 @@ public struct GroupPartsControl {
 
     /// An app or settings install cut during its activation is switched back: its health checks
     /// did not all pass, so what it replaced is put back whole.
+    /// Also removes what killed app and settings writes leave behind (temporary files and links,
+    /// partial staging directories): they belong to no install, since the global lock is held.
     public func recoverInterruptedInstall() throws(FerryError) {
+        try removeLeftovers()
         guard let record = try store.parts(at: store.installPartsPath) else { return }
         logger.warning("Switching back an app or settings install that was cut during its activation", metadata: ["bundle": "\(record.bundle)"])
         try abandon(record)
+    }
+
+    /// Removes temporary files of interrupted writes from the stores: `.<name>.tmp-<pid>` (a file
+    /// replaced atomically), `.<name>.candidate-<pid>` (a settings document under validation),
+    /// `current.tmp-<pid>`/`previous.tmp-<pid>` (a link being switched) and `.<version>.partial-<pid>`
+    /// (an app version being written). Callers hold the global lock, so no live writer owns them.
+    func removeLeftovers() throws(FerryError) {
+        if let directory = configuration.settingsStore {
+            for folder in [directory] + AppStore.entries(directory).filter({ $0 == ".install" || $0.hasPrefix(".group-") }).map({ "\(directory)/\($0)" }) {
+                for entry in AppStore.entries(folder) where Self.isLeftover(entry) {
+                    logger.info("Removing a leftover of an interrupted write", metadata: ["path": "\(folder)/\(entry)"])
+                    try AppStore.removeTree("\(folder)/\(entry)")
+                }
+            }
+        }
+        if let directory = configuration.appStore {
+            for app in AppStore.entries(directory) where !app.hasPrefix(".") && TextFile.isDirectory("\(directory)/\(app)") {
+                for entry in AppStore.entries("\(directory)/\(app)") where Self.isLeftover(entry) {
+                    logger.info("Removing a leftover of an interrupted write", metadata: ["path": "\(directory)/\(app)/\(entry)"])
+                    try AppStore.removeTree("\(directory)/\(app)/\(entry)")
+                }
+            }
+        }
+    }
+
+    /// Whether a store entry is a temporary of an interrupted write (see ``removeLeftovers()``).
+    static func isLeftover(_ entry: String) -> Bool {
+        for marker in [".tmp-", ".candidate-", ".partial-"] {
+            guard let range = entry.firstRange(of: marker) else { continue }
+            let pid = entry[range.upperBound...]
+            if !pid.isEmpty, pid.unicodeScalars.allSatisfy({ ("0"..."9").contains($0) }) { return true }
+        }
+        return false
     }
 
     /// Records what each part replaces (once, before the first part changes), activates every
@@ -279,6 +324,8 @@ public struct GroupPartsControl {
         }
         record.state = .active
         try store.setParts(record, at: path)
+        // Every check passed: versions beyond `apps.keep` can go now.
+        for part in record.parts where part.kind == .app { try apps.prune(part.name) }
     }
 
     /// `bootname` is marked bad: its parts are dropped (staged) or switched back (active).
@@ -295,11 +342,13 @@ public struct GroupPartsControl {
 
     /// Drops staged parts, switches active ones back, and removes the record.
     func abandon(_ record: GroupParts) throws(FerryError) {
+        // An install without a group has no group to name: name its bundle.
+        let owner = record.group.isEmpty ? "bundle \(record.version) (\(record.bundle))" : "group \(record.group)"
         if record.state != .staged {
-            logger.warning("Switching back the apps and settings of group", metadata: ["group.bootname": "\(record.group)"])
+            logger.warning("Switching back the apps and settings of \(owner)")
             try switchBack(record)
         } else {
-            logger.info("Dropping the staged apps and settings of group", metadata: ["group.bootname": "\(record.group)"])
+            logger.info("Dropping the staged apps and settings of \(owner)")
         }
         try remove(record)
     }
@@ -313,6 +362,7 @@ public struct GroupPartsControl {
         switch part.kind {
         case .app:
             part.replaced = apps.current(part.name)
+            part.replacedPrevious = apps.previous(part.name)
         case .settings:
             let active = settings.path(part.name)
             if TextFile.exists(active) {
@@ -330,7 +380,8 @@ public struct GroupPartsControl {
         switch part.kind {
         case .app:
             guard let version = part.version else { return }
-            if apps.current(part.name) != version { try apps.activate(name: part.name, version: version) }
+            // Not pruned yet: a failing health check must find every version it switches back to.
+            if apps.current(part.name) != version { try apps.activate(name: part.name, version: version, prune: false) }
         case .settings:
             let staged = "\(stagingDirectory(group))/\(part.name)"
             let incoming = try TextFile.readBytes(staged, limit: SettingsStore.maximumSize)
@@ -360,10 +411,12 @@ public struct GroupPartsControl {
         for part in record.parts.reversed() {
             switch part.kind {
             case .app:
+                // Both links as they were: `current` and `previous` (a later 'apps rollback' must
+                // not return to the version that failed).
                 if let replaced = part.replaced, TextFile.isDirectory("\(apps.directory)/\(part.name)/\(replaced)") {
-                    if apps.current(part.name) != replaced { try apps.activate(name: part.name, version: replaced) }
+                    try apps.restore(part.name, current: replaced, previous: part.replacedPrevious)
                 } else if part.replaced == nil {
-                    try apps.deactivate(part.name)
+                    try apps.restore(part.name, current: nil, previous: part.replacedPrevious)
                 } else {
                     logger.warning("The app version to switch back to is gone", metadata: ["app.name": "\(part.name)"])
                 }

@@ -48,10 +48,12 @@ public struct Installer {
     /// - Parameters:
     ///   - allowDowngrade: accept a version older than the booted one (never below the security floor).
     ///   - force: install even while the booted group is on trial (not yet confirmed).
+    ///   - indexed: the update index entry that chose the bundle (`ferry update`): a bundle with
+    ///     another manifest is refused before anything is written.
     /// - Throws: every bundle, policy, device and boot environment error, before or during writing.
-    public func install(from source: any ByteSource, bundleName: String, allowDowngrade: Bool, force: Bool) throws(FerryError)
-        -> Result
-    {
+    public func install(
+        from source: any ByteSource, bundleName: String, allowDowngrade: Bool, force: Bool, indexed: UpdateIndex.Entry? = nil
+    ) throws(FerryError) -> Result {
         let control = try BootControl(configuration: configuration, booted: booted, logger: logger)
         guard let current = booted.bootname else {
             throw FerryError(code: .deviceBooted, message: "refusing to install: the booted group is unknown (\(booted.source))")
@@ -69,7 +71,7 @@ public struct Installer {
         // 1. Verify signatures and policy; nothing is written before this passes.
         let policy = try DeviceTrust.policy(configuration: configuration, booted: booted, allowDowngrade: allowDowngrade)
         let reader = BundleReader(source: source)
-        let (manifest, signers, keyring) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade)
+        let (manifest, signers, keyring) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade, indexed: indexed)
         logger.info("Bundle verified", metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
         // App and settings payloads alone need no group switch; beside slot images (a mixed
         // bundle) they are staged and follow the target group (GroupParts).
@@ -147,8 +149,8 @@ public struct Installer {
         }
 
         let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
-        for (_, slot) in plan + singles { try access.checkCanOpen(slot) }
-        for copy in copies { try access.checkCanOpen(copy.slot) }
+        for (_, slot) in plan + singles { try access.checkCanOpenExclusively(slot) }
+        for copy in copies { try access.checkCanOpenExclusively(copy.slot) }
         // A delta's source is the booted slot: every range it reads is checked against the signed
         // manifest now, so that a device whose booted slot differs writes nothing at all.
         for (payload, slot) in plan {
@@ -346,6 +348,17 @@ public struct Installer {
 }
 
 extension Installer {
+    /// A download that broke off or gave up during an install says how the next run goes on:
+    /// when the install journal exists, what was written is kept and the same command continues
+    /// from its last checkpoint.
+    public static func explainingResume(_ error: FerryError, stateDirectory: String) -> FerryError {
+        let transport: Set<FerryError.Code> = [.network, .timeout, .tooSlow, .contentChanged, .httpStatus, .tlsHandshake]
+        guard transport.contains(error.code), StateStore(directory: stateDirectory).installJournal() != nil else { return error }
+        var explained = error
+        explained.message += "; the install journal keeps what was written: run the same command again to continue from its last checkpoint"
+        return explained
+    }
+
     /// The zero chunks at or after `first` whose range starts and ends on a 4 KiB boundary (what
     /// ``ImageWriter`` lets the device zero; in practice every zero chunk but a short last one).
     static func zeroChunksToZeroFirst(_ payload: Manifest.Payload, from first: Int) -> [Int] {

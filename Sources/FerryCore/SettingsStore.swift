@@ -29,7 +29,7 @@ public struct SettingsStore {
 
     /// Installed settings: name, and whether a previous version is kept.
     public func list() -> [(name: String, hasPrevious: Bool)] {
-        AppStore.entries(directory).filter { !$0.hasPrefix(".") && !$0.hasSuffix(".previous") && !$0.contains(".tmp-") }.sorted().map {
+        AppStore.entries(directory).filter { !$0.hasPrefix(".") && !$0.hasSuffix(".previous") && !GroupPartsControl.isLeftover($0) }.sorted().map {
             ($0, TextFile.exists("\(directory)/\($0).previous"))
         }
     }
@@ -39,7 +39,7 @@ public struct SettingsStore {
     /// then the configured validation command.
     /// - Throws: `.bundleInvalid` naming what is wrong; `.healthCheckFailed` when the validation command refuses it.
     public func candidate(name: String, format: String, mergePatch: Bool, incoming: [UInt8]) throws(FerryError) -> [UInt8] {
-        try AppStore.checkName(name, what: "settings name")
+        try Self.checkWellFormed(incoming, name: name, format: format, mergePatch: mergePatch)
         var document = incoming
         switch format {
         case "json":
@@ -118,6 +118,22 @@ public struct SettingsStore {
         guard let check = configuration.healthCheck else { return nil }
         return HealthCheck.failure(
             of: check, environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FILE": path(name)], timeoutSeconds: configuration.timeoutSeconds)
+    }
+
+    /// What every device checks of a settings document whatever its configuration: a plain name,
+    /// a known format, well-formed JSON or XML, merge patches JSON only. `ferry bundle create`
+    /// runs it too, so that the host refuses what every device would refuse, with the same message.
+    /// - Throws: `.bundleInvalid`.
+    public static func checkWellFormed(_ bytes: [UInt8], name: String, format: String, mergePatch: Bool) throws(FerryError) {
+        try AppStore.checkName(name, what: "settings name")
+        switch format {
+        case "json": _ = try JSONValue.parse(bytes, what: "settings '\(name)'", code: .bundleInvalid)
+        case "xml":
+            guard !mergePatch else { throw FerryError(code: .bundleInvalid, message: "settings '\(name)': merge patches are JSON only") }
+            try checkXML(bytes, name: name, schema: nil)
+        default:
+            throw FerryError(code: .bundleInvalid, message: "settings '\(name)': format '\(format)' is not json or xml")
+        }
     }
 
     /// Well-formed XML (no network access, no external entities), valid against `schema` if given.

@@ -90,9 +90,16 @@ public struct SlotAccess {
     }
 
     /// Every check of `openForWriting` that needs no open: the booted group, configuration and
-    /// mounts. Installs run it for every target slot before the first write.
+    /// mounts.
     public func checkCanOpen(_ slot: SlotConfiguration) throws(FerryError) {
         _ = try checkedLocation(slot)
+    }
+
+    /// Every check of `openForWriting`, the exclusive open included (a device someone else holds
+    /// is refused too), then closes it again. Installs run it for every target slot before the
+    /// first write, so that a refusal leaves the boot environment and the state untouched.
+    public func checkCanOpenExclusively(_ slot: SlotConfiguration) throws(FerryError) {
+        try openForWriting(slot).close()
     }
 
     /// The checks of `checkCanOpen`, returning where the slot is.

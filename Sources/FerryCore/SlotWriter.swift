@@ -38,26 +38,34 @@ public struct SlotWriter {
             throw FerryError(code: .deviceTooSmall, message: "'\(image)' is \(size) bytes but slot '\(slot.name)' holds \(capacity)")
         }
         let source: any ByteSource = compressed ? try XZStreamSource(source: file) : file
-
-        // The group must not boot while one of its slots is half written.
-        let control = try BootControl(configuration: configuration, booted: booted, logger: logger)
-        // (A single-copy slot belongs to no group: it is written in place, by opt-in.)
-        if !slot.singleCopy { try control.markBad(slot.bootname) }
-        let open = try access.openForWriting(slot)
-        defer { try? open.close() }
-        let hasher = SHA256Hasher()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
         defer { buffer.deallocate() }
-        var offset: Int64 = 0
-        progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: 0, bytesTotal: capacity))
-        while true {
+        /// Fills the buffer from the image; returns how many bytes (less at its end).
+        func fill() throws(FerryError) -> Int {
             var filled = 0
             while filled < buffer.count {
                 let count = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
                 if count == 0 { break }
                 filled += count
             }
-            if filled == 0 { break }
+            return filled
+        }
+
+        // Everything that can refuse before a write does so before the boot environment changes:
+        // the first piece of the image is read (a file that is not xz fails here), and the slot is
+        // opened exclusively (booted, mounted, held by someone else, missing: refused here).
+        var filled = try fill()
+        guard filled > 0 else { throw FerryError(code: .bundleInvalid, message: "'\(image)' is empty: there is nothing to write into slot '\(slot.name)'") }
+        let open = try access.openForWriting(slot)
+        defer { try? open.close() }
+        // The group must not boot while one of its slots is half written.
+        let control = try BootControl(configuration: configuration, booted: booted, logger: logger)
+        // (A single-copy slot belongs to no group: it is written in place, by opt-in.)
+        if !slot.singleCopy { try control.markBad(slot.bootname) }
+        let hasher = SHA256Hasher()
+        var offset: Int64 = 0
+        progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: 0, bytesTotal: capacity))
+        while filled > 0 {
             guard offset + Int64(filled) <= capacity else {
                 throw FerryError(
                     code: .deviceTooSmall, message: "'\(image)' decodes to more than slot '\(slot.name)' holds (\(capacity) bytes)")
@@ -68,6 +76,7 @@ public struct SlotWriter {
             offset += Int64(filled)
             progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: offset, bytesTotal: capacity))
             if filled < buffer.count { break }
+            filled = try fill()
         }
         try open.device.synchronize()
         let digest = hasher.finalize()

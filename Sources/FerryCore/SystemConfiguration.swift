@@ -270,6 +270,9 @@ public struct SystemConfiguration: Sendable {
         if let value = try network.integer("retries", in: 0...100) { options.retries = Int(value) }
         if let value = try network.number("retryDelaySeconds", in: 0...600) { options.retryDelaySeconds = value }
         if let value = try network.integer("maximumRedirects", in: 0...20) { options.maximumRedirects = Int(value) }
+        if let value = try network.integer("maximumReconnects", in: 0...10_000) { options.maximumReconnects = Int(value) }
+        if let value = try network.integer("minimumBytesPerSecond", in: 0...(1 << 30)) { options.minimumBytesPerSecond = Int(value) }
+        if let value = try network.integer("rateWindowSeconds", in: 1...3600) { options.rateWindowSeconds = Int(value) }
         try network.finish()
         return options
     }

@@ -49,11 +49,8 @@ public struct UpdateCheck {
         _ = try policy.verifySignatures(
             manifest: bytes, signatures: signatures, document: "the update index \(indexURL)", firstSignatureName: "index.json.1.p7s")
         let index = try UpdateIndex.parse(bytes)
-        guard index.expires >= policy.trustedTime else {
-            throw FerryError(
-                code: .expired,
-                message: "the update index expired at \(WallClock.iso8601(index.expires)) (trusted time \(WallClock.iso8601(policy.trustedTime))): the server is serving a frozen index")
-        }
+        // (An index its server keeps serving after it expired: a freeze.)
+        try TrustPolicy.checkExpiry(index.expires, of: "the update index", at: policy.trustedTime)
         try recordSerial(index, bytes: bytes)
         try StateStore(directory: configuration.stateDirectory).recordTrustedTime(policy.trustedTime)
         return try choose(index, indexURL: indexURL, floor: policy.device?.securityFloor ?? 0, bootedVersion: policy.device?.bootedVersion)
@@ -192,24 +189,31 @@ public final class IndexedBundleSource: ByteSource {
         let read = try inner.read(into: buffer)
         count += Int64(read)
         guard count <= entry.size else {
-            throw FerryError(code: .bundleInvalid, message: "\(sourceName) is larger than the \(entry.size) bytes the update index says")
+            throw FerryError(code: .notIndexed, message: "\(sourceName) is larger than the \(entry.size) bytes the update index says")
         }
         if read > 0 {
-            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[..<read]))
+            if !skipped { hasher.update(UnsafeRawBufferPointer(rebasing: buffer[..<read])) }
             return read
         }
         guard count == entry.size else {
             throw FerryError(code: .truncated, message: "\(sourceName) ends after \(count) of the \(entry.size) bytes the update index says")
         }
-        if !skipped && hasher.finalize() != entry.sha256 {
-            throw FerryError(code: .bundleInvalid, message: "\(sourceName) does not match its SHA-256 in the update index")
+        if !skipped {
+            let digest = hasher.finalize()
+            guard digest == entry.sha256 else {
+                throw FerryError(
+                    code: .notIndexed,
+                    message: "\(sourceName) has SHA-256 \(digest.hex), not the \(entry.sha256.hex) the update index says")
+            }
         }
         return 0
     }
 
     /// Skipped bytes are not hashed (a resumed install): the size is still checked, and the
-    /// bundle's own signed chunk hashes cover its content.
+    /// manifest the index binds, with its signed chunk hashes, covers the content. Skipping
+    /// nothing skips nothing: the whole file is still hashed.
     public func skip(_ bytes: Int64) throws(FerryError) {
+        guard bytes > 0 else { return }
         try inner.skip(bytes)
         skipped = true
         count += bytes

@@ -200,11 +200,13 @@ public enum SeedWriter {
         let index = UpdateIndex(
             serial: 42, created: 1_767_225_600, expires: 1_798_761_600,
             entries: [
-                UpdateIndex.entry(for: full, url: "bundles/full-1.2.0.bundle", size: 123_456_789, sha256: digest("bundle 1")),
+                UpdateIndex.entry(
+                    for: full, manifestBytes: full.serialized(), url: "bundles/full-1.2.0.bundle", size: 123_456_789,
+                    sha256: digest("bundle 1")),
                 UpdateIndex.Entry(
                     compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!, securityVersion: 0,
                     url: "https://updates.example.com/b/1.1.0.bundle", size: 99, sha256: digest("bundle 2"),
-                    payloads: [UpdateIndex.PayloadSummary(type: "image", target: "rootfs")]),
+                    manifestSHA256: digest("manifest 2"), payloads: [UpdateIndex.PayloadSummary(type: "image", target: "rootfs")]),
             ])
         try seeds.put("update-index", "valid-two-entries.json", index.serialized())
         let indexText = String(decoding: index.serialized(), as: UTF8.self)

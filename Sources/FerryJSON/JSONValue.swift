@@ -62,12 +62,16 @@ public enum JSONValue: Codable, Sendable, Equatable {
         }
         do {
             return try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
-        } catch let DecodingError.dataCorrupted(context) {
-            let reason = (context.underlyingError as? any CustomDebugStringConvertible)?.debugDescription
-                ?? context.underlyingError.map { "\($0)" } ?? context.debugDescription
-            throw FerryError(code: code, message: "\(what) is not valid JSON: \(Self.oneLine(reason))")
         } catch {
-            throw FerryError(code: code, message: "\(what) is not valid JSON: \(Self.oneLine("\(error)"))")
+            // The decoder says only that the data is not valid JSON: find where and why.
+            if let syntax = JSONSyntaxScanner.firstError(in: bytes) {
+                throw FerryError(code: code, message: "\(what) is not valid JSON: \(syntax.description)")
+            }
+            var reason = "\(error)"
+            if case DecodingError.dataCorrupted(let context) = error {
+                reason = context.underlyingError.map { "\($0)" } ?? context.debugDescription
+            }
+            throw FerryError(code: code, message: "\(what) is not valid JSON: \(Self.oneLine(reason))")
         }
     }
 

@@ -189,15 +189,22 @@ final class CurlTransfer: @unchecked Sendable {
     /// Waits until the transfer's response headers are complete.
     /// - Throws: the transfer's error (`.network`, `.timeout`, `.tlsHandshake`, `.pinMismatch`, …)
     ///   if it ends without a response.
-    func awaitResponse() throws(FerryError) -> Response {
+    /// - Parameter giveUpAt: when (monotonic seconds) to stop waiting with `.tooSlow` (the
+    ///   caller's rate bound).
+    func awaitResponse(deadline giveUpAt: Double? = nil) throws(FerryError) -> Response {
         let outcome: Result<Response, FerryError> = lock.withLock {
             var deadline = WallClock.monotonicSeconds() + stallTimeout
             while true {
                 if let response { return .success(response) }
                 if let finished { return .failure(failure(finished)) }
-                if !lock.wait(until: deadline) {
+                if !lock.wait(until: min(deadline, giveUpAt ?? .infinity)) {
                     if let response { return .success(response) }
-                    if WallClock.monotonicSeconds() >= deadline {
+                    let now = WallClock.monotonicSeconds()
+                    if let giveUpAt, now >= giveUpAt {
+                        cancelled = true
+                        return .failure(Self.deadlinePassed)
+                    }
+                    if now >= deadline {
                         cancelled = true
                         return .failure(stalled())
                     }
@@ -209,12 +216,18 @@ final class CurlTransfer: @unchecked Sendable {
     }
 
     /// Reads up to `buffer.count` body bytes; 0 at the end of the body.
-    func read(into target: UnsafeMutableRawBufferPointer) throws(FerryError) -> Int {
+    /// - Parameter giveUpAt: when (monotonic seconds) to stop waiting with `.tooSlow`.
+    func read(into target: UnsafeMutableRawBufferPointer, deadline giveUpAt: Double? = nil) throws(FerryError) -> Int {
         let outcome: Result<Int, FerryError> = lock.withLock {
             var deadline = WallClock.monotonicSeconds() + stallTimeout
             while ringCount == 0 {
                 if let finished { return finished == CURLE_OK ? .success(0) : .failure(failure(finished)) }
-                if !lock.wait(until: deadline), ringCount == 0, finished == nil {
+                if !lock.wait(until: min(deadline, giveUpAt ?? .infinity)), ringCount == 0, finished == nil {
+                    if let giveUpAt, WallClock.monotonicSeconds() >= giveUpAt {
+                        cancelled = true
+                        lock.broadcast()
+                        return .failure(Self.deadlinePassed)
+                    }
                     if WallClock.monotonicSeconds() >= max(deadline, lastActivity + stallTimeout) {
                         cancelled = true
                         lock.broadcast()
@@ -238,6 +251,9 @@ final class CurlTransfer: @unchecked Sendable {
         }
         return try outcome.get()
     }
+
+    /// The caller's deadline passed (its ``HTTPSource`` says why, with its own figures).
+    static let deadlinePassed = FerryError(code: .tooSlow, message: "the download is slower than its minimum rate")
 
     private func stalled() -> FerryError {
         FerryError(code: .timeout, message: "\(url): no data for \(Int(stallTimeout)) s (the server or the network stalled)")

@@ -35,6 +35,11 @@ public final class HTTPSource: ByteSource {
     private var validators: (etag: String?, lastModified: String?)?
     /// The HTTP status of the last response (0 before the first).
     public private(set) var lastStatus = 0
+    /// The size the file must have (the update index's entry): a response that says otherwise is
+    /// refused as soon as its headers arrive.
+    public let expectedSize: Int64?
+    /// The minimum average rate (``TransportOptions/minimumBytesPerSecond``).
+    private var rate: RateBound
 
     /// The first request asks only for this much (the manifest and signatures are at the start), so
     /// that a resumed install that jumps ahead has not already pulled megabytes into socket buffers.
@@ -46,35 +51,64 @@ public final class HTTPSource: ByteSource {
     /// (A new connection costs a handshake and a round trip; reading through 1 MiB on a slow link costs more.)
     static let reopenThreshold: Int64 = 1 << 20
 
+    /// - Parameter expectedSize: the size the file must have, when known (an update index entry).
     /// - Throws: `.insecureURL` unless `url` is https://; `.pinMismatch` if no pin is configured for its host.
-    public init(url: String, options: TransportOptions, logger: Logger) throws(FerryError) {
+    public init(url: String, options: TransportOptions, logger: Logger, expectedSize: Int64? = nil) throws(FerryError) {
         let host = try HTTPSURL.host(of: url)
         guard !options.pins.pins(for: host).isEmpty else { throw HTTPSURL.noPin(for: host) }
         self.url = url
         self.sourceName = url
         self.options = options
         self.logger = logger
+        self.expectedSize = expectedSize
+        rate = RateBound(minimum: Int64(options.minimumBytesPerSecond), window: options.rateWindowSeconds)
     }
 
+    /// Reads the next bytes. Every wait is bounded: a stall (no byte for `stallTimeoutSeconds`)
+    /// or a broken connection is retried with a range request (`retries` in a row without
+    /// progress, `maximumReconnects` in all), and the whole transfer gives up once it is slower
+    /// than `minimumBytesPerSecond` over `rateWindowSeconds` of waiting.
+    /// - Throws: `.tooSlow` when a bound gave up; the last failure when the retries ran out.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(FerryError) -> Int {
         var failures = 0
         while true {
+            if rate.isTooSlow { throw tooSlow() }
+            let started = WallClock.monotonicSeconds()
+            let deadline = rate.secondsLeft.map { started + $0 }
             do {
-                return try readOnce(into: buffer)
+                let count = try readOnce(into: buffer, deadline: deadline)
+                rate.record(waited: WallClock.monotonicSeconds() - started, bytes: Int64(count))
+                return count
             } catch {
+                rate.record(waited: WallClock.monotonicSeconds() - started, bytes: 0)
                 transfer = nil
-                guard isRetryable(error), failures < options.retries, reconnections < max(100, 20 * options.retries) else {
+                if error.code == .tooSlow { throw tooSlow() }
+                guard isRetryable(error), failures < options.retries else {
                     throw failures == 0 ? error : error.prefixed("after \(failures) retries")
+                }
+                guard reconnections < options.maximumReconnects else {
+                    throw FerryError(
+                        code: .tooSlow,
+                        message: "\(url): gave up after \(reconnections) reconnections (network.maximumReconnects), the last after: \(error.message)")
                 }
                 failures += 1
                 reconnections += 1
-                let delay = min(options.retryDelaySeconds * Double(1 << min(failures - 1, 16)), 30)
+                var delay = min(options.retryDelaySeconds * Double(1 << min(failures - 1, 16)), 30)
+                if let left = rate.secondsLeft { delay = min(delay, left) }
                 logger.warning(
                     "Download interrupted; resuming",
                     metadata: ["url": "\(url)", "offset": "\(position)", "retry": "\(failures)", "error": "\(error.message)"])
                 WallClock.sleep(seconds: delay)
+                rate.record(waited: delay, bytes: 0)
             }
         }
+    }
+
+    private func tooSlow() -> FerryError {
+        FerryError(
+            code: .tooSlow,
+            message: "\(url): gave up: \(rate.bytesInWindow) bytes arrived in the last \(rate.window) s of waiting, "
+                + "less than network.minimumBytesPerSecond (\(rate.minimum) bytes/s)")
     }
 
     public func skip(_ count: Int64) throws(FerryError) {
@@ -83,22 +117,25 @@ public final class HTTPSource: ByteSource {
         if transfer != nil, position - transferOffset > Self.reopenThreshold { transfer = nil }
     }
 
-    private func readOnce(into buffer: UnsafeMutableRawBufferPointer) throws(FerryError) -> Int {
+    /// - Parameter deadline: when (monotonic seconds) to stop waiting with `.tooSlow`.
+    private func readOnce(into buffer: UnsafeMutableRawBufferPointer, deadline: Double?) throws(FerryError) -> Int {
         if let totalBytes, position >= totalBytes { return 0 }
-        if transfer == nil { transfer = try open(at: position) }
+        if transfer == nil { transfer = try open(at: position, deadline: deadline) }
         let transfer = transfer!
         // Bytes before `position`: skipped, or sent again by a server that ignores ranges.
         while transferOffset < position {
-            let count = try transfer.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(buffer.count), position - transferOffset))]))
+            let count = try transfer.read(
+                into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(buffer.count), position - transferOffset))]),
+                deadline: deadline)
             guard count > 0 else { return try endOfBody() }
             transferOffset += Int64(count)
         }
-        let count = try transfer.read(into: buffer)
+        let count = try transfer.read(into: buffer, deadline: deadline)
         guard count > 0 else {
             if let windowEnd, transferOffset == windowEnd, totalBytes.map({ windowEnd < $0 }) ?? false {
                 // The first window is done: go on with an open-ended request.
                 self.transfer = nil
-                return try readOnce(into: buffer)
+                return try readOnce(into: buffer, deadline: deadline)
             }
             return try endOfBody()
         }
@@ -120,7 +157,7 @@ public final class HTTPSource: ByteSource {
     }
 
     /// Sends a GET from `offset`, following https-only redirects, and checks the response.
-    private func open(at offset: Int64) throws(FerryError) -> CurlTransfer {
+    private func open(at offset: Int64, deadline: Double?) throws(FerryError) -> CurlTransfer {
         var location = url
         let windowed = requests == 0 && offset == 0
         for _ in 0...options.maximumRedirects {
@@ -130,7 +167,7 @@ public final class HTTPSource: ByteSource {
             let range: Range<Int64>? = windowed ? 0..<Self.firstWindow : offset > 0 ? offset..<Int64.max : nil
             requests += 1
             let transfer = try CurlTransfer(url: location, mode: .body(range: range), pins: pins, options: options)
-            let response = try transfer.awaitResponse()
+            let response = try transfer.awaitResponse(deadline: deadline)
             lastStatus = response.status
             switch response.status {
             case 200, 206:
@@ -193,6 +230,11 @@ public final class HTTPSource: ByteSource {
             total = response.headers["content-length"].flatMap { Int64($0) }
             // A server without range support sends the whole file again: read past what we have.
             transferOffset = 0
+        }
+        if let expectedSize, let total, total != expectedSize {
+            throw FerryError(
+                code: .notIndexed,
+                message: "\(location) is \(total) bytes, not the \(expectedSize) bytes the update index says (refused before its content was read)")
         }
         if let known = totalBytes, let total, total != known {
             throw FerryError(

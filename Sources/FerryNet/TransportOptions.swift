@@ -16,6 +16,15 @@ public struct TransportOptions: Sendable, Equatable {
     public var retries = 5
     /// The first pause before a retry; it doubles with every retry, up to 30 s.
     public var retryDelaySeconds = 1.0
+    /// Reconnections per download in all, whatever the progress between them: a server that
+    /// breaks every connection after a little data cannot keep the device forever.
+    public var maximumReconnects = 30
+    /// The slowest average rate a download may have over ``rateWindowSeconds`` of waiting for
+    /// the network before it gives up (0: no minimum). The default suits links down to a few
+    /// kbit/s; it is there for servers that trickle, not for slow links.
+    public var minimumBytesPerSecond = 512
+    /// The window of the minimum rate, in seconds of waiting (the first window is a grace period).
+    public var rateWindowSeconds = 120
     /// Redirects followed per request (only to https://).
     public var maximumRedirects = 5
     public var userAgent = "ferry"

@@ -16,11 +16,11 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case io, permissionDenied, noSpace, loopDevice, unsupported
             case unknownSlot
             case readBackMismatch
-            case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired, limitExceeded
+            case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired, limitExceeded, notIndexed
             case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
             case healthCheckFailed, onTrial, hookFailed
             case stateInvalid, lockHeld
-            case network, tlsHandshake, pinMismatch, httpStatus, timeout, contentChanged, insecureURL
+            case network, tlsHandshake, pinMismatch, httpStatus, timeout, contentChanged, insecureURL, tooSlow
             case `internal`
         }
 
@@ -71,6 +71,9 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         public static let expired = Code(.expired)
         /// A size or count read before verification exceeds Ferry's limits.
         public static let limitExceeded = Code(.limitExceeded)
+        /// The bundle is not the one the signed update index names: its manifest, version,
+        /// compatible, payloads, size or SHA-256 differ from the index entry (a swapped bundle).
+        public static let notIndexed = Code(.notIndexed)
         /// A slot, group or bootname given on the command line is not in the configuration.
         public static let unknownSlot = Code(.unknownSlot)
         /// A boot environment is missing, corrupt (no valid copy) or malformed, or its location is.
@@ -103,6 +106,9 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         public static let contentChanged = Code(.contentChanged)
         /// A URL (or a redirect) is not https://: Ferry never downloads over plain HTTP.
         public static let insecureURL = Code(.insecureURL)
+        /// A download gave up within its bounds: slower than `network.minimumRate` over
+        /// `network.rateWindowSeconds`, or more than `network.maximumReconnects` reconnections.
+        public static let tooSlow = Code(.tooSlow)
         /// A bug: an invariant of Ferry itself did not hold.
         public static let `internal` = Code(.internal)
 
@@ -135,6 +141,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .downgrade: 45
             case .expired: 46
             case .limitExceeded: 47
+            case .notIndexed: 49
             case .bootEnvironmentInvalid: 80
             case .bootEnvironmentTooSmall: 81
             case .bootEnvironmentUnsupported: 82
@@ -150,6 +157,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .timeout: 54
             case .contentChanged: 55
             case .insecureURL: 56
+            case .tooSlow: 57
             case .internal: 70
             }
         }

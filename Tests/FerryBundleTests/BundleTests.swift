@@ -82,6 +82,45 @@ import Testing
         }
     }
 
+    /// A bundle read whole through its index entry, as an install reads it (manifest, payloads
+    /// chunk by chunk, the archive's end): the file's SHA-256 is checked at its end, and a
+    /// manifest other than the entry's is refused as soon as it is read.
+    @Test func aBundleReadThroughItsIndexEntryIsCheckedToTheByte() async throws {
+        try await withTemporaryDirectory { dir in
+            let fixture = try Fixture(in: dir)
+            let path = "\(dir)/b.ferry"
+            _ = try fixture.bundle(path)
+            let bytes = try readFile(path)
+            let manifestReader = BundleReader(source: try FileByteSource(path: path))
+            try manifestReader.readSignedManifest()
+            let manifest = try Manifest.parse(manifestReader.manifestBytes)
+            let entry = UpdateIndex.entry(
+                for: manifest, manifestBytes: manifestReader.manifestBytes, url: "b.ferry", size: Int64(bytes.count),
+                sha256: SHA256Hasher.hash(bytes))
+            let policy = TrustPolicy(keyring: try Keyring(pemFile: fixture.pki.keyring), threshold: 1, denyList: [], trustedTime: WallClock.now(), device: nil)
+
+            func readWhole(_ entry: UpdateIndex.Entry) throws(FerryError) {
+                let reader = BundleReader(source: IndexedBundleSource(try FileByteSource(path: path), entry: entry))
+                let (manifest, _, _) = try reader.verify(policy: policy, indexed: entry)
+                for payload in manifest.payloads { try reader.readPayload(payload, checkWholeHash: false) { (_, _, _) throws(FerryError) in } }
+                try reader.finish()
+            }
+            try readWhole(entry)
+            var otherFile = entry
+            otherFile.sha256 = SHA256Hasher.hash(Array("another file".utf8))
+            expectFerryError(.notIndexed) { try readWhole(otherFile) }
+            var otherManifest = entry
+            otherManifest.manifestSHA256 = SHA256Hasher.hash(Array("another manifest".utf8))
+            expectFerryError(.notIndexed) { try readWhole(otherManifest) }
+            var smaller = entry
+            smaller.size -= 1
+            expectFerryError(.notIndexed) { try readWhole(smaller) }
+            var larger = entry
+            larger.size += 512
+            expectFerryError(.truncated) { try readWhole(larger) }
+        }
+    }
+
     @Test func thresholdsOneOfOneTwoOfTwoTwoOfThree() async throws {
         try await withTemporaryDirectory { dir in
             let one = try Fixture(in: "\(dir)/one", threshold: 1)

@@ -14,7 +14,7 @@ import Testing
             entries: [
                 UpdateIndex.Entry(
                     compatible: "board", version: SemanticVersion("1.2.0")!, securityVersion: 3, url: "delta-1.2.0.ferry", size: 4096,
-                    sha256: digest,
+                    sha256: digest, manifestSHA256: digest,
                     payloads: [
                         UpdateIndex.PayloadSummary(type: "delta", target: "rootfs", sourceSHA256: digest),
                         UpdateIndex.PayloadSummary(type: "image", target: "modem"),
@@ -34,7 +34,9 @@ import Testing
 
     @Test(arguments: [
         ("an unknown key", "\"serial\"", "\"extra\" : 1, \"serial\"", FerryError.Code.bundleInvalid),
-        ("another format version", "\"formatVersion\": 1", "\"formatVersion\": 2", .bundleInvalid),
+        ("another format version", "\"formatVersion\": 2", "\"formatVersion\": 3", .bundleInvalid),
+        ("format 1 (no manifest hashes)", "\"formatVersion\": 2", "\"formatVersion\": 1", .bundleInvalid),
+        ("an entry without its manifest hash", "\"manifestSha256\"", "\"manifest\"", .bundleInvalid),
         ("a plain HTTP URL", "\"delta-1.2.0.ferry\"", "\"http://example.com/x.ferry\"", .bundleInvalid),
         ("a delta without its source", "\"sourceSha256\"", "\"source\"", .bundleInvalid),
         ("a bad version", "\"1.2.0\"", "\"1.2\"", .bundleInvalid),
@@ -49,5 +51,43 @@ import Testing
 
     @Test func anOversizedIndexIsRefusedBeforeParsing() {
         expectFerryError(.limitExceeded) { _ = try UpdateIndex.parse([UInt8](repeating: 0x20, count: UpdateIndex.maximumSize + 1)) }
+    }
+
+    /// An entry binds one manifest: another one is refused by its hash, and a manifest that says
+    /// something other than its entry (version, compatible, security version, delta source)
+    /// is refused too (`.notIndexed`).
+    @Test func anEntryRefusesEveryOtherManifest() throws {
+        let source = SHA256Hasher.hash([UInt8]("factory image".utf8))
+        let manifest = Manifest(
+            compatible: "board", version: SemanticVersion("1.2.0")!, securityVersion: 3, buildTime: 1_780_000_000, expires: nil,
+            description: nil, keyring: nil,
+            payloads: [
+                Manifest.Payload(
+                    type: "delta", target: "rootfs", member: "payload.0", compression: .none, size: 1, sha256: source, storedSize: 1,
+                    chunkSize: 1 << 20, chunks: [],
+                    delta: Manifest.DeltaInfo(sourceSize: 1, sourceSHA256: source, targetSize: 1, targetSHA256: source, sourceChecks: []))
+            ])
+        // (Any bytes do: the entry binds them by hash.)
+        let bytes = Array("the manifest as stored".utf8)
+        let entry = UpdateIndex.entry(for: manifest, manifestBytes: bytes, url: "b.ferry", size: 1, sha256: Self.digest)
+        try entry.checkManifest(bytes, bundle: "b.ferry")
+        try entry.checkManifest(manifest, bundle: "b.ferry")
+        expectFerryError(.notIndexed) { try entry.checkManifest(bytes + [0x20], bundle: "b.ferry") }
+
+        var other = manifest
+        other.version = SemanticVersion("1.1.0")!
+        expectFerryError(.notIndexed) { try entry.checkManifest(other, bundle: "b.ferry") }
+        other = manifest
+        other.compatible = "other-board"
+        expectFerryError(.notIndexed) { try entry.checkManifest(other, bundle: "b.ferry") }
+        other = manifest
+        other.securityVersion = 2
+        expectFerryError(.notIndexed) { try entry.checkManifest(other, bundle: "b.ferry") }
+        other = manifest
+        other.payloads[0].delta?.sourceSHA256 = Self.digest
+        expectFerryError(.notIndexed) { try entry.checkManifest(other, bundle: "b.ferry") }
+        other = manifest
+        other.payloads = []
+        expectFerryError(.notIndexed) { try entry.checkManifest(other, bundle: "b.ferry") }
     }
 }

@@ -96,13 +96,50 @@ import Testing
             try DurableFile.write(
                 "#!/bin/sh\n[ \"$FERRY_APP_VERSION\" = 2.0 ] || exit 0\n\(mode == "fail" ? "exit 7" : "sleep 30")\n", to: script)
             try Shell.check(["chmod", "+x", script])
+            try device.bundle("nav", "0.9", seededBytes(count: 1000, seed: 0), output: "\(dir)/nav-0.ferry")
             try device.bundle("nav", "1.0", seededBytes(count: 1000, seed: 1), output: "\(dir)/nav-1.ferry")
             try device.bundle("nav", "2.0", seededBytes(count: 1000, seed: 2), output: "\(dir)/nav-2.ferry")
+            #expect(try device.ferry(["install", "\(dir)/nav-0.ferry"]).status == 0)
             #expect(try device.ferry(["install", "\(dir)/nav-1.ferry"]).status == 0)
             let bad = try device.ferry(["install", "\(dir)/nav-2.ferry"])
             #expect(bad.status == FerryError.Code.healthCheckFailed.exitStatus, "\(bad.output)")
             #expect(bad.output.contains(mode == "fail" ? "failed with status 7; switched back to 1.0" : "timed out after 1 s; switched back to 1.0"), "\(bad.output)")
+            // Both links as before the install: a later rollback must not return to the failed build.
             #expect(device.current("nav") == "1.0")
+            #expect(AppStore.readLink("\(device.store)/nav/previous") == "0.9")
+            let rollback = try device.ferry(["apps", "rollback", "nav"])
+            #expect(rollback.status == 0 && rollback.output.contains("from 1.0 to 0.9"), "\(rollback.output)")
+            #expect(device.current("nav") == "0.9")
+        }
+    }
+
+    /// What a killed install leaves in the stores (a temporary link, a partial version, a
+    /// temporary document) is not counted by `apps list` or `status`, and the next install or
+    /// boot-check removes it.
+    @Test(arguments: ["install", "boot-check"])
+    func leftoversOfKilledWritesAreNotCountedAndAreRemoved(_ command: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            try device.bundle("nav", "1.0", seededBytes(count: 1000, seed: 1), output: "\(dir)/nav-1.ferry")
+            try device.bundle("map", "1.0", seededBytes(count: 1000, seed: 2), output: "\(dir)/map-1.ferry")
+            #expect(try device.ferry(["install", "\(dir)/nav-1.ferry"]).status == 0)
+            let app = "\(device.store)/nav"
+            try Shell.check(["ln", "-s", "1.0", "\(app)/current.tmp-4242"])
+            try Shell.check(["mkdir", "\(app)/.2.0.partial-4242"])
+            try makeFile("\(app)/.2.0.partial-4242/nav.pkg", bytes: seededBytes(count: 5000, seed: 3))
+            try makeFile("\(app)/.current.tmp-4243", bytes: [1, 2, 3])
+            let list = try device.ferry(["apps", "list"])
+            #expect(list.output == "nav: active 1.0, previous none, installed 1.0\n", "\(list.output)")
+            let status = try JSONValue.parse(Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
+            guard case .array(let apps)? = status.objectValue?["apps"] else {
+                Issue.record("status --json has no apps: \(status)")
+                return
+            }
+            #expect(apps.first?.objectValue?["versions"] == .array([.string("1.0")]), "\(status)")
+
+            let result = command == "install" ? try device.ferry(["install", "\(dir)/map-1.ferry"]) : try device.ferry(["boot-check"])
+            #expect(result.status == 0, "\(result.output)")
+            #expect(AppStore.entries(app).sorted() == ["1.0", "current"], "\(AppStore.entries(app))")
         }
     }
 

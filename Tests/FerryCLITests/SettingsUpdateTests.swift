@@ -49,6 +49,22 @@ import Testing
             _ = try Shell.check(arguments)
         }
 
+        /// Bundles `text` as settings `name` with the library (which, unlike `ferry bundle create`,
+        /// does not check documents: what a bundle made elsewhere may carry).
+        func libraryBundle(_ name: String, _ text: String, format: String, mergePatch: Bool, output: String) throws {
+            let file = "\(output).payload"
+            try DurableFile.write(text, to: file)
+            var options = BundleWriter.Options(
+                compatible: "ferry-demo-x86_64", version: SemanticVersion("1.0.0")!,
+                images: [
+                    BundleWriter.Image(
+                        slotClass: name, path: file, settings: Manifest.SettingsInfo(name: name, format: format, mergePatch: mergePatch))
+                ],
+                signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key")])
+            options.chunkSize = 1 << 20
+            try BundleWriter.create(options, output: output, logger: quietLogger)
+        }
+
         func install(_ name: String, _ text: String, mergePatch: Bool = false, dir: String) throws -> Shell.Result {
             try bundle(name, text, mergePatch: mergePatch, output: "\(dir)/settings.ferry")
             return try ferry(["install", "\(dir)/settings.ferry"])
@@ -74,28 +90,74 @@ import Testing
         }
     }
 
+    /// Each bad document is refused by the device (a bundle made with the library, which does
+    /// not check), and, where no device configuration is needed to know it (everything but the
+    /// XSD), already by `ferry bundle create`, with the device's own message.
     @Test(arguments: [
-        ("malformed JSON", "carrier.json", #"{"apn": "#, false),
-        ("malformed XML", "region.xml", "<region code='eu'>", false),
-        ("XML that fails its XSD", "region.xml", "<region/>", false),
-        ("a merge patch against XML", "region.xml", #"{"code": "us"}"#, true),
-        ("a name with a slash", "a/b.json", "{}", false),
-        ("a name with dots", "..", "{}", false),
+        ("malformed JSON", "carrier.json", "json", "{\n  \"apn\": \"internet\",\n  \"mtu\": 1400,,\n}", false, "settings 'carrier.json' is not valid JSON: line 3, column 15: expected a key in double quotes, found ','", true),
+        ("truncated JSON", "carrier.json", "json", #"{"apn": "#, false, "settings 'carrier.json' is not valid JSON: line 1, column 9: the document ends where a value was expected", true),
+        ("malformed XML", "region.xml", "xml", "<region code='eu'>", false, "settings 'region.xml' is not well-formed XML", true),
+        ("XML that fails its XSD", "region.xml", "xml", "<region/>", false, nil, false),
+        // (`ferry bundle create --merge-patch` applies to JSON documents only: this one is XML to it.)
+        ("a merge patch against XML", "region.xml", "xml", #"{"code": "us"}"#, true, "settings 'region.xml' is not well-formed XML", false),
+        // (On the device, the payload's member name, made of the settings name, is refused first.)
+        ("a name with a slash", "a/b.json", "json", "{}", false, "settings name 'a/b.json' is not a plain name", false),
+        ("a name with dots", "..", "json", "{}", false, "settings name '..' is not a plain name", false),
     ])
-    func badDocumentsAreRefusedAndNothingChanges(_ what: String, _ name: String, _ text: String, _ mergePatch: Bool) async throws {
+    func badDocumentsAreRefusedAndNothingChanges(
+        _ what: String, _ name: String, _ format: String, _ text: String, _ mergePatch: Bool, _ hostRefusal: String?,
+        _ sameMessage: Bool
+    ) async throws {
         try await withTemporaryDirectory { dir in
             let device = try Device(dir)
             #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
             #expect(try device.install("region.xml", "<region code='eu'/>", dir: dir).status == 0)
             let before = AppStore.entries(device.store).sorted()
             let carrier = try device.active("carrier.json"), region = try device.active("region.xml")
-            let created = Result { try device.install(name, text, mergePatch: mergePatch, dir: dir) }
-            if case .success(let result) = created {
+
+            var deviceError: String?
+            if case .success = Result(catching: { try device.libraryBundle(name, text, format: format, mergePatch: mergePatch, output: "\(dir)/bad.ferry") }) {
+                let result = try device.ferry(["install", "\(dir)/bad.ferry"])
                 #expect(result.status == FerryError.Code.bundleInvalid.exitStatus, "\(what): \(result.output)")
                 #expect(result.output.hasPrefix("ferry: error: ") && result.output.split(separator: "\n").count == 1, "\(what): \(result.output)")
+                deviceError = result.output
             }
             #expect(AppStore.entries(device.store).sorted() == before, "\(what)")
             #expect(try device.active("carrier.json") == carrier && device.active("region.xml") == region, "\(what)")
+
+            // The host refuses what every device refuses, with the same message.
+            let file = "\(dir)/document.\(format)"
+            try DurableFile.write(text, to: file)
+            var arguments = [
+                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.0",
+                "--cert", "\(device.sandbox.directory)/pki/signer1.pem", "--key", "\(device.sandbox.directory)/pki/signer1.key",
+                "--settings", "\(name)=\(file)", "-o", "\(dir)/host.ferry",
+            ]
+            if mergePatch { arguments.append("--merge-patch") }
+            let host = try Shell.run(arguments)
+            if let hostRefusal {
+                #expect(host.status == FerryError.Code.bundleInvalid.exitStatus, "\(what): \(host.output)")
+                #expect(host.output.hasPrefix("ferry: error: \(hostRefusal)"), "\(what): \(host.output)")
+                if let deviceError, sameMessage { #expect(deviceError == host.output, "\(what): the device and the host say it differently") }
+            } else {
+                #expect(host.status == 0, "\(what): the host cannot know the device's XSD: \(host.output)")
+            }
+        }
+    }
+
+    /// Temporary documents of a killed replacement or validation are not listed and are removed
+    /// by the next boot-check.
+    @Test func leftoversOfKilledWritesAreNotListedAndAreRemoved() async throws {
+        try await withTemporaryDirectory { dir in
+            let device = try Device(dir)
+            #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
+            try makeFile("\(device.store)/.carrier.json.tmp-4242", bytes: Array(#"{"apn": "half"#.utf8))
+            try makeFile("\(device.store)/.carrier.json.candidate-4243", bytes: Array(#"{"apn": "x"}"#.utf8))
+            try makeFile("\(device.store)/region.xml.tmp-4244", bytes: Array("<region".utf8))
+            let list = try device.ferry(["settings", "list"])
+            #expect(list.output == "carrier.json\n", "\(list.output)")
+            #expect(try device.ferry(["boot-check"]).status == 0)
+            #expect(AppStore.entries(device.store).sorted() == ["carrier.json"], "\(AppStore.entries(device.store))")
         }
     }
 

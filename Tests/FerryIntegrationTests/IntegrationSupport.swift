@@ -56,3 +56,20 @@ extension Sandbox {
         return images
     }
 }
+
+extension Sandbox {
+    /// Formats partition `label` of the disk as ext4 and mounts it at `mountPoint` (made if needed)
+    /// through a loop device over the whole disk while `body` runs; unmounts and detaches after,
+    /// also on failure. `body` gets the partition's node.
+    func withMountedPartition<T>(_ label: String, at mountPoint: String, _ body: (String) throws -> T) async throws -> T {
+        let partition = try PartitionTable.read(diskPath).partition(.partitionLabel(label), disk: diskPath)
+        try DurableFile.createDirectory(mountPoint)
+        return try await withLoopDevice(diskPath) { loop in
+            let node = try loop.partitionDevice(partition)
+            try Shell.check(["mkfs.ext4", "-q", "-F", node])
+            try Shell.check(["mount", node, mountPoint])
+            defer { _ = try? Shell.run(["umount", mountPoint]) }
+            return try body(node)
+        }
+    }
+}

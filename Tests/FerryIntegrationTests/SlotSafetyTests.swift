@@ -68,14 +68,9 @@ struct SlotSafetyTests {
             let slot = try #require(configuration.slot(named: "rootfs_b"))
             let partition = try PartitionTable.read(sandbox.diskPath).partition(.partitionLabel("rootfs_b"), disk: sandbox.diskPath)
             let mountPoint = "\(dir)/mnt"
-            try DurableFile.createDirectory(mountPoint)
 
             // 1. Mounted through a partition of a loop device over the whole disk.
-            try await withLoopDevice(sandbox.diskPath) { loop in
-                let node = try loop.partitionDevice(partition)
-                try Shell.check(["mkfs.ext4", "-q", "-F", node])
-                try Shell.check(["mount", node, mountPoint])
-                defer { _ = try? Shell.run(["umount", mountPoint]) }
+            try await sandbox.withMountedPartition("rootfs_b", at: mountPoint) { node in
                 let error = try #require(throws: FerryError.self) { try access(sandbox).openForWriting(slot) }
                 #expect(error.code == .deviceInUse)
                 // The kernel agrees: an exclusive open of the mounted node fails too.

@@ -4,6 +4,7 @@ import FerryCrypto
 import FerryJSON
 import FerrySystem
 import FerryTestSupport
+import Synchronization
 import Testing
 
 /// `ferry check` and `ferry update` against a real HTTPS server on loopback (nginx) serving a
@@ -38,6 +39,33 @@ struct UpdateTests {
             if let expires { arguments += ["--expires", expires] }
             let result = try Shell.run(arguments + bundles.map { "\(www)/\($0)" })
             #expect(result.status == 0, "\(result.output)")
+        }
+
+        /// Writes `index` as www/index.json with one signature by `signer` (for indexes that
+        /// `ferry bundle index` refuses to make: expired ones, forged entries).
+        func publish(_ index: UpdateIndex, signer: String = "signer1") throws {
+            let bytes = index.serialized()
+            let signature = try CMS.sign(
+                content: bytes, certificatePath: "\(sandbox.directory)/pki/\(signer).pem", keyPath: "\(sandbox.directory)/pki/\(signer).key")
+            try DurableFile.write(signature, to: "\(www)/index.json.1.p7s")
+            try DurableFile.write(bytes, to: "\(www)/index.json")
+        }
+
+        /// The entry `ferry bundle index` writes for www/`name`.
+        func entry(_ name: String) throws -> UpdateIndex.Entry {
+            let reader = BundleReader(source: try FileByteSource(path: "\(www)/\(name)"))
+            try reader.readSignedManifest()
+            let bytes = try readFile("\(www)/\(name)")
+            return UpdateIndex.entry(
+                for: try Manifest.parse(reader.manifestBytes), manifestBytes: reader.manifestBytes, url: name, size: Int64(bytes.count),
+                sha256: SHA256Hasher.hash(bytes))
+        }
+
+        /// What a refusal before writing must leave as it was: the raw boot environment (the
+        /// whole boot partition), the slot records, and no install journal.
+        func untouchedState() throws -> [UInt8] {
+            try slot("boot", 8 << 20) + readFile("\(sandbox.directory)/state/slots.json")
+                + (TextFile.exists("\(sandbox.directory)/state/install.json") ? Array("journal".utf8) : [])
         }
 
         func slot(_ label: String, _ count: Int) throws -> [UInt8] {
@@ -172,9 +200,19 @@ struct UpdateTests {
                 try server.publish(serial: 2, bundles: ["full-1.1.0.ferry"], signer: "mallory")
                 try expectRefused(.untrusted, "an index signed by an untrusted key")
 
-                // Expired (a frozen index).
-                try server.publish(serial: 3, bundles: ["full-1.1.0.ferry"], expires: "2021-01-01T00:00:00Z")
+                // Expired (a frozen index). `ferry bundle index` refuses to make one: signed by hand.
+                let expired = try #require(WallClock.parseISO8601("2021-01-01T00:00:00Z"))
+                try server.publish(UpdateIndex(serial: 3, created: expired - 86_400, expires: expired, entries: [try server.entry("full-1.1.0.ferry")]))
                 try expectRefused(.expired, "an expired index")
+
+                // An index of format 1 (no manifest hashes).
+                let formatOne = String(decoding: UpdateIndex(serial: 4, created: WallClock.now(), expires: WallClock.now() + 86_400, entries: [try server.entry("full-1.1.0.ferry")]).serialized(), as: UTF8.self)
+                    .replacing("\"formatVersion\": 2", with: "\"formatVersion\": 1")
+                try makeFile(index, bytes: Array(formatOne.utf8))
+                try makeFile("\(index).1.p7s", bytes: try CMS.sign(
+                    content: Array(formatOne.utf8), certificatePath: "\(server.sandbox.directory)/pki/signer1.pem",
+                    keyPath: "\(server.sandbox.directory)/pki/signer1.key"))
+                try expectRefused(.bundleInvalid, "an index of format 1")
 
                 // Accept serial 5, then a replay of serial 4, or another index numbered 5: refused.
                 try server.publish(serial: 5, bundles: ["full-1.1.0.ferry", "delta-1.1.0.ferry"])
@@ -207,6 +245,118 @@ struct UpdateTests {
                 #expect(json.status == 3, "\(json.output)")
                 let decision = try JSONValue.parse(Array(json.output.utf8), what: "check", code: .internal).objectValue ?? [:]
                 #expect(decision["updateAvailable"] == .bool(false) && decision["entry"] == nil, "\(json.output)")
+            }
+        }
+    }
+
+    // MARK: - The index binds its bundles (issue 18)
+
+    /// A server swaps the file behind an entry for another validly signed bundle of the same size
+    /// (an older release): refused when its manifest is read, before anything is written.
+    @Test func aSwappedBundleIsRefusedWhenItsManifestIsReadAndNothingChanges() async throws {
+        try await withTemporaryDirectory { dir in
+            try Self.withServer(dir) { server in
+                try server.publish(serial: 2, bundles: ["full-1.1.0.ferry"])
+                // The same images as 1.1.0, signed as 1.0.9: the same size, another manifest.
+                _ = try Shell.check([
+                    TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.9",
+                    "--cert", "\(server.sandbox.directory)/pki/signer1.pem", "--key", "\(server.sandbox.directory)/pki/signer1.key",
+                    "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image", "tee=\(dir)/new-tee.img",
+                    "--chunk-size", "1M", "-o", "\(dir)/older.ferry",
+                ])
+                let original = try readFile("\(server.www)/full-1.1.0.ferry")
+                let older = try readFile("\(dir)/older.ferry")
+                try #require(older.count == original.count && older != original, "the swapped bundle must have the same size")
+                try makeFile("\(server.www)/full-1.1.0.ferry", bytes: older)
+
+                let before = try server.untouchedState()
+                let update = try server.ferry(["update", server.index])
+                #expect(update.status == FerryError.Code.notIndexed.exitStatus, "\(update.output)")
+                #expect(update.output.contains("is not the bundle the update index names for 1.1.0: its manifest has SHA-256"), "\(update.output)")
+                #expect(try server.untouchedState() == before, "a refusal known before writing changed the environment or the state")
+            }
+        }
+    }
+
+    /// The entry binds the right manifest but names a SHA-256 the file does not have: the file is
+    /// refused before the switch (the target group stays bad, the booted one primary).
+    @Test func aFileWithAnotherSHA256IsRefusedBeforeTheSwitch() async throws {
+        try await withTemporaryDirectory { dir in
+            try Self.withServer(dir) { server in
+                var entry = try server.entry("full-1.1.0.ferry")
+                entry.sha256 = SHA256Hasher.hash(Array("another file".utf8))
+                try server.publish(UpdateIndex(serial: 2, created: WallClock.now(), expires: WallClock.now() + 86_400, entries: [entry]))
+                let update = try server.ferry(["update", server.index])
+                #expect(update.status == FerryError.Code.notIndexed.exitStatus, "\(update.output)")
+                #expect(update.output.contains("not the \(entry.sha256.hex) the update index says"), "\(update.output)")
+                let environment = try server.environment()
+                #expect(environment.contains("BOOT_ORDER=A"), "\(environment)")
+                #expect(environment.contains("BOOT_B_LEFT=0"), "\(environment)")
+            }
+        }
+    }
+
+    /// A response whose size is not the entry's is refused as soon as its headers arrive.
+    @Test func aResponseOfAnotherSizeIsRefusedBeforeItsContent() async throws {
+        try await withTemporaryDirectory { dir in
+            try Self.withServer(dir) { server in
+                var entry = try server.entry("full-1.1.0.ferry")
+                entry.size -= 512
+                try server.publish(UpdateIndex(serial: 2, created: WallClock.now(), expires: WallClock.now() + 86_400, entries: [entry]))
+                let before = try server.untouchedState()
+                let update = try server.ferry(["update", server.index])
+                #expect(update.status == FerryError.Code.notIndexed.exitStatus, "\(update.output)")
+                #expect(update.output.contains("refused before its content was read"), "\(update.output)")
+                #expect(try server.untouchedState() == before)
+            }
+        }
+    }
+
+    /// A server that sends a little and then only a few bytes a second, on every connection:
+    /// each reconnect makes some progress, so a retry budget alone never ran out. `ferry update`
+    /// gives up within the bound its configuration implies (exit 57), and the next run resumes.
+    @Test func aTricklingServerIsGivenUpWithinTheRateBoundAndTheNextRunResumes() async throws {
+        try await withTemporaryDirectory { dir in
+            try Self.withServer(dir) { server in
+                let window = 4
+                let minimum = 64 << 10
+                var object = try JSONValue.parse(try readFile(server.sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+                object["network"] = .object([
+                    "retryDelaySeconds": .number(0.05), "retries": .number(1), "stallTimeoutSeconds": .number(2),
+                    "minimumBytesPerSecond": .number(Double(minimum)), "rateWindowSeconds": .number(Double(window)),
+                ])
+                try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: server.sandbox.configurationPath)
+                try server.publish(serial: 2, bundles: ["full-1.1.0.ferry"])
+                // Every connection: 24 KiB at full speed (the TLS handshake, the headers and about
+                // one TLS record of the body), then 20 bytes a second. The index and its signature
+                // are smaller and pass whole; only bundle connections ever start to trickle.
+                let trickleStarts = Mutex<[Double]>([])
+                let port = try #require(Int(server.server.url.split(separator: ":").last?.split(separator: "/").first ?? ""))
+                let proxy = try TCPProxy(
+                    upstreamPort: port, behaviours: Array(repeating: .trickle(afterBytes: 24 << 10, bytesPerSecond: 20), count: 1000),
+                    onBreak: { _ in trickleStarts.withLock { $0.append(WallClock.monotonicSeconds()) } })
+                defer { proxy.stop() }
+                let slowIndex = server.index.replacing(":\(port)/", with: ":\(proxy.port)/")
+
+                let update = try server.ferry(["update", slowIndex])
+                let ended = WallClock.monotonicSeconds()
+                #expect(update.status == FerryError.Code.tooSlow.exitStatus, "\(update.output)")
+                #expect(update.output.contains("less than network.minimumBytesPerSecond (\(minimum) bytes/s)"), "\(update.output)")
+                #expect(update.output.contains("run the same command again to continue"), "\(update.output)")
+                // The bound (docs/configuration.md): the bundle's download never reaches the
+                // minimum, so it gives up once it has waited `window` seconds, plus at most one
+                // (the window counts whole seconds); plus the process's exit. It began just before
+                // its first connection started to trickle.
+                let started = try #require(trickleStarts.withLock { $0.first })
+                let took = ended - started
+                #expect(took >= Double(window) - 0.5 && took <= Double(window) + 1 + 1, "gave up \(took) s after the download began")
+                #expect(proxy.connections >= 3, "every connection made some progress: \(proxy.connections) connections")
+                #expect(TextFile.exists("\(server.sandbox.directory)/state/install.json"), "no journal to resume from")
+
+                let resumed = try server.ferry(["update", server.index])
+                #expect(resumed.status == 0, "\(resumed.output)")
+                #expect(resumed.output.contains("Resumed and installed 1.1.0"), "\(resumed.output)")
+                try server.expectInstalled()
             }
         }
     }

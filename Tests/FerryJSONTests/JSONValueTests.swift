@@ -27,6 +27,25 @@ import Testing
         #expect(error?.message.contains("\n") == false)
     }
 
+    /// The decoder of FoundationEssentials gives no reason: Ferry's message names the line,
+    /// the column and what is wrong there.
+    @Test(arguments: [
+        ("", "line 1, column 1: the document is empty"),
+        ("{\n  \"a\": 1,\n  \"b\" 2\n}", "line 3, column 7: expected ':' after the key, found '2'"),
+        ("[1, 2", "line 1, column 6: the document ends inside an array"),
+        ("{\"a\": tru}", "line 1, column 7: unexpected 'tru' where a value was expected (strings need double quotes)"),
+        ("{a: 1}", "line 1, column 2: expected a key in double quotes, found 'a'"),
+        ("[01]", "line 1, column 3: a number must not start with 0 (leading zeros)"),
+        ("\"a\tb\"", "line 1, column 3: a control character (0x9) inside a string; escape it"),
+        ("{\"a\": 1} x", "line 1, column 10: unexpected 'x' after the end of the document"),
+        // (A trailing comma is accepted, as by the decoder: the fault reported is the real one.)
+        ("[1,]\n{", "line 2, column 1: unexpected '{' after the end of the document"),
+    ])
+    func malformedDocumentsAreReportedWithLineAndColumn(_ text: String, _ reason: String) {
+        let error = #expect(throws: FerryError.self) { try parse(text) }
+        #expect(error?.message == "test is not valid JSON: \(reason)", "\(error?.message ?? "no error")")
+    }
+
     @Test func refusesDuplicateKeys() throws {
         for text in [#"{"a": 1, "a": 2}"#, #"{"x": {"b": 1, "c": [1, {"k": 1}], "b": 3}}"#, #"[{"q": 1, "q": 1}]"#] {
             let error = #expect(throws: FerryError.self) { try parse(text) }

@@ -200,6 +200,9 @@ public final class TCPProxy: @unchecked Sendable {
         case cut(afterBytes: Int)
         /// Stop relaying after this many bytes reached the client; keep the connection open.
         case stall(afterBytes: Int)
+        /// Relay this many bytes to the client at full speed, then `bytesPerSecond` (a server
+        /// that trickles: never silent long enough for a stall timeout).
+        case trickle(afterBytes: Int, bytesPerSecond: Int)
         /// Act as an HTTP proxy: read a `CONNECT host:port` request, answer 200, then relay to the
         /// upstream port (whatever the request named) untouched.
         case connectProxy
@@ -284,8 +287,12 @@ public final class TCPProxy: @unchecked Sendable {
         var toClient = 0
         var limit = Int.max
         var stallInstead = false
+        var trickleRate: Int?
         switch behaviour {
         case .relay: break
+        case .trickle(let bytes, let rate):
+            limit = bytes
+            trickleRate = max(1, rate)
         case .connectProxy:
             // The request head ends with an empty line.
             var head: [UInt8] = []
@@ -317,12 +324,37 @@ public final class TCPProxy: @unchecked Sendable {
                 toClient += count
                 if toClient >= limit {
                     onBreak?(index)
+                    if let rate = trickleRate {
+                        trickle(client: client, upstream: upstream, bytesPerSecond: rate)
+                        return
+                    }
                     if stallInstead {
                         // Keep both sockets open and silent until the test stops the proxy.
                         while !isStopped { sleepSeconds(0.05) }
                     }
                     return
                 }
+            }
+        }
+    }
+
+    /// Relays upstream bytes one at a time, `bytesPerSecond` of them a second, until either side
+    /// closes or the proxy stops (requests from the client are still relayed at once).
+    private func trickle(client: Int32, upstream: Int32, bytesPerSecond: Int) {
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        var byte: UInt8 = 0
+        let pause = 1.0 / Double(bytesPerSecond)
+        while !isStopped {
+            var descriptors = [pollfd(fd: client, events: Int16(POLLIN), revents: 0), pollfd(fd: upstream, events: Int16(POLLIN), revents: 0)]
+            guard poll(&descriptors, 2, 100) >= 0 else { return }
+            if descriptors[0].revents != 0 {
+                let count = read(client, &buffer, buffer.count)
+                if count <= 0 { return }
+                guard writeAll(upstream, buffer, count) else { return }
+            }
+            if descriptors[1].revents != 0 {
+                guard read(upstream, &byte, 1) == 1, writeAll(client, [byte], 1) else { return }
+                sleepSeconds(pause)
             }
         }
     }

@@ -2,7 +2,11 @@ import FerryCore
 import FerrySystem
 import Logging
 import SystemPackage
+// The static Swift runtime (`swift build -c release --static-swift-stdlib`, which builds this
+// target too) has no Testing module: what needs it is left out there.
+#if canImport(Testing)
 import Testing
+#endif
 
 #if canImport(Glibc)
 import Glibc
@@ -19,6 +23,7 @@ public func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async 
     return try await body(path)
 }
 
+#if canImport(Testing)
 /// Expects `body` to throw a `FerryError` whose code is `code` (tests never look at messages).
 public func expectFerryError<R>(
     _ code: FerryError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> R
@@ -27,6 +32,49 @@ public func expectFerryError<R>(
     #expect(
         error?.code == code, "expected \(code), got \(error.map { "\($0.code)" } ?? "no error")",
         sourceLocation: sourceLocation)
+}
+#endif
+
+/// What users read must name things: an error line (`ferry: error: …`) or a log line at warning
+/// level or above with `nil`, `Optional(` or an empty name (`''`, `""`, `()`, a trailing space) in it is a defect
+/// (an optional or an empty string interpolated into a message). Every run of the ferry binary
+/// through ``Shell`` is checked (docs/errors.md).
+public enum UserFacingText {
+    /// The offending lines of `output`.
+    public static func violations(in output: String) -> [String] {
+        output.split(separator: "\n").map(String.init).filter { line in
+            isUserFacing(line) && hasOffendingText(line)
+        }
+    }
+
+    static func isUserFacing(_ line: String) -> Bool {
+        if line.contains("ferry: error:") { return true }
+        // swift-log's stream handler: "<timestamp> <level> <label> : …".
+        let words = line.split(separator: " ", maxSplits: 2)
+        return words.count >= 2 && ["warning", "error", "critical"].contains(words[1])
+    }
+
+    static func hasOffendingText(_ line: String) -> Bool {
+        if line.contains("Optional(") || line.contains("''") || line.contains("\"\"") || line.contains("()") { return true }
+        // A message that ends in a space ended with an empty name ("… of group ").
+        if line.last == " " { return true }
+        // "nil" as a word.
+        let scalars = Array(line.unicodeScalars)
+        var index = 0
+        while index + 3 <= scalars.count {
+            if scalars[index] == "n", scalars[index + 1] == "i", scalars[index + 2] == "l" {
+                let before = index == 0 ? nil : scalars[index - 1]
+                let after = index + 3 < scalars.count ? scalars[index + 3] : nil
+                let isWordCharacter = { (scalar: Unicode.Scalar?) -> Bool in
+                    guard let scalar else { return false }
+                    return scalar.properties.isAlphabetic || ("0"..."9").contains(scalar) || scalar == "_"
+                }
+                if !isWordCharacter(before) && !isWordCharacter(after) { return true }
+            }
+            index += 1
+        }
+        return false
+    }
 }
 
 /// A tiny seeded generator (SplitMix64): reproducible random choices in tests.
@@ -121,6 +169,14 @@ public enum Shell {
         env["PATH"] = (ProcessEnvironment.variables["PATH"] ?? "/usr/bin:/bin") + ":/usr/sbin:/sbin"
         let result = try ChildProcess.run(
             arguments, environment: env, timeoutSeconds: 600, outputLimit: 64 << 20, mergeStandardError: true)
+        #if canImport(Testing)
+        // The ferry binary, or a script that runs it (tools/sandbox-boot with $FERRY).
+        if arguments.first == TestEnvironment.ferryBinary || environment["FERRY"] == TestEnvironment.ferryBinary {
+            for line in UserFacingText.violations(in: result.output) {
+                Issue.record("ferry \(arguments.dropFirst().joined(separator: " ")) printed a message with nil, Optional( or an empty name: \(line)")
+            }
+        }
+        #endif
         return Result(status: result.status, output: result.output)
     }
 
