@@ -18,7 +18,7 @@ extension FerryCommand {
             return AppStore(directory: directory, keep: context.configuration.apps.keep, logger: context.logger)
         }
 
-        struct List: AsyncParsableCommand {
+        struct List: AsyncParsableCommand, TakesGlobalOptions {
             static let configuration = CommandConfiguration(abstract: "List installed apps: active, previous and kept versions.")
             @OptionGroup var global: GlobalOptions
             @Flag(help: "Print JSON.")
@@ -46,7 +46,7 @@ extension FerryCommand {
             }
         }
 
-        struct Rollback: AsyncParsableCommand {
+        struct Rollback: AsyncParsableCommand, TakesGlobalOptions {
             static let configuration = CommandConfiguration(abstract: "Switch an app back to its previous version (atomically).")
             @OptionGroup var global: GlobalOptions
             @Argument(help: "The app's name.")
@@ -77,7 +77,7 @@ extension FerryCommand {
             return SettingsStore(directory: directory, configuration: context.configuration.settings)
         }
 
-        struct List: AsyncParsableCommand {
+        struct List: AsyncParsableCommand, TakesGlobalOptions {
             static let configuration = CommandConfiguration(abstract: "List the settings documents and whether a previous version is kept.")
             @OptionGroup var global: GlobalOptions
 
@@ -90,7 +90,7 @@ extension FerryCommand {
             }
         }
 
-        struct Rollback: AsyncParsableCommand {
+        struct Rollback: AsyncParsableCommand, TakesGlobalOptions {
             static let configuration = CommandConfiguration(abstract: "Put a settings document's previous version back (atomically).")
             @OptionGroup var global: GlobalOptions
             @Argument(help: "The settings name.")

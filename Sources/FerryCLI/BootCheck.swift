@@ -4,7 +4,7 @@ import FerrySystem
 
 extension FerryCommand {
     /// `ferry boot-check`: run once early in every boot.
-    struct BootCheck: AsyncParsableCommand {
+    struct BootCheck: AsyncParsableCommand, TakesGlobalOptions {
         static let configuration = CommandConfiguration(
             commandName: "boot-check",
             abstract: "Check the boot early at start-up: record a fallback, run the health check, confirm.",

@@ -335,7 +335,7 @@ extension FerryCommand {
             }
         }
 
-        struct Verify: AsyncParsableCommand {
+        struct Verify: AsyncParsableCommand, TakesGlobalOptions {
             static let configuration = CommandConfiguration(
                 abstract: "Verify a bundle completely, writing nothing.",
                 discussion: """

@@ -45,7 +45,7 @@ extension FerryCommand {
             }
         }
 
-        struct List: AsyncParsableCommand {
+        struct List: AsyncParsableCommand, TakesGlobalOptions {
             static let configuration = CommandConfiguration(abstract: "Print every variable as name=value.")
             @OptionGroup var source: Source
             func run() async throws {
@@ -55,7 +55,7 @@ extension FerryCommand {
             }
         }
 
-        struct Get: AsyncParsableCommand {
+        struct Get: AsyncParsableCommand, TakesGlobalOptions {
             static let configuration = CommandConfiguration(
                 abstract: "Print the values of variables (exit 1 if one is not set).")
             @OptionGroup var source: Source
@@ -76,7 +76,7 @@ extension FerryCommand {
             }
         }
 
-        struct Set: AsyncParsableCommand {
+        struct Set: AsyncParsableCommand, TakesGlobalOptions {
             static let configuration = CommandConfiguration(
                 abstract: "Set variables (name=value ...) in one atomic write.")
             @OptionGroup var source: Source
@@ -98,7 +98,7 @@ extension FerryCommand {
             }
         }
 
-        struct Unset: AsyncParsableCommand {
+        struct Unset: AsyncParsableCommand, TakesGlobalOptions {
             static let configuration = CommandConfiguration(abstract: "Remove variables in one atomic write.")
             @OptionGroup var source: Source
             @Argument(help: "Variable names.") var names: [String]

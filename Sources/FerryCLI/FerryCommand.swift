@@ -83,6 +83,11 @@ public struct FerryCommand: AsyncParsableCommand {
     }
 }
 
+/// Marks a command with the global options (an option group of ``GlobalOptions``): they may be
+/// given before its name too (``GlobalOptions/normalized(_:)``). ConventionsTests checks every
+/// command's mark against its help.
+protocol TakesGlobalOptions {}
+
 /// Options every device command takes.
 public struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The system configuration file.", valueName: "system.json"))
@@ -136,9 +141,9 @@ public struct GlobalOptions: ParsableArguments {
         return path + leading + tail
     }
 
-    /// Whether a command declares the global options (`@OptionGroup var global: GlobalOptions`).
-    static func acceptsGlobalOptions(_ type: any ParsableCommand.Type) -> Bool {
-        Mirror(reflecting: type.init()).children.contains { $0.value is OptionGroup<GlobalOptions> }
+    /// Whether a command declares the global options (``TakesGlobalOptions``).
+    public static func acceptsGlobalOptions(_ type: any ParsableCommand.Type) -> Bool {
+        type is any TakesGlobalOptions.Type
     }
 
     /// Loads the system configuration named by --config, $FERRY_CONFIG or the default path.

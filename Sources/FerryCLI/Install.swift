@@ -5,7 +5,7 @@ import FerrySystem
 
 extension FerryCommand {
     /// `ferry install <bundle | ->`.
-    struct Install: AsyncParsableCommand {
+    struct Install: AsyncParsableCommand, TakesGlobalOptions {
         static let configuration = CommandConfiguration(
             abstract: "Verify a bundle and install it into the inactive slot group, then make that group primary.",
             discussion: """

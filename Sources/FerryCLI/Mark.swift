@@ -4,7 +4,7 @@ import FerrySystem
 
 extension FerryCommand {
     /// `ferry mark good|bad|active [booted|other|<bootname or slot>]`.
-    struct Mark: AsyncParsableCommand {
+    struct Mark: AsyncParsableCommand, TakesGlobalOptions {
         static let configuration = CommandConfiguration(
             abstract: "Mark a whole slot group good, bad or active.",
             discussion: """

@@ -5,7 +5,7 @@ import FerrySystem
 
 extension FerryCommand {
     /// `ferry status`: slots, groups, booted group and installed versions (read-only).
-    struct Status: AsyncParsableCommand {
+    struct Status: AsyncParsableCommand, TakesGlobalOptions {
         static let configuration = CommandConfiguration(
             abstract: "Show the slots, the booted group and what is installed (read-only).",
             discussion: "--json prints a document whose format is described in docs/status.md.")

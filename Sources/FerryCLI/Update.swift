@@ -11,7 +11,7 @@ extension FerryCommand {
     static let upToDate = ExitCode(3)
 
     /// `ferry check [<index-url>]`.
-    struct Check: AsyncParsableCommand {
+    struct Check: AsyncParsableCommand, TakesGlobalOptions {
         static let configuration = CommandConfiguration(
             abstract: "Say whether the signed update index offers an update for this device.",
             discussion: """
@@ -65,7 +65,7 @@ extension FerryCommand {
     }
 
     /// `ferry update [<index-url>]`.
-    struct Update: AsyncParsableCommand {
+    struct Update: AsyncParsableCommand, TakesGlobalOptions {
         static func install(
             _ entry: UpdateIndex.Entry, decision: UpdateCheck.Decision, installer: Installer, context: DeviceContext, force: Bool
         ) throws(FerryError) -> Installer.Result {

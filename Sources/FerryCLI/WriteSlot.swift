@@ -5,7 +5,7 @@ import FerrySystem
 
 extension FerryCommand {
     /// `ferry write-slot <slot> <image | image.xz>`.
-    struct WriteSlot: AsyncParsableCommand {
+    struct WriteSlot: AsyncParsableCommand, TakesGlobalOptions {
         static let configuration = CommandConfiguration(
             commandName: "write-slot",
             abstract: "Write an image straight into one slot (operator action: recovery, factory).",

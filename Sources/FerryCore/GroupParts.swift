@@ -285,9 +285,14 @@ public struct GroupPartsControl {
     /// Whether a store entry is a temporary of an interrupted write (see ``removeLeftovers()``).
     static func isLeftover(_ entry: String) -> Bool {
         for marker in [".tmp-", ".candidate-", ".partial-"] {
-            guard let range = entry.firstRange(of: marker) else { continue }
-            let pid = entry[range.upperBound...]
-            if !pid.isEmpty, pid.unicodeScalars.allSatisfy({ ("0"..."9").contains($0) }) { return true }
+            // The marker followed by digits only, to the end of the name.
+            let scalars = Array(entry.unicodeScalars)
+            let pattern = Array(marker.unicodeScalars)
+            guard scalars.count > pattern.count else { continue }
+            for start in 0...(scalars.count - pattern.count) where scalars[start..<(start + pattern.count)].elementsEqual(pattern) {
+                let digits = scalars[(start + pattern.count)...]
+                if !digits.isEmpty, digits.allSatisfy({ ("0"..."9").contains($0) }) { return true }
+            }
         }
         return false
     }

@@ -1,3 +1,4 @@
+import ArgumentParser
 import FerryCLI
 import FerryCore
 import FerryJSON
@@ -87,5 +88,25 @@ extension Sandbox {
             "--cert", "\(directory)/pki/signer1.pem", "--key", "\(directory)/pki/signer1.key",
             "--image", "tee=\(directory)/images/factory-tee.img", "-o", "\(dir)/update.ferry",
         ])
+    }
+}
+
+extension ConventionsTests {
+    /// A command whose help lists --config takes the global options before its name too: it
+    /// must be marked so (FerryCommand's argument normalization relies on the mark).
+    @Test func everyCommandWithTheGlobalOptionsIsMarked() {
+        var checked = 0
+        func walk(_ type: any ParsableCommand.Type, _ path: [String]) {
+            for sub in type.configuration.subcommands {
+                let help = FerryCommand.helpText(for: path + [sub._commandName], columns: 200)
+                if sub.configuration.subcommands.isEmpty {
+                    #expect(help.contains("--config <system.json>") == GlobalOptions.acceptsGlobalOptions(sub), "\(path + [sub._commandName])")
+                    checked += 1
+                }
+                walk(sub, path + [sub._commandName])
+            }
+        }
+        walk(FerryCommand.self, [])
+        #expect(checked > 20)
     }
 }
