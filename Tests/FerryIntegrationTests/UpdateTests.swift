@@ -349,6 +349,7 @@ struct UpdateTests {
                 // its first connection started to trickle.
                 let started = try #require(trickleStarts.withLock { $0.first })
                 let took = ended - started
+                print("trickle: gave up \(took) s after the download began (bound: \(window) to \(window + 1) s of waiting)")
                 #expect(took >= Double(window) - 0.5 && took <= Double(window) + 1 + 1, "gave up \(took) s after the download began")
                 #expect(proxy.connections >= 3, "every connection made some progress: \(proxy.connections) connections")
                 #expect(TextFile.exists("\(server.sandbox.directory)/state/install.json"), "no journal to resume from")
