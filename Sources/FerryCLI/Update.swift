@@ -119,7 +119,7 @@ extension FerryCommand {
                     result = try Self.install(entry, decision: decision, installer: installer, context: context, force: force)
                 } catch {
                     // A delta whose source check failed wrote nothing: take the full bundle instead.
-                    guard error.code == .notCompatible, entry.isDelta, let fallback = decision.fallback else { throw error }
+                    guard error.code == .sourceMismatch, entry.isDelta, let fallback = decision.fallback else { throw error }
                     Terminal.writeOutput("The delta does not apply to this device (\(error.message)); falling back to the full bundle.\n")
                     result = try Self.install(fallback, decision: decision, installer: installer, context: context, force: force)
                 }

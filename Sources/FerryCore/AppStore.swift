@@ -251,7 +251,7 @@ public struct AppStore {
     public func rollback(_ name: String) throws(FerryError) -> (from: String?, to: String) {
         let app = appDirectory(name)
         guard let previous = previous(name), TextFile.isDirectory("\(app)/\(previous)") else {
-            throw FerryError(code: .unknownSlot, message: "app '\(name)' has no previous version to roll back to")
+            throw FerryError(code: .nothingToRollBack, message: "app '\(name)' has no previous version to roll back to")
         }
         let from = current(name)
         try Self.switchLink("\(app)/current", to: previous)

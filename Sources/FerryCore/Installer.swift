@@ -486,7 +486,7 @@ extension Installer {
         }
         guard hasher.finalize() == copy.sha256 else {
             throw FerryError(
-                code: .notCompatible,
+                code: .sourceMismatch,
                 message: "booted slot '\(copy.source.name)' no longer holds the image recorded for it (sha256 \(copy.sha256)): cannot copy it into '\(copy.slot.name)'")
         }
         try device.synchronize()

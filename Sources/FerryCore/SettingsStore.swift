@@ -96,7 +96,7 @@ public struct SettingsStore {
         try AppStore.checkName(name, what: "settings name")
         let active = path(name)
         guard TextFile.exists("\(active).previous") else {
-            throw FerryError(code: .unknownSlot, message: "settings '\(name)' has no previous version to roll back to")
+            throw FerryError(code: .nothingToRollBack, message: "settings '\(name)' has no previous version to roll back to")
         }
         let previous = try TextFile.readBytes("\(active).previous", limit: Self.maximumSize)
         if TextFile.exists(active) {

@@ -36,7 +36,7 @@ public struct DeltaApplier {
     /// - Parameters:
     ///   - source: the image the delta was made from (read only, extent by extent).
     ///   - sourceName: names the source in errors ("booted slot 'rootfs_a'", a file).
-    /// - Throws: `.bundleInvalid` for a malformed header; `.notCompatible` when the source's size differs.
+    /// - Throws: `.bundleInvalid` for a malformed header; `.sourceMismatch` when the source's size differs.
     public init(delta: any ByteSource, source: any BlockTarget, sourceName: String) throws(FerryError) {
         let (header, checks) = try DeltaFormat.readPreamble(delta)
         self.header = header
@@ -45,7 +45,7 @@ public struct DeltaApplier {
         self.sourceName = sourceName
         guard source.byteCount >= header.sourceSize else {
             throw FerryError(
-                code: .notCompatible,
+                code: .sourceMismatch,
                 message: "delta needs source sha256 \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) has only \(source.byteCount) bytes")
         }
     }
@@ -57,7 +57,7 @@ public struct DeltaApplier {
 
     /// Reads every source range the delta uses and compares it with its SHA-256, before anything
     /// is written.
-    /// - Throws: `.notCompatible` naming the blocks that differ; read errors.
+    /// - Throws: `.sourceMismatch` naming the blocks that differ; read errors.
     public func verifySource() throws(FerryError) {
         try Self.verifySource(
             sourceChecks, of: source, named: sourceName, sourceSHA256: header.sourceSHA256, sourceSize: header.sourceSize)
@@ -70,7 +70,7 @@ public struct DeltaApplier {
     ) throws(FerryError) {
         guard source.byteCount >= sourceSize else {
             throw FerryError(
-                code: .notCompatible,
+                code: .sourceMismatch,
                 message: "delta needs source sha256 \(sourceSHA256) (\(sourceSize) bytes), but \(sourceName) has only \(source.byteCount) bytes")
         }
         let piece = 4 << 20
@@ -88,7 +88,7 @@ public struct DeltaApplier {
             guard hasher.finalize() == check.sha256 else {
                 let block = Int64(DeltaFormat.blockSize)
                 throw FerryError(
-                    code: .notCompatible,
+                    code: .sourceMismatch,
                     message: "delta needs source sha256 \(sourceSHA256) (\(sourceSize) bytes), but \(sourceName) differs at blocks \(check.range.lowerBound / block)-\((check.range.upperBound - 1) / block)")
             }
         }
@@ -100,7 +100,7 @@ public struct DeltaApplier {
     /// The delta stream must stand at `start.deltaOffset` (right after the source checks for a
     /// fresh apply). The whole target's SHA-256 is checked at the end only when the apply starts
     /// at the beginning and `verifyWholeTarget` is set (an install reads the slot back instead).
-    /// - Throws: `.notCompatible` when a source extent differs from what the delta was made from;
+    /// - Throws: `.sourceMismatch` when a source extent differs from what the delta was made from;
     ///   `.bundleInvalid` / `.limitExceeded` / `.truncated` for a bad delta; `body`'s errors.
     public func apply(
         from delta: any ByteSource, start: Position? = nil, verifyWholeTarget: Bool = true,
@@ -271,7 +271,7 @@ public struct DeltaApplier {
         if let expected = operation.sourceSHA256, SHA256Hasher.hash(UnsafeRawBufferPointer(bytes)) != expected {
             let block = operation.sources[0].lowerBound / Int64(DeltaFormat.blockSize)
             throw FerryError(
-                code: .notCompatible,
+                code: .sourceMismatch,
                 message: "delta needs source sha256 \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) differs at block \(block) (operation \(index))")
         }
         return bytes

@@ -9,12 +9,12 @@ import SystemPackage
 public struct FerryError: Error, CustomStringConvertible, Sendable {
     /// A stable failure class. Tests assert on codes, never on messages.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Wrapped: String, Sendable {
+        private enum Wrapped: String, Sendable, CaseIterable {
             case usage
             case configurationNotFound, configurationInvalid
-            case deviceNotFound, deviceInUse, deviceBooted, deviceNotConfigured, deviceTooSmall
+            case deviceNotFound, deviceInUse, deviceBooted, deviceNotConfigured, deviceTooSmall, sourceMismatch
             case io, permissionDenied, noSpace, loopDevice, unsupported
-            case unknownSlot
+            case unknownSlot, nothingToRollBack
             case readBackMismatch
             case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired, limitExceeded, notIndexed
             case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
@@ -43,6 +43,12 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         public static let deviceNotConfigured = Code(.deviceNotConfigured)
         /// The device is smaller than the configuration or the payload requires.
         public static let deviceTooSmall = Code(.deviceTooSmall)
+        /// A slot Ferry reads from (a delta's source, a booted member to copy) is not the image the
+        /// bundle or the state record needs: nothing was written; `ferry update` then takes the
+        /// full bundle.
+        public static let sourceMismatch = Code(.sourceMismatch)
+        /// A rollback was asked for, but there is no previous version to return to.
+        public static let nothingToRollBack = Code(.nothingToRollBack)
         /// A read, write or sync failed (EIO and friends).
         public static let io = Code(.io)
         /// The operation needs privileges the process does not have.
@@ -132,6 +138,8 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .loopDevice: 28
             case .unsupported: 29
             case .unknownSlot: 12
+            case .nothingToRollBack: 13
+            case .sourceMismatch: 30
             case .truncated: 40
             case .readBackMismatch: 48
             case .bundleInvalid: 41
@@ -163,6 +171,9 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         }
 
         public var description: String { name }
+
+        /// Every code, in declaration order (docs/errors.md lists them all; a test checks it).
+        public static let all: [Code] = Wrapped.allCases.map(Code.init)
     }
 
     public var code: Code

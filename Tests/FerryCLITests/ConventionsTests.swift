@@ -110,3 +110,28 @@ extension ConventionsTests {
         #expect(checked > 20)
     }
 }
+
+extension ConventionsTests {
+    /// docs/errors.md lists every error code with its exit status, and nothing else: the table
+    /// and the code cannot drift apart.
+    @Test func theErrorTableListsEveryCodeWithItsExitStatus() throws {
+        let text = try TextFile.read("\(TestEnvironment.packageRoot)/docs/errors.md")
+        var documented: [String: Int32] = [:]
+        for line in text.split(separator: "\n") where line.hasPrefix("| ") {
+            let cells = line.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingSpaces }
+            guard cells.count > 3, let status = Int32(cells[1]), cells[2].hasPrefix("`"), cells[2].hasSuffix("`") else { continue }
+            let name = String(cells[2].dropFirst().dropLast())
+            #expect(documented[name] == nil, "\(name) is listed twice")
+            documented[name] = status
+        }
+        let actual = Dictionary(uniqueKeysWithValues: FerryError.Code.all.map { ($0.name, $0.exitStatus) })
+        #expect(documented == actual, "docs/errors.md and FerryError.Code differ")
+        #expect(Set(actual.values).count == actual.count, "two codes share an exit status")
+    }
+}
+
+extension Substring {
+    fileprivate var trimmingSpaces: String {
+        String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+    }
+}

@@ -124,7 +124,7 @@ struct DeltaInstallTests {
             let before = try snapshot(sandbox)
 
             let result = try ferry(["install", "\(dir)/delta.ferry", "--config", sandbox.configurationPath])
-            #expect(result.status == FerryError.Code.notCompatible.exitStatus, "\(result.output)")
+            #expect(result.status == FerryError.Code.sourceMismatch.exitStatus, "\(result.output)")
             #expect(result.output.contains("ferry: error: delta needs source sha256 "), "\(result.output)")
             #expect(
                 result.output.contains("but booted slot 'rootfs_a' differs at blocks \(check.range.lowerBound / 4096)-\((check.range.upperBound - 1) / 4096)\n"),
