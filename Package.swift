@@ -120,7 +120,7 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "FerryTestSupport",
-            dependencies: ["FerrySystem", "FerryCore", logging],
+            dependencies: ["FerrySystem", "FerryCore", "FerryJSON", systemPackage, logging],
             path: "Tests/FerryTestSupport"
         ),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"]),
@@ -138,6 +138,12 @@ let package = Package(
             exclude: ["Snapshots"]
         ),
         .testTarget(name: "FerryFuzzTests", dependencies: ["FerryFuzzTargets", "FerryBundle", "FerryCrypto"]),
+        // The install path end to end on image files, without root (so `tools/test --quick` runs
+        // it): the crash simulation.
+        .testTarget(
+            name: "FerryInstallTests",
+            dependencies: ["FerryBootloader", "FerryBundle", "FerryCore", "FerryCrypto", "FerryJSON", "FerrySystem", "FerryTestSupport"]
+        ),
         .testTarget(
             name: "FerryIntegrationTests",
             dependencies: ["FerryCore", "FerrySystem", "FerryCLI", "FerryTestSupport"]

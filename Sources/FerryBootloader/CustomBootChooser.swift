@@ -22,18 +22,9 @@ public final class CustomBootChooser: BootChooser {
     }
 
     private func call(_ arguments: [String]) throws(FerryError) -> String {
-        let invocation = ([command] + arguments).joined(separator: " ")
-        let result: ChildProcess.Result
-        do { result = try ChildProcess.run([command] + arguments, timeoutSeconds: timeoutSeconds) } catch {
-            throw FerryError(code: .bootEnvironmentInvalid, message: "custom boot chooser: \(error.message)", cause: error)
-        }
-        if result.timedOut {
-            throw FerryError(code: .bootEnvironmentInvalid, message: "custom boot chooser '\(invocation)' timed out after \(timeoutSeconds) s")
-        }
-        guard result.status == 0 else {
-            throw FerryError(code: .bootEnvironmentInvalid, message: "custom boot chooser '\(invocation)' exited with status \(result.status)")
-        }
-        return result.output.split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\t" }).first.map(String.init) ?? ""
+        let output = try ExternalCommand(role: "custom boot chooser", [command] + arguments, timeoutSeconds: timeoutSeconds)
+            .check(failingWith: .bootEnvironmentInvalid)
+        return output.split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\t" }).first.map(String.init) ?? ""
     }
 
     public func primary() throws(FerryError) -> String? {

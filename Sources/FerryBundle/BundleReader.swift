@@ -128,7 +128,7 @@ public final class BundleReader {
         // chunk as soon as it is read; this thread then hands the decoded chunks out in order.
         // So decoding never waits for writing, nor writing for a whole batch. Memory: a stored and
         // a decoded buffer per slot, two slots per core plus one, within 64 MiB whatever the cores.
-        let storedBound = chunkSize + chunkSize / 8 + 4096
+        let storedBound = Manifest.Payload.storedBound(ofChunkSize: chunkSize)
         let workers = max(1, min(ProcessEnvironment.processorCount, 8))
         let slots = max(2, min(2 * workers + 1, Self.decodeMemory / (storedBound + chunkSize)))
         let ring = DecodeRing(

@@ -186,13 +186,13 @@ public enum BundleWriter {
         }
         try sink.finish()
         let slotClass = image.slotClass
-        let kind = isDelta ? "delta" : image.app != nil ? "app" : image.settings != nil ? "settings" : "image"
-        let suffix = ["app": "app", "settings": "settings"][kind] ?? "img"
+        let kind: Manifest.Payload.Kind = image.delta.map { .delta($0) } ?? image.app.map { .app($0) } ?? image.settings.map { .settings($0) } ?? .image
+        let suffix = ["app": "app", "settings": "settings"][kind.name] ?? "img"
         return Manifest.Payload(
-            type: kind, target: slotClass,
+            kind: kind, target: slotClass,
             member: isDelta ? "\(slotClass).delta" : "\(slotClass).\(suffix)\(compress ? ".xz" : "")",
             compression: compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(), storedSize: offset,
-            chunkSize: Int64(chunkSize), chunks: chunks, delta: image.delta, app: image.app, settings: image.settings)
+            chunkSize: Int64(chunkSize), chunks: chunks)
     }
 
     /// Reads until `count` bytes or the end of the stream.

@@ -86,10 +86,40 @@ public struct Manifest: Sendable, Equatable {
 
     /// One payload: an image for a slot class, stored as a member of the bundle.
     public struct Payload: Sendable, Equatable {
-        /// `image` (full image) or `delta` (a block delta against the booted slot's image).
-        /// Later: `app`, `settings`.
-        public var type: String
-        /// The slot class it is written to (`rootfs`, `modem`).
+        /// What a payload is, with what only that kind has: decoded from the manifest once, so
+        /// that the device switches over it instead of testing a type string and optionals.
+        public enum Kind: Sendable, Equatable {
+            /// A full image for a slot class.
+            case image
+            /// A block delta against the booted slot's image: the images it goes from and to. The
+            /// payload's own size, hash and chunks are then those of the delta stream.
+            case delta(DeltaInfo)
+            /// An app's file or archive for the app store.
+            case app(AppInfo)
+            /// A settings document for the settings store.
+            case settings(SettingsInfo)
+
+            /// The manifest's `type`.
+            public var name: String {
+                switch self {
+                case .image: "image"
+                case .delta: "delta"
+                case .app: "app"
+                case .settings: "settings"
+                }
+            }
+
+            /// Whether it is written into a slot (an image or a delta), not into a store.
+            public var writesSlot: Bool {
+                switch self {
+                case .image, .delta: true
+                case .app, .settings: false
+                }
+            }
+        }
+
+        public var kind: Kind
+        /// The slot class it is written to (`rootfs`, `modem`); for apps and settings, their name.
         public var target: String
         /// The tar member holding it.
         public var member: String
@@ -101,19 +131,12 @@ public struct Manifest: Sendable, Equatable {
         public var storedSize: Int64
         public var chunkSize: Int64
         public var chunks: [Chunk]
-        /// For `delta` payloads: the images it goes from and to. The payload's own size, hash
-        /// and chunks are then those of the delta stream.
-        public var delta: DeltaInfo?
-        /// For `app` payloads: which app, version and file.
-        public var app: AppInfo?
-        /// For `settings` payloads: which document, its format, replace or merge.
-        public var settings: SettingsInfo?
 
         public init(
-            type: String, target: String, member: String, compression: Compression, size: Int64, sha256: SHA256Digest, storedSize: Int64,
-            chunkSize: Int64, chunks: [Chunk], delta: DeltaInfo? = nil, app: AppInfo? = nil, settings: SettingsInfo? = nil
+            kind: Kind, target: String, member: String, compression: Compression, size: Int64, sha256: SHA256Digest, storedSize: Int64,
+            chunkSize: Int64, chunks: [Chunk]
         ) {
-            self.type = type
+            self.kind = kind
             self.target = target
             self.member = member
             self.compression = compression
@@ -122,9 +145,22 @@ public struct Manifest: Sendable, Equatable {
             self.storedSize = storedSize
             self.chunkSize = chunkSize
             self.chunks = chunks
-            self.delta = delta
-            self.app = app
-            self.settings = settings
+        }
+
+        /// `image`, `delta`, `app` or `settings` (the manifest's `type`).
+        public var type: String { kind.name }
+        /// The delta's source and target images, for a delta payload.
+        public var delta: DeltaInfo? {
+            get { if case .delta(let info) = kind { info } else { nil } }
+            set { if let newValue { kind = .delta(newValue) } }
+        }
+        /// The app, version and file, for an app payload.
+        public var app: AppInfo? {
+            if case .app(let info) = kind { info } else { nil }
+        }
+        /// The document, its format, replace or merge, for a settings payload.
+        public var settings: SettingsInfo? {
+            if case .settings(let info) = kind { info } else { nil }
         }
 
         /// The size of the image the slot holds once the payload is installed.
@@ -323,7 +359,7 @@ public struct Manifest: Sendable, Equatable {
             if compression == .none {
                 let decoded = index == items.count - 1 ? size - chunkSize * Int64(index) : chunkSize
                 guard chunkStored == decoded else { throw entry.invalid("size", "must equal the decoded size for compression none") }
-            } else if chunkStored > chunkSize + chunkSize / 8 + 4096 {
+            } else if chunkStored > Int64(Payload.storedBound(ofChunkSize: Int(chunkSize))) {
                 throw entry.invalid("size", "\(chunkStored) bytes is absurd for a chunk of \(chunkSize) decoded bytes")
             }
             nextOffset = offset + chunkStored
@@ -367,9 +403,10 @@ public struct Manifest: Sendable, Equatable {
         } else if type == "settings" {
             throw object.invalid("settings", "is required for a payload of type settings")
         }
+        let kind: Payload.Kind = delta.map { .delta($0) } ?? app.map { .app($0) } ?? settings.map { .settings($0) } ?? .image
         return Payload(
-            type: type, target: target, member: member, compression: compression, size: size, sha256: sha256,
-            storedSize: storedSize, chunkSize: chunkSize, chunks: chunks, delta: delta, app: app, settings: settings)
+            kind: kind, target: target, member: member, compression: compression, size: size, sha256: sha256,
+            storedSize: storedSize, chunkSize: chunkSize, chunks: chunks)
     }
 
     private static func parseDelta(_ object: inout StrictObject) throws(FerryError) -> DeltaInfo {

@@ -27,7 +27,7 @@ public final class PayloadStream: ByteSource {
         self.reader = reader
         self.payload = payload
         let chunkSize = Int(payload.chunkSize)
-        stored = .allocate(byteCount: chunkSize + chunkSize / 8 + 4096, alignment: 4096)
+        stored = .allocate(byteCount: Manifest.Payload.storedBound(ofChunkSize: chunkSize), alignment: 4096)
         decoded = .allocate(byteCount: chunkSize, alignment: 4096)
     }
 
@@ -108,6 +108,11 @@ public final class PayloadStream: ByteSource {
 }
 
 extension Manifest.Payload {
+    /// The most stored (compressed) bytes a chunk of `chunkSize` decoded bytes may take: xz's
+    /// worst case for incompressible data is well within an eighth plus 4 KiB. The manifest
+    /// refuses larger chunks, and readers size their buffers by it.
+    public static func storedBound(ofChunkSize chunkSize: Int) -> Int { chunkSize + chunkSize / 8 + 4096 }
+
     /// The decoded size of chunk `index` (the last one may be short).
     public func decodedSize(ofChunk index: Int) -> Int {
         index == chunks.count - 1 ? Int(size - chunkSize * Int64(index)) : Int(chunkSize)

@@ -194,8 +194,17 @@ public struct AppStore {
             kinds[path] = member.kind
         }
         try tar.finishAndCheckEnd()
-        // Each link, resolved lexically from its folder, stays inside the version and never
-        // passes through another link of the archive (whose target could lead out).
+        try checkLinksStayInside(links, kinds: kinds, refuse: refuse)
+        for directory in Set(directories + kinds.filter { $0.value == .file }.map { Paths.directory(of: "\(root)/\($0.key)") }) {
+            try DurableFile.synchronizeDirectory(directory)
+        }
+    }
+
+    /// Each link, resolved lexically from its folder, stays inside the version and never passes
+    /// through another link of the archive (whose target could lead out).
+    private static func checkLinksStayInside(
+        _ links: [(path: String, target: String)], kinds: [String: TarMember.Kind], refuse: (String, String) -> FerryError
+    ) throws(FerryError) {
         for (path, link) in links {
             var resolved = Array(path.split(separator: "/").map(String.init).dropLast())
             for part in link.split(separator: "/", omittingEmptySubsequences: true) {
@@ -210,9 +219,6 @@ public struct AppStore {
                     resolved.append(String(part))
                 }
             }
-        }
-        for directory in Set(directories + kinds.filter { $0.value == .file }.map { Paths.directory(of: "\(root)/\($0.key)") }) {
-            try DurableFile.synchronizeDirectory(directory)
         }
     }
 

@@ -157,16 +157,13 @@ public struct BootControl {
             result.rolledBackFrom = pending
         }
         if let healthCheck = configuration.hooks.healthCheck {
-            let run = try ChildProcess.run(
-                [healthCheck], environment: ["FERRY_BOOTED": current, "FERRY_CONFIG": configuration.path],
+            let check = ExternalCommand(
+                role: "health check", [healthCheck], environment: ["FERRY_BOOTED": current, "FERRY_CONFIG": configuration.path],
                 timeoutSeconds: configuration.hooks.timeoutSeconds)
-            result.healthCheckPassed = run.status == 0 && !run.timedOut
-            if result.healthCheckPassed == false {
-                throw FerryError(
-                    code: .healthCheckFailed,
-                    message: run.timedOut
-                        ? "health check '\(healthCheck)' timed out after \(configuration.hooks.timeoutSeconds) s; group \(current) is not confirmed"
-                        : "health check '\(healthCheck)' failed with status \(run.status); group \(current) is not confirmed")
+            let failure = check.failure(check.run())
+            result.healthCheckPassed = failure == nil
+            if let failure {
+                throw FerryError(code: .healthCheckFailed, message: "\(failure); group \(current) is not confirmed")
             }
         }
         if confirm && configuration.bootloader.confirmInBootCheck {

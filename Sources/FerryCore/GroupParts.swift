@@ -48,6 +48,8 @@ public struct GroupParts: Sendable, Equatable {
         /// The app's earlier `previous` version (what `apps rollback` returned to before this
         /// activation), put back with `replaced` when the activation is switched back.
         public var replacedPrevious: String?
+        /// Every key as read, those a newer Ferry wrote included: kept on rewrite (docs/state.md).
+        var raw: [String: JSONValue] = [:]
 
         public init(
             kind: Kind, name: String, version: String? = nil, format: String? = nil, mergePatch: Bool = false, replaced: String? = nil,
@@ -63,6 +65,8 @@ public struct GroupParts: Sendable, Equatable {
         }
 
         var label: String { kind == .app ? "app '\(name)' \(version ?? "")" : "settings '\(name)'" }
+        /// How an install's result names it: `nav 2.0`, `settings carrier.json`.
+        var summary: String { kind == .app ? "\(name) \(version ?? "")" : "settings \(name)" }
     }
 
     public var group: String
@@ -71,6 +75,8 @@ public struct GroupParts: Sendable, Equatable {
     public var state: State
     /// In manifest order.
     public var parts: [Part]
+    /// Every key as read, those a newer Ferry wrote included: kept on rewrite (docs/state.md).
+    var raw: [String: JSONValue] = [:]
 
     public init(group: String, bundle: String, version: String, state: State = .staged, parts: [Part]) {
         self.group = group
@@ -98,31 +104,37 @@ public struct GroupParts: Sendable, Equatable {
             if kind == .app, object["version"]?.stringValue == nil {
                 throw FerryError(code: .stateInvalid, message: "state file '\(path)': app part '\(name)' has no version")
             }
-            parts.append(
-                Part(
-                    kind: kind, name: name, version: object["version"]?.stringValue, format: object["format"]?.stringValue,
-                    mergePatch: object["mergePatch"] == .bool(true), replaced: object["replaced"]?.stringValue,
-                    replacedPrevious: object["replacedPrevious"]?.stringValue))
+            var part = Part(
+                kind: kind, name: name, version: object["version"]?.stringValue, format: object["format"]?.stringValue,
+                mergePatch: object["mergePatch"] == .bool(true), replaced: object["replaced"]?.stringValue,
+                replacedPrevious: object["replacedPrevious"]?.stringValue)
+            part.raw = object
+            parts.append(part)
         }
         self.init(
             group: group, bundle: json["bundle"]?.stringValue ?? "", version: json["version"]?.stringValue ?? "", state: state, parts: parts)
+        raw = json
     }
 
     var json: JSONValue {
-        .object([
-            "formatVersion": .number(Double(StateStore.formatVersion)), "group": .string(group), "bundle": .string(bundle),
-            "version": .string(version), "state": .string(state.rawValue),
-            "parts": .array(
-                parts.map { part in
-                    var object: [String: JSONValue] = ["kind": .string(part.kind.rawValue), "name": .string(part.name)]
-                    if let version = part.version { object["version"] = .string(version) }
-                    if let format = part.format { object["format"] = .string(format) }
-                    if part.mergePatch { object["mergePatch"] = .bool(true) }
-                    if let replaced = part.replaced { object["replaced"] = .string(replaced) }
-                    if let previous = part.replacedPrevious { object["replacedPrevious"] = .string(previous) }
-                    return .object(object)
-                }),
-        ])
+        .object(
+            raw.merging([
+                "formatVersion": .number(Double(max(StateStore.formatVersion, raw["formatVersion"]?.int64Value ?? 0))), "group": .string(group), "bundle": .string(bundle),
+                "version": .string(version), "state": .string(state.rawValue),
+                "parts": .array(
+                    parts.map { part in
+                        // The keys this Ferry knows are set or removed; the others stay.
+                        var object = part.raw
+                        object["kind"] = .string(part.kind.rawValue)
+                        object["name"] = .string(part.name)
+                        object["version"] = part.version.map(JSONValue.string)
+                        object["format"] = part.format.map(JSONValue.string)
+                        object["mergePatch"] = part.mergePatch ? .bool(true) : nil
+                        object["replaced"] = part.replaced.map(JSONValue.string)
+                        object["replacedPrevious"] = part.replacedPrevious.map(JSONValue.string)
+                        return .object(object)
+                    }),
+            ]) { _, known in known })
     }
 }
 

@@ -24,10 +24,12 @@ public struct InstallJournal: Sendable, Equatable {
     /// synced before the rest was streamed: `chunksDone` then counts for the other chunks.
     public var zeroed: [String]
     public var startedAt: String
+    /// Every key as read, those a newer Ferry wrote included: kept on rewrite (docs/state.md).
+    var raw: [String: JSONValue] = [:]
 
     var json: JSONValue {
-        .object([
-            "formatVersion": .number(1), "manifestSha256": .string(manifestSHA256), "target": .string(target),
+        .object(raw.merging([
+            "formatVersion": .number(Double(max(1, raw["formatVersion"]?.int64Value ?? 0))), "manifestSha256": .string(manifestSHA256), "target": .string(target),
             "bundle": .string(bundle), "chunksDone": .object(chunksDone.mapValues { .number(Double($0)) }),
             "completed": .array(completed.map(JSONValue.string)), "zeroed": .array(zeroed.map(JSONValue.string)),
             "startedAt": .string(startedAt),
@@ -38,7 +40,7 @@ public struct InstallJournal: Sendable, Equatable {
                         "targetOffset": .number(Double(position.targetOffset)),
                     ])
                 }),
-        ])
+        ]) { _, known in known })
     }
 
     init(manifestSHA256: String, target: String, bundle: String) {
@@ -54,6 +56,7 @@ public struct InstallJournal: Sendable, Equatable {
 
     init?(json: [String: JSONValue]) {
         guard let hash = json["manifestSha256"]?.stringValue, let target = json["target"]?.stringValue else { return nil }
+        raw = json
         manifestSHA256 = hash
         self.target = target
         bundle = json["bundle"]?.stringValue ?? ""

@@ -44,7 +44,9 @@ public struct Installer {
         public var adoptedKeyring: Bool
     }
 
-    /// Verifies and installs the bundle read from `source`.
+    /// Verifies and installs the bundle read from `source`, as the safe sequence of
+    /// ARCHITECTURE.md §1: verify → plan → refusals → hook → journal → mark bad → steps (each
+    /// read back) → records → switch. Nothing is written before the refusals have passed.
     /// - Parameters:
     ///   - allowDowngrade: accept a version older than the booted one (never below the security floor).
     ///   - force: install even while the booted group is on trial (not yet confirmed).
@@ -55,296 +57,183 @@ public struct Installer {
         from source: any ByteSource, bundleName: String, allowDowngrade: Bool, force: Bool, indexed: UpdateIndex.Entry? = nil
     ) throws(FerryError) -> Result {
         let control = try BootControl(configuration: configuration, booted: booted, logger: logger)
+        let store = StateStore(directory: configuration.stateDirectory)
+        let (current, target) = try groups(control)
+        try control.parts.recoverInterruptedInstall()
+        try refuseOnTrial(current, force: force, store: store)
+
+        // 1. Verify signatures and policy.
+        let policy = try DeviceTrust.policy(configuration: configuration, booted: booted, allowDowngrade: allowDowngrade)
+        let reader = BundleReader(source: source)
+        let (manifest, signers, keyring) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade, indexed: indexed)
+        logger.info("Bundle verified", metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
+
+        // 2. Plan; apps and settings alone switch no group and write no slot.
+        let plan = try planner(booted: current, target: target, store: store).plan(manifest)
+        try control.parts.checkCanStage(plan.partPayloads)
+        if plan.writesStoresOnly {
+            return try installApps(manifest, reader: reader, keyring: keyring, bundleName: bundleName, trustedTime: policy.trustedTime)
+        }
+
+        // 3. Every refusal that can be known before writing; then the pre-install hook.
+        let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
+        try checkBeforeWriting(plan, access: access)
+        let hooks = InstallHooks(configuration: configuration, manifest: manifest, bundle: bundleName, booted: current, target: target, plan: plan)
+        try hooks.run(.preInstall)
+
+        // 4. The journal (continued, or new); the target group marked bad before its first byte.
+        var (journal, resumed) = try continuedJournal(manifestBytes: reader.manifestBytes, target: target, bundle: bundleName, store: store)
+        if let group = plan.switchedGroup {
+            try control.parts.settle(beforeInstallInto: group)
+            try control.markBad(group)
+        }
+        if !resumed { try store.setInstallJournal(journal) }
+
+        // 5. The steps in stream order, the archive's end, then the members copied from the booted group.
+        let context = StepContext(reader: reader, access: access, store: store, parts: control.parts, group: plan.switchedGroup ?? "")
+        var staged: [GroupParts.Part] = []
+        for step in plan.steps { try run(step, context, journal: &journal, staged: &staged) }
+        try reader.finish()
+        for copy in plan.copies where !journal.completed.contains(copy.slot.name) {
+            try self.copy(copy, access: access)
+            try context.complete(copy.slot, journal: &journal)
+        }
+        try hooks.run(.postInstall)
+
+        // 6. Records, keyring, trusted time; then the switch (or the apps and settings, when no group switches).
+        try record(plan, manifest: manifest, bundle: bundleName, staged: staged, store: store)
+        if let keyring, let update = manifest.keyring { try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName) }
+        try store.recordTrustedTime(policy.trustedTime)
+        progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
+        if let group = plan.switchedGroup {
+            try control.markActive(group)
+        } else if !staged.isEmpty {
+            try control.parts.activateInstall(staged, bundle: bundleName, version: manifest.version.description)
+        }
+        progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
+        return Result(
+            resumed: resumed, target: plan.switchedGroup ?? "", version: manifest.version.description, slots: plan.writtenSlots.map(\.name),
+            copied: plan.copies.map(\.slot.name), apps: staged.map(\.summary), adoptedKeyring: keyring != nil)
+    }
+
+    // MARK: - The sequence's parts
+
+    /// The booted group (it must be known: Ferry then writes nothing) and the other one, written.
+    private func groups(_ control: BootControl) throws(FerryError) -> (booted: String, target: String) {
         guard let current = booted.bootname else {
             throw FerryError(code: .deviceBooted, message: "refusing to install: the booted group is unknown (\(booted.source))")
         }
-        let target = try control.bootname(for: "other")
-        let store = StateStore(directory: configuration.stateDirectory)
-        // An app or settings install cut before its health checks passed is switched back first.
-        try control.parts.recoverInterruptedInstall()
+        return (current, try control.bootname(for: "other"))
+    }
+
+    /// While the booted group is on trial, the other group is its only fallback.
+    private func refuseOnTrial(_ current: String, force: Bool, store: StateStore) throws(FerryError) {
         if try store.bootState().pending == current, !force {
             throw FerryError(
                 code: .onTrial,
                 message: "the booted group \(current) is still on trial (not confirmed): it is the only fallback; confirm it with 'ferry mark good' or use --force")
         }
+    }
 
-        // 1. Verify signatures and policy; nothing is written before this passes.
-        let policy = try DeviceTrust.policy(configuration: configuration, booted: booted, allowDowngrade: allowDowngrade)
-        let reader = BundleReader(source: source)
-        let (manifest, signers, keyring) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade, indexed: indexed)
-        logger.info("Bundle verified", metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
-        // App and settings payloads alone need no group switch; beside slot images (a mixed
-        // bundle) they are staged and follow the target group (GroupParts).
-        let partPayloads = manifest.payloads.filter { $0.app != nil || $0.settings != nil }
-        if partPayloads.count == manifest.payloads.count {
-            return try installApps(manifest, reader: reader, keyring: keyring, bundleName: bundleName, trustedTime: policy.trustedTime)
-        }
-        let parts = control.parts
-        try parts.checkCanStage(partPayloads)
-
-        // 2. Plan: one slot of the target group per payload, large enough; the group complete.
-        guard let group = configuration.group(target) else { throw FerryError(code: .internal, message: "no group \(target)") }
-        var plan: [(Manifest.Payload, SlotConfiguration)] = []
-        /// Single-copy module slots (no A/B), written in place where the configuration opts in.
-        var singles: [(Manifest.Payload, SlotConfiguration)] = []
-        /// The booted slot each delta payload reads, by target slot name.
-        var deltaSources: [String: SlotConfiguration] = [:]
+    private func planner(booted current: String, target: String, store: StateStore) throws(FerryError) -> InstallPlanner {
         var resolver = SlotResolver()
-        for payload in manifest.payloads where payload.app == nil && payload.settings == nil {
-            if let single = configuration.singleCopySlot(ofClass: payload.target) {
-                guard payload.delta == nil else {
-                    throw FerryError(
-                        code: .notCompatible,
-                        message: "payload '\(payload.member)' is a delta, but slot '\(single.name)' is single-copy: a delta cannot read the copy it overwrites")
-                }
-                let capacity = try resolver.resolve(single, configuration: configuration).byteCount
-                guard payload.imageSize <= capacity else {
-                    throw FerryError(
-                        code: .deviceTooSmall, message: "payload '\(payload.member)' is \(payload.imageSize) bytes but slot '\(single.name)' holds \(capacity)")
-                }
-                singles.append((payload, single))
-                continue
-            }
-            guard let slot = group.slot(ofClass: payload.target) else {
-                throw FerryError(
-                    code: .notCompatible, message: "the bundle has a payload for slot class '\(payload.target)', which this device does not have")
-            }
-            let resolved = try resolver.resolve(slot, configuration: configuration)
-            guard payload.imageSize <= resolved.byteCount else {
-                throw FerryError(
-                    code: .deviceTooSmall,
-                    message: "payload '\(payload.member)' is \(payload.imageSize) bytes but slot '\(slot.name)' holds \(resolved.byteCount)")
-            }
-            if payload.delta != nil {
-                guard let source = configuration.group(current)?.slot(ofClass: payload.target) else {
-                    throw FerryError(code: .notCompatible, message: "delta payload '\(payload.member)': the booted group \(current) has no '\(payload.target)' slot to read")
-                }
-                deltaSources[slot.name] = source
-            }
-            plan.append((payload, slot))
-        }
-        // Members of the group the bundle does not update (a module-only bundle, say) are made
-        // consistent with the booted group: each gets the image its booted counterpart was
-        // installed with, which the state records.
-        let records = try store.slotRecords()
-        var copies: [GroupCopy] = []
-        // A bundle of single-copy modules alone switches no group.
-        let switchesGroup = !plan.isEmpty
-        for slot in group.slots where switchesGroup && !plan.contains(where: { $0.1.name == slot.name }) {
-            guard let source = configuration.group(current)?.slot(ofClass: slot.slotClass) else {
-                throw FerryError(
-                    code: .bundleInvalid,
-                    message: "the bundle has no payload for slot class '\(slot.slotClass)', and the booted group \(current) has no such slot to copy")
-            }
-            guard let record = records[source.name], let hex = record.sha256, let digest = SHA256Digest(hex: hex), let size = record.size else {
-                throw FerryError(
-                    code: .stateInvalid,
-                    message: "the bundle has no payload for slot class '\(slot.slotClass)', and there is no record of the image in the booted slot '\(source.name)' to copy it from (install a bundle that carries it)")
-            }
-            let capacity = try resolver.resolve(slot, configuration: configuration).byteCount
-            guard size <= capacity else {
-                throw FerryError(code: .deviceTooSmall, message: "slot '\(source.name)' holds a \(size)-byte image but slot '\(slot.name)' only \(capacity) bytes")
-            }
-            copies.append(GroupCopy(slot: slot, source: source, record: record, sha256: digest, size: size))
-        }
+        return InstallPlanner(
+            configuration: configuration, booted: current, target: target, records: try store.slotRecords(),
+            capacity: { (slot) throws(FerryError) in try resolver.resolve(slot, configuration: configuration).byteCount })
+    }
 
-        let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
-        for (_, slot) in plan + singles { try access.checkCanOpenExclusively(slot) }
-        for copy in copies { try access.checkCanOpenExclusively(copy.slot) }
-        // A delta's source is the booted slot: every range it reads is checked against the signed
-        // manifest now, so that a device whose booted slot differs writes nothing at all.
-        for (payload, slot) in plan {
-            guard let delta = payload.delta, let source = deltaSources[slot.name] else { continue }
+    /// Every check that needs no write: each slot to write opened exclusively (booted, mounted,
+    /// held, missing: refused), and each delta's source ranges compared with the signed manifest,
+    /// so that a device whose booted slot differs writes nothing at all.
+    private func checkBeforeWriting(_ plan: InstallPlan, access: SlotAccess) throws(FerryError) {
+        for slot in plan.slotsToOpen { try access.checkCanOpenExclusively(slot) }
+        for step in plan.steps {
+            guard case .applyDelta(_, let delta, _, let source) = step else { continue }
             progress(ProgressEvent(stage: .verify, slot: source.name, bytesDone: 0, bytesTotal: delta.sourceSize))
             let device = try access.openForReading(source)
             defer { try? device.close() }
             try DeltaApplier.verifySource(
-                delta.sourceChecks, of: device,
-                named: "booted slot '\(source.name)'", sourceSHA256: delta.sourceSHA256, sourceSize: delta.sourceSize)
+                delta.sourceChecks, of: device, named: "booted slot '\(source.name)'", sourceSHA256: delta.sourceSHA256,
+                sourceSize: delta.sourceSize)
         }
+    }
 
-        // 3. The pre-install hook may still refuse; nothing was written yet.
-        let hooks = Hooks(configuration: configuration.hooks)
-        var hookEnvironment = [
-            "FERRY_BUNDLE": bundleName, "FERRY_VERSION": manifest.version.description, "FERRY_COMPATIBLE": manifest.compatible,
-            "FERRY_BOOTED_GROUP": current, "FERRY_TARGET_GROUP": target, "FERRY_CONFIG": configuration.path,
-            "FERRY_SLOTS": (plan + singles).map(\.1.name).joined(separator: " "), "FERRY_STAGE": "pre-install",
-        ]
-        try hooks.run("pre-install", configuration.hooks.preInstall, environment: hookEnvironment)
-
-        // 4. Continue an interrupted install of this very bundle into this group, or start fresh;
-        //    a journal of another bundle or group is stale and dropped, never an obstacle.
-        let manifestHash = SHA256Hasher.hash(reader.manifestBytes).hex
-        var journal = InstallJournal(manifestSHA256: manifestHash, target: target, bundle: bundleName)
-        var resumed = false
+    /// Continues an interrupted install of this very bundle into this group, or starts fresh; a
+    /// journal of another bundle or group is stale and dropped, never an obstacle.
+    private func continuedJournal(
+        manifestBytes: [UInt8], target: String, bundle: String, store: StateStore
+    ) throws(FerryError) -> (InstallJournal, resumed: Bool) {
+        let manifestHash = SHA256Hasher.hash(manifestBytes).hex
         if let previous = store.installJournal() {
             if previous.manifestSHA256 == manifestHash && previous.target == target {
-                journal = previous
-                resumed = true
                 logger.info("Resuming an interrupted install", metadata: ["journal.completed": "\(previous.completed)"])
-            } else {
-                logger.info("Dropping a stale install journal", metadata: ["journal.bundle": "\(previous.bundle)"])
-                try store.removeInstallJournal()
+                return (previous, true)
             }
+            logger.info("Dropping a stale install journal", metadata: ["journal.bundle": "\(previous.bundle)"])
+            try store.removeInstallJournal()
         }
+        return (InstallJournal(manifestSHA256: manifestHash, target: target, bundle: bundle), false)
+    }
 
-        // 5. The target group will not boot until it is complete and verified. Apps and settings
-        //    staged for it by an earlier bundle are dropped with it.
-        if switchesGroup {
-            try parts.settle(beforeInstallInto: target)
-            try control.markBad(target)
-        }
-        if !resumed { try store.setInstallJournal(journal) }
-        var staged: [GroupParts.Part] = []
-        for payload in manifest.payloads {
-            if let info = payload.app {
-                try stageApp(payload, info, into: parts.apps, reader: reader)
-                staged.append(GroupParts.Part(kind: .app, name: info.name, version: info.version))
-                continue
-            }
-            if let info = payload.settings {
-                var incoming: [UInt8] = []
-                try reader.readPayload(payload) { (_, _, bytes) throws(FerryError) in incoming += bytes }
-                try parts.stageSettings(info, incoming: incoming, group: switchesGroup ? target : "")
-                staged.append(GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
-                continue
-            }
-            guard let slot = (plan + singles).first(where: { $0.0.member == payload.member })?.1 else {
-                throw FerryError(code: .internal, message: "payload '\(payload.member)' has no slot")
-            }
+    /// Runs one step: stages an app or a settings document, or writes a slot (skipped when the
+    /// journal says it was written and read back before an interruption).
+    private func run(_ step: InstallPlan.Step, _ context: StepContext, journal: inout InstallJournal, staged: inout [GroupParts.Part]) throws(FerryError) {
+        switch step {
+        case .stageApp(let payload, let info):
+            try stageApp(payload, info, into: context.parts.apps, reader: context.reader)
+            staged.append(GroupParts.Part(kind: .app, name: info.name, version: info.version))
+        case .stageSettings(let payload, let info):
+            try stageSettings(payload, info, reader: context.reader, parts: context.parts, group: context.group)
+            staged.append(GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
+        case .writeImage(let payload, let slot), .writeSingleCopy(let payload, let slot), .applyDelta(let payload, _, let slot, _):
             if journal.completed.contains(slot.name) {
                 // Written and read back before the interruption: read past it in the stream.
-                try reader.readPayload(payload, resumeAt: payload.chunks.count) { (_, _, _) throws(FerryError) in }
-                continue
+                try context.reader.readPayload(payload, resumeAt: payload.chunks.count) { (_, _, _) throws(FerryError) in }
+                return
             }
             do {
-                if let source = deltaSources[slot.name] {
-                    try writeDelta(payload, to: slot, from: source, reader: reader, access: access, journal: &journal, store: store)
+                if case .applyDelta(_, _, _, let source) = step {
+                    try writeDelta(payload, to: slot, from: source, reader: context.reader, access: context.access, journal: &journal, store: context.store)
                 } else {
-                    try write(payload, to: slot, reader: reader, access: access, journal: &journal, store: store)
+                    try write(payload, to: slot, reader: context.reader, access: context.access, journal: &journal, store: context.store)
                 }
             } catch where error.code == .readBackMismatch {
                 // The slot's content cannot be trusted: the next attempt starts from scratch.
-                try? store.removeInstallJournal()
+                try? context.store.removeInstallJournal()
                 throw error
             }
-            journal.completed.append(slot.name)
-            try store.setInstallJournal(journal)
+            try context.complete(slot, journal: &journal)
         }
-        try reader.finish()
-        for copy in copies where !journal.completed.contains(copy.slot.name) {
-            try self.copy(copy, access: access)
-            journal.completed.append(copy.slot.name)
-            try store.setInstallJournal(journal)
-        }
-        // A failing post-install hook blocks the switch: the group stays bad.
-        hookEnvironment["FERRY_STAGE"] = "post-install"
-        try hooks.run("post-install", configuration.hooks.postInstall, environment: hookEnvironment)
+    }
 
-        // 5. Record what is installed, adopt a new keyring, then switch.
+    /// Records what each written slot holds (and, with a group switch, the pending security
+    /// version and the staged apps and settings), then drops the journal.
+    private func record(
+        _ plan: InstallPlan, manifest: Manifest, bundle: String, staged: [GroupParts.Part], store: StateStore
+    ) throws(FerryError) {
         let now = WallClock.iso8601()
-        for (payload, slot) in plan + singles {
+        for step in plan.steps {
+            guard let slot = step.slot else { continue }
             try store.setSlotRecord(
                 InstalledSlotRecord(
-                    sha256: payload.imageSHA256.hex, size: payload.imageSize, version: manifest.version.description, source: bundleName,
+                    sha256: step.payload.imageSHA256.hex, size: step.payload.imageSize, version: manifest.version.description, source: bundle,
                     installedAt: now), for: slot.name)
         }
-        for copy in copies {
+        for copy in plan.copies {
             var record = copy.record
             record.source = "copied from \(copy.source.name)"
             record.installedAt = now
             try store.setSlotRecord(record, for: copy.slot.name)
         }
-        if switchesGroup {
-            try store.setPendingSecurityVersion(manifest.securityVersion, for: target)
+        if let group = plan.switchedGroup {
+            try store.setPendingSecurityVersion(manifest.securityVersion, for: group)
             if !staged.isEmpty {
-                try store.setGroupParts(GroupParts(group: target, bundle: bundleName, version: manifest.version.description, parts: staged))
+                try store.setGroupParts(GroupParts(group: group, bundle: bundle, version: manifest.version.description, parts: staged))
             }
         }
         try store.removeInstallJournal()
-        if let keyring, let update = manifest.keyring {
-            try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName)
-        }
-        try store.recordTrustedTime(policy.trustedTime)
-        progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
-        if switchesGroup {
-            try control.markActive(target)
-        } else if !staged.isEmpty {
-            // No group to follow: apps and settings are activated now, all or none.
-            try parts.activateInstall(staged, bundle: bundleName, version: manifest.version.description)
-        }
-        progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
-        return Result(
-            resumed: resumed, target: switchesGroup ? target : "", version: manifest.version.description, slots: (plan + singles).map(\.1.name),
-            copied: copies.map(\.slot.name), apps: staged.map { $0.kind == .app ? "\($0.name) \($0.version ?? "")" : "settings \($0.name)" },
-            adoptedKeyring: keyring != nil)
     }
 
-    private func write(
-        _ payload: Manifest.Payload, to slot: SlotConfiguration, reader: BundleReader, access: SlotAccess,
-        journal: inout InstallJournal, store: StateStore
-    ) throws(FerryError) {
-        let open = try access.openForWriting(slot)
-        defer { try? open.close() }
-        // Whole chunks land in aligned buffers: they need not pass through the page cache.
-        open.device.enableDirectWrites()
-        let device = wrapDevice(open.device)
-        let resumeAt = min(journal.chunksDone[slot.name] ?? 0, payload.chunks.count)
-        progress(
-            ProgressEvent(stage: .write, slot: slot.name, bytesDone: Int64(resumeAt) * payload.chunkSize, bytesTotal: payload.size))
-        var sinceCheckpoint: Int64 = 0
-        // Every chunk of the slot is read back and compared with its signed decoded hash (as strong
-        // as the whole-payload hash), from the device, not the page cache. Regions are read back
-        // once a checkpoint made them durable, on a thread of their own, while later chunks are
-        // decoded and written; chunks written before an interruption are durable already.
-        let readBack = ReadBackQueue(
-            device: device, direct: open.device.directReader().map(wrapDevice),
-            dropCaches: { (range) throws(FerryError) in try open.device.dropCaches(range) }, payload: payload, slot: slot.name,
-            path: open.devicePath)
-        // (Runs before the device is closed: no read may outlive its descriptor.)
-        defer { readBack.cancel() }
-        readBack.verify(upTo: resumeAt)
-        // Zero chunks first: the signed manifest says which chunks decode to zeros, so their ranges
-        // are zeroed by the device and synced before the first chunk is written (when it is handed
-        // out, so the decoders are busy meanwhile), and read back while the rest decodes. Reading
-        // back zeroed ranges is slow on some devices, loop devices over sparse files among them:
-        // left for the end, it was the end's longest wait.
-        let zeroFirst = Self.zeroChunksToZeroFirst(payload, from: resumeAt)
-        var zeroedFirst = zeroFirst.isEmpty
-        let zeroedAlready = Set(zeroFirst)
-        // Each chunk arrives hash-checked (compressed and decoded) before it is written.
-        try reader.readPayload(payload, resumeAt: resumeAt, checkWholeHash: false) { (index, offset, bytes) throws(FerryError) in
-            if !zeroedFirst {
-                if !journal.zeroed.contains(slot.name) {
-                    for span in Self.spans(of: zeroFirst, in: payload) { try device.zeroOut(span) }
-                    try device.synchronize()
-                    journal.zeroed.append(slot.name)
-                    try store.setInstallJournal(journal)
-                }
-                readBack.verify(zeroFirst)
-                zeroedFirst = true
-            }
-            if !zeroedAlready.contains(index) {
-                try ImageWriter.write(bytes, at: offset, to: device)
-                sinceCheckpoint += Int64(bytes.count)
-            }
-            if sinceCheckpoint >= checkpointBytes {
-                // Checkpoint: the slot first, then the journal, so it never claims more than is durable.
-                try device.synchronize()
-                journal.chunksDone[slot.name] = index + 1
-                try store.setInstallJournal(journal)
-                sinceCheckpoint = 0
-                if let failure = readBack.failure { throw failure }
-                readBack.verify(upTo: index + 1)
-            }
-            progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
-        }
-        try device.synchronize()
-        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: readBack.verifiedBytes, bytesTotal: payload.size))
-        readBack.verify(upTo: payload.chunks.count)
-        try readBack.finish()
-        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: payload.size, bytesTotal: payload.size))
-    }
 }
 
 extension Installer {
@@ -358,200 +247,21 @@ extension Installer {
         explained.message += "; the install journal keeps what was written: run the same command again to continue from its last checkpoint"
         return explained
     }
-
-    /// The zero chunks at or after `first` whose range starts and ends on a 4 KiB boundary (what
-    /// ``ImageWriter`` lets the device zero; in practice every zero chunk but a short last one).
-    static func zeroChunksToZeroFirst(_ payload: Manifest.Payload, from first: Int) -> [Int] {
-        payload.zeroChunks.filter { index in
-            index >= first && (Int64(index) * payload.chunkSize) % 4096 == 0 && payload.decodedSize(ofChunk: index) % 4096 == 0
-        }
-    }
-
-    /// The byte ranges of `chunks` in the slot, adjacent ones merged.
-    static func spans(of chunks: [Int], in payload: Manifest.Payload) -> [Range<Int64>] {
-        var spans: [Range<Int64>] = []
-        for index in chunks {
-            let start = Int64(index) * payload.chunkSize
-            let next = start..<(start + Int64(payload.decodedSize(ofChunk: index)))
-            if let last = spans.last, last.upperBound == next.lowerBound {
-                spans[spans.count - 1] = last.lowerBound..<next.upperBound
-            } else {
-                spans.append(next)
-            }
-        }
-        return spans
-    }
-
-    /// An app-only bundle: every app is written into the app store (staged, synced, renamed in),
-    /// then each is activated and health-checked; a failing check switches that app back.
-    /// No slot is written and no group switches.
-    func installApps(
-        _ manifest: Manifest, reader: BundleReader, keyring: [UInt8]?, bundleName: String, trustedTime: Int64
-    ) throws(FerryError) -> Result {
-        let control = GroupPartsControl(configuration: configuration, logger: logger)
-        try control.checkCanStage(manifest.payloads)
-        // Settings are read and checked (well-formed, schema, merge patch, validation command)
-        // before anything is replaced; apps are written as complete, inactive versions.
-        var parts: [GroupParts.Part] = []
-        do {
-            for payload in manifest.payloads {
-                if let info = payload.settings {
-                    var incoming: [UInt8] = []
-                    try reader.readPayload(payload) { (_, _, bytes) throws(FerryError) in incoming += bytes }
-                    try control.stageSettings(info, incoming: incoming, group: "")
-                    parts.append(GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
-                } else if let info = payload.app {
-                    try stageApp(payload, info, into: control.apps, reader: reader)
-                    parts.append(GroupParts.Part(kind: .app, name: info.name, version: info.version))
-                }
-            }
-            try reader.finish()
-        } catch {
-            try? AppStore.removeTree(control.stagingDirectory(""))
-            throw error
-        }
-        let store = StateStore(directory: configuration.stateDirectory)
-        if let keyring, let update = manifest.keyring { try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName) }
-        try store.recordTrustedTime(trustedTime)
-        progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
-        try control.activateInstall(parts, bundle: bundleName, version: manifest.version.description)
-        progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
-        return Result(
-            resumed: false, target: "", version: manifest.version.description, slots: [], copied: [],
-            apps: manifest.payloads.compactMap { payload in
-                payload.app.map { "\($0.name) \($0.version)" } ?? payload.settings.map { "settings \($0.name)" }
-            }, adoptedKeyring: keyring != nil)
-    }
 }
 
-extension Installer {
-    /// Writes an app payload into the app store as a complete, inactive version.
-    func stageApp(_ payload: Manifest.Payload, _ info: Manifest.AppInfo, into apps: AppStore, reader: BundleReader) throws(FerryError) {
-        progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: 0, bytesTotal: payload.size))
-        if info.unpack {
-            let stream = try PayloadStream(reader: reader, payload: payload)
-            try apps.stageArchive(name: info.name, version: info.version, archive: stream)
-            // Whatever follows the archive's end (padding) is read and checked too.
-            try stream.skip(payload.size - stream.position)
-            progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: payload.size, bytesTotal: payload.size))
-            return
-        }
-        try apps.stage(name: info.name, version: info.version, file: info.file) { (sink) throws(FerryError) in
-            try reader.readPayload(payload) { (_, offset, bytes) throws(FerryError) in
-                try sink.write(bytes)
-                progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
-            }
-        }
-    }
-}
+/// What the steps of one install share.
+struct StepContext {
+    let reader: BundleReader
+    let access: SlotAccess
+    let store: StateStore
+    let parts: GroupPartsControl
+    /// The group the bundle's apps and settings follow ("": none switches, they are activated at once).
+    let group: String
 
-/// A member of the target group the bundle does not carry, and the booted member whose recorded
-/// image it must hold.
-struct GroupCopy {
-    var slot: SlotConfiguration
-    var source: SlotConfiguration
-    var record: InstalledSlotRecord
-    var sha256: SHA256Digest
-    var size: Int64
-}
-
-extension Installer {
-    /// Gives `copy.slot` the image recorded for the booted member: nothing to do when it already
-    /// holds it (read and hashed); otherwise copied from the booted member (read only; a member
-    /// mounted read-write is refused) and checked against the recorded SHA-256 as it is read,
-    /// then synced and read back.
-    func copy(_ copy: GroupCopy, access: SlotAccess) throws(FerryError) {
-        let open = try access.openForWriting(copy.slot)
-        defer { try? open.close() }
-        let device = wrapDevice(open.device)
-        progress(ProgressEvent(stage: .verify, slot: copy.slot.name, bytesDone: 0, bytesTotal: copy.size))
-        if try SHA256Hasher.hash(device, byteCount: copy.size) == copy.sha256 {
-            logger.info("Slot already holds the booted member's image", metadata: ["slot.name": "\(copy.slot.name)"])
-            return
-        }
-        let source = try access.openForReading(copy.source)
-        defer { try? source.close() }
-        let hasher = SHA256Hasher()
-        let piece = 4 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 4096)
-        defer { buffer.deallocate() }
-        var offset: Int64 = 0
-        while offset < copy.size {
-            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(piece), copy.size - offset))])
-            try source.read(into: slice, at: offset)
-            hasher.update(UnsafeRawBufferPointer(slice))
-            try ImageWriter.write(UnsafeRawBufferPointer(slice), at: offset, to: device)
-            offset += Int64(slice.count)
-            progress(ProgressEvent(stage: .write, slot: copy.slot.name, bytesDone: offset, bytesTotal: copy.size))
-        }
-        guard hasher.finalize() == copy.sha256 else {
-            throw FerryError(
-                code: .sourceMismatch,
-                message: "booted slot '\(copy.source.name)' no longer holds the image recorded for it (sha256 \(copy.sha256)): cannot copy it into '\(copy.slot.name)'")
-        }
-        try device.synchronize()
-        try open.device.dropCaches()
-        guard try SHA256Hasher.hash(device, byteCount: copy.size) == copy.sha256 else {
-            throw FerryError(code: .readBackMismatch, message: "slot '\(copy.slot.name)' (\(open.devicePath)) reads back differently from what was copied: the device is failing")
-        }
-        progress(ProgressEvent(stage: .readBack, slot: copy.slot.name, bytesDone: copy.size, bytesTotal: copy.size))
-    }
-
-    /// Writes a delta payload: applies it to the booted slot `source` (read only, every range
-    /// checked before use) into `slot`, operation by operation, each checked before it is
-    /// written; checkpoints at operation boundaries; then reads the slot back and compares it
-    /// with the target image's SHA-256.
-    private func writeDelta(
-        _ payload: Manifest.Payload, to slot: SlotConfiguration, from source: SlotConfiguration, reader: BundleReader,
-        access: SlotAccess, journal: inout InstallJournal, store: StateStore
-    ) throws(FerryError) {
-        guard let info = payload.delta else { throw FerryError(code: .internal, message: "payload '\(payload.member)' is not a delta") }
-        let open = try access.openForWriting(slot)
-        defer { try? open.close() }
-        let device = wrapDevice(open.device)
-        let sourceDevice = try access.openForReading(source)
-        defer { try? sourceDevice.close() }
-        let stream = try PayloadStream(reader: reader, payload: payload)
-        let applier = try DeltaApplier(delta: stream, source: sourceDevice, sourceName: "booted slot '\(source.name)'")
-        // The stream must be the delta the signed manifest describes (its source checks were
-        // verified against the booted slot before anything was written).
-        guard applier.header.sourceSHA256 == info.sourceSHA256, applier.header.sourceSize == info.sourceSize,
-            applier.header.targetSHA256 == info.targetSHA256, applier.header.targetSize == info.targetSize,
-            applier.sourceChecks == info.sourceChecks
-        else {
-            throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' is not the delta its manifest entry describes")
-        }
-        var start = applier.firstOperation
-        if let saved = journal.deltaPositions[slot.name], saved.deltaOffset > start.deltaOffset, saved.deltaOffset <= payload.size {
-            try stream.skip(saved.deltaOffset - start.deltaOffset)
-            start = saved
-        }
-        progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: start.targetOffset, bytesTotal: info.targetSize))
-        var sinceCheckpoint: Int64 = 0
-        try applier.apply(from: stream, start: start, verifyWholeTarget: false) { (offset, bytes, next) throws(FerryError) in
-            try ImageWriter.write(bytes, at: offset, to: device)
-            sinceCheckpoint += Int64(bytes.count)
-            if sinceCheckpoint >= checkpointBytes {
-                // Checkpoint: the slot first, then the journal, so it never claims more than is durable.
-                try device.synchronize()
-                journal.deltaPositions[slot.name] = next
-                try store.setInstallJournal(journal)
-                sinceCheckpoint = 0
-            }
-            progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: next.targetOffset, bytesTotal: info.targetSize))
-        }
-        guard stream.isAtEnd else {
-            throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' has data after the delta's last operation")
-        }
-        try device.synchronize()
-        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: info.targetSize))
-        try open.device.dropCaches()
-        guard try SHA256Hasher.hash(device, byteCount: info.targetSize) == info.targetSHA256 else {
-            throw FerryError(
-                code: .readBackMismatch,
-                message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from the delta's target image: the device is failing")
-        }
-        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: info.targetSize, bytesTotal: info.targetSize))
+    /// Notes in the journal that `slot` is written and read back (a resumed install skips it).
+    func complete(_ slot: SlotConfiguration, journal: inout InstallJournal) throws(FerryError) {
+        journal.completed.append(slot.name)
+        try store.setInstallJournal(journal)
     }
 }
 

@@ -67,14 +67,11 @@ public struct SettingsStore {
             let scratch = "\(directory)/.\(name).candidate-\(getpid())"
             try DurableFile.write(document, to: scratch)
             defer { unlink(scratch) }
-            let run = try ChildProcess.run(
-                [validate, scratch], environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FORMAT": format],
+            let validation = ExternalCommand(
+                role: "the validation command", [validate, scratch], environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FORMAT": format],
                 timeoutSeconds: configuration.timeoutSeconds)
-            guard run.status == 0 && !run.timedOut else {
-                throw FerryError(
-                    code: .bundleInvalid,
-                    message: "settings '\(name)': the validation command '\(validate)' "
-                        + (run.timedOut ? "timed out after \(configuration.timeoutSeconds) s" : "refused it (status \(run.status))"))
+            if let failure = validation.failure(validation.run()) {
+                throw FerryError(code: .bundleInvalid, message: "settings '\(name)': \(failure): it refuses the document")
             }
         }
         return document
@@ -184,13 +181,7 @@ enum HealthCheck {
     /// Runs `command`; nil when it exits 0 in time, else how it failed. A command that cannot be
     /// started counts as failed: what it was to check gets switched back all the same.
     static func failure(of command: String, environment: [String: String], timeoutSeconds: Int) -> String? {
-        let run: ChildProcess.Result
-        do {
-            run = try ChildProcess.run([command], environment: environment, timeoutSeconds: timeoutSeconds)
-        } catch {
-            return "health check could not run (\(error.message))"
-        }
-        if run.timedOut { return "health check '\(command)' timed out after \(timeoutSeconds) s" }
-        return run.status == 0 ? nil : "health check '\(command)' failed with status \(run.status)"
+        let check = ExternalCommand(role: "health check", [command], environment: environment, timeoutSeconds: timeoutSeconds)
+        return check.failure(check.run())
     }
 }

@@ -56,8 +56,8 @@ public struct SlotWriter {
         // opened exclusively (booted, mounted, held by someone else, missing: refused here).
         var filled = try fill()
         guard filled > 0 else { throw FerryError(code: .bundleInvalid, message: "'\(image)' is empty: there is nothing to write into slot '\(slot.name)'") }
-        let open = try access.openForWriting(slot)
-        defer { try? open.close() }
+        let session = try SlotWriteSession(slot, access: access)
+        defer { try? session.close() }
         // The group must not boot while one of its slots is half written.
         let control = try BootControl(configuration: configuration, booted: booted, logger: logger)
         // (A single-copy slot belongs to no group: it is written in place, by opt-in.)
@@ -72,19 +72,15 @@ public struct SlotWriter {
             }
             let chunk = UnsafeRawBufferPointer(rebasing: buffer[..<filled])
             hasher.update(chunk)
-            try ImageWriter.write(chunk, at: offset, to: open.device)
+            try session.write(chunk, at: offset)
             offset += Int64(filled)
             progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: offset, bytesTotal: capacity))
             if filled < buffer.count { break }
             filled = try fill()
         }
-        try open.device.synchronize()
         let digest = hasher.finalize()
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: offset))
-        try open.device.dropCaches()
-        guard try SHA256Hasher.hash(open.device, byteCount: offset) == digest else {
-            throw FerryError(code: .readBackMismatch, message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from what was written")
-        }
+        try session.readBack(byteCount: offset, sha256: digest, what: "what was written")
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: offset, bytesTotal: offset))
         try StateStore(directory: configuration.stateDirectory).setSlotRecord(
             InstalledSlotRecord(

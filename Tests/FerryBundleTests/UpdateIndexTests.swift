@@ -63,9 +63,9 @@ import Testing
             description: nil, keyring: nil,
             payloads: [
                 Manifest.Payload(
-                    type: "delta", target: "rootfs", member: "payload.0", compression: .none, size: 1, sha256: source, storedSize: 1,
-                    chunkSize: 1 << 20, chunks: [],
-                    delta: Manifest.DeltaInfo(sourceSize: 1, sourceSHA256: source, targetSize: 1, targetSHA256: source, sourceChecks: []))
+                    kind: .delta(Manifest.DeltaInfo(sourceSize: 1, sourceSHA256: source, targetSize: 1, targetSHA256: source, sourceChecks: [])),
+                    target: "rootfs", member: "payload.0", compression: .none, size: 1, sha256: source, storedSize: 1,
+                    chunkSize: 1 << 20, chunks: [])
             ])
         // (Any bytes do: the entry binds them by hash.)
         let bytes = Array("the manifest as stored".utf8)

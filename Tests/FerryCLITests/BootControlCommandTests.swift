@@ -198,7 +198,7 @@ import Testing
             try Shell.check(["chmod", "+x", "\(dir)/chooser.sh"])
             let failed = try ferry(["mark", "good"] + config)
             #expect(failed.status == 80)
-            #expect(failed.output.contains("exited with status 3"))
+            #expect(failed.output.contains("failed with status 3"))
             // The custom backend has no environment for `ferry env`.
             #expect(try ferry(["env", "list"] + config).status == 82)
         }

@@ -1,4 +1,4 @@
-import FerryCore
+@testable import FerryCore
 import FerryJSON
 import FerrySystem
 import FerryTestSupport
@@ -220,6 +220,70 @@ import Testing
             lock.release()
             let again = try store.acquireWriteLock(command: "mark good")
             again.release()
+        }
+    }
+}
+
+/// docs/state.md: every state file keeps the keys a newer Ferry wrote (the older Ferry in the
+/// other slot rewrites them). One round trip per record: a file with unknown keys (at the top and
+/// nested) is read, changed through the record, written, and the unknown keys are still there.
+@Suite struct StateRecordsKeepUnknownKeysTests {
+    static func roundTrip(
+        _ file: String, _ text: String, through change: (StateStore) throws -> Void, sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
+        try await withTemporaryDirectory { dir in
+            try makeFile("\(dir)/\(file)", bytes: Array(text.utf8))
+            try change(StateStore(directory: dir))
+            let written = String(decoding: try readFile("\(dir)/\(file)"), as: UTF8.self)
+            #expect(written.contains("\"fromTheFuture\""), "\(file) lost a top-level key: \(written)", sourceLocation: sourceLocation)
+            if text.contains("\"nestedFuture\"") {
+                #expect(written.contains("\"nestedFuture\""), "\(file) lost a nested key: \(written)", sourceLocation: sourceLocation)
+            }
+        }
+    }
+
+    @Test func theInstallJournal() async throws {
+        try await Self.roundTrip(
+            "install.json", #"{"formatVersion": 1, "manifestSha256": "ab", "target": "B", "bundle": "b.ferry", "fromTheFuture": [1]}"#
+        ) { store in
+            var journal = try #require(store.installJournal())
+            journal.completed.append("rootfs_b")
+            try store.setInstallJournal(journal)
+        }
+    }
+
+    @Test func theGroupParts() async throws {
+        try await Self.roundTrip(
+            "group-parts.json",
+            #"{"formatVersion": 1, "group": "B", "bundle": "b", "version": "1", "state": "staged", "fromTheFuture": true, "parts": [{"kind": "app", "name": "nav", "version": "2", "nestedFuture": 3}]}"#
+        ) { store in
+            var parts = try #require(try store.groupParts())
+            parts.state = .active
+            try store.setGroupParts(parts)
+        }
+    }
+
+    @Test func theBootState() async throws {
+        try await Self.roundTrip("boot.json", #"{"formatVersion": 1, "pending": "B", "fromTheFuture": {"a": 1}}"#) { store in
+            var state = try store.bootState()
+            state.pending = nil
+            try store.setBootState(state)
+        }
+    }
+
+    @Test func theSlotRecords() async throws {
+        try await Self.roundTrip(
+            "slots.json", #"{"formatVersion": 1, "fromTheFuture": 1, "slots": {"rootfs_a": {"sha256": "ab", "nestedFuture": 2}}}"#
+        ) { store in
+            var record = try #require(try store.slotRecords()["rootfs_a"])
+            record.version = "1.2.0"
+            try store.setSlotRecord(record, for: "rootfs_a")
+        }
+    }
+
+    @Test func theTrustRecord() async throws {
+        try await Self.roundTrip("trust.json", #"{"formatVersion": 1, "securityFloor": 1, "fromTheFuture": "x"}"#) { store in
+            try store.raiseSecurityFloor(to: 2)
         }
     }
 }
