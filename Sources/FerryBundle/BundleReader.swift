@@ -84,6 +84,17 @@ public final class BundleReader {
         return (manifest, signers, keyring)
     }
 
+    /// Verifies the whole bundle, writing nothing: the manifest as ``verify(policy:allowDowngrade:indexed:)``
+    /// does, then every chunk of every payload, then the archive's end.
+    public func verifyWhole(policy: TrustPolicy, allowDowngrade: Bool = false) throws(FerryError) -> (Manifest, [Certificate]) {
+        let (manifest, signers, _) = try verify(policy: policy, allowDowngrade: allowDowngrade)
+        for payload in manifest.payloads {
+            try readPayload(payload) { (_, _, _) throws(FerryError) in }
+        }
+        try finish()
+        return (manifest, signers)
+    }
+
     /// Moves to the next member, which must be `name` with exactly `size` bytes.
     public func nextMember(named name: String, size: Int64) throws(FerryError) -> TarMember {
         let member: TarMember?

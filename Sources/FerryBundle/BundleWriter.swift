@@ -87,13 +87,13 @@ public enum BundleWriter {
             throw FerryError(code: .usage, message: "the chunk size must be between 64 KiB and 64 MiB")
         }
         var temporaries: [String] = []
-        defer { for path in temporaries { _ = path.withCString { unlink($0) } } }
+        defer { for path in temporaries { FileSystem.removeIfPossible(path) } }
         var payloads: [Manifest.Payload] = []
         for (index, image) in options.images.enumerated() {
             guard !payloads.contains(where: { $0.target == image.slotClass }) else {
                 throw FerryError(code: .usage, message: "two payloads for '\(image.slotClass)'")
             }
-            let temporary = "\(output).payload\(index).tmp-\(getpid())"
+            let temporary = "\(output).payload\(index).tmp-\(FileSystem.processID)"
             temporaries.append(temporary)
             let payload = try encodePayload(image, into: temporary, options: options)
             logger.info(
@@ -120,7 +120,7 @@ public enum BundleWriter {
             signatures.append(try CMS.sign(content: manifestBytes, certificatePath: signer.certificate, keyPath: signer.key))
         }
 
-        let partial = "\(output).tmp-\(getpid())"
+        let partial = "\(output).tmp-\(FileSystem.processID)"
         temporaries.append(partial)
         let sink = try FileByteSink(path: partial)
         let tar = TarWriter(sink: sink)
@@ -138,8 +138,7 @@ public enum BundleWriter {
         }
         try tar.finish()
         try sink.finish()
-        let renamed = partial.withCString { old in output.withCString { new in rename(old, new) } }
-        guard renamed == 0 else { throw FerryError.syscall("renaming '\(partial)' to", errno: .init(rawValue: errno), path: output) }
+        try FileSystem.rename(partial, to: output)
         try DurableFile.synchronizeDirectory(Paths.directory(of: output))
         return manifest
     }

@@ -87,12 +87,7 @@ public final class FileByteSink: ByteSink {
     public func finish() throws(FerryError) {
         guard let descriptor else { return }
         self.descriptor = nil
-        // FerrySystem's `FileDescriptor.synchronize()` is internal and swift-system has no fsync, so
-        // this is the one raw call outside FerrySystem's syscall seam; it moves there together with
-        // this type once FerrySystem exports a durable sequential file writer.
-        var result: CInt
-        repeat { result = fsync(descriptor.rawValue) } while result == -1 && errno == EINTR
-        let syncError: Errno? = result == -1 ? Errno(rawValue: errno) : nil
+        let syncError = FileSystem.synchronize(descriptor)
         do {
             try descriptor.close()
         } catch let error as Errno where error == .interrupted {

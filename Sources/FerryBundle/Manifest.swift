@@ -446,10 +446,7 @@ public struct Manifest: Sendable, Equatable {
 
     /// Member names are plain file names: no directories, no `..`, nothing a tar extraction could misuse.
     static func checkMemberName(_ name: String, object: StrictObject, key: String) throws(FerryError) {
-        let allowed = name.unicodeScalars.allSatisfy {
-            ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "." || $0 == "_" || $0 == "-"
-        }
-        guard allowed, !name.hasPrefix("."), name.count <= 100, !name.hasPrefix("manifest.json") else {
+        guard PlainName.isPlain(name), !name.hasPrefix("."), name.count <= 100, !name.hasPrefix("manifest.json") else {
             throw object.invalid(key, "'\(name)' is not a plain member name (letters, digits, '.', '_', '-'; not starting with '.')")
         }
     }

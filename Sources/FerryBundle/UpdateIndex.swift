@@ -234,3 +234,49 @@ extension UpdateIndex.Entry {
         }
     }
 }
+
+// MARK: - Publishing (host side)
+
+extension UpdateIndex {
+    /// The entry for the bundle file at `path`, listed by its file name (the index and the bundles
+    /// are served from one folder): its manifest as stored, the file's size and SHA-256.
+    public static func entry(forBundleAt path: String) throws(FerryError) -> Entry {
+        let reader = BundleReader(source: try FileByteSource(path: path))
+        try reader.readSignedManifest()
+        let manifest = try Manifest.parse(reader.manifestBytes)
+        let file = try BlockDevice.openForReading(path)
+        defer { try? file.close() }
+        let name = String(path.split(separator: "/").last ?? Substring(path))
+        return entry(for: manifest, manifestBytes: reader.manifestBytes, url: name, size: file.byteCount, sha256: try SHA256Hasher.hash(file))
+    }
+
+    /// A signer of the index: a certificate and its private key (PEM files).
+    public struct Signer: Sendable {
+        public var certificate: String
+        public var key: String
+        public init(certificate: String, key: String) {
+            self.certificate = certificate
+            self.key = key
+        }
+    }
+
+    /// Writes the index to `output` and one detached signature per signer beside it
+    /// (`<output>.1.p7s`, …): the signatures first and the index last, so that a server never shows
+    /// a new index without them; signature files left by an index with more signers are removed.
+    /// - Throws: `.expired` for an index that expired already (every device would refuse it, with
+    ///   this message); signing and I/O errors.
+    public func publish(to output: String, signers: [Signer], now: Int64 = WallClock.now()) throws(FerryError) {
+        try TrustPolicy.checkExpiry(expires, of: "the update index", at: now)
+        let bytes = serialized()
+        for (number, signer) in signers.enumerated() {
+            let signature = try CMS.sign(content: bytes, certificatePath: signer.certificate, keyPath: signer.key)
+            try DurableFile.write(signature, to: "\(output).\(number + 1).p7s")
+        }
+        var stale = signers.count + 1
+        while TextFile.exists("\(output).\(stale).p7s") {
+            try FileSystem.remove("\(output).\(stale).p7s")
+            stale += 1
+        }
+        try DurableFile.write(bytes, to: output)
+    }
+}

@@ -49,9 +49,9 @@ extension FerryCommand {
                         try sink.write(bytes)
                     }
                     try sink.finish()
-                    try Delta.rename(output + ".partial", to: output)
+                    try FileSystem.rename(output + ".partial", to: output)
                 } catch {
-                    unlink(output + ".partial")
+                    FileSystem.removeIfPossible(output + ".partial")
                     throw error
                 }
                 var lines = ["Wrote \(output): \(statistics.deltaBytes) bytes for a \(target.byteCount)-byte image."]
@@ -93,19 +93,15 @@ extension FerryCommand {
                         throw FerryError(code: .bundleInvalid, message: "delta '\(delta)': trailing data after the last operation")
                     }
                     try sink.finish()
-                    try Delta.rename(output + ".partial", to: output)
+                    try FileSystem.rename(output + ".partial", to: output)
                 } catch {
-                    unlink(output + ".partial")
+                    FileSystem.removeIfPossible(output + ".partial")
                     throw error
                 }
                 Terminal.writeOutput(
                     "Wrote \(output): \(applier.header.targetSize) bytes, SHA-256 \(applier.header.targetSHA256) verified. "
                         + "Peak memory: \(Delta.peakMemoryMiB()) MiB.\n")
             }
-        }
-
-        static func rename(_ from: String, to: String) throws(FerryError) {
-            guard Glibc.rename(from, to) == 0 else { throw FerryError.syscall("renaming '\(from)' to", errno: .init(rawValue: errno), path: to) }
         }
 
         /// The process's peak resident memory (getrusage), in MiB.

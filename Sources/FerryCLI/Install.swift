@@ -77,22 +77,24 @@ extension FerryCommand {
             } catch {
                 throw Installer.explainingResume(error, stateDirectory: context.configuration.stateDirectory)
             }
+            Terminal.writeOutput(Self.describe(result))
+        }
+
+        /// What an install did, in one line: `install` and `update` print the same.
+        static func describe(_ result: Installer.Result) -> String {
+            let installed = (result.resumed ? "Resumed and installed " : "Installed ")
             if !result.apps.isEmpty && result.slots.isEmpty {
-                Terminal.writeOutput("Installed and activated \(result.apps.joined(separator: ", ")) (no reboot needed).\n")
-                return
+                return installed + "and activated \(result.apps.joined(separator: ", ")) (no reboot needed).\n"
             }
             if result.target.isEmpty {
-                Terminal.writeOutput(
-                    (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) in place into single-copy \(result.slots.joined(separator: ", "))"
-                        + (result.apps.isEmpty ? "" : "; activated \(result.apps.joined(separator: ", "))") + "; no group switch.\n")
-                return
+                return installed + "\(result.version) in place into single-copy \(result.slots.joined(separator: ", "))"
+                    + (result.apps.isEmpty ? "" : "; activated \(result.apps.joined(separator: ", "))") + "; no group switch.\n"
             }
-            Terminal.writeOutput(
-                (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
-                    + (result.copied.isEmpty ? "" : "; \(result.copied.joined(separator: ", ")) made consistent with the booted group")
-                    + (result.apps.isEmpty ? "" : "; staged \(result.apps.joined(separator: ", ")) until the group is confirmed")
-                    + "\(result.adoptedKeyring ? "; adopted the bundle's new keyring" : "")"
-                    + "; group \(result.target) is now primary: reboot, then confirm.\n")
+            return installed + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
+                + (result.copied.isEmpty ? "" : "; \(result.copied.joined(separator: ", ")) made consistent with the booted group")
+                + (result.apps.isEmpty ? "" : "; staged \(result.apps.joined(separator: ", ")) until the group is confirmed")
+                + "\(result.adoptedKeyring ? "; adopted the bundle's new keyring" : "")"
+                + "; group \(result.target) is now primary: reboot, then confirm.\n"
         }
     }
 }

@@ -126,9 +126,7 @@ extension FerryCommand {
             } catch {
                 throw Installer.explainingResume(error, stateDirectory: context.configuration.stateDirectory)
             }
-            Terminal.writeOutput(
-                (result.resumed ? "Resumed and installed " : "Installed ") + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", "))); "
-                    + "group \(result.target) is now primary: reboot, then confirm.\n")
+            Terminal.writeOutput(Install.describe(result))
         }
     }
 }

@@ -33,10 +33,7 @@ public struct AppStore {
     /// App names and versions become path components: plain names only.
     /// - Throws: `.bundleInvalid` for anything with `/`, `..`, a leading `.`, or other characters.
     public static func checkName(_ name: String, what: String) throws(FerryError) {
-        let allowed = name.unicodeScalars.allSatisfy {
-            ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "." || $0 == "_" || $0 == "-"
-        }
-        guard allowed, !name.isEmpty, name.count <= 64, !name.hasPrefix("."), name != "current", name != "previous",
+        guard PlainName.isPlain(name), name.count <= 64, !name.hasPrefix("."), name != "current", name != "previous",
             !GroupPartsControl.isLeftover(name)
         else {
             throw FerryError(
@@ -48,20 +45,20 @@ public struct AppStore {
     func appDirectory(_ name: String) -> String { "\(directory)/\(name)" }
 
     /// The active version of `name`, if any.
-    public func current(_ name: String) -> String? { Self.readLink("\(appDirectory(name))/current") }
+    public func current(_ name: String) -> String? { FileSystem.linkTarget("\(appDirectory(name))/current") }
     /// The version `rollback` returns to, if any.
-    public func previous(_ name: String) -> String? { Self.readLink("\(appDirectory(name))/previous") }
+    public func previous(_ name: String) -> String? { FileSystem.linkTarget("\(appDirectory(name))/previous") }
 
     /// Installed apps and their versions.
     public func list() -> [(name: String, current: String?, previous: String?, versions: [String])] {
-        Self.entries(directory).filter { !$0.hasPrefix(".") && TextFile.isDirectory("\(directory)/\($0)") }.sorted().map { name in
+        FileSystem.entries(directory).filter { !$0.hasPrefix(".") && TextFile.isDirectory("\(directory)/\($0)") }.sorted().map { name in
             (name, current(name), previous(name), versions(name))
         }
     }
 
     /// The complete versions of `name` (staging directories excluded).
     public func versions(_ name: String) -> [String] {
-        Self.entries(appDirectory(name)).filter {
+        FileSystem.entries(appDirectory(name)).filter {
             !$0.hasPrefix(".") && $0 != "current" && $0 != "previous" && !GroupPartsControl.isLeftover($0)
         }.sorted()
     }
@@ -87,8 +84,8 @@ public struct AppStore {
     private func makeStaging(name: String, version: String) throws(FerryError) -> (app: String, staging: String) {
         let app = appDirectory(name)
         try DurableFile.createDirectory(app)
-        for entry in Self.entries(app) where entry.hasPrefix(".") && entry.contains(".partial-") { try Self.removeTree("\(app)/\(entry)") }
-        let staging = "\(app)/.\(version).partial-\(getpid())"
+        for entry in FileSystem.entries(app) where entry.hasPrefix(".") && entry.contains(".partial-") { try FileSystem.removeTree("\(app)/\(entry)") }
+        let staging = "\(app)/.\(version).partial-\(FileSystem.processID)"
         try DurableFile.createDirectory(staging)
         return (app, staging)
     }
@@ -99,12 +96,12 @@ public struct AppStore {
         let final = "\(app)/\(version)"
         if TextFile.exists(final) {
             guard current(name) != version else {
-                try Self.removeTree(staging)
+                try FileSystem.removeTree(staging)
                 throw FerryError(code: .bundleInvalid, message: "app '\(name)' version \(version) is already the active version")
             }
-            try Self.removeTree(final)
+            try FileSystem.removeTree(final)
         }
-        try Self.rename(staging, to: final)
+        try FileSystem.rename(staging, to: final)
         try DurableFile.synchronizeDirectory(app)
     }
 
@@ -123,7 +120,7 @@ public struct AppStore {
         do {
             try Self.unpack(archive, into: staging, app: name)
         } catch {
-            try? Self.removeTree(staging)
+            try? FileSystem.removeTree(staging)
             throw error
         }
         try install(staging: staging, name: name, version: version)
@@ -165,31 +162,21 @@ public struct AppStore {
                     try sink.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
                 }
                 try sink.finish()
-                guard chmod(target, mode_t(member.mode & 0o777)) == 0 else {
-                    throw FerryError.syscall("setting the mode of", errno: .init(rawValue: errno), path: target)
-                }
+                try FileSystem.setMode(target, UInt32(member.mode & 0o777))
             case .directory:
-                if !TextFile.isDirectory(target) {
-                    guard mkdir(target, mode_t(member.mode & 0o777 | 0o700)) == 0 else {
-                        throw FerryError.syscall("creating the directory", errno: .init(rawValue: errno), path: target)
-                    }
-                }
+                if !TextFile.isDirectory(target) { try FileSystem.makeDirectory(target, mode: UInt32(member.mode & 0o777 | 0o700)) }
                 directories.append(target)
             case .symbolicLink:
                 let link = member.linkName ?? ""
                 guard !link.hasPrefix("/") else { throw refuse(path, "is a link to the absolute path '\(link)'") }
                 links.append((path, link))
-                guard symlink(link, target) == 0 else {
-                    throw FerryError.syscall("creating the link", errno: .init(rawValue: errno), path: target)
-                }
+                try FileSystem.makeSymbolicLink(target, to: link)
             case .hardLink:
                 let source = member.linkName ?? ""
                 guard kinds[source] == .file else {
                     throw refuse(path, "is a hard link to '\(source)', which is not an earlier regular file of the archive")
                 }
-                guard Glibc.link("\(root)/\(source)", target) == 0 else {
-                    throw FerryError.syscall("creating the hard link", errno: .init(rawValue: errno), path: target)
-                }
+                try FileSystem.makeHardLink(target, to: "\(root)/\(source)")
             }
             kinds[path] = member.kind
         }
@@ -272,7 +259,7 @@ public struct AppStore {
 
     /// Removes a link (if there) and syncs its directory.
     static func removeLink(_ link: String) throws(FerryError) {
-        guard unlink(link) == 0 || errno == ENOENT else { throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: link) }
+        try FileSystem.remove(link)
         try DurableFile.synchronizeDirectory(Paths.directory(of: link))
     }
 
@@ -281,65 +268,19 @@ public struct AppStore {
         let app = appDirectory(name)
         let protected = Set([current(name), previous(name)].compactMap { $0 })
         let others = versions(name).filter { !protected.contains($0) }
-            .sorted { Self.changeTime("\(app)/\($0)") < Self.changeTime("\(app)/\($1)") }
+            .sorted { FileSystem.changeTime("\(app)/\($0)") < FileSystem.changeTime("\(app)/\($1)") }
         let removable = max(0, others.count - max(0, keep - 1))
-        for version in others.prefix(removable) { try Self.removeTree("\(app)/\(version)") }
+        for version in others.prefix(removable) { try FileSystem.removeTree("\(app)/\(version)") }
         if removable > 0 { try DurableFile.synchronizeDirectory(app) }
-    }
-
-    // MARK: - File system helpers
-
-    public static func readLink(_ path: String) -> String? {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let count = readlink(path, &buffer, buffer.count - 1)
-        guard count > 0 else { return nil }
-        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Points `link` at `target` atomically: a new link beside it, renamed over it, directory synced.
     static func switchLink(_ link: String, to target: String) throws(FerryError) {
-        let temporary = "\(link).tmp-\(getpid())"
-        unlink(temporary)
-        guard symlink(target, temporary) == 0 else {
-            throw FerryError.syscall("creating the link", errno: .init(rawValue: errno), path: temporary)
-        }
-        try rename(temporary, to: link)
+        let temporary = "\(link).tmp-\(FileSystem.processID)"
+        FileSystem.removeIfPossible(temporary)
+        try FileSystem.makeSymbolicLink(temporary, to: target)
+        try FileSystem.rename(temporary, to: link)
         try DurableFile.synchronizeDirectory(Paths.directory(of: link))
-    }
-
-    static func rename(_ from: String, to: String) throws(FerryError) {
-        guard Glibc.rename(from, to) == 0 else { throw FerryError.syscall("renaming '\(from)' to", errno: .init(rawValue: errno), path: to) }
-    }
-
-    public static func entries(_ path: String) -> [String] {
-        guard let stream = opendir(path) else { return [] }
-        defer { closedir(stream) }
-        var names: [String] = []
-        while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
-
-    static func changeTime(_ path: String) -> Int {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return 0 }
-        return info.st_ctim.tv_sec
-    }
-
-    /// Removes a directory tree of regular files, links and directories (never follows links).
-    static func removeTree(_ path: String) throws(FerryError) {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            for entry in entries(path) { try removeTree("\(path)/\(entry)") }
-            guard rmdir(path) == 0 else { throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: path) }
-        } else {
-            guard unlink(path) == 0 else { throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: path) }
-        }
     }
 }
 

@@ -156,9 +156,7 @@ extension StateStore {
 
     func setParts(_ parts: GroupParts?, at path: String) throws(FerryError) {
         guard let parts else {
-            guard unlink(path) == 0 || errno == ENOENT else {
-                throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: path)
-            }
+            try FileSystem.remove(path)
             IOTrace.recordRemoval(path)
             try DurableFile.synchronizeDirectory(directory)
             return
@@ -255,7 +253,7 @@ public struct GroupPartsControl {
     /// was cut before its checks passed.
     public func activateInstall(_ parts: [GroupParts.Part], bundle: String, version: String) throws(FerryError) {
         var record = GroupParts(group: "", bundle: bundle, version: version, parts: parts)
-        defer { try? AppStore.removeTree(stagingDirectory("")) }
+        defer { try? FileSystem.removeTree(stagingDirectory("")) }
         try activate(&record, failure: nil)
         try store.setParts(nil, at: store.installPartsPath)
     }
@@ -277,18 +275,18 @@ public struct GroupPartsControl {
     /// (an app version being written). Callers hold the global lock, so no live writer owns them.
     func removeLeftovers() throws(FerryError) {
         if let directory = configuration.settingsStore {
-            for folder in [directory] + AppStore.entries(directory).filter({ $0 == ".install" || $0.hasPrefix(".group-") }).map({ "\(directory)/\($0)" }) {
-                for entry in AppStore.entries(folder) where Self.isLeftover(entry) {
+            for folder in [directory] + FileSystem.entries(directory).filter({ $0 == ".install" || $0.hasPrefix(".group-") }).map({ "\(directory)/\($0)" }) {
+                for entry in FileSystem.entries(folder) where Self.isLeftover(entry) {
                     logger.info("Removing a leftover of an interrupted write", metadata: ["path": "\(folder)/\(entry)"])
-                    try AppStore.removeTree("\(folder)/\(entry)")
+                    try FileSystem.removeTree("\(folder)/\(entry)")
                 }
             }
         }
         if let directory = configuration.appStore {
-            for app in AppStore.entries(directory) where !app.hasPrefix(".") && TextFile.isDirectory("\(directory)/\(app)") {
-                for entry in AppStore.entries("\(directory)/\(app)") where Self.isLeftover(entry) {
+            for app in FileSystem.entries(directory) where !app.hasPrefix(".") && TextFile.isDirectory("\(directory)/\(app)") {
+                for entry in FileSystem.entries("\(directory)/\(app)") where Self.isLeftover(entry) {
                     logger.info("Removing a leftover of an interrupted write", metadata: ["path": "\(directory)/\(app)/\(entry)"])
-                    try AppStore.removeTree("\(directory)/\(app)/\(entry)")
+                    try FileSystem.removeTree("\(directory)/\(app)/\(entry)")
                 }
             }
         }
@@ -372,7 +370,7 @@ public struct GroupPartsControl {
 
     func remove(_ record: GroupParts) throws(FerryError) {
         try store.setParts(nil, at: recordPath(record))
-        if configuration.settingsStore != nil { try AppStore.removeTree(stagingDirectory(record.group)) }
+        if configuration.settingsStore != nil { try FileSystem.removeTree(stagingDirectory(record.group)) }
     }
 
     private func recordReplaced(_ part: inout GroupParts.Part, group: String) throws(FerryError) {

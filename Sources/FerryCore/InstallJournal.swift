@@ -92,9 +92,7 @@ extension StateStore {
     /// Drops the journal (`ferry install --abort`, a finished install, a stale journal).
     public func removeInstallJournal() throws(FerryError) {
         guard TextFile.exists(journalPath) else { return }
-        if journalPath.withCString({ unlink($0) }) != 0 {
-            throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: journalPath)
-        }
+        try FileSystem.remove(journalPath)
         IOTrace.recordRemoval(journalPath)
         try DurableFile.synchronizeDirectory(directory)
     }

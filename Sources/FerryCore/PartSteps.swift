@@ -30,7 +30,7 @@ extension Installer {
             }
             try reader.finish()
         } catch {
-            try? AppStore.removeTree(control.stagingDirectory(""))
+            try? FileSystem.removeTree(control.stagingDirectory(""))
             throw error
         }
         let store = StateStore(directory: configuration.stateDirectory)

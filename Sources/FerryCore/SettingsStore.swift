@@ -29,7 +29,7 @@ public struct SettingsStore {
 
     /// Installed settings: name, and whether a previous version is kept.
     public func list() -> [(name: String, hasPrevious: Bool)] {
-        AppStore.entries(directory).filter { !$0.hasPrefix(".") && !$0.hasSuffix(".previous") && !GroupPartsControl.isLeftover($0) }.sorted().map {
+        FileSystem.entries(directory).filter { !$0.hasPrefix(".") && !$0.hasSuffix(".previous") && !GroupPartsControl.isLeftover($0) }.sorted().map {
             ($0, TextFile.exists("\(directory)/\($0).previous"))
         }
     }
@@ -64,9 +64,9 @@ public struct SettingsStore {
             throw FerryError(code: .bundleInvalid, message: "settings '\(name)': format '\(format)' is not json or xml")
         }
         if let validate = configuration.validate {
-            let scratch = "\(directory)/.\(name).candidate-\(getpid())"
+            let scratch = "\(directory)/.\(name).candidate-\(FileSystem.processID)"
             try DurableFile.write(document, to: scratch)
-            defer { unlink(scratch) }
+            defer { FileSystem.removeIfPossible(scratch) }
             let validation = ExternalCommand(
                 role: "the validation command", [validate, scratch], environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FORMAT": format],
                 timeoutSeconds: configuration.timeoutSeconds)
@@ -105,7 +105,7 @@ public struct SettingsStore {
     /// Removes a document that has no earlier version (its first version failed its health check).
     public func remove(_ name: String) throws(FerryError) {
         let active = path(name)
-        guard unlink(active) == 0 || errno == ENOENT else { throw FerryError.syscall("removing", errno: .init(rawValue: errno), path: active) }
+        try FileSystem.remove(active)
         try DurableFile.synchronizeDirectory(directory)
     }
 

@@ -482,11 +482,7 @@ public struct SystemConfiguration: Sendable {
     }
 
     static func isName(_ text: String) -> Bool {
-        !text.isEmpty && text.count <= 64
-            && text.unicodeScalars.allSatisfy {
-                ($0.value >= 0x30 && $0.value <= 0x39) || ($0.value >= 0x41 && $0.value <= 0x5a)
-                    || ($0.value >= 0x61 && $0.value <= 0x7a) || $0 == "_" || $0 == "-" || $0 == "."
-            } && text != "." && text != ".."
+        PlainName.isPlain(text) && text.count <= 64 && text != "." && text != ".."
     }
 }
 

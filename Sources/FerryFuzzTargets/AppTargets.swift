@@ -43,22 +43,20 @@ enum AppTargets {
         }
         if staged { checkLinks(in: "\(root)/store/app/1.0", relative: []) }
         FuzzScratch.removeTree("\(root)/store")
-        guard mkdir("\(root)/store", 0o755) == 0 else { fatalError("fuzz target app-archive: cannot recreate \(root)/store") }
+        guard (try? FileSystem.makeDirectory("\(root)/store", mode: 0o755)) != nil else {
+            fatalError("fuzz target app-archive: cannot recreate \(root)/store")
+        }
     }
 
     /// Every symbolic link under the version folder resolves (lexically) inside it.
     private static func checkLinks(in path: String, relative: [String]) {
         for name in FuzzScratch.entries(path) {
             let full = "\(path)/\(name)"
-            var info = stat()
-            guard lstat(full, &info) == 0 else { continue }
-            if (info.st_mode & S_IFMT) == S_IFDIR {
+            let kind = FileSystem.kind(of: full)
+            if kind == .directory {
                 checkLinks(in: full, relative: relative + [name])
-            } else if (info.st_mode & S_IFMT) == S_IFLNK {
-                var target = [CChar](repeating: 0, count: 4096)
-                let count = readlink(full, &target, target.count - 1)
-                guard count >= 0 else { continue }
-                let link = String(decoding: target[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            } else if kind == .symbolicLink {
+                guard let link = FileSystem.linkTarget(full) else { continue }
                 var resolved = relative
                 for part in link.split(separator: "/") {
                     if part == "." { continue }
@@ -77,7 +75,9 @@ enum AppTargets {
     /// `<root>/store` is the app store; `<root>/outside` must stay empty.
     private static let root: String = {
         let root = FuzzScratch.directory("apps")
-        guard mkdir("\(root)/store", 0o755) == 0, mkdir("\(root)/outside", 0o755) == 0 else {
+        guard (try? FileSystem.makeDirectory("\(root)/store", mode: 0o755)) != nil,
+            (try? FileSystem.makeDirectory("\(root)/outside", mode: 0o755)) != nil
+        else {
             fatalError("fuzz target app-archive: cannot prepare \(root)")
         }
         return root

@@ -109,34 +109,8 @@ enum FuzzScratch {
     }
 
     /// Removes a tree of files, links and directories (never follows links).
-    static func removeTree(_ path: String) {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            if let stream = opendir(path) {
-                var names: [String] = []
-                while let entry = readdir(stream) {
-                    let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                    if name != "." && name != ".." { names.append(name) }
-                }
-                closedir(stream)
-                for name in names { removeTree("\(path)/\(name)") }
-            }
-            rmdir(path)
-        } else {
-            unlink(path)
-        }
-    }
+    static func removeTree(_ path: String) { try? FileSystem.removeTree(path) }
 
     /// The entries of a directory (empty when it cannot be read).
-    static func entries(_ path: String) -> [String] {
-        guard let stream = opendir(path) else { return [] }
-        defer { closedir(stream) }
-        var names: [String] = []
-        while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
+    static func entries(_ path: String) -> [String] { FileSystem.entries(path) }
 }

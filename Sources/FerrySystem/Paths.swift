@@ -26,3 +26,16 @@ public enum Paths {
         return path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : path
     }
 }
+
+/// The one rule for names Ferry turns into paths, tar members or configuration keys (slot and
+/// class names, app names and versions, settings names, bundle members): ASCII letters and
+/// digits, `.`, `_` and `-`, nothing else (no `/`, no spaces, no control characters). Each use
+/// adds its own limits (a length, no leading `.`, reserved words).
+public enum PlainName {
+    public static func isPlain(_ text: String) -> Bool {
+        !text.isEmpty
+            && text.unicodeScalars.allSatisfy {
+                ("0"..."9").contains($0) || ("A"..."Z").contains($0) || ("a"..."z").contains($0) || $0 == "." || $0 == "_" || $0 == "-"
+            }
+    }
+}

@@ -55,7 +55,7 @@ import Testing
             try BundleWriter.create(options, output: output, logger: quietLogger)
         }
 
-        func current(_ name: String) -> String? { AppStore.readLink("\(store)/\(name)/current") }
+        func current(_ name: String) -> String? { FileSystem.linkTarget("\(store)/\(name)/current") }
         func active(_ name: String) throws -> [UInt8] { try readFile("\(store)/\(name)/current/\(name).pkg") }
     }
 
@@ -106,7 +106,7 @@ import Testing
             #expect(bad.output.contains(mode == "fail" ? "failed with status 7; switched back to 1.0" : "timed out after 1 s; switched back to 1.0"), "\(bad.output)")
             // Both links as before the install: a later rollback must not return to the failed build.
             #expect(device.current("nav") == "1.0")
-            #expect(AppStore.readLink("\(device.store)/nav/previous") == "0.9")
+            #expect(FileSystem.linkTarget("\(device.store)/nav/previous") == "0.9")
             let rollback = try device.ferry(["apps", "rollback", "nav"])
             #expect(rollback.status == 0 && rollback.output.contains("from 1.0 to 0.9"), "\(rollback.output)")
             #expect(device.current("nav") == "0.9")
@@ -139,7 +139,7 @@ import Testing
 
             let result = command == "install" ? try device.ferry(["install", "\(dir)/map-1.ferry"]) : try device.ferry(["boot-check"])
             #expect(result.status == 0, "\(result.output)")
-            #expect(AppStore.entries(app).sorted() == ["1.0", "current"], "\(AppStore.entries(app))")
+            #expect(FileSystem.entries(app).sorted() == ["1.0", "current"], "\(FileSystem.entries(app))")
         }
     }
 
@@ -160,7 +160,7 @@ import Testing
             let device = try Device(dir)
             try device.bundle("nav", "1.0", seededBytes(count: 1000, seed: 1), output: "\(dir)/nav-1.ferry")
             #expect(try device.ferry(["install", "\(dir)/nav-1.ferry"]).status == 0)
-            let before = AppStore.entries(device.store).sorted()
+            let before = FileSystem.entries(device.store).sorted()
             // Crafted with the library (the command line would refuse such names itself).
             let made = Result { try device.bundle(name, "1.0", [1, 2, 3], output: "\(dir)/bad.ferry") }
             if case .success = made {
@@ -168,7 +168,7 @@ import Testing
                 #expect(result.status == FerryError.Code.bundleInvalid.exitStatus, "\(name): \(result.output)")
                 #expect(result.output.hasPrefix("ferry: error: ") && result.output.split(separator: "\n").count == 1)
             }
-            #expect(AppStore.entries(device.store).sorted() == before, "\(name)")
+            #expect(FileSystem.entries(device.store).sorted() == before, "\(name)")
             #expect(device.current("nav") == "1.0")
         }
     }
@@ -192,7 +192,7 @@ import Testing
             let again = try device.ferry(["install", "\(dir)/map-2.ferry"])
             #expect(again.status == 0 || again.output.contains("already the active version"), "\(again.output)")
             #expect(try device.active("map") == new)
-            #expect(!AppStore.entries("\(device.store)/map").contains { $0.contains(".partial-") })
+            #expect(!FileSystem.entries("\(device.store)/map").contains { $0.contains(".partial-") })
         }
     }
 
@@ -211,7 +211,7 @@ import Testing
             #expect(result.status == 0, "\(result.output)")
             let version = "\(device.store)/nav/3.0"
             #expect(try readFile("\(version)/bin/run") == Array("#!/bin/sh\necho nav\n".utf8))
-            #expect(AppStore.readLink("\(version)/start") == "bin/run")
+            #expect(FileSystem.linkTarget("\(version)/start") == "bin/run")
             #expect(try readFile("\(version)/hard") == Array("#!/bin/sh\necho nav\n".utf8))
             // Permission bits kept, set-user-ID dropped.
             #expect(try Shell.check(["stat", "-c", "%a", "\(version)/bin/run"]).hasPrefix("755\n"))
@@ -257,7 +257,7 @@ import Testing
             #expect(result.status == 41, "\(kind): \(result.output)")
             #expect(result.output.contains(expected), "\(kind): \(result.output)")
             #expect(device.current("nav") == "1.0")
-            #expect(AppStore.entries("\(device.store)/nav").sorted() == ["1.0", "current"], "\(kind)")
+            #expect(FileSystem.entries("\(device.store)/nav").sorted() == ["1.0", "current"], "\(kind)")
             #expect(!TextFile.exists("/tmp/x") || kind != "through-link")
         }
     }

@@ -112,7 +112,7 @@ import Testing
             let device = try Device(dir)
             #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
             #expect(try device.install("region.xml", "<region code='eu'/>", dir: dir).status == 0)
-            let before = AppStore.entries(device.store).sorted()
+            let before = FileSystem.entries(device.store).sorted()
             let carrier = try device.active("carrier.json"), region = try device.active("region.xml")
 
             var deviceError: String?
@@ -122,7 +122,7 @@ import Testing
                 #expect(result.output.hasPrefix("ferry: error: ") && result.output.split(separator: "\n").count == 1, "\(what): \(result.output)")
                 deviceError = result.output
             }
-            #expect(AppStore.entries(device.store).sorted() == before, "\(what)")
+            #expect(FileSystem.entries(device.store).sorted() == before, "\(what)")
             #expect(try device.active("carrier.json") == carrier && device.active("region.xml") == region, "\(what)")
 
             // The host refuses what every device refuses, with the same message.
@@ -157,7 +157,7 @@ import Testing
             let list = try device.ferry(["settings", "list"])
             #expect(list.output == "carrier.json\n", "\(list.output)")
             #expect(try device.ferry(["boot-check"]).status == 0)
-            #expect(AppStore.entries(device.store).sorted() == ["carrier.json"], "\(AppStore.entries(device.store))")
+            #expect(FileSystem.entries(device.store).sorted() == ["carrier.json"], "\(FileSystem.entries(device.store))")
         }
     }
 
@@ -218,7 +218,7 @@ import Testing
             let again = try device.ferry(["install", "\(dir)/new.ferry"])
             #expect(again.status == 0, "\(again.output)")
             #expect(try device.active("carrier.json") == new)
-            #expect(!AppStore.entries(device.store).contains { $0.contains(".tmp-") || $0.contains(".candidate-") })
+            #expect(!FileSystem.entries(device.store).contains { $0.contains(".tmp-") || $0.contains(".candidate-") })
         }
     }
 

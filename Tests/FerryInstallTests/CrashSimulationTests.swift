@@ -93,9 +93,9 @@ import Testing
     static func copyDevice(from: String, to: String) throws {
         try DurableFile.createDirectory("\(to)/state")
         // What an earlier state left in the state directory goes first.
-        for name in AppStore.entries("\(to)/state") where name != "lock" { unlink("\(to)/state/\(name)") }
+        for name in FileSystem.entries("\(to)/state") where name != "lock" { unlink("\(to)/state/\(name)") }
         for name in files + ["system.json"] { try makeFile("\(to)/\(name)", bytes: try readFile("\(from)/\(name)")) }
-        for name in AppStore.entries("\(from)/state") where !name.hasPrefix(".") && name != "lock" {
+        for name in FileSystem.entries("\(from)/state") where !name.hasPrefix(".") && name != "lock" {
             try makeFile("\(to)/state/\(name)", bytes: try readFile("\(from)/state/\(name)"))
         }
     }

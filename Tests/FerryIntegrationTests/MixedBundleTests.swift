@@ -86,7 +86,7 @@ struct MixedBundleTests {
         func carrier() throws -> JSONValue {
             try JSONValue.parse(try readFile("\(settingsStore)/carrier.json"), what: "carrier.json", code: .internal)
         }
-        func currentApp() -> String? { AppStore.readLink("\(appStore)/nav/current") }
+        func currentApp() -> String? { FileSystem.linkTarget("\(appStore)/nav/current") }
         var v1: JSONValue { .object(["apn": .string("internet"), "mtu": .number(1500)]) }
         var patched: JSONValue { .object(["apn": .string("internet"), "mtu": .number(1400)]) }
     }

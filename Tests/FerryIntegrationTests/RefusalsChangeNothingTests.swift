@@ -23,7 +23,7 @@ struct RefusalsChangeNothingTests {
             parts["partition \(label)"] = try SHA256Hasher.hash(BlockDevice.openForReading(sandbox.diskPath, window: partition.range))
         }
         let state = "\(sandbox.directory)/state"
-        for entry in AppStore.entries(state) where entry != "lock" {
+        for entry in FileSystem.entries(state) where entry != "lock" {
             parts["state/\(entry)"] = SHA256Hasher.hash(try readFile("\(state)/\(entry)"))
         }
         return parts

@@ -239,7 +239,10 @@ public final class TCPProxy: @unchecked Sendable {
         }
         self.listener = listener
         port = Int(UInt16(bigEndian: address.sin_port))
-        DispatchQueue.global().async(group: group) { self.acceptLoop() }
+        // Each loop on a queue of its own, which gets a thread of its own at once: on the global
+        // pool, relays that block (stalls, trickles) of suites running in parallel starved the
+        // others for seconds, long enough to look like a stalled server.
+        DispatchQueue(label: "ferry-test.proxy.accept").async(group: group) { self.acceptLoop() }
     }
 
     /// Connections accepted so far.
@@ -275,7 +278,7 @@ public final class TCPProxy: @unchecked Sendable {
                 defer { state.connections += 1 }
                 return (state.connections, state.connections < state.behaviours.count ? state.behaviours[state.connections] : .relay)
             }
-            DispatchQueue.global().async(group: group) { self.relay(client, index: index, behaviour: behaviour) }
+            DispatchQueue(label: "ferry-test.proxy.relay.\(index)").async(group: group) { self.relay(client, index: index, behaviour: behaviour) }
         }
     }
 

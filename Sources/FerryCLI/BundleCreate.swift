@@ -1,0 +1,216 @@
+import ArgumentParser
+import FerryBundle
+import FerryCore
+import FerryCrypto
+import FerryDelta
+import FerryJSON
+import FerrySystem
+import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension FerryCommand.Bundle {
+    /// `ferry bundle create`.
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a signed bundle from build outputs (host side).",
+            discussion: """
+                Images may be raw or .xz; Ferry (re)compresses them into chunks of a fixed decoded \
+                size, each one xz stream, on all cores. Give --cert and --key once per signer, in pairs.
+                """)
+
+        @Option(help: "The device type the bundle is for (matches system.json's compatible).")
+        var compatible: String
+        @Option(help: ArgumentHelp("The release version (Semantic Versioning).", valueName: "semver"))
+        var version: String
+        @Option(name: .customLong("security-version"), help: "The security version (devices never go below the highest they confirmed).")
+        var securityVersion: Int64 = 0
+        @Option(help: ArgumentHelp("When the bundle stops being accepted (UTC, 2027-01-01T00:00:00Z).", valueName: "time"))
+        var expires: String?
+        @Option(help: "A free-form description.")
+        var description: String?
+        @Option(name: .customLong("cert"), help: ArgumentHelp("A signer's certificate (PEM); repeat per signer.", valueName: "pem"))
+        var certificates: [String] = []
+        @Option(name: .customLong("key"), help: ArgumentHelp("That signer's private key (PEM), read in place.", valueName: "pem"))
+        var keys: [String] = []
+        @Option(name: .customLong("image"), help: ArgumentHelp("An image for a slot class: <class>=<file>; repeat.", valueName: "class=file"))
+        var images: [String] = []
+        @Option(name: .customLong("app"), help: ArgumentHelp("An app-only update: <name>=<file> (an app package or container image archive); repeat.", valueName: "name=file"))
+        var apps: [String] = []
+        @Option(name: .customLong("app-version"), help: ArgumentHelp("The version the --app files install as (default: --version).", valueName: "version"))
+        var appVersion: String?
+        @Flag(name: .customLong("app-unpack"), help: "The --app files are tar archives, unpacked into the app's version folder on the device (entries and links checked to stay inside it).")
+        var appUnpack = false
+        @Option(name: .customLong("settings"), help: ArgumentHelp("A settings update: <name>=<file.json|file.xml>; repeat.", valueName: "name=file"))
+        var settings: [String] = []
+        @Flag(name: .customLong("merge-patch"), help: "Apply the JSON --settings as JSON merge patches (RFC 7386) to the device's documents.")
+        var mergePatch = false
+        @Option(
+            name: .customLong("delta-from"),
+            help: ArgumentHelp(
+                "Ship the --image of a class as a block delta from this older image: <class>=<file>; repeat.", valueName: "class=file"))
+        var deltaFrom: [String] = []
+        @Option(name: .customLong("chunk-size"), help: ArgumentHelp("Decoded bytes per chunk (K/M suffix).", valueName: "size"))
+        var chunkSize: String = "4M"
+        @Option(help: "Compression threads (default: all cores).")
+        var threads: Int = ProcessEnvironment.processorCount
+        @Option(name: .customLong("xz-preset"), help: "xz compression level 0-9.")
+        var preset: Int = 6
+        @Flag(name: .customLong("no-compress"), help: "Store the images uncompressed (still chunked and hashed).")
+        var noCompress = false
+        @Option(name: .customLong("new-keyring"), help: ArgumentHelp("A keyring (PEM) the devices adopt after this bundle (keyring rotation).", valueName: "pem"))
+        var newKeyring: String?
+        @Option(name: .customLong("deny"), help: ArgumentHelp("A signer certificate fingerprint to deny from then on (with --new-keyring).", valueName: "sha256"))
+        var denyList: [String] = []
+        @Option(name: .shortAndLong, help: "The bundle file to write.")
+        var output: String
+        @Flag(help: "Log debug messages.")
+        var verbose = false
+
+        func validate() throws {
+            guard SemanticVersion(version) != nil else { throw ValidationError("--version '\(version)' is not a semantic version") }
+            guard !certificates.isEmpty, certificates.count == keys.count else {
+                throw ValidationError("give --cert and --key in pairs, at least one pair")
+            }
+            guard !images.isEmpty || !apps.isEmpty || !settings.isEmpty else {
+                throw ValidationError("give at least one --image <class>=<file>, --app <name>=<file> or --settings <name>=<file>")
+            }
+            if mergePatch && settings.isEmpty { throw ValidationError("--merge-patch goes with --settings") }
+            for image in images + apps + settings where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
+                throw ValidationError("'\(image)' is not <name>=<file>")
+            }
+            if appVersion != nil && apps.isEmpty { throw ValidationError("--app-version goes with --app") }
+            if appUnpack && apps.isEmpty { throw ValidationError("--app-unpack goes with --app") }
+            for delta in deltaFrom {
+                guard let equals = delta.firstIndex(of: "="), equals != delta.startIndex, delta.index(after: equals) != delta.endIndex else {
+                    throw ValidationError("--delta-from '\(delta)' is not <class>=<file>")
+                }
+                let slotClass = delta[..<equals]
+                guard images.contains(where: { $0.hasPrefix(slotClass + "=") }) else {
+                    throw ValidationError("--delta-from '\(delta)' has no --image \(slotClass)=<new image> to go to")
+                }
+                guard deltaFrom.filter({ $0.hasPrefix(slotClass + "=") }).count == 1 else {
+                    throw ValidationError("--delta-from names slot class '\(slotClass)' twice")
+                }
+            }
+            guard Self.parseSize(chunkSize) != nil else { throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 4M") }
+            guard (0...9).contains(preset) else { throw ValidationError("--xz-preset must be 0 to 9") }
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+            if let expires, WallClock.parseISO8601(expires) == nil {
+                throw ValidationError("--expires '\(expires)' is not a UTC time like 2027-01-01T00:00:00Z")
+            }
+            if !denyList.isEmpty && newKeyring == nil { throw ValidationError("--deny goes with --new-keyring") }
+        }
+
+        static func parseSize(_ text: String) -> Int? {
+            let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+            if let last = text.last, let unit = units[Character(last.uppercased())] {
+                return Int(text.dropLast()).map { $0 * unit }
+            }
+            return Int(text)
+        }
+
+        /// `json` or `xml`, by the file's extension or else its first non-blank byte.
+        static func settingsFormat(_ path: String) throws(FerryError) -> String {
+            if path.hasSuffix(".json") { return "json" }
+            if path.hasSuffix(".xml") { return "xml" }
+            let bytes = try TextFile.readBytes(path, limit: 16 << 20)
+            return bytes.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) } == UInt8(ascii: "<") ? "xml" : "json"
+        }
+
+        static func split(_ pair: String) -> (String, String) {
+            let equals = pair.firstIndex(of: "=")!
+            return (String(pair[..<equals]), Paths.absolute(String(pair[pair.index(after: equals)...])))
+        }
+
+        /// Writes the delta from image `from` to image `to` into `path`, and describes it for the manifest.
+        static func makeDelta(slotClass: String, from: String, to: String, into path: String) throws(FerryError) -> BundleWriter.Image {
+            let sink = try FileByteSink(path: path)
+            let statistics = try DeltaGenerator(source: try BlockDevice.openForReading(from), target: try BlockDevice.openForReading(to))
+                .create { (bytes) throws(FerryError) in try sink.write(bytes) }
+            try sink.finish()
+            let (header, checks) = try DeltaFormat.readPreamble(try FileByteSource(path: path))
+            Terminal.writeOutput("Delta for \(slotClass): \(statistics.deltaBytes) bytes for a \(header.targetSize)-byte image.\n")
+            let info = Manifest.DeltaInfo(
+                sourceSize: header.sourceSize, sourceSHA256: header.sourceSHA256, targetSize: header.targetSize,
+                targetSHA256: header.targetSHA256,
+                sourceChecks: checks)
+            return BundleWriter.Image(slotClass: slotClass, path: path, delta: info)
+        }
+
+        /// Refuses, before any work, what every device would refuse, with the device's message:
+        /// an expired bundle, app and settings names that are not plain, settings documents
+        /// that are not well-formed.
+        func checkAsDevicesWould() throws(FerryError) {
+            if let expires = expires.flatMap(WallClock.parseISO8601) {
+                try TrustPolicy.checkExpiry(expires, of: "the bundle", at: WallClock.now())
+            }
+            for app in apps {
+                let (name, path) = Self.split(app)
+                try AppStore.checkName(name, what: "app name")
+                try AppStore.checkName(appVersion ?? version, what: "app version")
+                try AppStore.checkName(String(path.split(separator: "/").last ?? "app"), what: "app file name")
+            }
+            for document in settings {
+                let (name, path) = Self.split(document)
+                let format = try Self.settingsFormat(path)
+                try SettingsStore.checkWellFormed(
+                    try TextFile.readBytes(path, limit: SettingsStore.maximumSize), name: name, format: format,
+                    mergePatch: mergePatch && format == "json")
+            }
+        }
+
+        func run() async throws {
+            try checkAsDevicesWould()
+            let output = Paths.absolute(self.output)
+            var bundleImages: [BundleWriter.Image] = []
+            var temporaries: [String] = []
+            defer { for path in temporaries { FileSystem.removeIfPossible(path) } }
+            for image in images {
+                let (slotClass, path) = Self.split(image)
+                guard let from = deltaFrom.first(where: { $0.hasPrefix(slotClass + "=") }).map({ Self.split($0).1 }) else {
+                    bundleImages.append(BundleWriter.Image(slotClass: slotClass, path: path))
+                    continue
+                }
+                let deltaPath = "\(output).\(slotClass).delta.tmp-\(FileSystem.processID)"
+                temporaries.append(deltaPath)
+                bundleImages.append(try Self.makeDelta(slotClass: slotClass, from: from, to: path, into: deltaPath))
+            }
+            for app in apps {
+                let (name, path) = Self.split(app)
+                let file = String(path.split(separator: "/").last ?? "app")
+                bundleImages.append(
+                    BundleWriter.Image(
+                        slotClass: name, path: path, app: Manifest.AppInfo(name: name, version: appVersion ?? version, file: file, unpack: appUnpack)))
+            }
+            for document in settings {
+                let (name, path) = Self.split(document)
+                let format = try Self.settingsFormat(path)
+                bundleImages.append(
+                    BundleWriter.Image(
+                        slotClass: name, path: path,
+                        settings: Manifest.SettingsInfo(name: name, format: format, mergePatch: mergePatch && format == "json")))
+            }
+            var options = BundleWriter.Options(
+                compatible: compatible, version: SemanticVersion(version)!, images: bundleImages,
+                signers: zip(certificates, keys).map { BundleWriter.Signer(certificate: $0, key: $1) })
+            options.securityVersion = securityVersion
+            options.expires = expires.flatMap(WallClock.parseISO8601)
+            options.description = description
+            options.chunkSize = Self.parseSize(chunkSize)!
+            options.threads = threads
+            options.preset = preset
+            options.compress = !noCompress
+            options.newKeyring = newKeyring
+            options.denyList = denyList
+            let manifest = try BundleWriter.create(options, output: output, logger: Logger(label: "ferry.bundle"))
+            let stored = manifest.payloads.reduce(Int64(0)) { $0 + $1.storedSize }
+            let decoded = manifest.payloads.reduce(Int64(0)) { $0 + $1.size }
+            Terminal.writeOutput(
+                "Wrote \(self.output): \(manifest.compatible) \(manifest.version), \(manifest.payloads.count) payload(s), "
+                    + "\(decoded) bytes stored as \(stored), \(certificates.count) signature(s).\n")
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import FerryBundle
+import FerryCore
+import FerryCrypto
+import FerryDelta
+import FerryJSON
+import FerrySystem
+import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension FerryCommand.Bundle {
+    /// `ferry bundle info`.
+    struct Info: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a bundle's manifest (signatures are not checked: use verify).")
+        @Argument(help: "The bundle file, or - for standard input.")
+        var bundle: String
+        @Flag(help: "Print machine-readable JSON (the manifest plus the signature members).")
+        var json = false
+
+        func run() async throws {
+            let reader = BundleReader(source: try FerryCommand.Bundle.source(bundle))
+            try reader.readSignedManifest()
+            let manifest = try Manifest.parse(reader.manifestBytes)
+            if json {
+                var object = manifest.json.objectValue ?? [:]
+                object["signatures"] = .array(reader.signatures.map { .string($0.name) })
+                Terminal.writeOutput(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self))
+                return
+            }
+            var lines = [
+                "Compatible:       \(manifest.compatible)", "Version:          \(manifest.version)",
+                "Security version: \(manifest.securityVersion)", "Built:            \(WallClock.iso8601(manifest.buildTime))",
+                "Expires:          \(manifest.expires.map { WallClock.iso8601($0) } ?? "never")",
+                "Signatures:       \(reader.signatures.count) (not checked; use 'ferry bundle verify')",
+            ]
+            if let description = manifest.description { lines.append("Description:      \(description)") }
+            if let keyring = manifest.keyring {
+                lines.append("New keyring:      \(keyring.member), \(keyring.denyList.count) denied signer(s)")
+            }
+            for payload in manifest.payloads {
+                lines.append(
+                    "Payload:          \(payload.type) for \(payload.target): \(payload.member), \(payload.size) bytes "
+                        + "(\(payload.compression.rawValue), \(payload.storedSize) stored, \(payload.chunks.count) chunks of \(payload.chunkSize)), sha256 \(payload.sha256.hex)")
+                if let delta = payload.delta {
+                    lines.append(
+                        "  delta:          from \(delta.sourceSize) bytes sha256 \(delta.sourceSHA256.hex) to \(delta.targetSize) bytes sha256 "
+                            + "\(delta.targetSHA256.hex), \(delta.sourceChecks.count) source checks")
+                }
+            }
+            Terminal.writeOutput(lines.joined(separator: "\n") + "\n")
+        }
+    }
+}
