@@ -104,13 +104,7 @@ public struct Installer {
         try record(plan, manifest: manifest, bundle: bundleName, staged: staged, store: store)
         if let keyring, let update = manifest.keyring { try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName) }
         try store.recordTrustedTime(policy.trustedTime)
-        progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
-        if let group = plan.switchedGroup {
-            try control.markActive(group)
-        } else if !staged.isEmpty {
-            try control.parts.activateInstall(staged, bundle: bundleName, version: manifest.version.description)
-        }
-        progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
+        try switchOver(plan, staged: staged, control: control, bundle: bundleName, version: manifest.version.description)
         return Result(
             resumed: resumed, target: plan.switchedGroup ?? "", version: manifest.version.description, slots: plan.writtenSlots.map(\.name),
             copied: plan.copies.map(\.slot.name), apps: staged.map(\.summary), adoptedKeyring: keyring != nil)
@@ -204,6 +198,20 @@ public struct Installer {
             }
             try context.complete(slot, journal: &journal)
         }
+    }
+
+    /// The switch: the target group made primary in one atomic environment write; or, when no
+    /// group switches (single-copy modules), the apps and settings activated now, all or none.
+    private func switchOver(
+        _ plan: InstallPlan, staged: [GroupParts.Part], control: BootControl, bundle: String, version: String
+    ) throws(FerryError) {
+        progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
+        if let group = plan.switchedGroup {
+            try control.markActive(group)
+        } else if !staged.isEmpty {
+            try control.parts.activateInstall(staged, bundle: bundle, version: version)
+        }
+        progress(ProgressEvent(stage: .done, slot: nil, bytesDone: 0, bytesTotal: 0))
     }
 
     /// Records what each written slot holds (and, with a group switch, the pending security
