@@ -250,15 +250,8 @@ extension UpdateIndex {
         return entry(for: manifest, manifestBytes: reader.manifestBytes, url: name, size: file.byteCount, sha256: try SHA256Hasher.hash(file))
     }
 
-    /// A signer of the index: a certificate and its private key (PEM files).
-    public struct Signer: Sendable {
-        public var certificate: String
-        public var key: String
-        public init(certificate: String, key: String) {
-            self.certificate = certificate
-            self.key = key
-        }
-    }
+    /// A signer of the index: a certificate and its private key (PEM files), as for bundles.
+    public typealias Signer = BundleWriter.Signer
 
     /// Writes the index to `output` and one detached signature per signer beside it
     /// (`<output>.1.p7s`, …): the signatures first and the index last, so that a server never shows
