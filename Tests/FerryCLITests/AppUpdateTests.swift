@@ -151,6 +151,10 @@ import Testing
             #expect(result.status == FerryError.Code.healthCheckFailed.exitStatus, "\(result.output)")
             #expect(result.output.contains("could not run (") && result.output.contains("deactivated (no earlier version)"), "\(result.output)")
             #expect(device.current("nav") == nil)
+            // Nothing to return to: its own exit status, one line.
+            let rollback = try device.ferry(["apps", "rollback", "nav"])
+            #expect(rollback.status == FerryError.Code.nothingToRollBack.exitStatus, "\(rollback.output)")
+            #expect(rollback.output.hasPrefix("ferry: error: app 'nav' has no previous version"), "\(rollback.output)")
         }
     }
 
