@@ -272,22 +272,3 @@ struct StepContext {
         try store.setInstallJournal(journal)
     }
 }
-
-extension StateStore {
-    /// The security version of the bundle installed into a group, raised into the floor when the
-    /// group is confirmed.
-    func setPendingSecurityVersion(_ version: Int64, for bootname: String) throws(FerryError) {
-        var record = try trustRecord()
-        var pending = record["pendingSecurityVersion"]?.objectValue ?? [:]
-        pending[bootname] = .number(Double(version))
-        record["pendingSecurityVersion"] = .object(pending)
-        try setTrustRecord(record)
-    }
-
-    /// Raises the floor to the security version installed in `bootname`, if one is pending.
-    func confirmSecurityVersion(of bootname: String) throws(FerryError) {
-        let record = try trustRecord()
-        guard let version = record["pendingSecurityVersion"]?.objectValue?[bootname]?.int64Value else { return }
-        try raiseSecurityFloor(to: version)
-    }
-}

@@ -144,17 +144,15 @@ public struct UpdateCheck {
     /// same serial; records a newer one.
     private func recordSerial(_ index: UpdateIndex, bytes: [UInt8]) throws(FerryError) {
         let store = StateStore(directory: configuration.stateDirectory)
-        var record = try store.trustRecord()
         let digest = SHA256Hasher.hash(bytes).hex
-        let last = record["updateIndex"]?.objectValue
-        if let last, let serial = last["serial"]?.int64Value {
-            guard index.serial >= serial else {
+        if let last = try store.trustRecord().updateIndex {
+            guard index.serial >= last.serial else {
                 throw FerryError(
                     code: .downgrade,
-                    message: "the update index has serial \(index.serial), older than \(serial) which this device accepted: a replayed index is refused")
+                    message: "the update index has serial \(index.serial), older than \(last.serial) which this device accepted: a replayed index is refused")
             }
-            if index.serial == serial {
-                guard last["sha256"]?.stringValue == digest else {
+            if index.serial == last.serial {
+                guard last.sha256 == digest else {
                     throw FerryError(
                         code: .downgrade,
                         message: "the update index has serial \(index.serial) like the one this device accepted, but other content: a new index needs a new serial")
@@ -162,10 +160,9 @@ public struct UpdateCheck {
                 return
             }
         }
-        record["updateIndex"] = .object([
-            "serial": .number(Double(index.serial)), "sha256": .string(digest), "acceptedAt": .string(WallClock.iso8601()),
-        ])
-        try store.setTrustRecord(record)
+        try store.updateTrustRecord { record in
+            record.updateIndex = TrustRecord.AcceptedIndex(serial: index.serial, sha256: digest, acceptedAt: WallClock.iso8601())
+        }
     }
 }
 

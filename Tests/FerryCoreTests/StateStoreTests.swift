@@ -286,4 +286,66 @@ import Testing
             try store.raiseSecurityFloor(to: 2)
         }
     }
+
+    @Test func theTrustRecordWithItsNestedEntries() async throws {
+        try await Self.roundTrip(
+            "trust.json",
+            #"{"formatVersion": 1, "fromTheFuture": 1, "keyring": {"certificates": ["ab"], "denyList": [], "from": "a", "nestedFuture": 1}, "updateIndex": {"serial": 3, "sha256": "cd", "nestedFuture": 2}, "pendingSecurityVersion": {"A": 2}}"#
+        ) { store in
+            try store.recordTrustedTime(1_800_000_000)
+            try store.confirmSecurityVersion(of: "A")
+            let record = try store.trustRecord()
+            #expect(record.securityFloor == 2)
+            #expect(record.updateIndex?.serial == 3)
+            #expect(record.keyring?.certificates == ["ab"])
+        }
+    }
+
+    @Test func theInstallParts() async throws {
+        try await Self.roundTrip(
+            "install-parts.json",
+            #"{"formatVersion": 1, "group": "", "bundle": "b", "version": "1", "state": "activating", "fromTheFuture": true, "parts": [{"kind": "settings", "name": "carrier.json", "nestedFuture": 3}]}"#
+        ) { store in
+            var parts = try #require(try store.installParts())
+            parts.state = .active
+            try store.setInstallParts(parts)
+        }
+    }
+
+    /// A file newer Ferry wrote with a higher formatVersion keeps it when an older Ferry rewrites it.
+    @Test(arguments: [StateFile.slots, .boot, .trust, .installJournal, .groupParts])
+    func theFormatVersionIsNeverLowered(_ file: StateFile) async throws {
+        let bodies: [StateFile: String] = [
+            .slots: #""slots": {}"#, .boot: #""pending": "B""#, .trust: #""securityFloor": 1"#,
+            .installJournal: #""manifestSha256": "ab", "target": "B""#,
+            .groupParts: #""group": "B", "state": "staged", "parts": []"#,
+        ]
+        try await withTemporaryDirectory { dir in
+            let store = StateStore(directory: dir)
+            try makeFile(store.path(file), bytes: Array(#"{"formatVersion": 7, "fromTheFuture": 1, \#(bodies[file]!)}"#.utf8))
+            switch file {
+            case .slots: try store.setSlotRecord(InstalledSlotRecord(version: "1"), for: "rootfs_a")
+            case .boot: try store.setBootState(try store.bootState())
+            case .trust: try store.raiseSecurityFloor(to: 5)
+            case .installJournal: try store.setInstallJournal(try #require(store.installJournal()))
+            default: try store.setGroupParts(try #require(try store.groupParts()))
+            }
+            let root = try StateStoreTests().rawObject(store.path(file))
+            #expect(root["formatVersion"] == .number(7))
+            #expect(root["fromTheFuture"] == .number(1))
+        }
+    }
+}
+
+/// docs/state.md's table names every file of the state directory, and only those (`StateFile`).
+@Suite struct StateFilesAreDocumentedTests {
+    @Test func docsStateListsEveryStateFile() throws {
+        let text = try TextFile.read("\(TestEnvironment.packageRoot)/docs/state.md")
+        var documented: Set<String> = []
+        for line in text.split(separator: "\n") where line.hasPrefix("| `") {
+            let cell = line.dropFirst(3)
+            if let end = cell.firstIndex(of: "`") { documented.insert(String(cell[..<end])) }
+        }
+        #expect(documented == Set(StateFile.allCases.map(\.rawValue)), "docs/state.md and StateFile differ")
+    }
 }

@@ -8,7 +8,7 @@ import FerrySystem
 ///
 /// A checkpoint is taken every `checkpointBytes` of a slot: the slot is synced first, then the
 /// journal is replaced atomically, so the journal never claims more than is durable.
-public struct InstallJournal: Sendable, Equatable {
+public struct InstallJournal: Sendable, Equatable, StateRecord {
     /// SHA-256 of the manifest bytes: identifies the bundle (its content, not its file name).
     public var manifestSHA256: String
     /// The group being written.
@@ -27,20 +27,23 @@ public struct InstallJournal: Sendable, Equatable {
     /// Every key as read, those a newer Ferry wrote included: kept on rewrite (docs/state.md).
     var raw: [String: JSONValue] = [:]
 
-    var json: JSONValue {
-        .object(raw.merging([
-            "formatVersion": .number(Double(max(1, raw["formatVersion"]?.int64Value ?? 0))), "manifestSha256": .string(manifestSHA256), "target": .string(target),
-            "bundle": .string(bundle), "chunksDone": .object(chunksDone.mapValues { .number(Double($0)) }),
-            "completed": .array(completed.map(JSONValue.string)), "zeroed": .array(zeroed.map(JSONValue.string)),
-            "startedAt": .string(startedAt),
-            "deltaPositions": .object(
-                deltaPositions.mapValues { position in
-                    .object([
-                        "operation": .number(Double(position.operation)), "deltaOffset": .number(Double(position.deltaOffset)),
-                        "targetOffset": .number(Double(position.targetOffset)),
-                    ])
-                }),
-        ]) { _, known in known })
+    var json: [String: JSONValue] {
+        var object = raw
+        object["manifestSha256"] = .string(manifestSHA256)
+        object["target"] = .string(target)
+        object["bundle"] = .string(bundle)
+        object["chunksDone"] = .object(chunksDone.mapValues { .integer($0) })
+        object["completed"] = .array(completed.map(JSONValue.string))
+        object["zeroed"] = .array(zeroed.map(JSONValue.string))
+        object["startedAt"] = .string(startedAt)
+        object["deltaPositions"] = .object(
+            deltaPositions.mapValues { position in
+                .object([
+                    "operation": .integer(position.operation), "deltaOffset": .integer(position.deltaOffset),
+                    "targetOffset": .integer(position.targetOffset),
+                ])
+            })
+        return object
     }
 
     init(manifestSHA256: String, target: String, bundle: String) {
@@ -54,8 +57,10 @@ public struct InstallJournal: Sendable, Equatable {
         startedAt = WallClock.iso8601()
     }
 
-    init?(json: [String: JSONValue]) {
-        guard let hash = json["manifestSha256"]?.stringValue, let target = json["target"]?.stringValue else { return nil }
+    init(json: [String: JSONValue], path: String) throws(FerryError) {
+        guard let hash = json["manifestSha256"]?.stringValue, let target = json["target"]?.stringValue else {
+            throw FerryError(code: .stateInvalid, message: "state file '\(path)': needs 'manifestSha256' and 'target'")
+        }
         raw = json
         manifestSHA256 = hash
         self.target = target
@@ -75,30 +80,14 @@ public struct InstallJournal: Sendable, Equatable {
 }
 
 extension StateStore {
-    public var journalPath: String { "\(directory)/install.json" }
+    public var journalPath: String { path(.installJournal) }
 
     /// The journal of an interrupted install, if any. An unreadable journal counts as none
     /// (a stale or torn journal must never block a new install).
-    public func installJournal() -> InstallJournal? {
-        guard TextFile.exists(journalPath), let object = try? readObject(journalPath) else { return nil }
-        return InstallJournal(json: object)
-    }
+    public func installJournal() -> InstallJournal? { try? read(InstallJournal.self, from: .installJournal) }
 
-    func setInstallJournal(_ journal: InstallJournal) throws(FerryError) {
-        try DurableFile.createDirectory(directory)
-        try DurableFile.write(journal.json.serialized(), to: journalPath)
-    }
+    func setInstallJournal(_ journal: InstallJournal) throws(FerryError) { try write(journal, to: .installJournal) }
 
     /// Drops the journal (`ferry install --abort`, a finished install, a stale journal).
-    public func removeInstallJournal() throws(FerryError) {
-        guard TextFile.exists(journalPath) else { return }
-        try FileSystem.remove(journalPath)
-        IOTrace.recordRemoval(journalPath)
-        try DurableFile.synchronizeDirectory(directory)
-    }
+    public func removeInstallJournal() throws(FerryError) { try write(InstallJournal?.none, to: .installJournal) }
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif
-import SystemPackage

@@ -6,7 +6,7 @@ import FerrySystem
 /// The bootloader's variables say what boots next; this file says what Ferry asked for, so that
 /// `boot-check` can tell that the bootloader fell back: `pending` is the group Ferry made primary
 /// that has not been confirmed yet.
-public struct BootState: Sendable, Equatable {
+public struct BootState: Sendable, Equatable, StateRecord {
     /// The group Ferry last made primary.
     public var primary: String?
     /// The group made primary and not yet confirmed (on trial).
@@ -30,7 +30,7 @@ public struct BootState: Sendable, Equatable {
         raw = [:]
     }
 
-    init(json: [String: JSONValue]) {
+    init(json: [String: JSONValue], path: String) {
         self.init()
         raw = json
         primary = json["primary"]?.stringValue
@@ -47,9 +47,8 @@ public struct BootState: Sendable, Equatable {
         }
     }
 
-    var json: JSONValue {
+    var json: [String: JSONValue] {
         var object = raw
-        object["formatVersion"] = .number(Double(max(StateStore.formatVersion, object["formatVersion"]?.int64Value ?? 0)))
         object["primary"] = primary.map(JSONValue.string)
         object["pending"] = pending.map(JSONValue.string)
         object["pendingBootID"] = pending == nil ? nil : pendingBootID.map(JSONValue.string)
@@ -70,30 +69,16 @@ public struct BootState: Sendable, Equatable {
             groups[bootname] = .object(group)
         }
         object["groups"] = groups.isEmpty ? nil : .object(groups)
-        return .object(object.filter { $0.value != .null })
+        return object
     }
 }
 
 extension StateStore {
-    public var bootStatePath: String { "\(directory)/boot.json" }
-
-    /// This boot's ID: the kernel's (`/proc/sys/kernel/random/boot_id`), or on a sandbox the one
-    /// tools/sandbox-boot writes to `<state>/boot-id` for each simulated boot; nil when unknown.
-    public func currentBootID(sandbox: Bool) -> String? {
-        let text = TextFile.attribute(sandbox ? "\(directory)/boot-id" : "/proc/sys/kernel/random/boot_id")?.trimmingCharacters()
-        return text?.isEmpty == false ? text : nil
-    }
+    public var bootStatePath: String { path(.boot) }
 
     /// Ferry's boot-control record (empty when none was written yet).
-    public func bootState() throws(FerryError) -> BootState {
-        guard TextFile.exists(bootStatePath) else { return BootState() }
-        let object = try readObject(bootStatePath)
-        return BootState(json: object)
-    }
+    public func bootState() throws(FerryError) -> BootState { try read(BootState.self, from: .boot) ?? BootState() }
 
     /// Replaces the boot-control record atomically.
-    public func setBootState(_ state: BootState) throws(FerryError) {
-        try DurableFile.createDirectory(directory)
-        try DurableFile.write(state.json.serialized(), to: bootStatePath)
-    }
+    public func setBootState(_ state: BootState) throws(FerryError) { try write(state, to: .boot) }
 }

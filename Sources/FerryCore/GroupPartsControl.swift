@@ -8,164 +8,6 @@ import SystemPackage
     import Glibc
 #endif
 
-/// The app and settings parts of a mixed bundle: one that also writes slot images and switches
-/// groups (docs/mixed-bundles.md). They belong to the group the bundle was installed into:
-///
-/// * **staged** by the install: apps as complete, inactive versions in the app store; settings as
-///   the checked incoming documents under `<settingsStore>/.group-<bootname>/`;
-/// * **activated** when that group is confirmed (`boot-check`, `mark good`), before the
-///   bootloader is told it is good, each with its health check: a failing one switches every part
-///   back and the group is not confirmed;
-/// * **dropped** (staged) or **switched back** (active) with the group: when it is marked bad
-///   (a fallback noticed by `boot-check`, `mark bad`, a new install into it), when another group is
-///   made active, or when another group is confirmed while they are active.
-///
-/// The record is `<state>/group-parts.json`; there is at most one. It is written before the
-/// group switch, and every step is repeatable, so a cut at any instant is finished by the next
-/// run of the same step.
-public struct GroupParts: Sendable, Equatable {
-    public enum State: String, Sendable {
-        /// Written into the stores, not active; the group is not confirmed yet.
-        case staged
-        /// Being activated: what each part replaces is recorded (a cut here is finished or undone by the next step).
-        case activating
-        /// Active with the confirmed group.
-        case active
-    }
-
-    public struct Part: Sendable, Equatable {
-        public enum Kind: String, Sendable { case app, settings }
-        public var kind: Kind
-        public var name: String
-        /// The app version (apps).
-        public var version: String?
-        /// `json` or `xml` (settings).
-        public var format: String?
-        public var mergePatch: Bool
-        /// What activation replaced: the app's earlier current version, or for settings `kept`
-        /// when the earlier document was saved beside the staged one. nil: there was none.
-        public var replaced: String?
-        /// The app's earlier `previous` version (what `apps rollback` returned to before this
-        /// activation), put back with `replaced` when the activation is switched back.
-        public var replacedPrevious: String?
-        /// Every key as read, those a newer Ferry wrote included: kept on rewrite (docs/state.md).
-        var raw: [String: JSONValue] = [:]
-
-        public init(
-            kind: Kind, name: String, version: String? = nil, format: String? = nil, mergePatch: Bool = false, replaced: String? = nil,
-            replacedPrevious: String? = nil
-        ) {
-            self.kind = kind
-            self.name = name
-            self.version = version
-            self.format = format
-            self.mergePatch = mergePatch
-            self.replaced = replaced
-            self.replacedPrevious = replacedPrevious
-        }
-
-        var label: String { kind == .app ? "app '\(name)' \(version ?? "")" : "settings '\(name)'" }
-        /// How an install's result names it: `nav 2.0`, `settings carrier.json`.
-        var summary: String { kind == .app ? "\(name) \(version ?? "")" : "settings \(name)" }
-    }
-
-    public var group: String
-    public var bundle: String
-    public var version: String
-    public var state: State
-    /// In manifest order.
-    public var parts: [Part]
-    /// Every key as read, those a newer Ferry wrote included: kept on rewrite (docs/state.md).
-    var raw: [String: JSONValue] = [:]
-
-    public init(group: String, bundle: String, version: String, state: State = .staged, parts: [Part]) {
-        self.group = group
-        self.bundle = bundle
-        self.version = version
-        self.state = state
-        self.parts = parts
-    }
-
-    init(json: [String: JSONValue], path: String) throws(FerryError) {
-        guard let group = json["group"]?.stringValue, let stateName = json["state"]?.stringValue, let state = State(rawValue: stateName),
-            case .array(let entries) = json["parts"] ?? .null
-        else {
-            throw FerryError(code: .stateInvalid, message: "state file '\(path)': needs 'group', 'state' (staged, activating or active) and 'parts'")
-        }
-        var parts: [Part] = []
-        for entry in entries {
-            guard let object = entry.objectValue, let kind = object["kind"]?.stringValue.flatMap(Part.Kind.init(rawValue:)),
-                let name = object["name"]?.stringValue
-            else {
-                throw FerryError(code: .stateInvalid, message: "state file '\(path)': every part needs a 'kind' (app or settings) and a 'name'")
-            }
-            try AppStore.checkName(name, what: "state file '\(path)': part name")
-            if let version = object["version"]?.stringValue { try AppStore.checkName(version, what: "state file '\(path)': app version") }
-            if kind == .app, object["version"]?.stringValue == nil {
-                throw FerryError(code: .stateInvalid, message: "state file '\(path)': app part '\(name)' has no version")
-            }
-            var part = Part(
-                kind: kind, name: name, version: object["version"]?.stringValue, format: object["format"]?.stringValue,
-                mergePatch: object["mergePatch"] == .bool(true), replaced: object["replaced"]?.stringValue,
-                replacedPrevious: object["replacedPrevious"]?.stringValue)
-            part.raw = object
-            parts.append(part)
-        }
-        self.init(
-            group: group, bundle: json["bundle"]?.stringValue ?? "", version: json["version"]?.stringValue ?? "", state: state, parts: parts)
-        raw = json
-    }
-
-    var json: JSONValue {
-        .object(
-            raw.merging([
-                "formatVersion": .number(Double(max(StateStore.formatVersion, raw["formatVersion"]?.int64Value ?? 0))), "group": .string(group), "bundle": .string(bundle),
-                "version": .string(version), "state": .string(state.rawValue),
-                "parts": .array(
-                    parts.map { part in
-                        // The keys this Ferry knows are set or removed; the others stay.
-                        var object = part.raw
-                        object["kind"] = .string(part.kind.rawValue)
-                        object["name"] = .string(part.name)
-                        object["version"] = part.version.map(JSONValue.string)
-                        object["format"] = part.format.map(JSONValue.string)
-                        object["mergePatch"] = part.mergePatch ? .bool(true) : nil
-                        object["replaced"] = part.replaced.map(JSONValue.string)
-                        object["replacedPrevious"] = part.replacedPrevious.map(JSONValue.string)
-                        return .object(object)
-                    }),
-            ]) { _, known in known })
-    }
-}
-
-extension StateStore {
-    public var groupPartsPath: String { "\(directory)/group-parts.json" }
-    /// The record of an app or settings install being activated (no group): what a cut leaves
-    /// behind, switched back by the next install or boot-check.
-    public var installPartsPath: String { "\(directory)/install-parts.json" }
-
-    /// The app and settings parts of the last mixed bundle, if any are staged or active.
-    public func groupParts() throws(FerryError) -> GroupParts? { try parts(at: groupPartsPath) }
-
-    public func setGroupParts(_ parts: GroupParts?) throws(FerryError) { try setParts(parts, at: groupPartsPath) }
-
-    func parts(at path: String) throws(FerryError) -> GroupParts? {
-        guard TextFile.exists(path) else { return nil }
-        return try GroupParts(json: try readObject(path), path: path)
-    }
-
-    func setParts(_ parts: GroupParts?, at path: String) throws(FerryError) {
-        guard let parts else {
-            try FileSystem.remove(path)
-            IOTrace.recordRemoval(path)
-            try DurableFile.synchronizeDirectory(directory)
-            return
-        }
-        try DurableFile.createDirectory(directory)
-        try DurableFile.write(parts.json.serialized(), to: path)
-    }
-}
-
 /// Stages, activates and switches back the parts of mixed bundles (see `GroupParts`).
 public struct GroupPartsControl {
     public let configuration: SystemConfiguration
@@ -186,7 +28,7 @@ public struct GroupPartsControl {
     func stagingDirectory(_ group: String) -> String {
         "\(configuration.settingsStore ?? "")/" + (group.isEmpty ? ".install" : ".group-\(group)")
     }
-    func recordPath(_ record: GroupParts) -> String { record.group.isEmpty ? store.installPartsPath : store.groupPartsPath }
+    func recordFile(_ record: GroupParts) -> StateFile { record.group.isEmpty ? .installParts : .groupParts }
 
     /// Checks that the device can take these parts (stores configured, plain names), before anything is written.
     public func checkCanStage(_ payloads: [Manifest.Payload]) throws(FerryError) {
@@ -255,7 +97,7 @@ public struct GroupPartsControl {
         var record = GroupParts(group: "", bundle: bundle, version: version, parts: parts)
         defer { try? FileSystem.removeTree(stagingDirectory("")) }
         try activate(&record, failure: nil)
-        try store.setParts(nil, at: store.installPartsPath)
+        try store.setInstallParts(nil)
     }
 
     /// An app or settings install cut during its activation is switched back: its health checks
@@ -264,7 +106,7 @@ public struct GroupPartsControl {
     /// partial staging directories): they belong to no install, since the global lock is held.
     public func recoverInterruptedInstall() throws(FerryError) {
         try removeLeftovers()
-        guard let record = try store.parts(at: store.installPartsPath) else { return }
+        guard let record = try store.installParts() else { return }
         logger.warning("Switching back an app or settings install that was cut during its activation", metadata: ["bundle": "\(record.bundle)"])
         try abandon(record)
     }
@@ -311,13 +153,13 @@ public struct GroupPartsControl {
     /// part, then runs their health checks. On a failure every part goes back, the record returns
     /// to `staged`, and it throws `.healthCheckFailed` (`failure` says what that means for the group).
     private func activate(_ record: inout GroupParts, failure suffix: String?) throws(FerryError) {
-        let path = recordPath(record)
+        let file = recordFile(record)
         if record.state == .staged {
             for index in record.parts.indices {
                 try recordReplaced(&record.parts[index], group: record.group)
             }
             record.state = .activating
-            try store.setParts(record, at: path)
+            try store.write(record, to: file)
         }
         for part in record.parts {
             try activate(part, group: record.group)
@@ -326,7 +168,7 @@ public struct GroupPartsControl {
             guard let failure = healthCheck(part) else { continue }
             try switchBack(record)
             record.state = .staged
-            try store.setParts(record.group.isEmpty ? nil : record, at: path)
+            try store.write(record.group.isEmpty ? nil : record, to: file)
             let back: String
             switch (part.kind, part.replaced) {
             case (.app, let version?): back = "switched back to \(version)"
@@ -338,7 +180,7 @@ public struct GroupPartsControl {
             throw FerryError(code: .healthCheckFailed, message: "\(part.label): \(failure); \(suffix ?? back + others)")
         }
         record.state = .active
-        try store.setParts(record, at: path)
+        try store.write(record, to: file)
         // Every check passed: versions beyond `apps.keep` can go now.
         for part in record.parts where part.kind == .app { try apps.prune(part.name) }
     }
@@ -369,7 +211,7 @@ public struct GroupPartsControl {
     }
 
     func remove(_ record: GroupParts) throws(FerryError) {
-        try store.setParts(nil, at: recordPath(record))
+        try store.write(GroupParts?.none, to: recordFile(record))
         if configuration.settingsStore != nil { try FileSystem.removeTree(stagingDirectory(record.group)) }
     }
 
