@@ -80,13 +80,15 @@ let package = Package(
         .target(
             name: "FerryCore",
             dependencies: [
-                "CXML2", "FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryDelta", "FerryNet", logging,
+                "CXML2", "FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryDelta",
+                "FerryNet", logging,
             ]
         ),
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryCore", "FerryJSON", "FerryBootloader", "FerryBundle", "FerryCrypto", "FerryDelta", "FerryNet", "FerrySystem",
+                "FerryCore", "FerryJSON", "FerryBootloader", "FerryBundle", "FerryCrypto", "FerryDelta", "FerryNet",
+                "FerrySystem",
                 argumentParser, logging,
             ]
         ),
@@ -110,7 +112,10 @@ let package = Package(
         // makes it a replayer of files, and FerryFuzzTests replays the committed corpus.
         .target(
             name: "FerryFuzzTargets",
-            dependencies: ["FerrySystem", "FerryJSON", "FerryXZ", "FerryBundle", "FerryDelta", "FerryBootloader", "FerryCore", logging]
+            dependencies: [
+                "FerrySystem", "FerryJSON", "FerryXZ", "FerryBundle", "FerryDelta", "FerryBootloader", "FerryCore",
+                logging,
+            ]
         ),
         .executableTarget(
             name: "ferry-fuzz",
@@ -124,14 +129,19 @@ let package = Package(
             path: "Tests/FerryTestSupport"
         ),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"]),
-        .testTarget(name: "FerryBundleTests", dependencies: ["FerryBundle", "FerryCore", "FerryCrypto", "FerryXZ", "FerryJSON", "FerryTestSupport"]),
+        .testTarget(
+            name: "FerryBundleTests",
+            dependencies: ["FerryBundle", "FerryCore", "FerryCrypto", "FerryXZ", "FerryJSON", "FerryTestSupport"]),
         .testTarget(name: "FerryXZTests", dependencies: ["FerryXZ", "FerryTestSupport"]),
         .testTarget(name: "FerryJSONTests", dependencies: ["FerryJSON", "FerryTestSupport"]),
         .testTarget(name: "FerryBootloaderTests", dependencies: ["FerryBootloader", "FerryXZ", "FerryTestSupport"]),
-        .testTarget(name: "FerryDeltaTests", dependencies: ["FerryDelta", "FerryCrypto", "FerrySystem", "FerryTestSupport"]),
+        .testTarget(
+            name: "FerryDeltaTests", dependencies: ["FerryDelta", "FerryCrypto", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryNetTests", dependencies: ["FerryNet", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryCryptoTests", dependencies: ["FerryCrypto", "FerryTestSupport"]),
-        .testTarget(name: "FerryCoreTests", dependencies: ["FerryCore", "FerryNet", "FerryJSON", "FerryCrypto", "FerryTestSupport"]),
+        .testTarget(
+            name: "FerryCoreTests",
+            dependencies: ["FerryCore", "FerryNet", "FerryJSON", "FerryCrypto", "FerryTestSupport"]),
         .testTarget(
             name: "FerryCLITests",
             dependencies: ["FerryCLI", "FerryJSON", "FerryTestSupport"],
@@ -142,7 +152,10 @@ let package = Package(
         // it): the crash simulation.
         .testTarget(
             name: "FerryInstallTests",
-            dependencies: ["FerryBootloader", "FerryBundle", "FerryCore", "FerryCrypto", "FerryJSON", "FerrySystem", "FerryTestSupport"]
+            dependencies: [
+                "FerryBootloader", "FerryBundle", "FerryCore", "FerryCrypto", "FerryJSON", "FerrySystem",
+                "FerryTestSupport",
+            ]
         ),
         .testTarget(
             name: "FerryIntegrationTests",
@@ -161,9 +174,10 @@ for target in package.targets where target.type != .system && target.name != "CF
     // public functions can be dropped too: the ferry executable is the only client of these
     // modules. Together ~0.2 MiB; the packages' code cannot get these flags from here.
     if target.type == .regular || target.type == .executable {
-        settings.append(.unsafeFlags(
-            ["-Osize", "-Xfrontend", "-function-sections", "-Xfrontend", "-internalize-at-link"],
-            .when(configuration: .release)))
+        settings.append(
+            .unsafeFlags(
+                ["-Osize", "-Xfrontend", "-function-sections", "-Xfrontend", "-internalize-at-link"],
+                .when(configuration: .release)))
     }
     target.swiftSettings = settings
 }

@@ -36,7 +36,9 @@ extension BootChooser {
     /// Refuses a bootname that is no configured group.
     func check(_ bootname: String) throws(FerryError) {
         guard bootnames.contains(bootname) else {
-            throw FerryError(code: .unknownSlot, message: "no slot group '\(bootname)' (groups: \(bootnames.joined(separator: ", ")))")
+            throw FerryError(
+                code: .unknownSlot,
+                message: "no slot group '\(bootname)' (groups: \(bootnames.joined(separator: ", ")))")
         }
     }
 
@@ -89,7 +91,8 @@ public final class UBootBootChooser: BootChooser {
         return bootnames.map { bootname in
             let left = Self.left(variables, bootname, default: tries)
             return GroupBootState(
-                bootname: bootname, bootable: left > 0 && order(variables).contains(bootname), triesLeft: left, tried: nil)
+                bootname: bootname, bootable: left > 0 && order(variables).contains(bootname), triesLeft: left,
+                tried: nil)
         }
     }
 

@@ -22,8 +22,10 @@ public final class CustomBootChooser: BootChooser {
     }
 
     private func call(_ arguments: [String]) throws(FerryError) -> String {
-        let output = try ExternalCommand(role: "custom boot chooser", [command] + arguments, timeoutSeconds: timeoutSeconds)
-            .check(failingWith: .bootEnvironmentInvalid)
+        let output = try ExternalCommand(
+            role: "custom boot chooser", [command] + arguments, timeoutSeconds: timeoutSeconds
+        )
+        .check(failingWith: .bootEnvironmentInvalid)
         return output.split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\t" }).first.map(String.init) ?? ""
     }
 
@@ -31,7 +33,9 @@ public final class CustomBootChooser: BootChooser {
         let name = try call(["get-primary"])
         guard !name.isEmpty else { return nil }
         guard bootnames.contains(name) else {
-            throw FerryError(code: .bootEnvironmentInvalid, message: "custom boot chooser says primary is '\(name)', which is no slot group")
+            throw FerryError(
+                code: .bootEnvironmentInvalid,
+                message: "custom boot chooser says primary is '\(name)', which is no slot group")
         }
         return name
     }
@@ -47,7 +51,8 @@ public final class CustomBootChooser: BootChooser {
             let text = try call(["get-state", bootname])
             guard text == "good" || text == "bad" else {
                 throw FerryError(
-                    code: .bootEnvironmentInvalid, message: "custom boot chooser get-state \(bootname) printed '\(text)', not good or bad")
+                    code: .bootEnvironmentInvalid,
+                    message: "custom boot chooser get-state \(bootname) printed '\(text)', not good or bad")
             }
             states.append(GroupBootState(bootname: bootname, bootable: text == "good", triesLeft: nil, tried: nil))
         }

@@ -36,7 +36,8 @@ public struct FWEnvConfig: Sendable, Equatable {
         let text: String
         do { text = try TextFile.read(path, limit: 64 << 10) } catch {
             throw FerryError(
-                code: .bootEnvironmentInvalid, message: "cannot read the U-Boot environment configuration: \(error.message)",
+                code: .bootEnvironmentInvalid,
+                message: "cannot read the U-Boot environment configuration: \(error.message)",
                 cause: error)
         }
         let folder = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
@@ -54,7 +55,8 @@ public struct FWEnvConfig: Sendable, Equatable {
                 FerryError(code: .bootEnvironmentInvalid, message: "\(name):\(number + 1): \(problem)")
             }
             guard fields.count >= 3, fields.count <= 6 else {
-                throw invalid("expected 'device offset size [sector-size [sectors [disable-lock]]]', got \(fields.count) fields")
+                throw invalid(
+                    "expected 'device offset size [sector-size [sectors [disable-lock]]]', got \(fields.count) fields")
             }
             var device = String(fields[0])
             if device.hasPrefix("/dev/mtd") || device.hasPrefix("/dev/ubi") || device.contains(":") {
@@ -74,11 +76,17 @@ public struct FWEnvConfig: Sendable, Equatable {
                 }
                 sector = value == 0 ? nil : Int(value)
             }
-            if fields.count >= 5 { guard parseNumber(fields[4]) != nil else { throw invalid("sector count '\(fields[4])' is not a number") } }
-            locations.append(UBootEnvironmentLocation(device: device, offset: offset, size: Int(size), sectorSize: sector))
+            if fields.count >= 5 {
+                guard parseNumber(fields[4]) != nil else {
+                    throw invalid("sector count '\(fields[4])' is not a number")
+                }
+            }
+            locations.append(
+                UBootEnvironmentLocation(device: device, offset: offset, size: Int(size), sectorSize: sector))
         }
         guard !locations.isEmpty else {
-            throw FerryError(code: .bootEnvironmentInvalid, message: "\(name): no environment location (expected one or two lines)")
+            throw FerryError(
+                code: .bootEnvironmentInvalid, message: "\(name): no environment location (expected one or two lines)")
         }
         guard locations.count <= 2 else {
             throw FerryError(code: .bootEnvironmentInvalid, message: "\(name): more than two environment copies")
@@ -86,7 +94,8 @@ public struct FWEnvConfig: Sendable, Equatable {
         if locations.count == 2, locations[0].size != locations[1].size {
             throw FerryError(code: .bootEnvironmentInvalid, message: "\(name): the two copies have different sizes")
         }
-        if locations.count == 2, locations[0].device == locations[1].device, locations[0].offset == locations[1].offset {
+        if locations.count == 2, locations[0].device == locations[1].device, locations[0].offset == locations[1].offset
+        {
             throw FerryError(code: .bootEnvironmentInvalid, message: "\(name): both copies are at the same place")
         }
         return FWEnvConfig(locations: locations)

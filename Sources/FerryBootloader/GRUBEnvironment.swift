@@ -22,7 +22,8 @@ public final class GRUBEnvironment: BootEnvironment {
         let bytes: [UInt8]
         do { bytes = try TextFile.readBytes(path, limit: 64 << 10) } catch {
             throw FerryError(
-                code: .bootEnvironmentInvalid, message: "cannot read the GRUB environment: \(error.message)", cause: error)
+                code: .bootEnvironmentInvalid, message: "cannot read the GRUB environment: \(error.message)",
+                cause: error)
         }
         return try Self.decode(bytes, name: name)
     }
@@ -100,7 +101,8 @@ public final class GRUBEnvironment: BootEnvironment {
         guard bytes.count <= blockSize else {
             throw FerryError(
                 code: .bootEnvironmentTooSmall,
-                message: "\(name): the variables need \(bytes.count) bytes but a GRUB environment block holds \(blockSize)")
+                message:
+                    "\(name): the variables need \(bytes.count) bytes but a GRUB environment block holds \(blockSize)")
         }
         bytes.append(contentsOf: repeatElement(UInt8(ascii: "#"), count: blockSize - bytes.count))
         return bytes

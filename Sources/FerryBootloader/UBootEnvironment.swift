@@ -44,7 +44,8 @@ public final class UBootEnvironment: BootEnvironment {
             let device: BlockDevice
             do { device = try BlockDevice.openForReading(location.device) } catch {
                 throw FerryError(
-                    code: .bootEnvironmentInvalid, message: "\(name): cannot open '\(location.device)': \(error.message)",
+                    code: .bootEnvironmentInvalid,
+                    message: "\(name): cannot open '\(location.device)': \(error.message)",
                     cause: error)
             }
             defer { try? device.close() }
@@ -62,7 +63,8 @@ public final class UBootEnvironment: BootEnvironment {
         for (index, bytes) in raw.enumerated() {
             copies.append(try UBootEnvironmentCodec.decode(bytes, format: format, name: "\(name) copy \(index + 1)"))
         }
-        let current = format.redundant ? UBootEnvironmentCodec.currentIndex(copies[0], copies[1]) : (copies[0] == nil ? nil : 0)
+        let current =
+            format.redundant ? UBootEnvironmentCodec.currentIndex(copies[0], copies[1]) : (copies[0] == nil ? nil : 0)
         guard let current else {
             throw FerryError(
                 code: .bootEnvironmentInvalid,
@@ -107,9 +109,12 @@ public final class UBootEnvironment: BootEnvironment {
 
     private func writeSingle(_ variables: [String: String], padByte: UInt8) throws(FerryError) {
         let location = locations[0]
-        let bytes = try UBootEnvironmentCodec.encode(variables, flags: nil, padByte: padByte, format: format, name: name)
+        let bytes = try UBootEnvironmentCodec.encode(
+            variables, flags: nil, padByte: padByte, format: format, name: name)
         let status = try? BlockDevice.openForReading(location.device)
-        let isWholeFile = status.map { $0.kind == .imageFile && location.offset == 0 && $0.byteCount == Int64(location.size) } ?? false
+        let isWholeFile =
+            status.map { $0.kind == .imageFile && location.offset == 0 && $0.byteCount == Int64(location.size) }
+            ?? false
         try? status?.close()
         if isWholeFile {
             // A whole file: new file, sync, rename over, sync the directory.
@@ -119,7 +124,9 @@ public final class UBootEnvironment: BootEnvironment {
         guard allowSingleRawCopy else {
             throw FerryError(
                 code: .bootEnvironmentUnsupported,
-                message: "\(name): a single raw U-Boot environment copy cannot be written atomically; configure a redundant environment or opt in with allowSingleRawCopy")
+                message:
+                    "\(name): a single raw U-Boot environment copy cannot be written atomically; configure a redundant environment or opt in with allowSingleRawCopy"
+            )
         }
         try write(bytes, at: location, byteOffset: 0)
     }
@@ -141,7 +148,9 @@ public final class UBootEnvironment: BootEnvironment {
         guard offset >= 0, offset <= deviceSize, Int64(location.size) <= deviceSize - offset else {
             throw FerryError(
                 code: .bootEnvironmentInvalid,
-                message: "\(name): the environment at offset \(location.offset) (\(location.size) bytes) lies outside '\(location.device)' (\(deviceSize) bytes)")
+                message:
+                    "\(name): the environment at offset \(location.offset) (\(location.size) bytes) lies outside '\(location.device)' (\(deviceSize) bytes)"
+            )
         }
         return offset
     }

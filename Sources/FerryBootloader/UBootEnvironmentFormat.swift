@@ -126,7 +126,8 @@ public enum UBootEnvironmentCodec {
             throw FerryError(code: .bootEnvironmentInvalid, message: "\(environment): invalid variable name '\(name)'")
         }
         guard !value.utf8.contains(0) else {
-            throw FerryError(code: .bootEnvironmentInvalid, message: "\(environment): the value of '\(name)' contains NUL")
+            throw FerryError(
+                code: .bootEnvironmentInvalid, message: "\(environment): the value of '\(name)' contains NUL")
         }
     }
 
@@ -139,7 +140,8 @@ public enum UBootEnvironmentCodec {
         case (_?, nil): return 0
         case (nil, _?): return 1
         case (let a?, let b?):
-            let x = a.flags ?? 0, y = b.flags ?? 0
+            let x = a.flags ?? 0
+            let y = b.flags ?? 0
             if x == 255 && y == 0 { return 1 }
             if y == 255 && x == 0 { return 0 }
             return y > x ? 1 : 0

@@ -1,7 +1,7 @@
+import Dispatch
 import FerryCrypto
 import FerrySystem
 import FerryXZ
-import Dispatch
 
 /// Reads a bundle from a stream, in the order the format fixes, verifying before trusting:
 ///
@@ -30,10 +30,12 @@ public final class BundleReader {
     ///   `.limitExceeded`, `.truncated`.
     public func readSignedManifest() throws(FerryError) {
         guard let first = try tar.nextMember(maximumSize: Int64(Manifest.maximumSize)) else {
-            throw FerryError(code: .bundleInvalid, message: "\(tar.source.sourceName) is an empty archive, not a bundle")
+            throw FerryError(
+                code: .bundleInvalid, message: "\(tar.source.sourceName) is an empty archive, not a bundle")
         }
         guard first.name == "manifest.json" else {
-            throw FerryError(code: .bundleInvalid, message: "the first member of the bundle is '\(first.name)', not manifest.json")
+            throw FerryError(
+                code: .bundleInvalid, message: "the first member of the bundle is '\(first.name)', not manifest.json")
         }
         manifestBytes = try tar.readRemainingContent(maximumCount: Manifest.maximumSize)
         while let member = try tar.nextMember() {
@@ -45,13 +47,18 @@ public final class BundleReader {
             guard member.name == expected else {
                 throw FerryError(
                     code: .bundleInvalid,
-                    message: "bundle member '\(member.name)' where '\(expected)' was expected (signatures are numbered from 1, in order, once each)")
+                    message:
+                        "bundle member '\(member.name)' where '\(expected)' was expected (signatures are numbered from 1, in order, once each)"
+                )
             }
             guard signatures.count < Self.maximumSignatures else {
-                throw FerryError(code: .limitExceeded, message: "the bundle has more than \(Self.maximumSignatures) signatures")
+                throw FerryError(
+                    code: .limitExceeded, message: "the bundle has more than \(Self.maximumSignatures) signatures")
             }
             guard member.size <= Int64(CMS.maximumSignatureSize) else {
-                throw FerryError(code: .limitExceeded, message: "\(member.name) is \(member.size) bytes, more than \(CMS.maximumSignatureSize)")
+                throw FerryError(
+                    code: .limitExceeded,
+                    message: "\(member.name) is \(member.size) bytes, more than \(CMS.maximumSignatureSize)")
             }
             signatures.append((member.name, try tar.readRemainingContent(maximumCount: CMS.maximumSignatureSize)))
         }
@@ -63,9 +70,11 @@ public final class BundleReader {
     ///   what the entry says.
     /// - Throws: everything `readSignedManifest`, `TrustPolicy` and `Manifest.parse` throw;
     ///   `.notIndexed` for a bundle other than the entry's.
-    public func verify(policy: TrustPolicy, allowDowngrade: Bool = false, indexed: UpdateIndex.Entry? = nil) throws(FerryError) -> (
-        Manifest, [Certificate], keyring: [UInt8]?
-    ) {
+    public func verify(policy: TrustPolicy, allowDowngrade: Bool = false, indexed: UpdateIndex.Entry? = nil)
+        throws(FerryError) -> (
+            Manifest, [Certificate], keyring: [UInt8]?
+        )
+    {
         try readSignedManifest()
         try indexed?.checkManifest(manifestBytes, bundle: tar.source.sourceName)
         let signers = try policy.verifySignatures(manifest: manifestBytes, signatures: signatures)
@@ -77,7 +86,9 @@ public final class BundleReader {
             let member = try nextMember(named: update.member, size: update.size)
             let bytes = try tar.readRemainingContent(maximumCount: Int(update.size))
             guard SHA256Hasher.hash(bytes) == update.sha256 else {
-                throw FerryError(code: .bundleInvalid, message: "bundle member '\(member.name)' does not match its SHA-256 in the manifest")
+                throw FerryError(
+                    code: .bundleInvalid,
+                    message: "bundle member '\(member.name)' does not match its SHA-256 in the manifest")
             }
             keyring = bytes
         }
@@ -86,7 +97,9 @@ public final class BundleReader {
 
     /// Verifies the whole bundle, writing nothing: the manifest as ``verify(policy:allowDowngrade:indexed:)``
     /// does, then every chunk of every payload, then the archive's end.
-    public func verifyWhole(policy: TrustPolicy, allowDowngrade: Bool = false) throws(FerryError) -> (Manifest, [Certificate]) {
+    public func verifyWhole(policy: TrustPolicy, allowDowngrade: Bool = false) throws(FerryError) -> (
+        Manifest, [Certificate]
+    ) {
         let (manifest, signers, _) = try verify(policy: policy, allowDowngrade: allowDowngrade)
         for payload in manifest.payloads {
             try readPayload(payload) { (_, _, _) throws(FerryError) in }
@@ -108,10 +121,16 @@ public final class BundleReader {
             throw FerryError(code: .truncated, message: "the bundle ends before member '\(name)'")
         }
         guard member.name == name else {
-            throw FerryError(code: .bundleInvalid, message: "bundle member '\(member.name)' where '\(name)' was expected (members must follow the manifest's order)")
+            throw FerryError(
+                code: .bundleInvalid,
+                message:
+                    "bundle member '\(member.name)' where '\(name)' was expected (members must follow the manifest's order)"
+            )
         }
         guard member.size == size else {
-            throw FerryError(code: .bundleInvalid, message: "bundle member '\(name)' is \(member.size) bytes, the manifest says \(size)")
+            throw FerryError(
+                code: .bundleInvalid,
+                message: "bundle member '\(name)' is \(member.size) bytes, the manifest says \(size)")
         }
         return member
     }
@@ -143,7 +162,8 @@ public final class BundleReader {
         let workers = max(1, min(ProcessEnvironment.processorCount, 8))
         let slots = max(2, min(2 * workers + 1, Self.decodeMemory / (storedBound + chunkSize)))
         let ring = DecodeRing(
-            slots: max(1, min(slots, payload.chunks.count)), decoders: workers, storedBound: storedBound, chunkSize: chunkSize)
+            slots: max(1, min(slots, payload.chunks.count)), decoders: workers, storedBound: storedBound,
+            chunkSize: chunkSize)
         // No decoder may outlive the buffers (an error leaves some running).
         defer { ring.finish() }
         let whole = SHA256Hasher()
@@ -157,11 +177,13 @@ public final class BundleReader {
             while done < stored.count {
                 let read = try tar.readContent(into: UnsafeMutableRawBufferPointer(rebasing: stored[done...]))
                 guard read > 0 else {
-                    throw FerryError(code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
+                    throw FerryError(
+                        code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
                 }
                 done += read
             }
-            try ChunkCheck.compressed(UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
+            try ChunkCheck.compressed(
+                UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
             let decodedSize = payload.decodedSize(ofChunk: index)
             ring.start(
                 slot,
@@ -185,7 +207,8 @@ public final class BundleReader {
             let slot = index % ring.slots
             let job = ring.wait(slot)
             if let error = ring.errors[slot] { throw error.prefixed("payload '\(payload.member)' chunk \(index)") }
-            try ChunkCheck.decoded(ring.digests[slot], chunk: payload.chunks[index], index: index, member: payload.member)
+            try ChunkCheck.decoded(
+                ring.digests[slot], chunk: payload.chunks[index], index: index, member: payload.member)
             let output = UnsafeRawBufferPointer(ring.decoded(slot, size: job.decodedSize))
             if checkWholeHash { whole.update(output) }
             try body(index, Int64(index) * payload.chunkSize, output)
@@ -199,10 +222,12 @@ public final class BundleReader {
     /// - Throws: `.bundleInvalid` for extra members or trailing data.
     public func finish() throws(FerryError) {
         if let extra = pendingMember {
-            throw FerryError(code: .bundleInvalid, message: "unexpected bundle member '\(extra.name)' after the last payload")
+            throw FerryError(
+                code: .bundleInvalid, message: "unexpected bundle member '\(extra.name)' after the last payload")
         }
         if let extra = try tar.nextMember() {
-            throw FerryError(code: .bundleInvalid, message: "unexpected bundle member '\(extra.name)' after the last payload")
+            throw FerryError(
+                code: .bundleInvalid, message: "unexpected bundle member '\(extra.name)' after the last payload")
         }
         try tar.finishAndCheckEnd()
     }

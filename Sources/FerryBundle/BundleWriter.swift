@@ -81,8 +81,12 @@ public enum BundleWriter {
     ///   `.bundleInvalid` for inconsistent options, I/O errors.
     @discardableResult
     public static func create(_ options: Options, output: String, logger: Logger) throws(FerryError) -> Manifest {
-        guard !options.images.isEmpty else { throw FerryError(code: .usage, message: "a bundle needs at least one --image or --app") }
-        guard !options.signers.isEmpty else { throw FerryError(code: .usage, message: "a bundle needs at least one --cert/--key signer") }
+        guard !options.images.isEmpty else {
+            throw FerryError(code: .usage, message: "a bundle needs at least one --image or --app")
+        }
+        guard !options.signers.isEmpty else {
+            throw FerryError(code: .usage, message: "a bundle needs at least one --cert/--key signer")
+        }
         guard Manifest.chunkSizeRange.contains(Int64(options.chunkSize)) else {
             throw FerryError(code: .usage, message: "the chunk size must be between 64 KiB and 64 MiB")
         }
@@ -98,7 +102,10 @@ public enum BundleWriter {
             let payload = try encodePayload(image, into: temporary, options: options)
             logger.info(
                 "Encoded payload",
-                metadata: ["payload.target": "\(image.slotClass)", "bytes.decoded": "\(payload.size)", "bytes.stored": "\(payload.storedSize)"])
+                metadata: [
+                    "payload.target": "\(image.slotClass)", "bytes.decoded": "\(payload.size)",
+                    "bytes.stored": "\(payload.storedSize)",
+                ])
             payloads.append(payload)
         }
         var keyringUpdate: Manifest.KeyringUpdate? = nil
@@ -112,12 +119,14 @@ public enum BundleWriter {
         }
         let manifest = Manifest(
             compatible: options.compatible, version: options.version, securityVersion: options.securityVersion,
-            buildTime: options.buildTime, expires: options.expires, description: options.description, keyring: keyringUpdate,
+            buildTime: options.buildTime, expires: options.expires, description: options.description,
+            keyring: keyringUpdate,
             payloads: payloads)
         let manifestBytes = manifest.serialized()
         var signatures: [[UInt8]] = []
         for signer in options.signers {
-            signatures.append(try CMS.sign(content: manifestBytes, certificatePath: signer.certificate, keyPath: signer.key))
+            signatures.append(
+                try CMS.sign(content: manifestBytes, certificatePath: signer.certificate, keyPath: signer.key))
         }
 
         let partial = "\(output).tmp-\(FileSystem.processID)"
@@ -185,12 +194,15 @@ public enum BundleWriter {
         }
         try sink.finish()
         let slotClass = image.slotClass
-        let kind: Manifest.Payload.Kind = image.delta.map { .delta($0) } ?? image.app.map { .app($0) } ?? image.settings.map { .settings($0) } ?? .image
+        let kind: Manifest.Payload.Kind =
+            image.delta.map { .delta($0) } ?? image.app.map { .app($0) } ?? image.settings.map { .settings($0) }
+            ?? .image
         let suffix = ["app": "app", "settings": "settings"][kind.name] ?? "img"
         return Manifest.Payload(
             kind: kind, target: slotClass,
             member: isDelta ? "\(slotClass).delta" : "\(slotClass).\(suffix)\(compress ? ".xz" : "")",
-            compression: compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(), storedSize: offset,
+            compression: compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(),
+            storedSize: offset,
             chunkSize: Int64(chunkSize), chunks: chunks)
     }
 
@@ -212,7 +224,8 @@ public enum BundleWriter {
         defer { buffer.deallocate() }
         var remaining = count
         while remaining > 0 {
-            let read = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(buffer.count), remaining))]))
+            let read = try source.read(
+                into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(buffer.count), remaining))]))
             guard read > 0 else { throw FerryError(code: .truncated, message: "\(source.sourceName) ended early") }
             try tar.writeContent(UnsafeRawBufferPointer(rebasing: buffer[..<read]))
             remaining -= Int64(read)

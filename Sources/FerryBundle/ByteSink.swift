@@ -49,7 +49,8 @@ public final class FileByteSink: ByteSink {
         do {
             descriptor = try FileDescriptor.open(
                 FilePath(path), .writeOnly,
-                options: exclusive ? [.create, .exclusiveCreate, .noFollow, .closeOnExec] : [.create, .truncate, .closeOnExec],
+                options: exclusive
+                    ? [.create, .exclusiveCreate, .noFollow, .closeOnExec] : [.create, .truncate, .closeOnExec],
                 permissions: permissions)
         } catch {
             throw .syscall("creating", errno: error as? Errno ?? .ioError, path: path)

@@ -40,7 +40,10 @@ public struct Manifest: Sendable, Equatable {
         public var targetSHA256: SHA256Digest
         public var sourceChecks: [SourceCheck]
 
-        public init(sourceSize: Int64, sourceSHA256: SHA256Digest, targetSize: Int64, targetSHA256: SHA256Digest, sourceChecks: [SourceCheck]) {
+        public init(
+            sourceSize: Int64, sourceSHA256: SHA256Digest, targetSize: Int64, targetSHA256: SHA256Digest,
+            sourceChecks: [SourceCheck]
+        ) {
             self.sourceSize = sourceSize
             self.sourceSHA256 = sourceSHA256
             self.targetSize = targetSize
@@ -133,7 +136,8 @@ public struct Manifest: Sendable, Equatable {
         public var chunks: [Chunk]
 
         public init(
-            kind: Kind, target: String, member: String, compression: Compression, size: Int64, sha256: SHA256Digest, storedSize: Int64,
+            kind: Kind, target: String, member: String, compression: Compression, size: Int64, sha256: SHA256Digest,
+            storedSize: Int64,
             chunkSize: Int64, chunks: [Chunk]
         ) {
             self.kind = kind
@@ -217,14 +221,16 @@ public struct Manifest: Sendable, Equatable {
             "payloads": .array(
                 payloads.map { payload in
                     var entry: [String: JSONValue] = [
-                        "type": .string(payload.type), "target": .string(payload.target), "member": .string(payload.member),
+                        "type": .string(payload.type), "target": .string(payload.target),
+                        "member": .string(payload.member),
                         "compression": .string(payload.compression.rawValue), "size": number(payload.size),
                         "sha256": digest(payload.sha256), "storedSize": number(payload.storedSize),
                         "chunkSize": number(payload.chunkSize),
                         "chunks": .array(
                             payload.chunks.map { chunk in
                                 .object([
-                                    "offset": number(chunk.offset), "size": number(chunk.size), "sha256": digest(chunk.sha256),
+                                    "offset": number(chunk.offset), "size": number(chunk.size),
+                                    "sha256": digest(chunk.sha256),
                                     "decodedSha256": digest(chunk.decodedSHA256),
                                 ])
                             }),
@@ -236,7 +242,8 @@ public struct Manifest: Sendable, Equatable {
                             "sourceChecks": .array(
                                 delta.sourceChecks.map { check in
                                     .object([
-                                        "offset": number(check.range.lowerBound), "length": number(Int64(check.range.count)),
+                                        "offset": number(check.range.lowerBound),
+                                        "length": number(Int64(check.range.count)),
                                         "sha256": digest(check.sha256),
                                     ])
                                 }),
@@ -244,11 +251,14 @@ public struct Manifest: Sendable, Equatable {
                     }
                     if let settings = payload.settings {
                         entry["settings"] = .object([
-                            "name": .string(settings.name), "format": .string(settings.format), "mergePatch": .bool(settings.mergePatch),
+                            "name": .string(settings.name), "format": .string(settings.format),
+                            "mergePatch": .bool(settings.mergePatch),
                         ])
                     }
                     if let app = payload.app {
-                        var info: [String: JSONValue] = ["name": .string(app.name), "version": .string(app.version), "file": .string(app.file)]
+                        var info: [String: JSONValue] = [
+                            "name": .string(app.name), "version": .string(app.version), "file": .string(app.file),
+                        ]
                         if app.unpack { info["unpack"] = .bool(true) }
                         entry["app"] = .object(info)
                     }
@@ -270,17 +280,21 @@ public struct Manifest: Sendable, Equatable {
     /// - Throws: `.bundleInvalid` naming the key, `.limitExceeded` for absurd sizes or counts.
     public static func parse(_ bytes: [UInt8]) throws(FerryError) -> Manifest {
         guard bytes.count <= maximumSize else {
-            throw FerryError(code: .limitExceeded, message: "the manifest is \(bytes.count) bytes, more than \(maximumSize)")
+            throw FerryError(
+                code: .limitExceeded, message: "the manifest is \(bytes.count) bytes, more than \(maximumSize)")
         }
         let file = "manifest.json"
-        var root = try StrictObject(JSONValue.parse(bytes, what: file, code: .bundleInvalid), path: "", file: file, code: .bundleInvalid)
+        var root = try StrictObject(
+            JSONValue.parse(bytes, what: file, code: .bundleInvalid), path: "", file: file, code: .bundleInvalid)
         let version = try root.integer("formatVersion", in: 1...Int64(Int32.max)) ?? 0
         guard version == formatVersion else {
             throw root.invalid("formatVersion", "is \(version); this Ferry reads bundle format \(formatVersion)")
         }
         let compatible = try root.requiredString("compatible")
         let versionText = try root.requiredString("version")
-        guard let semver = SemanticVersion(versionText) else { throw root.invalid("version", "'\(versionText)' is not a semantic version") }
+        guard let semver = SemanticVersion(versionText) else {
+            throw root.invalid("version", "'\(versionText)' is not a semantic version")
+        }
         let securityVersion = try root.integer("securityVersion", in: 0...Int64(UInt32.max)) ?? 0
         let buildTime = try time(&root, "buildTime", required: true)!
         let expires = try time(&root, "expires", required: false)
@@ -289,9 +303,12 @@ public struct Manifest: Sendable, Equatable {
         if var object = try root.object("keyring") {
             let member = try object.requiredString("member")
             try checkMemberName(member, object: object, key: "member")
-            guard let size = try object.integer("size", in: 1...(1 << 20)) else { throw object.invalid("size", "is required") }
+            guard let size = try object.integer("size", in: 1...(1 << 20)) else {
+                throw object.invalid("size", "is required")
+            }
             keyring = KeyringUpdate(
-                member: member, size: size, sha256: try object.digest("sha256"), denyList: try object.stringArray("denyList"))
+                member: member, size: size, sha256: try object.digest("sha256"),
+                denyList: try object.stringArray("denyList"))
             for (index, entry) in keyring!.denyList.enumerated() where SHA256Digest(hex: entry) == nil {
                 throw object.invalid("denyList[\(index)]", "must be a SHA-256 fingerprint (64 hex digits)")
             }
@@ -299,7 +316,8 @@ public struct Manifest: Sendable, Equatable {
         }
         guard case .array(let items)? = root.raw("payloads") else { throw root.invalid("payloads", "must be an array") }
         guard items.count <= maximumPayloads else {
-            throw FerryError(code: .limitExceeded, message: "manifest.json: \(items.count) payloads, more than \(maximumPayloads)")
+            throw FerryError(
+                code: .limitExceeded, message: "manifest.json: \(items.count) payloads, more than \(maximumPayloads)")
         }
         var payloads: [Payload] = []
         var totalChunks = 0
@@ -314,14 +332,17 @@ public struct Manifest: Sendable, Equatable {
         }
         try root.finish()
         return Manifest(
-            compatible: compatible, version: semver, securityVersion: securityVersion, buildTime: buildTime, expires: expires,
+            compatible: compatible, version: semver, securityVersion: securityVersion, buildTime: buildTime,
+            expires: expires,
             description: description, keyring: keyring, payloads: payloads)
     }
 
-    private static func parsePayload(_ object: inout StrictObject, totalChunks: inout Int) throws(FerryError) -> Payload {
+    private static func parsePayload(_ object: inout StrictObject, totalChunks: inout Int) throws(FerryError) -> Payload
+    {
         let type = try object.requiredString("type")
         guard ["image", "delta", "app", "settings"].contains(type) else {
-            throw object.invalid("type", "'\(type)' is not a payload type this Ferry knows (image, delta, app, settings)")
+            throw object.invalid(
+                "type", "'\(type)' is not a payload type this Ferry knows (image, delta, app, settings)")
         }
         let target = try object.requiredString("target")
         let member = try object.requiredString("member")
@@ -330,16 +351,22 @@ public struct Manifest: Sendable, Equatable {
         guard let compression = Compression(rawValue: compressionName) else {
             throw object.invalid("compression", "must be xz or none, not '\(compressionName)'")
         }
-        guard let size = try object.integer("size", in: 0...maximumPayloadSize) else { throw object.invalid("size", "is required") }
+        guard let size = try object.integer("size", in: 0...maximumPayloadSize) else {
+            throw object.invalid("size", "is required")
+        }
         let sha256 = try object.digest("sha256")
         guard let storedSize = try object.integer("storedSize", in: 0...maximumPayloadSize) else {
             throw object.invalid("storedSize", "is required")
         }
-        guard let chunkSize = try object.integer("chunkSize", in: chunkSizeRange) else { throw object.invalid("chunkSize", "is required") }
+        guard let chunkSize = try object.integer("chunkSize", in: chunkSizeRange) else {
+            throw object.invalid("chunkSize", "is required")
+        }
         guard case .array(let items)? = object.raw("chunks") else { throw object.invalid("chunks", "must be an array") }
         let expectedCount = Int((size + chunkSize - 1) / chunkSize)
         guard items.count == expectedCount else {
-            throw object.invalid("chunks", "has \(items.count) entries, but \(size) bytes in chunks of \(chunkSize) need \(expectedCount)")
+            throw object.invalid(
+                "chunks",
+                "has \(items.count) entries, but \(size) bytes in chunks of \(chunkSize) need \(expectedCount)")
         }
         totalChunks += items.count
         guard totalChunks <= maximumChunks else {
@@ -349,21 +376,28 @@ public struct Manifest: Sendable, Equatable {
         chunks.reserveCapacity(items.count)
         var nextOffset: Int64 = 0
         for (index, item) in items.enumerated() {
-            var entry = try StrictObject(item, path: object.keyPath("chunks[\(index)]"), file: object.file, code: .bundleInvalid)
+            var entry = try StrictObject(
+                item, path: object.keyPath("chunks[\(index)]"), file: object.file, code: .bundleInvalid)
             guard let offset = try entry.integer("offset", in: 0...maximumPayloadSize),
                 let chunkStored = try entry.integer("size", in: 1...maximumPayloadSize)
             else { throw entry.invalid("offset", "offset and size are required") }
             guard offset == nextOffset else {
-                throw entry.invalid("offset", "is \(offset), but the chunks must follow each other (expected \(nextOffset))")
+                throw entry.invalid(
+                    "offset", "is \(offset), but the chunks must follow each other (expected \(nextOffset))")
             }
             if compression == .none {
                 let decoded = index == items.count - 1 ? size - chunkSize * Int64(index) : chunkSize
-                guard chunkStored == decoded else { throw entry.invalid("size", "must equal the decoded size for compression none") }
+                guard chunkStored == decoded else {
+                    throw entry.invalid("size", "must equal the decoded size for compression none")
+                }
             } else if chunkStored > Int64(Payload.storedBound(ofChunkSize: Int(chunkSize))) {
                 throw entry.invalid("size", "\(chunkStored) bytes is absurd for a chunk of \(chunkSize) decoded bytes")
             }
             nextOffset = offset + chunkStored
-            chunks.append(Chunk(offset: offset, size: chunkStored, sha256: try entry.digest("sha256"), decodedSHA256: try entry.digest("decodedSha256")))
+            chunks.append(
+                Chunk(
+                    offset: offset, size: chunkStored, sha256: try entry.digest("sha256"),
+                    decodedSHA256: try entry.digest("decodedSha256")))
             try entry.finish()
         }
         guard nextOffset == storedSize else {
@@ -380,7 +414,9 @@ public struct Manifest: Sendable, Equatable {
         var app: AppInfo? = nil
         if var info = try object.object("app") {
             guard type == "app" else { throw object.invalid("app", "belongs to payloads of type app only") }
-            app = AppInfo(name: try info.requiredString("name"), version: try info.requiredString("version"), file: try info.requiredString("file"))
+            app = AppInfo(
+                name: try info.requiredString("name"), version: try info.requiredString("version"),
+                file: try info.requiredString("file"))
             for (key, value) in [("name", app!.name), ("version", app!.version), ("file", app!.file)] {
                 try checkMemberName(value, object: info, key: key)
             }
@@ -392,7 +428,9 @@ public struct Manifest: Sendable, Equatable {
         }
         var settings: SettingsInfo? = nil
         if var info = try object.object("settings") {
-            guard type == "settings" else { throw object.invalid("settings", "belongs to payloads of type settings only") }
+            guard type == "settings" else {
+                throw object.invalid("settings", "belongs to payloads of type settings only")
+            }
             let name = try info.requiredString("name")
             try checkMemberName(name, object: info, key: "name")
             let format = try info.requiredString("format")
@@ -403,7 +441,8 @@ public struct Manifest: Sendable, Equatable {
         } else if type == "settings" {
             throw object.invalid("settings", "is required for a payload of type settings")
         }
-        let kind: Payload.Kind = delta.map { .delta($0) } ?? app.map { .app($0) } ?? settings.map { .settings($0) } ?? .image
+        let kind: Payload.Kind =
+            delta.map { .delta($0) } ?? app.map { .app($0) } ?? settings.map { .settings($0) } ?? .image
         return Payload(
             kind: kind, target: target, member: member, compression: compression, size: size, sha256: sha256,
             storedSize: storedSize, chunkSize: chunkSize, chunks: chunks)
@@ -415,22 +454,33 @@ public struct Manifest: Sendable, Equatable {
         else { throw object.invalid("sourceSize", "sourceSize and targetSize are required") }
         let sourceHash = try object.digest("sourceSha256")
         let targetHash = try object.digest("targetSha256")
-        guard case .array(let items)? = object.raw("sourceChecks") else { throw object.invalid("sourceChecks", "must be an array") }
+        guard case .array(let items)? = object.raw("sourceChecks") else {
+            throw object.invalid("sourceChecks", "must be an array")
+        }
         guard items.count <= maximumSourceChecks else {
-            throw FerryError(code: .limitExceeded, message: "manifest.json: \(items.count) delta source checks, more than \(maximumSourceChecks)")
+            throw FerryError(
+                code: .limitExceeded,
+                message: "manifest.json: \(items.count) delta source checks, more than \(maximumSourceChecks)")
         }
         var checks: [SourceCheck] = []
         var end: Int64 = 0
         for (index, item) in items.enumerated() {
-            var entry = try StrictObject(item, path: object.keyPath("sourceChecks[\(index)]"), file: object.file, code: .bundleInvalid)
-            guard let offset = try entry.integer("offset", in: 0...sourceSize), let length = try entry.integer("length", in: 1...sourceSize),
+            var entry = try StrictObject(
+                item, path: object.keyPath("sourceChecks[\(index)]"), file: object.file, code: .bundleInvalid)
+            guard let offset = try entry.integer("offset", in: 0...sourceSize),
+                let length = try entry.integer("length", in: 1...sourceSize),
                 offset >= end, length <= sourceSize - offset
-            else { throw entry.invalid("offset", "offset and length must name a range inside the source, after the previous one") }
+            else {
+                throw entry.invalid(
+                    "offset", "offset and length must name a range inside the source, after the previous one")
+            }
             checks.append(SourceCheck(range: offset..<(offset + length), sha256: try entry.digest("sha256")))
             end = offset + length
             try entry.finish()
         }
-        return DeltaInfo(sourceSize: sourceSize, sourceSHA256: sourceHash, targetSize: targetSize, targetSHA256: targetHash, sourceChecks: checks)
+        return DeltaInfo(
+            sourceSize: sourceSize, sourceSHA256: sourceHash, targetSize: targetSize, targetSHA256: targetHash,
+            sourceChecks: checks)
     }
 
     private static func time(_ object: inout StrictObject, _ key: String, required: Bool) throws(FerryError) -> Int64? {
@@ -447,7 +497,8 @@ public struct Manifest: Sendable, Equatable {
     /// Member names are plain file names: no directories, no `..`, nothing a tar extraction could misuse.
     static func checkMemberName(_ name: String, object: StrictObject, key: String) throws(FerryError) {
         guard PlainName.isPlain(name), !name.hasPrefix("."), name.count <= 100, !name.hasPrefix("manifest.json") else {
-            throw object.invalid(key, "'\(name)' is not a plain member name (letters, digits, '.', '_', '-'; not starting with '.')")
+            throw object.invalid(
+                key, "'\(name)' is not a plain member name (letters, digits, '.', '_', '-'; not starting with '.')")
         }
     }
 }

@@ -42,7 +42,8 @@ public final class PayloadStream: ByteSource {
             try loadChunk()
         }
         let count = min(buffer.count, available.count)
-        buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: decoded[available.lowerBound..<(available.lowerBound + count)]))
+        buffer.copyMemory(
+            from: UnsafeRawBufferPointer(rebasing: decoded[available.lowerBound..<(available.lowerBound + count)]))
         available = (available.lowerBound + count)..<available.upperBound
         position += Int64(count)
         return count
@@ -84,7 +85,9 @@ public final class PayloadStream: ByteSource {
         var done = 0
         while done < input.count {
             let read = try reader.tar.readContent(into: UnsafeMutableRawBufferPointer(rebasing: input[done...]))
-            guard read > 0 else { throw FerryError(code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)") }
+            guard read > 0 else {
+                throw FerryError(code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
+            }
             done += read
         }
         try ChunkCheck.compressed(UnsafeRawBufferPointer(input), chunk: chunk, index: index, member: payload.member)
@@ -101,7 +104,9 @@ public final class PayloadStream: ByteSource {
         } catch {
             throw error.prefixed("payload '\(payload.member)' chunk \(index)")
         }
-        try ChunkCheck.decoded(SHA256Hasher.hashNotingZeros(UnsafeRawBufferPointer(output)), chunk: chunk, index: index, member: payload.member)
+        try ChunkCheck.decoded(
+            SHA256Hasher.hashNotingZeros(UnsafeRawBufferPointer(output)), chunk: chunk, index: index,
+            member: payload.member)
         nextChunk += 1
         available = 0..<size
     }
@@ -138,16 +143,22 @@ enum ChunkCheck {
     }
 
     /// - Throws: `.bundleInvalid` when the stored bytes do not match the chunk's SHA-256.
-    static func compressed(_ bytes: UnsafeRawBufferPointer, chunk: Manifest.Chunk, index: Int, member: String) throws(FerryError) {
+    static func compressed(_ bytes: UnsafeRawBufferPointer, chunk: Manifest.Chunk, index: Int, member: String)
+        throws(FerryError)
+    {
         guard SHA256Hasher.hash(bytes) == chunk.sha256 else {
             throw FerryError(
                 code: .bundleInvalid,
-                message: "payload '\(member)' chunk \(index) (bytes \(chunk.offset)..<\(chunk.offset + chunk.size)) does not match its SHA-256: the bundle is corrupt")
+                message:
+                    "payload '\(member)' chunk \(index) (bytes \(chunk.offset)..<\(chunk.offset + chunk.size)) does not match its SHA-256: the bundle is corrupt"
+            )
         }
     }
 
     /// Decodes (or copies) one chunk to exactly `output.count` bytes.
-    static func decode(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, compression: Manifest.Compression)
+    static func decode(
+        _ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, compression: Manifest.Compression
+    )
         throws(FerryError)
     {
         switch compression {
@@ -156,7 +167,9 @@ enum ChunkCheck {
             // chunk's signed decoded SHA-256 before using them (about 7 % less decoding time).
             try XZChunkCodec.decode(input, into: output, expectedSize: output.count, checkIntegrity: false)
         case .none:
-            guard input.count == output.count else { throw FerryError(code: .bundleInvalid, message: "a stored chunk has the wrong size") }
+            guard input.count == output.count else {
+                throw FerryError(code: .bundleInvalid, message: "a stored chunk has the wrong size")
+            }
             output.copyMemory(from: input)
         }
     }
@@ -164,7 +177,9 @@ enum ChunkCheck {
     /// - Throws: `.bundleInvalid` when the decoded bytes do not match the chunk's decoded SHA-256.
     static func decoded(_ digest: SHA256Digest?, chunk: Manifest.Chunk, index: Int, member: String) throws(FerryError) {
         guard digest == chunk.decodedSHA256 else {
-            throw FerryError(code: .bundleInvalid, message: "payload '\(member)' chunk \(index) decodes to data that does not match its SHA-256")
+            throw FerryError(
+                code: .bundleInvalid,
+                message: "payload '\(member)' chunk \(index) decodes to data that does not match its SHA-256")
         }
     }
 }

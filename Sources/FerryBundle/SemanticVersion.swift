@@ -15,15 +15,20 @@ public struct SemanticVersion: Sendable, Hashable, Comparable, CustomStringConve
         var core = Substring(text)
         var build: [String] = []
         if let plus = core.firstIndex(of: "+") {
-            build = core[core.index(after: plus)...].split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+            build = core[core.index(after: plus)...].split(separator: ".", omittingEmptySubsequences: false).map(
+                String.init)
             core = core[..<plus]
             guard build.allSatisfy({ Self.isIdentifier($0) }) else { return nil }
         }
         var prerelease: [String] = []
         if let dash = core.firstIndex(of: "-") {
-            prerelease = core[core.index(after: dash)...].split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+            prerelease = core[core.index(after: dash)...].split(separator: ".", omittingEmptySubsequences: false).map(
+                String.init)
             core = core[..<dash]
-            guard prerelease.allSatisfy({ Self.isIdentifier($0) && !($0.count > 1 && $0.hasPrefix("0") && $0.allSatisfy(\.isNumber)) })
+            guard
+                prerelease.allSatisfy({
+                    Self.isIdentifier($0) && !($0.count > 1 && $0.hasPrefix("0") && $0.allSatisfy(\.isNumber))
+                })
             else { return nil }
         }
         let parts = core.split(separator: ".", omittingEmptySubsequences: false)
@@ -38,12 +43,17 @@ public struct SemanticVersion: Sendable, Hashable, Comparable, CustomStringConve
     }
 
     private static func numeric(_ part: Substring) -> UInt64? {
-        guard !part.isEmpty, part.allSatisfy({ $0.isASCII && $0.isNumber }), part == "0" || !part.hasPrefix("0") else { return nil }
+        guard !part.isEmpty, part.allSatisfy({ $0.isASCII && $0.isNumber }), part == "0" || !part.hasPrefix("0") else {
+            return nil
+        }
         return UInt64(part)
     }
 
     private static func isIdentifier(_ text: String) -> Bool {
-        !text.isEmpty && text.unicodeScalars.allSatisfy { ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "-" }
+        !text.isEmpty
+            && text.unicodeScalars.allSatisfy {
+                ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "-"
+            }
     }
 
     public var description: String {

@@ -113,7 +113,9 @@ public final class TarReader {
         guard remaining <= Int64(maximumCount) else {
             throw FerryError(
                 code: .limitExceeded,
-                message: "\(source.sourceName): member '\(member.name)' has \(remaining) bytes, more than the \(maximumCount) allowed")
+                message:
+                    "\(source.sourceName): member '\(member.name)' has \(remaining) bytes, more than the \(maximumCount) allowed"
+            )
         }
         var bytes = [UInt8](repeating: 0, count: Int(remaining))
         var done = 0
@@ -154,7 +156,8 @@ public final class TarReader {
             if !reachedEnd, let member = try readNextMember(maximumSize: .max) {
                 throw FerryError(
                     code: .bundleInvalid,
-                    message: "\(source.sourceName): unexpected member '\(member.name)' at offset \(member.headerOffset) "
+                    message:
+                        "\(source.sourceName): unexpected member '\(member.name)' at offset \(member.headerOffset) "
                         + "where the archive should end")
             }
             let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
@@ -215,7 +218,9 @@ public final class TarReader {
 
     /// Fills `header` with the next block. The caller names what it expected there.
     private func readBlock(what: String) throws(FerryError) {
-        try header.withTypedUnsafeMutableBytes { (buffer) throws(FerryError) in try source.readExactly(into: buffer, what: what) }
+        try header.withTypedUnsafeMutableBytes { (buffer) throws(FerryError) in
+            try source.readExactly(into: buffer, what: what)
+        }
         position += Int64(TarFormat.blockSize)
     }
 
@@ -229,7 +234,9 @@ public final class TarReader {
             try readBlock(what: "the header at offset \(headerOffset)")
             if header.allSatisfy({ $0 == 0 }) {
                 if pax != nil {
-                    throw invalid("the pax header at offset \(firstHeaderOffset) is followed by the end of the archive, not a member")
+                    throw invalid(
+                        "the pax header at offset \(firstHeaderOffset) is followed by the end of the archive, not a member"
+                    )
                 }
                 try readSecondEndBlock()
                 reachedEnd = true
@@ -241,7 +248,9 @@ public final class TarReader {
             let size = try octal(TarFormat.Field.size, "size", rawName)
             switch typeflag {
             case UInt8(ascii: "x"):
-                if pax != nil { throw invalid("two pax headers in a row at offsets \(firstHeaderOffset) and \(headerOffset)") }
+                if pax != nil {
+                    throw invalid("two pax headers in a row at offsets \(firstHeaderOffset) and \(headerOffset)")
+                }
                 guard size <= TarFormat.maximumPaxHeaderSize else {
                     throw FerryError(
                         code: .limitExceeded,
@@ -257,7 +266,10 @@ public final class TarReader {
             // `where` binds to one pattern only: each needs its own.
             case UInt8(ascii: "5") where allowsDirectoriesAndLinks, UInt8(ascii: "2") where allowsDirectoriesAndLinks,
                 UInt8(ascii: "1") where allowsDirectoriesAndLinks:
-                guard size == 0 else { throw invalid("member '\(rawName)' at offset \(headerOffset) is \(Self.describe(typeflag)) with content") }
+                guard size == 0 else {
+                    throw invalid(
+                        "member '\(rawName)' at offset \(headerOffset) is \(Self.describe(typeflag)) with content")
+                }
                 var member = try makeMember(
                     size: 0, rawName: rawName, pax: pax, memberOffset: pax == nil ? headerOffset : firstHeaderOffset,
                     maximumSize: maximumSize, isDirectory: typeflag == UInt8(ascii: "5"))
@@ -265,16 +277,22 @@ public final class TarReader {
                     var stored = pax?.linkPath.map { Array($0.utf8) } ?? Self.cString(header[TarFormat.Field.linkname])
                     // A hard link names an archive member: './' prefixes as for names.
                     if typeflag == UInt8(ascii: "1") { stored = Self.droppingDotSlash(stored) }
-                    guard !stored.isEmpty, !stored.contains(0), let target = String(validating: stored, as: UTF8.self) else {
-                        throw invalid("member '\(member.name)' at offset \(headerOffset): its link target is empty or not UTF-8")
+                    guard !stored.isEmpty, !stored.contains(0), let target = String(validating: stored, as: UTF8.self)
+                    else {
+                        throw invalid(
+                            "member '\(member.name)' at offset \(headerOffset): its link target is empty or not UTF-8")
                     }
                     member.linkName = target
                 }
-                member.kind = typeflag == UInt8(ascii: "5") ? .directory : typeflag == UInt8(ascii: "2") ? .symbolicLink : .hardLink
+                member.kind =
+                    typeflag == UInt8(ascii: "5")
+                    ? .directory : typeflag == UInt8(ascii: "2") ? .symbolicLink : .hardLink
                 currentMember = member
                 return member
             default:
-                throw invalid("member '\(rawName)' at offset \(headerOffset) is \(Self.describe(typeflag)); bundles hold regular files only")
+                throw invalid(
+                    "member '\(rawName)' at offset \(headerOffset) is \(Self.describe(typeflag)); bundles hold regular files only"
+                )
             }
         }
     }
@@ -291,7 +309,9 @@ public final class TarReader {
                     + "computed \(String(computed, radix: 8)))")
         }
         guard isPOSIXMagic || isGNUMagic else {
-            throw invalid("member '\(rawName)' at offset \(offset): not a ustar header (magic \(TarFormat.display(header[257..<265])))")
+            throw invalid(
+                "member '\(rawName)' at offset \(offset): not a ustar header (magic \(TarFormat.display(header[257..<265])))"
+            )
         }
         _ = try octal(TarFormat.Field.mode, "mode", rawName)
         _ = try octal(TarFormat.Field.uid, "uid", rawName)
@@ -310,7 +330,8 @@ public final class TarReader {
     }
 
     private func makeMember(
-        size headerSize: Int64, rawName: String, pax: PaxOverrides?, memberOffset: Int64, maximumSize: Int64, isDirectory: Bool = false
+        size headerSize: Int64, rawName: String, pax: PaxOverrides?, memberOffset: Int64, maximumSize: Int64,
+        isDirectory: Bool = false
     ) throws(FerryError) -> TarMember {
         var nameBytes = Self.cString(header[TarFormat.Field.name])
         if isPOSIXMagic {
@@ -333,10 +354,12 @@ public final class TarReader {
         guard size <= maximumSize else {
             throw FerryError(
                 code: .limitExceeded,
-                message: "\(source.sourceName): member '\(name)' has \(size) bytes, more than the \(maximumSize) allowed")
+                message:
+                    "\(source.sourceName): member '\(name)' has \(size) bytes, more than the \(maximumSize) allowed")
         }
         guard size <= Int64.max - position - Int64(TarFormat.blockSize) else {
-            throw FerryError(code: .limitExceeded, message: "\(source.sourceName): member '\(name)' has an impossible size \(size)")
+            throw FerryError(
+                code: .limitExceeded, message: "\(source.sourceName): member '\(name)' has an impossible size \(size)")
         }
         let mode = try octal(TarFormat.Field.mode, "mode", rawName)
         let headerMtime = try octal(TarFormat.Field.mtime, "mtime", rawName)
@@ -380,12 +403,14 @@ public final class TarReader {
         var seen = Set<String>()
         for record in records {
             guard seen.insert(record.key).inserted else {
-                throw invalid("the pax header at offset \(offset) repeats the key '\(TarFormat.display(record.key.utf8))'")
+                throw invalid(
+                    "the pax header at offset \(offset) repeats the key '\(TarFormat.display(record.key.utf8))'")
             }
             switch record.key {
             case "size":
                 guard let value = Self.decimal(record.value) else {
-                    throw invalid("the pax header at offset \(offset) has a bad size '\(TarFormat.display(record.value.utf8))'")
+                    throw invalid(
+                        "the pax header at offset \(offset) has a bad size '\(TarFormat.display(record.value.utf8))'")
                 }
                 overrides.size = value
             case "path":
@@ -396,9 +421,12 @@ public final class TarReader {
                 // Decimal seconds with an optional fraction and sign (GNU tar writes all three).
                 let parts = record.value.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
                 let whole = parts[0].hasPrefix("-") ? parts[0].dropFirst() : parts[0]
-                guard let seconds = Self.decimal(String(whole)), parts.count == 1 || Self.decimal(String(parts[1])) != nil else {
+                guard let seconds = Self.decimal(String(whole)),
+                    parts.count == 1 || Self.decimal(String(parts[1])) != nil
+                else {
                     throw invalid(
-                        "the pax header at offset \(offset) has a bad \(record.key) '\(TarFormat.display(record.value.utf8))'")
+                        "the pax header at offset \(offset) has a bad \(record.key) '\(TarFormat.display(record.value.utf8))'"
+                    )
                 }
                 if record.key == "mtime" { overrides.mtime = parts[0].hasPrefix("-") ? -seconds : seconds }
             default:
@@ -422,18 +450,23 @@ public final class TarReader {
         }
         position += Int64(done)
         if header[..<done].contains(where: { $0 != 0 }) {
-            throw invalid("trailing data after the archive end (a non-zero block follows the zero block at offset \(position - Int64(done) - 512))")
+            throw invalid(
+                "trailing data after the archive end (a non-zero block follows the zero block at offset \(position - Int64(done) - 512))"
+            )
         }
         if done != 0 && done != header.count {
             throw FerryError(
                 code: .truncated,
-                message: "\(source.sourceName) ends early: the end-of-archive marker is cut after \(512 + done) of 1024 bytes")
+                message:
+                    "\(source.sourceName) ends early: the end-of-archive marker is cut after \(512 + done) of 1024 bytes"
+            )
         }
     }
 
     private func octal(_ field: Range<Int>, _ fieldName: String, _ rawName: String) throws(FerryError) -> Int64 {
         guard let value = TarFormat.parseOctal(header[field]) else {
-            throw invalid("member '\(rawName)' at offset \(headerOffset): the header field '\(fieldName)' is not an octal number")
+            throw invalid(
+                "member '\(rawName)' at offset \(headerOffset): the header field '\(fieldName)' is not an octal number")
         }
         return value
     }
@@ -451,13 +484,16 @@ public final class TarReader {
     /// `./a/b` → `a/b` (repeatedly).
     static func droppingDotSlash(_ bytes: [UInt8]) -> [UInt8] {
         var result = bytes[...]
-        while result.count > 2, result.starts(with: [UInt8(ascii: "."), UInt8(ascii: "/")]) { result = result.dropFirst(2) }
+        while result.count > 2, result.starts(with: [UInt8(ascii: "."), UInt8(ascii: "/")]) {
+            result = result.dropFirst(2)
+        }
         return Array(result)
     }
 
     private static func decimal(_ text: String) -> Int64? {
         let bytes = Array(text.utf8)
-        guard !bytes.isEmpty, bytes.count <= 18, bytes.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) })
+        guard !bytes.isEmpty, bytes.count <= 18,
+            bytes.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) })
         else { return nil }
         return bytes.reduce(0) { $0 * 10 + Int64($1 - UInt8(ascii: "0")) }
     }

@@ -36,14 +36,19 @@ public final class TarWriter {
     /// - Returns: the byte offset of the member's content in the archive.
     /// - Throws: `.bundleInvalid` when the name or modification time cannot be stored.
     @discardableResult
-    public func beginMember(name: String, size: Int64, mode: UInt32 = 0o644, mtime: Int64 = 0) throws(FerryError) -> Int64 {
+    public func beginMember(name: String, size: Int64, mode: UInt32 = 0o644, mtime: Int64 = 0) throws(FerryError)
+        -> Int64
+    {
         precondition(!finished, "Ferry bug: adding a member to a finished archive")
         precondition(current == nil, "Ferry bug: beginMember(\(name)) before endMember() of the previous member")
         precondition(size >= 0, "Ferry bug: negative size for member '\(name)'")
-        precondition(mode & ~0o7777 == 0, "Ferry bug: mode \(String(mode, radix: 8)) of '\(name)' is not permission bits")
+        precondition(
+            mode & ~0o7777 == 0, "Ferry bug: mode \(String(mode, radix: 8)) of '\(name)' is not permission bits")
         let nameBytes = Array(name.utf8)
         if let problem = TarFormat.nameProblem(nameBytes) {
-            throw FerryError(code: .bundleInvalid, message: "cannot add member '\(TarFormat.display(nameBytes))': its name \(problem)")
+            throw FerryError(
+                code: .bundleInvalid,
+                message: "cannot add member '\(TarFormat.display(nameBytes))': its name \(problem)")
         }
         guard let fields = TarFormat.splitName(nameBytes) else {
             throw FerryError(
@@ -52,7 +57,9 @@ public final class TarWriter {
                     + "a prefix of at most 155 and a name of at most 100 bytes")
         }
         guard (0...TarFormat.maximumOctalValue).contains(mtime) else {
-            throw FerryError(code: .bundleInvalid, message: "cannot add member '\(name)': modification time \(mtime) is out of range")
+            throw FerryError(
+                code: .bundleInvalid, message: "cannot add member '\(name)': modification time \(mtime) is out of range"
+            )
         }
         if size > TarFormat.maximumOctalValue {
             let records = PaxRecord.encode([PaxRecord(key: "size", value: String(size))])
@@ -100,7 +107,9 @@ public final class TarWriter {
         guard member.written == member.size else {
             throw FerryError(
                 code: .bundleInvalid,
-                message: "member '\(member.name)': only \(member.written) bytes of content, but its header declares \(member.size)")
+                message:
+                    "member '\(member.name)': only \(member.written) bytes of content, but its header declares \(member.size)"
+            )
         }
         current = nil
         try emitPadding(after: member.size)
@@ -108,7 +117,9 @@ public final class TarWriter {
 
     /// Adds a whole member from memory and returns the offset of its content.
     @discardableResult
-    public func addMember(name: String, bytes: [UInt8], mode: UInt32 = 0o644, mtime: Int64 = 0) throws(FerryError) -> Int64 {
+    public func addMember(name: String, bytes: [UInt8], mode: UInt32 = 0o644, mtime: Int64 = 0) throws(FerryError)
+        -> Int64
+    {
         let offset = try beginMember(name: name, size: Int64(bytes.count), mode: mode, mtime: mtime)
         try writeContent(bytes)
         try endMember()
@@ -177,7 +188,9 @@ public struct PaxRecord: Hashable, Sendable {
             }
             var index = start
             var length = 0
-            while index < bytes.count, index - start < 10, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) {
+            while index < bytes.count, index - start < 10,
+                (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index])
+            {
                 length = length * 10 + Int(bytes[index] - UInt8(ascii: "0"))
                 index += 1
             }
@@ -190,7 +203,9 @@ public struct PaxRecord: Hashable, Sendable {
                 throw malformed("declares \(length) bytes, but only \(bytes.count - start) remain")
             }
             let end = start + length
-            guard bytes[end - 1] == UInt8(ascii: "\n") else { throw malformed("does not end with a newline at its length") }
+            guard bytes[end - 1] == UInt8(ascii: "\n") else {
+                throw malformed("does not end with a newline at its length")
+            }
             let body = bytes[(index + 1)..<(end - 1)]
             guard let equals = body.firstIndex(of: UInt8(ascii: "=")), equals > body.startIndex else {
                 throw malformed("has no 'key=value'")
@@ -308,7 +323,9 @@ enum TarFormat {
     static func splitName(_ bytes: [UInt8]) -> (prefix: [UInt8], name: [UInt8])? {
         if bytes.count <= Field.name.count { return ([], bytes) }
         for index in bytes.indices
-        where bytes[index] == UInt8(ascii: "/") && index <= Field.prefix.count && bytes.count - index - 1 <= Field.name.count {
+        where bytes[index] == UInt8(ascii: "/") && index <= Field.prefix.count
+            && bytes.count - index - 1 <= Field.name.count
+        {
             return (Array(bytes[..<index]), Array(bytes[(index + 1)...]))
         }
         return nil
@@ -350,7 +367,8 @@ enum TarFormat {
     /// A name for messages: at most 100 characters, control characters shown as `?`.
     static func display(_ bytes: some Collection<UInt8>) -> String {
         let text = String(decoding: bytes.prefix(100), as: UTF8.self)
-        let cleaned = String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? "?" : $0 }))
+        let cleaned = String(
+            String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? "?" : $0 }))
         return bytes.count > 100 ? cleaned + "…" : cleaned
     }
 }

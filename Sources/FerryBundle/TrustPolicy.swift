@@ -62,7 +62,8 @@ public struct TrustPolicy {
             let signer: Certificate
             do {
                 signer = try CMS.verify(
-                    signature: signature.bytes, content: manifest, keyring: keyring, at: trustedTime, name: signature.name)
+                    signature: signature.bytes, content: manifest, keyring: keyring, at: trustedTime,
+                    name: signature.name)
             } catch {
                 if error.code == .signatureInvalid || error.code == .limitExceeded { throw error }
                 if error.code != .expired { allExpired = false }
@@ -71,7 +72,9 @@ public struct TrustPolicy {
             }
             if denyList.contains(signer.fingerprint.hex) {
                 allExpired = false
-                reasons.append("\(signature.name): signer \(signer.subject) (\(signer.fingerprint.hex.prefix(16))…) is on the deny-list")
+                reasons.append(
+                    "\(signature.name): signer \(signer.subject) (\(signer.fingerprint.hex.prefix(16))…) is on the deny-list"
+                )
                 continue
             }
             if !counted.contains(where: { $0.fingerprint == signer.fingerprint }) { counted.append(signer) }
@@ -80,7 +83,9 @@ public struct TrustPolicy {
             let why = reasons.isEmpty ? "the same signer signed more than once" : reasons.joined(separator: "; ")
             throw FerryError(
                 code: allExpired && !reasons.isEmpty ? .expired : .untrusted,
-                message: "\(document) has \(counted.count) trusted signer\(counted.count == 1 ? "" : "s") but needs \(threshold) (\(why))")
+                message:
+                    "\(document) has \(counted.count) trusted signer\(counted.count == 1 ? "" : "s") but needs \(threshold) (\(why))"
+            )
         }
         return counted
     }
@@ -91,7 +96,9 @@ public struct TrustPolicy {
     public static func checkExpiry(_ expires: Int64, of document: String, at time: Int64) throws(FerryError) {
         guard expires >= time else {
             throw FerryError(
-                code: .expired, message: "\(document) expired at \(WallClock.iso8601(expires)) (trusted time \(WallClock.iso8601(time)))")
+                code: .expired,
+                message:
+                    "\(document) expired at \(WallClock.iso8601(expires)) (trusted time \(WallClock.iso8601(time)))")
         }
     }
 
@@ -108,12 +115,18 @@ public struct TrustPolicy {
         guard manifest.securityVersion >= device.securityFloor else {
             throw FerryError(
                 code: .downgrade,
-                message: "the bundle's security version \(manifest.securityVersion) is below this device's floor \(device.securityFloor)")
+                message:
+                    "the bundle's security version \(manifest.securityVersion) is below this device's floor \(device.securityFloor)"
+            )
         }
-        if let booted = device.bootedVersion, manifest.version < booted, !(device.allowDowngrade || allowDowngradeOverride) {
+        if let booted = device.bootedVersion, manifest.version < booted,
+            !(device.allowDowngrade || allowDowngradeOverride)
+        {
             throw FerryError(
                 code: .downgrade,
-                message: "the bundle's version \(manifest.version) is older than the booted \(booted) (use --allow-downgrade)")
+                message:
+                    "the bundle's version \(manifest.version) is older than the booted \(booted) (use --allow-downgrade)"
+            )
         }
     }
 }

@@ -47,7 +47,8 @@ public struct UpdateIndex: Sendable, Equatable {
         public var payloads: [PayloadSummary]
 
         public init(
-            compatible: String, version: SemanticVersion, securityVersion: Int64, url: String, size: Int64, sha256: SHA256Digest,
+            compatible: String, version: SemanticVersion, securityVersion: Int64, url: String, size: Int64,
+            sha256: SHA256Digest,
             manifestSHA256: SHA256Digest, payloads: [PayloadSummary]
         ) {
             self.compatible = compatible
@@ -82,17 +83,21 @@ public struct UpdateIndex: Sendable, Equatable {
     public func serialized() -> [UInt8] {
         func number(_ value: Int64) -> JSONValue { .number(Double(value)) }
         return JSONValue.object([
-            "formatVersion": number(Self.formatVersion), "serial": number(serial), "created": .string(WallClock.iso8601(created)),
+            "formatVersion": number(Self.formatVersion), "serial": number(serial),
+            "created": .string(WallClock.iso8601(created)),
             "expires": .string(WallClock.iso8601(expires)),
             "entries": .array(
                 entries.map { entry in
                     .object([
                         "compatible": .string(entry.compatible), "version": .string(entry.version.description),
-                        "securityVersion": number(entry.securityVersion), "url": .string(entry.url), "size": number(entry.size),
+                        "securityVersion": number(entry.securityVersion), "url": .string(entry.url),
+                        "size": number(entry.size),
                         "sha256": .string(entry.sha256.hex), "manifestSha256": .string(entry.manifestSHA256.hex),
                         "payloads": .array(
                             entry.payloads.map { payload in
-                                var object: [String: JSONValue] = ["type": .string(payload.type), "target": .string(payload.target)]
+                                var object: [String: JSONValue] = [
+                                    "type": .string(payload.type), "target": .string(payload.target),
+                                ]
                                 if let source = payload.sourceSHA256 { object["sourceSha256"] = .string(source.hex) }
                                 return .object(object)
                             }),
@@ -105,54 +110,71 @@ public struct UpdateIndex: Sendable, Equatable {
     /// - Throws: `.bundleInvalid` naming the key; `.limitExceeded` for absurd sizes or counts.
     public static func parse(_ bytes: [UInt8]) throws(FerryError) -> UpdateIndex {
         guard bytes.count <= maximumSize else {
-            throw FerryError(code: .limitExceeded, message: "the update index is \(bytes.count) bytes, more than \(maximumSize)")
+            throw FerryError(
+                code: .limitExceeded, message: "the update index is \(bytes.count) bytes, more than \(maximumSize)")
         }
         let file = "index.json"
-        var root = try StrictObject(JSONValue.parse(bytes, what: file, code: .bundleInvalid), path: "", file: file, code: .bundleInvalid)
+        var root = try StrictObject(
+            JSONValue.parse(bytes, what: file, code: .bundleInvalid), path: "", file: file, code: .bundleInvalid)
         let version = try root.integer("formatVersion", in: 1...Int64(Int32.max)) ?? 0
         guard version != 1 else {
             throw root.invalid(
                 "formatVersion",
-                "is 1: an index of format 1 does not bind its bundles' manifests, so a swapped bundle would be noticed only after it was written; this Ferry reads format \(formatVersion): publish the index again with 'ferry bundle index'")
+                "is 1: an index of format 1 does not bind its bundles' manifests, so a swapped bundle would be noticed only after it was written; this Ferry reads format \(formatVersion): publish the index again with 'ferry bundle index'"
+            )
         }
         guard version == formatVersion else {
             throw root.invalid("formatVersion", "is \(version); this Ferry reads update index format \(formatVersion)")
         }
-        guard let serial = try root.integer("serial", in: 0...Int64(1) << 52) else { throw root.invalid("serial", "is required") }
+        guard let serial = try root.integer("serial", in: 0...Int64(1) << 52) else {
+            throw root.invalid("serial", "is required")
+        }
         let created = try time(&root, "created")
         let expires = try time(&root, "expires")
         guard case .array(let items)? = root.raw("entries") else { throw root.invalid("entries", "must be an array") }
         guard items.count <= maximumEntries else {
-            throw FerryError(code: .limitExceeded, message: "index.json: \(items.count) entries, more than \(maximumEntries)")
+            throw FerryError(
+                code: .limitExceeded, message: "index.json: \(items.count) entries, more than \(maximumEntries)")
         }
         var entries: [Entry] = []
         for (index, item) in items.enumerated() {
             var object = try StrictObject(item, path: "entries[\(index)]", file: file, code: .bundleInvalid)
             let compatible = try object.requiredString("compatible")
             let versionText = try object.requiredString("version")
-            guard let semver = SemanticVersion(versionText) else { throw object.invalid("version", "'\(versionText)' is not a semantic version") }
+            guard let semver = SemanticVersion(versionText) else {
+                throw object.invalid("version", "'\(versionText)' is not a semantic version")
+            }
             let securityVersion = try object.integer("securityVersion", in: 0...Int64(UInt32.max)) ?? 0
             let url = try object.requiredString("url")
-            guard !url.isEmpty, !url.contains("\\"), url.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else {
+            guard !url.isEmpty, !url.contains("\\"),
+                url.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F })
+            else {
                 throw object.invalid("url", "'\(url)' is not a URL")
             }
             if url.contains("://") && !url.hasPrefix("https://") {
                 throw object.invalid("url", "'\(url)' is not https:// (Ferry never downloads over plain HTTP)")
             }
-            guard let size = try object.integer("size", in: 1...Manifest.maximumPayloadSize) else { throw object.invalid("size", "is required") }
+            guard let size = try object.integer("size", in: 1...Manifest.maximumPayloadSize) else {
+                throw object.invalid("size", "is required")
+            }
             let sha256 = try object.digest("sha256")
             let manifestSHA256 = try object.digest("manifestSha256")
-            guard case .array(let payloadItems)? = object.raw("payloads"), payloadItems.count <= Manifest.maximumPayloads else {
+            guard case .array(let payloadItems)? = object.raw("payloads"),
+                payloadItems.count <= Manifest.maximumPayloads
+            else {
                 throw object.invalid("payloads", "must be an array of at most \(Manifest.maximumPayloads)")
             }
             var payloads: [PayloadSummary] = []
             for (number, payloadItem) in payloadItems.enumerated() {
-                var payload = try StrictObject(payloadItem, path: object.keyPath("payloads[\(number)]"), file: file, code: .bundleInvalid)
+                var payload = try StrictObject(
+                    payloadItem, path: object.keyPath("payloads[\(number)]"), file: file, code: .bundleInvalid)
                 let type = try payload.requiredString("type")
                 let target = try payload.requiredString("target")
                 var source: SHA256Digest? = nil
                 if let text = try payload.string("sourceSha256") {
-                    guard let value = SHA256Digest(hex: text) else { throw payload.invalid("sourceSha256", "must be 64 hex digits") }
+                    guard let value = SHA256Digest(hex: text) else {
+                        throw payload.invalid("sourceSha256", "must be 64 hex digits")
+                    }
                     source = value
                 }
                 guard (type == "delta") == (source != nil) else {
@@ -164,7 +186,8 @@ public struct UpdateIndex: Sendable, Equatable {
             try object.finish()
             entries.append(
                 Entry(
-                    compatible: compatible, version: semver, securityVersion: securityVersion, url: url, size: size, sha256: sha256,
+                    compatible: compatible, version: semver, securityVersion: securityVersion, url: url, size: size,
+                    sha256: sha256,
                     manifestSHA256: manifestSHA256, payloads: payloads))
         }
         try root.finish()
@@ -184,9 +207,12 @@ public struct UpdateIndex: Sendable, Equatable {
     ///   - manifestBytes: the bundle's `manifest.json`, exactly as stored.
     ///   - url: where the bundle will be, relative to the index.
     ///   - size, sha256: of the bundle file.
-    public static func entry(for manifest: Manifest, manifestBytes: [UInt8], url: String, size: Int64, sha256: SHA256Digest) -> Entry {
+    public static func entry(
+        for manifest: Manifest, manifestBytes: [UInt8], url: String, size: Int64, sha256: SHA256Digest
+    ) -> Entry {
         Entry(
-            compatible: manifest.compatible, version: manifest.version, securityVersion: manifest.securityVersion, url: url, size: size,
+            compatible: manifest.compatible, version: manifest.version, securityVersion: manifest.securityVersion,
+            url: url, size: size,
             sha256: sha256, manifestSHA256: SHA256Hasher.hash(manifestBytes), payloads: Self.summaries(of: manifest))
     }
 
@@ -204,7 +230,9 @@ extension UpdateIndex.Entry {
         guard digest == manifestSHA256 else {
             throw FerryError(
                 code: .notIndexed,
-                message: "\(bundle) is not the bundle the update index names for \(version): its manifest has SHA-256 \(digest.hex), the index says \(manifestSHA256.hex) (a swapped or stale file on the server)")
+                message:
+                    "\(bundle) is not the bundle the update index names for \(version): its manifest has SHA-256 \(digest.hex), the index says \(manifestSHA256.hex) (a swapped or stale file on the server)"
+            )
         }
     }
 
@@ -215,7 +243,9 @@ extension UpdateIndex.Entry {
         func refuse(_ what: String) -> FerryError {
             FerryError(code: .notIndexed, message: "\(bundle) is not the bundle the update index names: \(what)")
         }
-        guard manifest.version == version else { throw refuse("it holds version \(manifest.version), the index entry says \(version)") }
+        guard manifest.version == version else {
+            throw refuse("it holds version \(manifest.version), the index entry says \(version)")
+        }
         guard manifest.compatible == compatible else {
             throw refuse("it is for '\(manifest.compatible)', the index entry says '\(compatible)'")
         }
@@ -226,9 +256,13 @@ extension UpdateIndex.Entry {
         guard actual == payloads else {
             for (index, summary) in actual.enumerated() where index < payloads.count && summary != payloads[index] {
                 if let source = summary.sourceSHA256, payloads[index].sourceSHA256 != source {
-                    throw refuse("its '\(summary.target)' delta applies to \(source.hex), the index entry names \(payloads[index].sourceSHA256?.hex ?? "no delta source")")
+                    throw refuse(
+                        "its '\(summary.target)' delta applies to \(source.hex), the index entry names \(payloads[index].sourceSHA256?.hex ?? "no delta source")"
+                    )
                 }
-                throw refuse("its payload \(index + 1) is \(summary.type) '\(summary.target)', the index entry says \(payloads[index].type) '\(payloads[index].target)'")
+                throw refuse(
+                    "its payload \(index + 1) is \(summary.type) '\(summary.target)', the index entry says \(payloads[index].type) '\(payloads[index].target)'"
+                )
             }
             throw refuse("it has \(actual.count) payload(s), the index entry lists \(payloads.count)")
         }
@@ -247,7 +281,9 @@ extension UpdateIndex {
         let file = try BlockDevice.openForReading(path)
         defer { try? file.close() }
         let name = String(path.split(separator: "/").last ?? Substring(path))
-        return entry(for: manifest, manifestBytes: reader.manifestBytes, url: name, size: file.byteCount, sha256: try SHA256Hasher.hash(file))
+        return entry(
+            for: manifest, manifestBytes: reader.manifestBytes, url: name, size: file.byteCount,
+            sha256: try SHA256Hasher.hash(file))
     }
 
     /// A signer of the index: a certificate and its private key (PEM files), as for bundles.

@@ -8,18 +8,21 @@ extension FerryCommand {
     struct Apps: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "List app-only updates, or switch an app back to its previous version.",
-            discussion: "Apps live in the configured appStore as <name>/<version>/, the active one behind <name>/current (docs/apps.md).",
+            discussion:
+                "Apps live in the configured appStore as <name>/<version>/, the active one behind <name>/current (docs/apps.md).",
             subcommands: [List.self, Rollback.self])
 
         static func store(_ context: DeviceContext) throws(FerryError) -> AppStore {
             guard let directory = context.configuration.appStore else {
-                throw FerryError(code: .configurationInvalid, message: "\(context.configuration.path) names no appStore")
+                throw FerryError(
+                    code: .configurationInvalid, message: "\(context.configuration.path) names no appStore")
             }
             return AppStore(directory: directory, keep: context.configuration.apps.keep, logger: context.logger)
         }
 
         struct List: AsyncParsableCommand, TakesGlobalOptions {
-            static let configuration = CommandConfiguration(abstract: "List installed apps: active, previous and kept versions.")
+            static let configuration = CommandConfiguration(
+                abstract: "List installed apps: active, previous and kept versions.")
             @OptionGroup var global: GlobalOptions
             @Flag(help: "Print JSON.")
             var json = false
@@ -41,13 +44,15 @@ extension FerryCommand {
                 if apps.isEmpty { Terminal.writeOutput("No apps installed.\n") }
                 for app in apps {
                     Terminal.writeOutput(
-                        "\(app.name): active \(app.current ?? "none"), previous \(app.previous ?? "none"), installed \(app.versions.joined(separator: " "))\n")
+                        "\(app.name): active \(app.current ?? "none"), previous \(app.previous ?? "none"), installed \(app.versions.joined(separator: " "))\n"
+                    )
                 }
             }
         }
 
         struct Rollback: AsyncParsableCommand, TakesGlobalOptions {
-            static let configuration = CommandConfiguration(abstract: "Switch an app back to its previous version (atomically).")
+            static let configuration = CommandConfiguration(
+                abstract: "Switch an app back to its previous version (atomically).")
             @OptionGroup var global: GlobalOptions
             @Argument(help: "The app's name.")
             var name: String
@@ -67,18 +72,21 @@ extension FerryCommand {
     struct Settings: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "List configuration (settings) documents, or put a document's previous version back.",
-            discussion: "Settings live in the configured settingsStore: <name> active, <name>.previous kept (docs/settings.md).",
+            discussion:
+                "Settings live in the configured settingsStore: <name> active, <name>.previous kept (docs/settings.md).",
             subcommands: [List.self, Rollback.self])
 
         static func store(_ context: DeviceContext) throws(FerryError) -> SettingsStore {
             guard let directory = context.configuration.settingsStore else {
-                throw FerryError(code: .configurationInvalid, message: "\(context.configuration.path) names no settingsStore")
+                throw FerryError(
+                    code: .configurationInvalid, message: "\(context.configuration.path) names no settingsStore")
             }
             return SettingsStore(directory: directory, configuration: context.configuration.settings)
         }
 
         struct List: AsyncParsableCommand, TakesGlobalOptions {
-            static let configuration = CommandConfiguration(abstract: "List the settings documents and whether a previous version is kept.")
+            static let configuration = CommandConfiguration(
+                abstract: "List the settings documents and whether a previous version is kept.")
             @OptionGroup var global: GlobalOptions
 
             func run() async throws {
@@ -91,7 +99,8 @@ extension FerryCommand {
         }
 
         struct Rollback: AsyncParsableCommand, TakesGlobalOptions {
-            static let configuration = CommandConfiguration(abstract: "Put a settings document's previous version back (atomically).")
+            static let configuration = CommandConfiguration(
+                abstract: "Put a settings document's previous version back (atomically).")
             @OptionGroup var global: GlobalOptions
             @Argument(help: "The settings name.")
             var name: String

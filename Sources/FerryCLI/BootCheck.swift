@@ -26,7 +26,9 @@ extension FerryCommand {
             let result = try context.bootControl().bootCheck(confirm: !noConfirm)
             var line = "Booted group \(result.booted)"
             if let from = result.rolledBackFrom { line += "; rolled back from \(from) (marked bad)" }
-            if let passed = result.healthCheckPassed { line += passed ? "; health check passed" : "; health check failed" }
+            if let passed = result.healthCheckPassed {
+                line += passed ? "; health check passed" : "; health check failed"
+            }
             line += result.confirmed ? "; confirmed." : "; not confirmed."
             Terminal.writeOutput(line + "\n")
         }

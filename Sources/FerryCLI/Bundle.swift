@@ -8,7 +8,7 @@ import FerrySystem
 import Logging
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension FerryCommand {

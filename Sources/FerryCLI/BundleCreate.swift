@@ -8,7 +8,7 @@ import FerrySystem
 import Logging
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension FerryCommand.Bundle {
@@ -25,34 +25,60 @@ extension FerryCommand.Bundle {
         var compatible: String
         @Option(help: ArgumentHelp("The release version (Semantic Versioning).", valueName: "semver"))
         var version: String
-        @Option(name: .customLong("security-version"), help: "The security version (devices never go below the highest they confirmed).")
+        @Option(
+            name: .customLong("security-version"),
+            help: "The security version (devices never go below the highest they confirmed).")
         var securityVersion: Int64 = 0
-        @Option(help: ArgumentHelp("When the bundle stops being accepted (UTC, 2027-01-01T00:00:00Z).", valueName: "time"))
+        @Option(
+            help: ArgumentHelp("When the bundle stops being accepted (UTC, 2027-01-01T00:00:00Z).", valueName: "time"))
         var expires: String?
         @Option(help: "A free-form description.")
         var description: String?
-        @Option(name: .customLong("cert"), help: ArgumentHelp("A signer's certificate (PEM); repeat per signer.", valueName: "pem"))
+        @Option(
+            name: .customLong("cert"),
+            help: ArgumentHelp("A signer's certificate (PEM); repeat per signer.", valueName: "pem"))
         var certificates: [String] = []
-        @Option(name: .customLong("key"), help: ArgumentHelp("That signer's private key (PEM), read in place.", valueName: "pem"))
+        @Option(
+            name: .customLong("key"),
+            help: ArgumentHelp("That signer's private key (PEM), read in place.", valueName: "pem"))
         var keys: [String] = []
-        @Option(name: .customLong("image"), help: ArgumentHelp("An image for a slot class: <class>=<file>; repeat.", valueName: "class=file"))
+        @Option(
+            name: .customLong("image"),
+            help: ArgumentHelp("An image for a slot class: <class>=<file>; repeat.", valueName: "class=file"))
         var images: [String] = []
-        @Option(name: .customLong("app"), help: ArgumentHelp("An app-only update: <name>=<file> (an app package or container image archive); repeat.", valueName: "name=file"))
+        @Option(
+            name: .customLong("app"),
+            help: ArgumentHelp(
+                "An app-only update: <name>=<file> (an app package or container image archive); repeat.",
+                valueName: "name=file"))
         var apps: [String] = []
-        @Option(name: .customLong("app-version"), help: ArgumentHelp("The version the --app files install as (default: --version).", valueName: "version"))
+        @Option(
+            name: .customLong("app-version"),
+            help: ArgumentHelp("The version the --app files install as (default: --version).", valueName: "version"))
         var appVersion: String?
-        @Flag(name: .customLong("app-unpack"), help: "The --app files are tar archives, unpacked into the app's version folder on the device (entries and links checked to stay inside it).")
+        @Flag(
+            name: .customLong("app-unpack"),
+            help:
+                "The --app files are tar archives, unpacked into the app's version folder on the device (entries and links checked to stay inside it)."
+        )
         var appUnpack = false
-        @Option(name: .customLong("settings"), help: ArgumentHelp("A settings update: <name>=<file.json|file.xml>; repeat.", valueName: "name=file"))
+        @Option(
+            name: .customLong("settings"),
+            help: ArgumentHelp("A settings update: <name>=<file.json|file.xml>; repeat.", valueName: "name=file"))
         var settings: [String] = []
-        @Flag(name: .customLong("merge-patch"), help: "Apply the JSON --settings as JSON merge patches (RFC 7386) to the device's documents.")
+        @Flag(
+            name: .customLong("merge-patch"),
+            help: "Apply the JSON --settings as JSON merge patches (RFC 7386) to the device's documents.")
         var mergePatch = false
         @Option(
             name: .customLong("delta-from"),
             help: ArgumentHelp(
-                "Ship the --image of a class as a block delta from this older image: <class>=<file>; repeat.", valueName: "class=file"))
+                "Ship the --image of a class as a block delta from this older image: <class>=<file>; repeat.",
+                valueName: "class=file"))
         var deltaFrom: [String] = []
-        @Option(name: .customLong("chunk-size"), help: ArgumentHelp("Decoded bytes per chunk (K/M suffix).", valueName: "size"))
+        @Option(
+            name: .customLong("chunk-size"),
+            help: ArgumentHelp("Decoded bytes per chunk (K/M suffix).", valueName: "size"))
         var chunkSize: String = "4M"
         @Option(help: "Compression threads (default: all cores).")
         var threads: Int = ProcessEnvironment.processorCount
@@ -60,9 +86,15 @@ extension FerryCommand.Bundle {
         var preset: Int = 6
         @Flag(name: .customLong("no-compress"), help: "Store the images uncompressed (still chunked and hashed).")
         var noCompress = false
-        @Option(name: .customLong("new-keyring"), help: ArgumentHelp("A keyring (PEM) the devices adopt after this bundle (keyring rotation).", valueName: "pem"))
+        @Option(
+            name: .customLong("new-keyring"),
+            help: ArgumentHelp(
+                "A keyring (PEM) the devices adopt after this bundle (keyring rotation).", valueName: "pem"))
         var newKeyring: String?
-        @Option(name: .customLong("deny"), help: ArgumentHelp("A signer certificate fingerprint to deny from then on (with --new-keyring).", valueName: "sha256"))
+        @Option(
+            name: .customLong("deny"),
+            help: ArgumentHelp(
+                "A signer certificate fingerprint to deny from then on (with --new-keyring).", valueName: "sha256"))
         var denyList: [String] = []
         @Option(name: .shortAndLong, help: "The bundle file to write.")
         var output: String
@@ -70,21 +102,27 @@ extension FerryCommand.Bundle {
         var verbose = false
 
         func validate() throws {
-            guard SemanticVersion(version) != nil else { throw ValidationError("--version '\(version)' is not a semantic version") }
+            guard SemanticVersion(version) != nil else {
+                throw ValidationError("--version '\(version)' is not a semantic version")
+            }
             guard !certificates.isEmpty, certificates.count == keys.count else {
                 throw ValidationError("give --cert and --key in pairs, at least one pair")
             }
             guard !images.isEmpty || !apps.isEmpty || !settings.isEmpty else {
-                throw ValidationError("give at least one --image <class>=<file>, --app <name>=<file> or --settings <name>=<file>")
+                throw ValidationError(
+                    "give at least one --image <class>=<file>, --app <name>=<file> or --settings <name>=<file>")
             }
             if mergePatch && settings.isEmpty { throw ValidationError("--merge-patch goes with --settings") }
-            for image in images + apps + settings where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
+            for image in images + apps + settings
+            where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
                 throw ValidationError("'\(image)' is not <name>=<file>")
             }
             if appVersion != nil && apps.isEmpty { throw ValidationError("--app-version goes with --app") }
             if appUnpack && apps.isEmpty { throw ValidationError("--app-unpack goes with --app") }
             for delta in deltaFrom {
-                guard let equals = delta.firstIndex(of: "="), equals != delta.startIndex, delta.index(after: equals) != delta.endIndex else {
+                guard let equals = delta.firstIndex(of: "="), equals != delta.startIndex,
+                    delta.index(after: equals) != delta.endIndex
+                else {
                     throw ValidationError("--delta-from '\(delta)' is not <class>=<file>")
                 }
                 let slotClass = delta[..<equals]
@@ -95,7 +133,9 @@ extension FerryCommand.Bundle {
                     throw ValidationError("--delta-from names slot class '\(slotClass)' twice")
                 }
             }
-            guard Self.parseSize(chunkSize) != nil else { throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 4M") }
+            guard Self.parseSize(chunkSize) != nil else {
+                throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 4M")
+            }
             guard (0...9).contains(preset) else { throw ValidationError("--xz-preset must be 0 to 9") }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             if let expires, WallClock.parseISO8601(expires) == nil {
@@ -126,13 +166,18 @@ extension FerryCommand.Bundle {
         }
 
         /// Writes the delta from image `from` to image `to` into `path`, and describes it for the manifest.
-        static func makeDelta(slotClass: String, from: String, to: String, into path: String) throws(FerryError) -> BundleWriter.Image {
+        static func makeDelta(slotClass: String, from: String, to: String, into path: String) throws(FerryError)
+            -> BundleWriter.Image
+        {
             let sink = try FileByteSink(path: path)
-            let statistics = try DeltaGenerator(source: try BlockDevice.openForReading(from), target: try BlockDevice.openForReading(to))
-                .create { (bytes) throws(FerryError) in try sink.write(bytes) }
+            let statistics = try DeltaGenerator(
+                source: try BlockDevice.openForReading(from), target: try BlockDevice.openForReading(to)
+            )
+            .create { (bytes) throws(FerryError) in try sink.write(bytes) }
             try sink.finish()
             let (header, checks) = try DeltaFormat.readPreamble(try FileByteSource(path: path))
-            Terminal.writeOutput("Delta for \(slotClass): \(statistics.deltaBytes) bytes for a \(header.targetSize)-byte image.\n")
+            Terminal.writeOutput(
+                "Delta for \(slotClass): \(statistics.deltaBytes) bytes for a \(header.targetSize)-byte image.\n")
             let info = Manifest.DeltaInfo(
                 sourceSize: header.sourceSize, sourceSHA256: header.sourceSHA256, targetSize: header.targetSize,
                 targetSHA256: header.targetSHA256,
@@ -170,7 +215,8 @@ extension FerryCommand.Bundle {
             defer { for path in temporaries { FileSystem.removeIfPossible(path) } }
             for image in images {
                 let (slotClass, path) = Self.split(image)
-                guard let from = deltaFrom.first(where: { $0.hasPrefix(slotClass + "=") }).map({ Self.split($0).1 }) else {
+                guard let from = deltaFrom.first(where: { $0.hasPrefix(slotClass + "=") }).map({ Self.split($0).1 })
+                else {
                     bundleImages.append(BundleWriter.Image(slotClass: slotClass, path: path))
                     continue
                 }
@@ -183,7 +229,9 @@ extension FerryCommand.Bundle {
                 let file = String(path.split(separator: "/").last ?? "app")
                 bundleImages.append(
                     BundleWriter.Image(
-                        slotClass: name, path: path, app: Manifest.AppInfo(name: name, version: appVersion ?? version, file: file, unpack: appUnpack)))
+                        slotClass: name, path: path,
+                        app: Manifest.AppInfo(name: name, version: appVersion ?? version, file: file, unpack: appUnpack)
+                    ))
             }
             for document in settings {
                 let (name, path) = Self.split(document)
@@ -191,7 +239,8 @@ extension FerryCommand.Bundle {
                 bundleImages.append(
                     BundleWriter.Image(
                         slotClass: name, path: path,
-                        settings: Manifest.SettingsInfo(name: name, format: format, mergePatch: mergePatch && format == "json")))
+                        settings: Manifest.SettingsInfo(
+                            name: name, format: format, mergePatch: mergePatch && format == "json")))
             }
             var options = BundleWriter.Options(
                 compatible: compatible, version: SemanticVersion(version)!, images: bundleImages,

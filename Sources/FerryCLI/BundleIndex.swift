@@ -8,7 +8,7 @@ import FerrySystem
 import Logging
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension FerryCommand.Bundle {
@@ -26,9 +26,13 @@ extension FerryCommand.Bundle {
         var output: String
         @Option(help: "The index's serial: larger than every index published before.")
         var serial: Int64
-        @Option(help: ArgumentHelp("When devices stop accepting the index (UTC; default: 30 days from now).", valueName: "time"))
+        @Option(
+            help: ArgumentHelp(
+                "When devices stop accepting the index (UTC; default: 30 days from now).", valueName: "time"))
         var expires: String?
-        @Option(name: .customLong("cert"), help: ArgumentHelp("A signer's certificate (PEM); repeat per signer.", valueName: "pem"))
+        @Option(
+            name: .customLong("cert"),
+            help: ArgumentHelp("A signer's certificate (PEM); repeat per signer.", valueName: "pem"))
         var certificates: [String] = []
         @Option(name: .customLong("key"), help: ArgumentHelp("That signer's private key (PEM).", valueName: "pem"))
         var keys: [String] = []
@@ -49,13 +53,17 @@ extension FerryCommand.Bundle {
         func run() async throws {
             let now = WallClock.now()
             // (An expiry in the past is refused before the bundles are read: every device would refuse the index.)
-            if let expires = expires.flatMap(WallClock.parseISO8601) { try TrustPolicy.checkExpiry(expires, of: "the update index", at: now) }
+            if let expires = expires.flatMap(WallClock.parseISO8601) {
+                try TrustPolicy.checkExpiry(expires, of: "the update index", at: now)
+            }
             var entries: [UpdateIndex.Entry] = []
             for bundle in bundles { entries.append(try UpdateIndex.entry(forBundleAt: bundle)) }
             let index = UpdateIndex(
-                serial: serial, created: now, expires: expires.flatMap(WallClock.parseISO8601) ?? now + 30 * 86_400, entries: entries)
+                serial: serial, created: now, expires: expires.flatMap(WallClock.parseISO8601) ?? now + 30 * 86_400,
+                entries: entries)
             try index.publish(
-                to: Paths.absolute(output), signers: zip(certificates, keys).map { UpdateIndex.Signer(certificate: $0, key: $1) }, now: now)
+                to: Paths.absolute(output),
+                signers: zip(certificates, keys).map { UpdateIndex.Signer(certificate: $0, key: $1) }, now: now)
             Terminal.writeOutput(
                 "Wrote \(self.output): serial \(serial), \(entries.count) bundle(s), \(certificates.count) signature(s), "
                     + "expires \(WallClock.iso8601(index.expires)).\n")

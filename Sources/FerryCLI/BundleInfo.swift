@@ -8,7 +8,7 @@ import FerrySystem
 import Logging
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension FerryCommand.Bundle {
@@ -33,7 +33,8 @@ extension FerryCommand.Bundle {
             }
             var lines = [
                 "Compatible:       \(manifest.compatible)", "Version:          \(manifest.version)",
-                "Security version: \(manifest.securityVersion)", "Built:            \(WallClock.iso8601(manifest.buildTime))",
+                "Security version: \(manifest.securityVersion)",
+                "Built:            \(WallClock.iso8601(manifest.buildTime))",
                 "Expires:          \(manifest.expires.map { WallClock.iso8601($0) } ?? "never")",
                 "Signatures:       \(reader.signatures.count) (not checked; use 'ferry bundle verify')",
             ]
@@ -44,7 +45,8 @@ extension FerryCommand.Bundle {
             for payload in manifest.payloads {
                 lines.append(
                     "Payload:          \(payload.type) for \(payload.target): \(payload.member), \(payload.size) bytes "
-                        + "(\(payload.compression.rawValue), \(payload.storedSize) stored, \(payload.chunks.count) chunks of \(payload.chunkSize)), sha256 \(payload.sha256.hex)")
+                        + "(\(payload.compression.rawValue), \(payload.storedSize) stored, \(payload.chunks.count) chunks of \(payload.chunkSize)), sha256 \(payload.sha256.hex)"
+                )
                 if let delta = payload.delta {
                     lines.append(
                         "  delta:          from \(delta.sourceSize) bytes sha256 \(delta.sourceSHA256.hex) to \(delta.targetSize) bytes sha256 "

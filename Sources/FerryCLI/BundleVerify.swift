@@ -8,7 +8,7 @@ import FerrySystem
 import Logging
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension FerryCommand.Bundle {
@@ -29,7 +29,9 @@ extension FerryCommand.Bundle {
         var keyring: String?
         @Option(help: "Distinct trusted signers needed (with --keyring).")
         var threshold: Int = 1
-        @Flag(name: .customLong("allow-downgrade"), help: "Accept a version older than the booted one (never below the security floor).")
+        @Flag(
+            name: .customLong("allow-downgrade"),
+            help: "Accept a version older than the booted one (never below the security floor).")
         var allowDowngrade = false
 
         func validate() throws {
@@ -52,7 +54,8 @@ extension FerryCommand.Bundle {
                 .verifyWhole(policy: policy, allowDowngrade: allowDowngrade)
             Terminal.writeOutput(
                 "Bundle OK: \(manifest.compatible) \(manifest.version), signed by "
-                    + signers.map { "\($0.subject)" }.joined(separator: ", ") + "; \(manifest.payloads.count) payload(s) verified.\n")
+                    + signers.map { "\($0.subject)" }.joined(separator: ", ")
+                    + "; \(manifest.payloads.count) payload(s) verified.\n")
         }
     }
 }

@@ -5,7 +5,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension FerryCommand {
@@ -45,7 +45,8 @@ extension FerryCommand {
                 let sink = try FileByteSink(path: output + ".partial")
                 let statistics: DeltaGenerator.Statistics
                 do {
-                    statistics = try DeltaGenerator(source: source, target: target, options: options).create { (bytes) throws(FerryError) in
+                    statistics = try DeltaGenerator(source: source, target: target, options: options).create {
+                        (bytes) throws(FerryError) in
                         try sink.write(bytes)
                     }
                     try sink.finish()
@@ -58,7 +59,9 @@ extension FerryCommand {
                 for kind in [DeltaFormat.Kind.zero, .copy, .literal, .diff] {
                     let count = statistics.operations[kind] ?? 0
                     guard count > 0 else { continue }
-                    lines.append("  \("\(kind)".padding(8)) \(count) operations, \(statistics.targetBytes[kind] ?? 0) target bytes")
+                    lines.append(
+                        "  \("\(kind)".padding(8)) \(count) operations, \(statistics.targetBytes[kind] ?? 0) target bytes"
+                    )
                 }
                 lines.append("Peak memory: \(Delta.peakMemoryMiB()) MiB.")
                 Terminal.writeOutput(lines.joined(separator: "\n") + "\n")
@@ -89,8 +92,12 @@ extension FerryCommand {
                 do {
                     try applier.apply(from: input) { (_, bytes, _) throws(FerryError) in try sink.write(bytes) }
                     var extra: UInt8 = 0
-                    guard try withUnsafeMutableBytes(of: &extra, { (raw) throws(FerryError) in try input.read(into: raw) }) == 0 else {
-                        throw FerryError(code: .bundleInvalid, message: "delta '\(delta)': trailing data after the last operation")
+                    guard
+                        try withUnsafeMutableBytes(
+                            of: &extra, { (raw) throws(FerryError) in try input.read(into: raw) }) == 0
+                    else {
+                        throw FerryError(
+                            code: .bundleInvalid, message: "delta '\(delta)': trailing data after the last operation")
                     }
                     try sink.finish()
                     try FileSystem.rename(output + ".partial", to: output)
@@ -114,5 +121,7 @@ extension FerryCommand {
 }
 
 extension String {
-    fileprivate func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+    fileprivate func padding(_ width: Int) -> String {
+        count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
 }

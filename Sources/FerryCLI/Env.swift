@@ -17,7 +17,9 @@ extension FerryCommand {
         struct Source: ParsableArguments {
             @OptionGroup var global: GlobalOptions
 
-            @Option(name: .customLong("uboot-config"), help: ArgumentHelp("A U-Boot environment described by an fw_env.config.", valueName: "fw_env.config"))
+            @Option(
+                name: .customLong("uboot-config"),
+                help: ArgumentHelp("A U-Boot environment described by an fw_env.config.", valueName: "fw_env.config"))
             var ubootConfig: String?
 
             @Option(name: .customLong("grub"), help: ArgumentHelp("A GRUB environment block.", valueName: "grubenv"))
@@ -36,7 +38,8 @@ extension FerryCommand {
                 let configuration = try global.loadConfiguration()
                 guard let environment = try BootControl.makeEnvironment(configuration.bootloader) else {
                     throw FerryError(
-                        code: .bootEnvironmentUnsupported, message: "the custom boot chooser has no environment Ferry can edit")
+                        code: .bootEnvironmentUnsupported,
+                        message: "the custom boot chooser has no environment Ferry can edit")
                 }
                 let lock = try writing.map { (name) throws(FerryError) in
                     try StateStore(directory: configuration.stateDirectory).acquireWriteLock(command: name)

@@ -20,7 +20,8 @@ public struct FerryCommand: AsyncParsableCommand {
             """,
         version: FerryVersion.current,
         subcommands: [
-            Status.self, Install.self, Check.self, Update.self, Apps.self, Settings.self, WriteSlot.self, Mark.self, BootCheck.self, Env.self, Bundle.self, Delta.self,
+            Status.self, Install.self, Check.self, Update.self, Apps.self, Settings.self, WriteSlot.self, Mark.self,
+            BootCheck.self, Env.self, Bundle.self, Delta.self,
             Pin.self,
         ]
     )
@@ -122,7 +123,8 @@ public struct GlobalOptions: ParsableArguments {
         // The subcommand path: the names that follow, as long as each is a subcommand.
         var type: any ParsableCommand.Type = FerryCommand.self
         var path: [String] = []
-        while let name = rest.first, let next = type.configuration.subcommands.first(where: { $0._commandName == name }) {
+        while let name = rest.first, let next = type.configuration.subcommands.first(where: { $0._commandName == name })
+        {
             type = next
             path.append(name)
             rest = rest.dropFirst()
@@ -171,7 +173,9 @@ enum Terminal {
         var bytes = Array(text.utf8)
         var offset = 0
         while offset < bytes.count {
-            let written = bytes.withUnsafeMutableBytes { write(descriptor, $0.baseAddress! + offset, $0.count - offset) }
+            let written = bytes.withUnsafeMutableBytes {
+                write(descriptor, $0.baseAddress! + offset, $0.count - offset)
+            }
             if written < 0 && errno == EINTR { continue }
             if written <= 0 { return }
             offset += written

@@ -28,7 +28,9 @@ extension FerryCommand {
         @Flag(help: "Drop the journal of an interrupted install (the next install starts from the beginning).")
         var abort = false
 
-        @Flag(name: .customLong("allow-downgrade"), help: "Accept a version older than the booted one (never below the security floor).")
+        @Flag(
+            name: .customLong("allow-downgrade"),
+            help: "Accept a version older than the booted one (never below the security floor).")
         var allowDowngrade = false
 
         @Flag(help: "Install even while the booted group is on trial (not yet confirmed).")
@@ -53,12 +55,15 @@ extension FerryCommand {
                 let journal = store.installJournal()
                 try store.removeInstallJournal()
                 Terminal.writeOutput(
-                    journal.map { "Dropped the journal of the interrupted install of \($0.bundle) into group \($0.target) (it stays marked bad).\n" }
+                    journal.map {
+                        "Dropped the journal of the interrupted install of \($0.bundle) into group \($0.target) (it stays marked bad).\n"
+                    }
                         ?? "No interrupted install.\n")
                 return
             }
             let bundle = self.bundle!
-            var installer = Installer(configuration: context.configuration, booted: context.booted, logger: context.logger)
+            var installer = Installer(
+                configuration: context.configuration, booted: context.booted, logger: context.logger)
             if let checkpointMiB { installer.checkpointBytes = Int64(checkpointMiB) << 20 }
             let renderer = ProgressRenderer(mode: progress)
             installer.progress = { renderer.handle($0) }
@@ -73,7 +78,8 @@ extension FerryCommand {
             }
             let result: Installer.Result
             do {
-                result = try installer.install(from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
+                result = try installer.install(
+                    from: source, bundleName: name, allowDowngrade: allowDowngrade, force: force)
             } catch {
                 throw Installer.explainingResume(error, stateDirectory: context.configuration.stateDirectory)
             }
@@ -88,11 +94,14 @@ extension FerryCommand {
             }
             if result.target.isEmpty {
                 return installed + "\(result.version) in place into single-copy \(result.slots.joined(separator: ", "))"
-                    + (result.apps.isEmpty ? "" : "; activated \(result.apps.joined(separator: ", "))") + "; no group switch.\n"
+                    + (result.apps.isEmpty ? "" : "; activated \(result.apps.joined(separator: ", "))")
+                    + "; no group switch.\n"
             }
             return installed + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
-                + (result.copied.isEmpty ? "" : "; \(result.copied.joined(separator: ", ")) made consistent with the booted group")
-                + (result.apps.isEmpty ? "" : "; staged \(result.apps.joined(separator: ", ")) until the group is confirmed")
+                + (result.copied.isEmpty
+                    ? "" : "; \(result.copied.joined(separator: ", ")) made consistent with the booted group")
+                + (result.apps.isEmpty
+                    ? "" : "; staged \(result.apps.joined(separator: ", ")) until the group is confirmed")
                 + "\(result.adoptedKeyring ? "; adopted the bundle's new keyring" : "")"
                 + "; group \(result.target) is now primary: reboot, then confirm.\n"
         }

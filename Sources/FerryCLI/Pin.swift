@@ -28,7 +28,9 @@ extension FerryCommand {
         var json = false
 
         func validate() throws {
-            guard (1...3600).contains(connectTimeout) else { throw ValidationError("--connect-timeout must be between 1 and 3600") }
+            guard (1...3600).contains(connectTimeout) else {
+                throw ValidationError("--connect-timeout must be between 1 and 3600")
+            }
         }
 
         func run() async throws {
@@ -38,7 +40,8 @@ extension FerryCommand {
                 options.connectTimeoutSeconds = connectTimeout
                 let presented = try TLSProbe.certificate(of: source, options: options)
                 facts = [
-                    ("certificate", presented.certificatePin.description), ("publicKey", presented.publicKeyPin.description),
+                    ("certificate", presented.certificatePin.description),
+                    ("publicKey", presented.publicKeyPin.description),
                     ("subject", presented.subject), ("issuer", presented.issuer), ("notBefore", presented.notBefore),
                     ("notAfter", presented.notAfter), ("protocol", presented.protocolVersion),
                 ]
@@ -48,7 +51,8 @@ extension FerryCommand {
                     ("certificate", TLSPin(kind: .certificate, sha256: certificate.fingerprint.bytes).description),
                     ("publicKey", TLSPin(kind: .publicKey, sha256: certificate.publicKeyFingerprint.bytes).description),
                     ("subject", certificate.subject), ("issuer", certificate.issuer),
-                    ("notBefore", WallClock.iso8601(certificate.notBefore)), ("notAfter", WallClock.iso8601(certificate.notAfter)),
+                    ("notBefore", WallClock.iso8601(certificate.notBefore)),
+                    ("notAfter", WallClock.iso8601(certificate.notAfter)),
                 ]
             }
             if json {
@@ -58,7 +62,8 @@ extension FerryCommand {
                 return
             }
             let labels = [
-                "certificate": "Certificate pin:", "publicKey": "Public-key pin:", "subject": "Subject:", "issuer": "Issuer:",
+                "certificate": "Certificate pin:", "publicKey": "Public-key pin:", "subject": "Subject:",
+                "issuer": "Issuer:",
                 "notBefore": "Valid from:", "notAfter": "Valid until:", "protocol": "Protocol:",
             ]
             let lines = facts.map { key, value in (labels[key] ?? key).padding(to: 18) + value }

@@ -77,7 +77,8 @@ final class ProgressRenderer {
         let percent = Int(Double(event.bytesDone) * 100 / Double(event.bytesTotal))
         let elapsed = max(now - stageStart, 0.001)
         let rate = Double(event.bytesDone) / elapsed
-        var text = "\(what): \(percent)% (\(ByteFormat.string(event.bytesDone)) of \(ByteFormat.string(event.bytesTotal))"
+        var text =
+            "\(what): \(percent)% (\(ByteFormat.string(event.bytesDone)) of \(ByteFormat.string(event.bytesTotal))"
         if event.bytesDone > 0 && event.bytesDone < event.bytesTotal {
             let eta = Int(Double(event.bytesTotal - event.bytesDone) / max(rate, 1))
             text += ", \(ByteFormat.string(Int64(rate)))/s, ETA \(eta) s"

@@ -46,18 +46,29 @@ extension FerryCommand {
             lines.append("Booted group:  \(report.booted ?? "unknown") (\(report.bootedSource))")
             lines.append("Bootloader:    \(report.bootloader)")
             let rotated = report.keyring.map { $0.hasPrefix(report.stateDirectory + "/") } ?? false
-            lines.append("Keyring:       \(report.keyring ?? "none configured")\(rotated ? " (rotated by a bundle)" : "") (security floor \(report.securityFloor))")
+            lines.append(
+                "Keyring:       \(report.keyring ?? "none configured")\(rotated ? " (rotated by a bundle)" : "") (security floor \(report.securityFloor))"
+            )
             if let error = report.bootError {
                 lines.append("Boot state:    unreadable: \(error)")
             } else {
-                lines.append("Primary:       \(report.primary ?? "none") (boot order: \((report.bootOrder ?? []).joined(separator: " ")))")
+                lines.append(
+                    "Primary:       \(report.primary ?? "none") (boot order: \((report.bootOrder ?? []).joined(separator: " ")))"
+                )
             }
             if let rollback = report.rollback {
-                lines.append("Rolled back:   from \(rollback.from) to \(rollback.to ?? "?")\(rollback.at.map { " at \($0)" } ?? "")")
+                lines.append(
+                    "Rolled back:   from \(rollback.from) to \(rollback.to ?? "?")\(rollback.at.map { " at \($0)" } ?? "")"
+                )
             }
             if let record = report.groupParts {
-                let names = record.parts.map { $0.kind == .app ? "\($0.name) \($0.version ?? "")" : "settings \($0.name)" }
-                let when = record.state == .staged ? "staged until group \(record.group) is confirmed" : "\(record.state.rawValue) with group \(record.group)"
+                let names = record.parts.map {
+                    $0.kind == .app ? "\($0.name) \($0.version ?? "")" : "settings \($0.name)"
+                }
+                let when =
+                    record.state == .staged
+                    ? "staged until group \(record.group) is confirmed"
+                    : "\(record.state.rawValue) with group \(record.group)"
                 lines.append("Bundle parts:  \(names.joined(separator: ", ")) (\(record.version), \(when))")
             }
             for group in report.groups {

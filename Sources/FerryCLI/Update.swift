@@ -30,8 +30,10 @@ extension FerryCommand {
 
         func run() async throws {
             let context = try DeviceContext.load(global, writing: "check")
-            let decision = try UpdateCheck(configuration: context.configuration, booted: context.booted, logger: context.logger)
-                .check(indexURL: index)
+            let decision = try UpdateCheck(
+                configuration: context.configuration, booted: context.booted, logger: context.logger
+            )
+            .check(indexURL: index)
             Terminal.writeOutput(json ? Self.json(decision) : Self.text(decision))
             if decision.entry == nil { throw FerryCommand.upToDate }
         }
@@ -39,9 +41,11 @@ extension FerryCommand {
         static func text(_ decision: UpdateCheck.Decision) -> String {
             let booted = decision.bootedVersion?.description ?? "an unknown version"
             guard let entry = decision.entry else {
-                return "Up to date: the booted group runs \(booted); the index (serial \(decision.index.serial)) offers nothing newer.\n"
+                return
+                    "Up to date: the booted group runs \(booted); the index (serial \(decision.index.serial)) offers nothing newer.\n"
             }
-            return "Update available: \(entry.version) (\(entry.isDelta ? "delta" : "full image"), \(entry.size) bytes) at \(decision.url(of: entry)); "
+            return
+                "Update available: \(entry.version) (\(entry.isDelta ? "delta" : "full image"), \(entry.size) bytes) at \(decision.url(of: entry)); "
                 + "the booted group runs \(booted).\n"
         }
 
@@ -51,7 +55,8 @@ extension FerryCommand {
                     "version": .string(entry.version.description), "url": .string(decision.url(of: entry)),
                     "size": .number(Double(entry.size)), "sha256": .string(entry.sha256.hex),
                     "manifestSha256": .string(entry.manifestSHA256.hex),
-                    "kind": .string(entry.isDelta ? "delta" : "full"), "securityVersion": .number(Double(entry.securityVersion)),
+                    "kind": .string(entry.isDelta ? "delta" : "full"),
+                    "securityVersion": .number(Double(entry.securityVersion)),
                 ])
             }
             var object: [String: JSONValue] = [
@@ -67,14 +72,17 @@ extension FerryCommand {
     /// `ferry update [<index-url>]`.
     struct Update: AsyncParsableCommand, TakesGlobalOptions {
         static func install(
-            _ entry: UpdateIndex.Entry, decision: UpdateCheck.Decision, installer: Installer, context: DeviceContext, force: Bool
+            _ entry: UpdateIndex.Entry, decision: UpdateCheck.Decision, installer: Installer, context: DeviceContext,
+            force: Bool
         ) throws(FerryError) -> Installer.Result {
             let url = decision.url(of: entry)
-            Terminal.writeOutput("Installing \(entry.version) (\(entry.isDelta ? "delta" : "full image")) from \(url)\n")
+            Terminal.writeOutput(
+                "Installing \(entry.version) (\(entry.isDelta ? "delta" : "full image")) from \(url)\n")
             let download = try HTTPSource(
                 url: url, options: context.configuration.transport, logger: context.logger, expectedSize: entry.size)
             return try installer.install(
-                from: IndexedBundleSource(download, entry: entry), bundleName: url, allowDowngrade: false, force: force, indexed: entry)
+                from: IndexedBundleSource(download, entry: entry), bundleName: url, allowDowngrade: false, force: force,
+                indexed: entry)
         }
 
         static let configuration = CommandConfiguration(
@@ -103,25 +111,34 @@ extension FerryCommand {
 
         func run() async throws {
             let context = try DeviceContext.load(global, writing: "update")
-            let decision = try UpdateCheck(configuration: context.configuration, booted: context.booted, logger: context.logger)
-                .check(indexURL: index)
+            let decision = try UpdateCheck(
+                configuration: context.configuration, booted: context.booted, logger: context.logger
+            )
+            .check(indexURL: index)
             guard let entry = decision.entry else {
                 Terminal.writeOutput(Check.text(decision))
                 throw FerryCommand.upToDate
             }
-            var installer = Installer(configuration: context.configuration, booted: context.booted, logger: context.logger)
+            var installer = Installer(
+                configuration: context.configuration, booted: context.booted, logger: context.logger)
             if let checkpointMiB { installer.checkpointBytes = Int64(checkpointMiB) << 20 }
             let renderer = ProgressRenderer(mode: progress)
             installer.progress = { renderer.handle($0) }
             let result: Installer.Result
             do throws(FerryError) {
                 do {
-                    result = try Self.install(entry, decision: decision, installer: installer, context: context, force: force)
+                    result = try Self.install(
+                        entry, decision: decision, installer: installer, context: context, force: force)
                 } catch {
                     // A delta whose source check failed wrote nothing: take the full bundle instead.
-                    guard error.code == .sourceMismatch, entry.isDelta, let fallback = decision.fallback else { throw error }
-                    Terminal.writeOutput("The delta does not apply to this device (\(error.message)); falling back to the full bundle.\n")
-                    result = try Self.install(fallback, decision: decision, installer: installer, context: context, force: force)
+                    guard error.code == .sourceMismatch, entry.isDelta, let fallback = decision.fallback else {
+                        throw error
+                    }
+                    Terminal.writeOutput(
+                        "The delta does not apply to this device (\(error.message)); falling back to the full bundle.\n"
+                    )
+                    result = try Self.install(
+                        fallback, decision: decision, installer: installer, context: context, force: force)
                 }
             } catch {
                 throw Installer.explainingResume(error, stateDirectory: context.configuration.stateDirectory)

@@ -25,11 +25,14 @@ extension FerryCommand {
 
         func run() async throws {
             let context = try DeviceContext.load(global, writing: "write-slot")
-            var writer = SlotWriter(configuration: context.configuration, booted: context.booted, logger: context.logger)
+            var writer = SlotWriter(
+                configuration: context.configuration, booted: context.booted, logger: context.logger)
             let renderer = ProgressRenderer(mode: progress)
             writer.progress = { renderer.handle($0) }
             let (digest, size) = try writer.write(slotName: slot, image: Paths.absolute(image))
-            Terminal.writeOutput("\nWrote \(size) bytes into \(slot) (sha256 \(digest.hex)); its group stays marked bad until made active.\n")
+            Terminal.writeOutput(
+                "\nWrote \(size) bytes into \(slot) (sha256 \(digest.hex)); its group stays marked bad until made active.\n"
+            )
         }
     }
 }

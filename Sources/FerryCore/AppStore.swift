@@ -5,7 +5,7 @@ import Logging
 import SystemPackage
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// App-only updates (docs/apps.md): versioned app files under the configured app store, activated
@@ -38,7 +38,9 @@ public struct AppStore {
         else {
             throw FerryError(
                 code: .bundleInvalid,
-                message: "\(what) '\(name)' is not a plain name (letters, digits, '.', '_', '-'; not starting with '.'; not 'current' or 'previous'; not ending like a temporary file, '.tmp-<digits>')")
+                message:
+                    "\(what) '\(name)' is not a plain name (letters, digits, '.', '_', '-'; not starting with '.'; not 'current' or 'previous'; not ending like a temporary file, '.tmp-<digits>')"
+            )
         }
     }
 
@@ -51,9 +53,10 @@ public struct AppStore {
 
     /// Installed apps and their versions.
     public func list() -> [(name: String, current: String?, previous: String?, versions: [String])] {
-        FileSystem.entries(directory).filter { !$0.hasPrefix(".") && TextFile.isDirectory("\(directory)/\($0)") }.sorted().map { name in
-            (name, current(name), previous(name), versions(name))
-        }
+        FileSystem.entries(directory).filter { !$0.hasPrefix(".") && TextFile.isDirectory("\(directory)/\($0)") }
+            .sorted().map { name in
+                (name, current(name), previous(name), versions(name))
+            }
     }
 
     /// The complete versions of `name` (staging directories excluded).
@@ -84,7 +87,9 @@ public struct AppStore {
     private func makeStaging(name: String, version: String) throws(FerryError) -> (app: String, staging: String) {
         let app = appDirectory(name)
         try DurableFile.createDirectory(app)
-        for entry in FileSystem.entries(app) where entry.hasPrefix(".") && entry.contains(".partial-") { try FileSystem.removeTree("\(app)/\(entry)") }
+        for entry in FileSystem.entries(app) where entry.hasPrefix(".") && entry.contains(".partial-") {
+            try FileSystem.removeTree("\(app)/\(entry)")
+        }
         let staging = "\(app)/.\(version).partial-\(FileSystem.processID)"
         try DurableFile.createDirectory(staging)
         return (app, staging)
@@ -97,7 +102,8 @@ public struct AppStore {
         if TextFile.exists(final) {
             guard current(name) != version else {
                 try FileSystem.removeTree(staging)
-                throw FerryError(code: .bundleInvalid, message: "app '\(name)' version \(version) is already the active version")
+                throw FerryError(
+                    code: .bundleInvalid, message: "app '\(name)' version \(version) is already the active version")
             }
             try FileSystem.removeTree(final)
         }
@@ -164,7 +170,9 @@ public struct AppStore {
                 try sink.finish()
                 try FileSystem.setMode(target, UInt32(member.mode & 0o777))
             case .directory:
-                if !TextFile.isDirectory(target) { try FileSystem.makeDirectory(target, mode: UInt32(member.mode & 0o777 | 0o700)) }
+                if !TextFile.isDirectory(target) {
+                    try FileSystem.makeDirectory(target, mode: UInt32(member.mode & 0o777 | 0o700))
+                }
                 directories.append(target)
             case .symbolicLink:
                 let link = member.linkName ?? ""
@@ -174,7 +182,8 @@ public struct AppStore {
             case .hardLink:
                 let source = member.linkName ?? ""
                 guard kinds[source] == .file else {
-                    throw refuse(path, "is a hard link to '\(source)', which is not an earlier regular file of the archive")
+                    throw refuse(
+                        path, "is a hard link to '\(source)', which is not an earlier regular file of the archive")
                 }
                 try FileSystem.makeHardLink(target, to: "\(root)/\(source)")
             }
@@ -182,7 +191,9 @@ public struct AppStore {
         }
         try tar.finishAndCheckEnd()
         try checkLinksStayInside(links, kinds: kinds, refuse: refuse)
-        for directory in Set(directories + kinds.filter { $0.value == .file }.map { Paths.directory(of: "\(root)/\($0.key)") }) {
+        for directory in Set(
+            directories + kinds.filter { $0.value == .file }.map { Paths.directory(of: "\(root)/\($0.key)") })
+        {
             try DurableFile.synchronizeDirectory(directory)
         }
     }
@@ -190,17 +201,22 @@ public struct AppStore {
     /// Each link, resolved lexically from its folder, stays inside the version and never passes
     /// through another link of the archive (whose target could lead out).
     private static func checkLinksStayInside(
-        _ links: [(path: String, target: String)], kinds: [String: TarMember.Kind], refuse: (String, String) -> FerryError
+        _ links: [(path: String, target: String)], kinds: [String: TarMember.Kind],
+        refuse: (String, String) -> FerryError
     ) throws(FerryError) {
         for (path, link) in links {
             var resolved = Array(path.split(separator: "/").map(String.init).dropLast())
             for part in link.split(separator: "/", omittingEmptySubsequences: true) {
                 if kinds[resolved.joined(separator: "/")] == .symbolicLink {
-                    throw refuse(path, "is a link to '\(link)', which passes through the link '\(resolved.joined(separator: "/"))'")
+                    throw refuse(
+                        path,
+                        "is a link to '\(link)', which passes through the link '\(resolved.joined(separator: "/"))'")
                 }
                 if part == "." { continue }
                 if part == ".." {
-                    guard !resolved.isEmpty else { throw refuse(path, "is a link to '\(link)', outside the app's folder") }
+                    guard !resolved.isEmpty else {
+                        throw refuse(path, "is a link to '\(link)', outside the app's folder")
+                    }
                     resolved.removeLast()
                 } else {
                     resolved.append(String(part))
@@ -283,4 +299,3 @@ public struct AppStore {
         try DurableFile.synchronizeDirectory(Paths.directory(of: link))
     }
 }
-

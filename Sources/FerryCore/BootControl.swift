@@ -22,7 +22,9 @@ public struct BootControl {
     }
 
     /// The configured boot environment (nil for the custom backend, which has none Ferry can read).
-    public static func makeEnvironment(_ bootloader: BootloaderConfiguration) throws(FerryError) -> (any BootEnvironment)? {
+    public static func makeEnvironment(_ bootloader: BootloaderConfiguration) throws(FerryError) -> (
+        any BootEnvironment
+    )? {
         switch bootloader.kind {
         case .uboot:
             if let fwEnvConfig = bootloader.fwEnvConfig {
@@ -41,10 +43,13 @@ public struct BootControl {
         }
     }
 
-    static func makeChooser(_ bootloader: BootloaderConfiguration, bootnames: [String]) throws(FerryError) -> any BootChooser {
+    static func makeChooser(_ bootloader: BootloaderConfiguration, bootnames: [String]) throws(FerryError)
+        -> any BootChooser
+    {
         switch bootloader.kind {
         case .uboot:
-            return UBootBootChooser(environment: try makeEnvironment(bootloader)!, bootnames: bootnames, tries: bootloader.tries)
+            return UBootBootChooser(
+                environment: try makeEnvironment(bootloader)!, bootnames: bootnames, tries: bootloader.tries)
         case .grub:
             return GRUBBootChooser(environment: try makeEnvironment(bootloader)!, bootnames: bootnames)
         case .custom:
@@ -58,12 +63,18 @@ public struct BootControl {
         switch target {
         case "booted", "other":
             guard let current = booted.bootname else {
-                throw FerryError(code: .deviceBooted, message: "'\(target)' needs the booted group, which is unknown (\(booted.source))")
+                throw FerryError(
+                    code: .deviceBooted,
+                    message: "'\(target)' needs the booted group, which is unknown (\(booted.source))")
             }
             if target == "booted" { return current }
             let others = configuration.groups.map(\.bootname).filter { $0 != current }
             guard others.count == 1 else {
-                throw FerryError(code: .unknownSlot, message: "'other' is ambiguous with \(others.count) other groups: name one of \(others.joined(separator: ", "))")
+                throw FerryError(
+                    code: .unknownSlot,
+                    message:
+                        "'other' is ambiguous with \(others.count) other groups: name one of \(others.joined(separator: ", "))"
+                )
             }
             return others[0]
         default:
@@ -71,7 +82,9 @@ public struct BootControl {
             if let slot = configuration.slot(named: target) { return slot.bootname }
             throw FerryError(
                 code: .unknownSlot,
-                message: "no slot group or slot '\(target)' (groups: \(configuration.groups.map(\.bootname).joined(separator: ", ")))")
+                message:
+                    "no slot group or slot '\(target)' (groups: \(configuration.groups.map(\.bootname).joined(separator: ", ")))"
+            )
         }
     }
 
@@ -158,7 +171,8 @@ public struct BootControl {
         }
         if let healthCheck = configuration.hooks.healthCheck {
             let check = ExternalCommand(
-                role: "health check", [healthCheck], environment: ["FERRY_BOOTED": current, "FERRY_CONFIG": configuration.path],
+                role: "health check", [healthCheck],
+                environment: ["FERRY_BOOTED": current, "FERRY_CONFIG": configuration.path],
                 timeoutSeconds: configuration.hooks.timeoutSeconds)
             let failure = check.failure(check.run())
             result.healthCheckPassed = failure == nil

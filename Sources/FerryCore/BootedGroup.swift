@@ -28,12 +28,15 @@ public struct BootedGroup: Sendable, Equatable {
             if configuration.sandbox {
                 throw FerryError(
                     code: .configurationInvalid,
-                    message: "\(configuration.path): sandbox mode is refused because the kernel command line names slot '\(name)'")
+                    message:
+                        "\(configuration.path): sandbox mode is refused because the kernel command line names slot '\(name)'"
+                )
             }
             guard configuration.group(name) != nil else {
                 throw FerryError(
                     code: .configurationInvalid,
-                    message: "the kernel command line names slot group '\(name)', which \(configuration.path) does not have")
+                    message:
+                        "the kernel command line names slot group '\(name)', which \(configuration.path) does not have")
             }
             let parameter = commandLine.value("ferry.slot") != nil ? "ferry.slot" : "rauc.slot"
             return BootedGroup(bootname: name, source: "kernel command line \(parameter)=\(name)")
@@ -46,7 +49,8 @@ public struct BootedGroup: Sendable, Equatable {
             guard configuration.group(name) != nil else {
                 throw FerryError(
                     code: .stateInvalid,
-                    message: "\(store.bootedPath) names slot group '\(name)', which \(configuration.path) does not have")
+                    message: "\(store.bootedPath) names slot group '\(name)', which \(configuration.path) does not have"
+                )
             }
             return BootedGroup(bootname: name, source: "sandbox state \(store.bootedPath)")
         }
@@ -64,7 +68,8 @@ public struct BootedGroup: Sendable, Equatable {
         {
             return BootedGroup(bootname: slot.slot.bootname, source: "root file system on \(mount.source)")
         }
-        return BootedGroup(bootname: nil, source: "unknown (no ferry.slot= on the kernel command line, root is no slot)")
+        return BootedGroup(
+            bootname: nil, source: "unknown (no ferry.slot= on the kernel command line, root is no slot)")
     }
 
     /// The device number of a `root=` value (a path or a tag).

@@ -37,7 +37,9 @@ extension Installer {
         guard hasher.finalize() == copy.sha256 else {
             throw FerryError(
                 code: .sourceMismatch,
-                message: "booted slot '\(copy.source.name)' no longer holds the image recorded for it (sha256 \(copy.sha256)): cannot copy it into '\(copy.slot.name)'")
+                message:
+                    "booted slot '\(copy.source.name)' no longer holds the image recorded for it (sha256 \(copy.sha256)): cannot copy it into '\(copy.slot.name)'"
+            )
         }
         try session.readBack(byteCount: copy.size, sha256: copy.sha256, what: "what was copied")
         progress(ProgressEvent(stage: .readBack, slot: copy.slot.name, bytesDone: copy.size, bytesTotal: copy.size))

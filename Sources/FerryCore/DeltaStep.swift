@@ -14,7 +14,9 @@ extension Installer {
         _ payload: Manifest.Payload, to slot: SlotConfiguration, from source: SlotConfiguration, reader: BundleReader,
         access: SlotAccess, journal: inout InstallJournal, store: StateStore
     ) throws(FerryError) {
-        guard let info = payload.delta else { throw FerryError(code: .internal, message: "payload '\(payload.member)' is not a delta") }
+        guard let info = payload.delta else {
+            throw FerryError(code: .internal, message: "payload '\(payload.member)' is not a delta")
+        }
         let session = try SlotWriteSession(slot, access: access, wrap: wrapDevice)
         defer { try? session.close() }
         let sourceDevice = try access.openForReading(source)
@@ -27,16 +29,22 @@ extension Installer {
             applier.header.targetSHA256 == info.targetSHA256, applier.header.targetSize == info.targetSize,
             applier.sourceChecks == info.sourceChecks
         else {
-            throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' is not the delta its manifest entry describes")
+            throw FerryError(
+                code: .bundleInvalid,
+                message: "payload '\(payload.member)' is not the delta its manifest entry describes")
         }
         var start = applier.firstOperation
-        if let saved = journal.deltaPositions[slot.name], saved.deltaOffset > start.deltaOffset, saved.deltaOffset <= payload.size {
+        if let saved = journal.deltaPositions[slot.name], saved.deltaOffset > start.deltaOffset,
+            saved.deltaOffset <= payload.size
+        {
             try stream.skip(saved.deltaOffset - start.deltaOffset)
             start = saved
         }
-        progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: start.targetOffset, bytesTotal: info.targetSize))
+        progress(
+            ProgressEvent(stage: .write, slot: slot.name, bytesDone: start.targetOffset, bytesTotal: info.targetSize))
         var sinceCheckpoint: Int64 = 0
-        try applier.apply(from: stream, start: start, verifyWholeTarget: false) { (offset, bytes, next) throws(FerryError) in
+        try applier.apply(from: stream, start: start, verifyWholeTarget: false) {
+            (offset, bytes, next) throws(FerryError) in
             try session.write(bytes, at: offset)
             sinceCheckpoint += Int64(bytes.count)
             if sinceCheckpoint >= checkpointBytes {
@@ -46,13 +54,17 @@ extension Installer {
                 }
                 sinceCheckpoint = 0
             }
-            progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: next.targetOffset, bytesTotal: info.targetSize))
+            progress(
+                ProgressEvent(stage: .write, slot: slot.name, bytesDone: next.targetOffset, bytesTotal: info.targetSize)
+            )
         }
         guard stream.isAtEnd else {
-            throw FerryError(code: .bundleInvalid, message: "payload '\(payload.member)' has data after the delta's last operation")
+            throw FerryError(
+                code: .bundleInvalid, message: "payload '\(payload.member)' has data after the delta's last operation")
         }
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: info.targetSize))
         try session.readBack(byteCount: info.targetSize, sha256: info.targetSHA256, what: "the delta's target image")
-        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: info.targetSize, bytesTotal: info.targetSize))
+        progress(
+            ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: info.targetSize, bytesTotal: info.targetSize))
     }
 }

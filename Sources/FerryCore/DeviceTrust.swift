@@ -15,7 +15,8 @@ public enum DeviceTrust {
         let store = StateStore(directory: configuration.stateDirectory)
         if TextFile.exists(store.keyringPath) { return store.keyringPath }
         guard let configured = configuration.keyring else {
-            throw FerryError(code: .untrusted, message: "\(configuration.path) names no keyring: no bundle can be trusted")
+            throw FerryError(
+                code: .untrusted, message: "\(configuration.path) names no keyring: no bundle can be trusted")
         }
         return configured
     }

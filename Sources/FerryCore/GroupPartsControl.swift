@@ -5,7 +5,7 @@ import Logging
 import SystemPackage
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Stages, activates and switches back the parts of mixed bundles (see `GroupParts`).
@@ -20,8 +20,12 @@ public struct GroupPartsControl {
         self.logger = logger
     }
 
-    var apps: AppStore { AppStore(directory: configuration.appStore ?? "", keep: configuration.apps.keep, logger: logger) }
-    var settings: SettingsStore { SettingsStore(directory: configuration.settingsStore ?? "", configuration: configuration.settings) }
+    var apps: AppStore {
+        AppStore(directory: configuration.appStore ?? "", keep: configuration.apps.keep, logger: logger)
+    }
+    var settings: SettingsStore {
+        SettingsStore(directory: configuration.settingsStore ?? "", configuration: configuration.settings)
+    }
 
     /// Where the settings of a group's parts wait: `<settingsStore>/.group-<bootname>`; those of
     /// an install without a group (empty `group`): `<settingsStore>/.install`.
@@ -35,18 +39,25 @@ public struct GroupPartsControl {
         for payload in payloads {
             if let info = payload.app {
                 guard configuration.appStore != nil else {
-                    throw FerryError(code: .configurationInvalid, message: "the bundle carries apps, but \(configuration.path) names no appStore")
+                    throw FerryError(
+                        code: .configurationInvalid,
+                        message: "the bundle carries apps, but \(configuration.path) names no appStore")
                 }
                 try AppStore.checkName(info.name, what: "app name")
                 try AppStore.checkName(info.version, what: "app version")
                 try AppStore.checkName(info.file, what: "app file name")
             } else if let info = payload.settings {
                 guard configuration.settingsStore != nil else {
-                    throw FerryError(code: .configurationInvalid, message: "the bundle carries settings, but \(configuration.path) names no settingsStore")
+                    throw FerryError(
+                        code: .configurationInvalid,
+                        message: "the bundle carries settings, but \(configuration.path) names no settingsStore")
                 }
                 try AppStore.checkName(info.name, what: "settings name")
                 guard payload.size <= Int64(SettingsStore.maximumSize) else {
-                    throw FerryError(code: .limitExceeded, message: "settings '\(info.name)' is \(payload.size) bytes, more than \(SettingsStore.maximumSize)")
+                    throw FerryError(
+                        code: .limitExceeded,
+                        message:
+                            "settings '\(info.name)' is \(payload.size) bytes, more than \(SettingsStore.maximumSize)")
                 }
             }
         }
@@ -55,7 +66,8 @@ public struct GroupPartsControl {
     /// Stages one settings document for `group`: checked as it would be activated now, then kept
     /// (as received) until the group is confirmed.
     func stageSettings(_ info: Manifest.SettingsInfo, incoming: [UInt8], group: String) throws(FerryError) {
-        _ = try settings.candidate(name: info.name, format: info.format, mergePatch: info.mergePatch, incoming: incoming)
+        _ = try settings.candidate(
+            name: info.name, format: info.format, mergePatch: info.mergePatch, incoming: incoming)
         let directory = stagingDirectory(group)
         try DurableFile.createDirectory(directory)
         try DurableFile.write(incoming, to: "\(directory)/\(info.name)")
@@ -68,7 +80,8 @@ public struct GroupPartsControl {
     public func settle(beforeInstallInto target: String) throws(FerryError) {
         guard let record = try store.groupParts() else { return }
         if record.group != target, record.state == .active {
-            logger.info("Settling the apps and settings of a confirmed group", metadata: ["group.bootname": "\(record.group)"])
+            logger.info(
+                "Settling the apps and settings of a confirmed group", metadata: ["group.bootname": "\(record.group)"])
             try remove(record)
         } else {
             try abandon(record)
@@ -85,8 +98,13 @@ public struct GroupPartsControl {
             return
         }
         if record.state == .active { return }
-        try activate(&record, failure: "the apps and settings of bundle \(record.version) were switched back and group \(bootname) is not confirmed")
-        logger.info("Activated the apps and settings of the confirmed group", metadata: ["group.bootname": "\(bootname)"])
+        try activate(
+            &record,
+            failure:
+                "the apps and settings of bundle \(record.version) were switched back and group \(bootname) is not confirmed"
+        )
+        logger.info(
+            "Activated the apps and settings of the confirmed group", metadata: ["group.bootname": "\(bootname)"])
     }
 
     /// Activates the parts of an app or settings install (no group switch), staged already: all
@@ -107,7 +125,9 @@ public struct GroupPartsControl {
     public func recoverInterruptedInstall() throws(FerryError) {
         try removeLeftovers()
         guard let record = try store.installParts() else { return }
-        logger.warning("Switching back an app or settings install that was cut during its activation", metadata: ["bundle": "\(record.bundle)"])
+        logger.warning(
+            "Switching back an app or settings install that was cut during its activation",
+            metadata: ["bundle": "\(record.bundle)"])
         try abandon(record)
     }
 
@@ -117,7 +137,11 @@ public struct GroupPartsControl {
     /// (an app version being written). Callers hold the global lock, so no live writer owns them.
     func removeLeftovers() throws(FerryError) {
         if let directory = configuration.settingsStore {
-            for folder in [directory] + FileSystem.entries(directory).filter({ $0 == ".install" || $0.hasPrefix(".group-") }).map({ "\(directory)/\($0)" }) {
+            for folder in [directory]
+                + FileSystem.entries(directory).filter({ $0 == ".install" || $0.hasPrefix(".group-") }).map({
+                    "\(directory)/\($0)"
+                })
+            {
                 for entry in FileSystem.entries(folder) where Self.isLeftover(entry) {
                     logger.info("Removing a leftover of an interrupted write", metadata: ["path": "\(folder)/\(entry)"])
                     try FileSystem.removeTree("\(folder)/\(entry)")
@@ -125,9 +149,12 @@ public struct GroupPartsControl {
             }
         }
         if let directory = configuration.appStore {
-            for app in FileSystem.entries(directory) where !app.hasPrefix(".") && TextFile.isDirectory("\(directory)/\(app)") {
+            for app in FileSystem.entries(directory)
+            where !app.hasPrefix(".") && TextFile.isDirectory("\(directory)/\(app)") {
                 for entry in FileSystem.entries("\(directory)/\(app)") where Self.isLeftover(entry) {
-                    logger.info("Removing a leftover of an interrupted write", metadata: ["path": "\(directory)/\(app)/\(entry)"])
+                    logger.info(
+                        "Removing a leftover of an interrupted write",
+                        metadata: ["path": "\(directory)/\(app)/\(entry)"])
                     try FileSystem.removeTree("\(directory)/\(app)/\(entry)")
                 }
             }
@@ -141,7 +168,8 @@ public struct GroupPartsControl {
             let scalars = Array(entry.unicodeScalars)
             let pattern = Array(marker.unicodeScalars)
             guard scalars.count > pattern.count else { continue }
-            for start in 0...(scalars.count - pattern.count) where scalars[start..<(start + pattern.count)].elementsEqual(pattern) {
+            for start in 0...(scalars.count - pattern.count)
+            where scalars[start..<(start + pattern.count)].elementsEqual(pattern) {
                 let digits = scalars[(start + pattern.count)...]
                 if !digits.isEmpty, digits.allSatisfy({ ("0"..."9").contains($0) }) { return true }
             }
@@ -224,7 +252,8 @@ public struct GroupPartsControl {
             let active = settings.path(part.name)
             if TextFile.exists(active) {
                 try DurableFile.write(
-                    try TextFile.readBytes(active, limit: SettingsStore.maximumSize), to: "\(stagingDirectory(group))/\(part.name).replaced")
+                    try TextFile.readBytes(active, limit: SettingsStore.maximumSize),
+                    to: "\(stagingDirectory(group))/\(part.name).replaced")
                 part.replaced = "kept"
             } else {
                 part.replaced = nil
@@ -255,7 +284,8 @@ public struct GroupPartsControl {
             return HealthCheck.failure(
                 of: check,
                 environment: [
-                    "FERRY_APP": part.name, "FERRY_APP_VERSION": version, "FERRY_APP_DIR": "\(apps.directory)/\(part.name)/\(version)",
+                    "FERRY_APP": part.name, "FERRY_APP_VERSION": version,
+                    "FERRY_APP_DIR": "\(apps.directory)/\(part.name)/\(version)",
                     "FERRY_CONFIG": configuration.path,
                 ], timeoutSeconds: configuration.apps.timeoutSeconds)
         case .settings:
@@ -280,7 +310,8 @@ public struct GroupPartsControl {
             case .settings:
                 let saved = "\(stagingDirectory(record.group))/\(part.name).replaced"
                 if part.replaced != nil, TextFile.exists(saved) {
-                    try settings.replace(name: part.name, with: try TextFile.readBytes(saved, limit: SettingsStore.maximumSize))
+                    try settings.replace(
+                        name: part.name, with: try TextFile.readBytes(saved, limit: SettingsStore.maximumSize))
                 } else if part.replaced == nil {
                     try settings.remove(part.name)
                 }

@@ -10,8 +10,10 @@ public struct Hooks {
     /// - Throws: `.hookFailed` naming the hook and how it failed.
     public func run(_ name: String, _ command: String?, environment: [String: String]) throws(FerryError) {
         guard let command else { return }
-        try ExternalCommand(role: "the \(name) hook", [command], environment: environment, timeoutSeconds: configuration.timeoutSeconds)
-            .check(failingWith: .hookFailed)
+        try ExternalCommand(
+            role: "the \(name) hook", [command], environment: environment, timeoutSeconds: configuration.timeoutSeconds
+        )
+        .check(failingWith: .hookFailed)
     }
 }
 
@@ -26,10 +28,14 @@ struct InstallHooks {
     let configuration: HooksConfiguration
     let environment: [String: String]
 
-    init(configuration: SystemConfiguration, manifest: Manifest, bundle: String, booted: String, target: String, plan: InstallPlan) {
+    init(
+        configuration: SystemConfiguration, manifest: Manifest, bundle: String, booted: String, target: String,
+        plan: InstallPlan
+    ) {
         self.configuration = configuration.hooks
         environment = [
-            "FERRY_BUNDLE": bundle, "FERRY_VERSION": manifest.version.description, "FERRY_COMPATIBLE": manifest.compatible,
+            "FERRY_BUNDLE": bundle, "FERRY_VERSION": manifest.version.description,
+            "FERRY_COMPATIBLE": manifest.compatible,
             "FERRY_BOOTED_GROUP": booted, "FERRY_TARGET_GROUP": target, "FERRY_CONFIG": configuration.path,
             "FERRY_SLOTS": plan.writtenSlots.map(\.name).joined(separator: " "),
         ]

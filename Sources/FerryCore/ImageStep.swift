@@ -18,7 +18,9 @@ extension Installer {
         defer { try? session.close() }
         let resumeAt = min(journal.chunksDone[slot.name] ?? 0, payload.chunks.count)
         progress(
-            ProgressEvent(stage: .write, slot: slot.name, bytesDone: Int64(resumeAt) * payload.chunkSize, bytesTotal: payload.size))
+            ProgressEvent(
+                stage: .write, slot: slot.name, bytesDone: Int64(resumeAt) * payload.chunkSize, bytesTotal: payload.size
+            ))
         var sinceCheckpoint: Int64 = 0
         // Every chunk of the slot is read back and compared with its signed decoded hash (as strong
         // as the whole-payload hash), from the device, not the page cache. Regions are read back
@@ -37,7 +39,8 @@ extension Installer {
         var zeroedFirst = zeroFirst.isEmpty
         let zeroedAlready = Set(zeroFirst)
         // Each chunk arrives hash-checked (compressed and decoded) before it is written.
-        try reader.readPayload(payload, resumeAt: resumeAt, checkWholeHash: false) { (index, offset, bytes) throws(FerryError) in
+        try reader.readPayload(payload, resumeAt: resumeAt, checkWholeHash: false) {
+            (index, offset, bytes) throws(FerryError) in
             if !zeroedFirst {
                 if !journal.zeroed.contains(slot.name) {
                     for span in Self.spans(of: zeroFirst, in: payload) { try session.device.zeroOut(span) }
@@ -62,10 +65,14 @@ extension Installer {
                 if let failure = readBack.failure { throw failure }
                 readBack.verify(upTo: index + 1)
             }
-            progress(ProgressEvent(stage: .write, slot: slot.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
+            progress(
+                ProgressEvent(
+                    stage: .write, slot: slot.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
         }
         try session.synchronize()
-        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: readBack.verifiedBytes, bytesTotal: payload.size))
+        progress(
+            ProgressEvent(
+                stage: .readBack, slot: slot.name, bytesDone: readBack.verifiedBytes, bytesTotal: payload.size))
         readBack.verify(upTo: payload.chunks.count)
         try readBack.finish()
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: payload.size, bytesTotal: payload.size))
@@ -75,7 +82,8 @@ extension Installer {
     /// ``ImageWriter`` lets the device zero; in practice every zero chunk but a short last one).
     static func zeroChunksToZeroFirst(_ payload: Manifest.Payload, from first: Int) -> [Int] {
         payload.zeroChunks.filter { index in
-            index >= first && (Int64(index) * payload.chunkSize) % 4096 == 0 && payload.decodedSize(ofChunk: index) % 4096 == 0
+            index >= first && (Int64(index) * payload.chunkSize) % 4096 == 0
+                && payload.decodedSize(ofChunk: index) % 4096 == 0
         }
     }
 

@@ -8,7 +8,9 @@ public enum ImageWriter {
 
     /// Writes `bytes` at `offset`: zero blocks are zeroed by the device, the rest written.
     /// The slot ends up byte-identical either way.
-    public static func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, to device: some BlockTarget) throws(FerryError) {
+    public static func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, to device: some BlockTarget)
+        throws(FerryError)
+    {
         var start = 0
         while start < bytes.count {
             let end = min(start + zeroBlock, bytes.count)

@@ -100,7 +100,8 @@ public struct InstallPlanner {
     ///   the bundle lacks and the booted group cannot give), `.stateInvalid` (no record to copy from).
     public func plan(_ manifest: Manifest) throws(FerryError) -> InstallPlan {
         guard let group = configuration.group(target), let bootedGroup = configuration.group(booted) else {
-            throw FerryError(code: .internal, message: "no group \(configuration.group(target) == nil ? target : booted)")
+            throw FerryError(
+                code: .internal, message: "no group \(configuration.group(target) == nil ? target : booted)")
         }
         var steps: [InstallPlan.Step] = []
         for payload in manifest.payloads {
@@ -126,25 +127,33 @@ public struct InstallPlanner {
 
     /// The step that writes an image or a delta payload: into the target group's slot of its
     /// class, or in place into a single-copy slot of that class.
-    private func slotStep(_ payload: Manifest.Payload, group: SlotGroup, bootedGroup: SlotGroup) throws(FerryError) -> InstallPlan.Step {
+    private func slotStep(_ payload: Manifest.Payload, group: SlotGroup, bootedGroup: SlotGroup) throws(FerryError)
+        -> InstallPlan.Step
+    {
         if let single = configuration.singleCopySlot(ofClass: payload.target) {
             guard payload.delta == nil else {
                 throw FerryError(
                     code: .notCompatible,
-                    message: "payload '\(payload.member)' is a delta, but slot '\(single.name)' is single-copy: a delta cannot read the copy it overwrites")
+                    message:
+                        "payload '\(payload.member)' is a delta, but slot '\(single.name)' is single-copy: a delta cannot read the copy it overwrites"
+                )
             }
             try checkFits(payload, into: single)
             return .writeSingleCopy(payload, slot: single)
         }
         guard let slot = group.slot(ofClass: payload.target) else {
             throw FerryError(
-                code: .notCompatible, message: "the bundle has a payload for slot class '\(payload.target)', which this device does not have")
+                code: .notCompatible,
+                message: "the bundle has a payload for slot class '\(payload.target)', which this device does not have")
         }
         try checkFits(payload, into: slot)
         guard case .delta(let info) = payload.kind else { return .writeImage(payload, slot: slot) }
         guard let source = bootedGroup.slot(ofClass: payload.target) else {
             throw FerryError(
-                code: .notCompatible, message: "delta payload '\(payload.member)': the booted group \(booted) has no '\(payload.target)' slot to read")
+                code: .notCompatible,
+                message:
+                    "delta payload '\(payload.member)': the booted group \(booted) has no '\(payload.target)' slot to read"
+            )
         }
         return .applyDelta(payload, info, slot: slot, source: source)
     }
@@ -153,7 +162,9 @@ public struct InstallPlanner {
         let bytes = try capacity(slot)
         guard payload.imageSize <= bytes else {
             throw FerryError(
-                code: .deviceTooSmall, message: "payload '\(payload.member)' is \(payload.imageSize) bytes but slot '\(slot.name)' holds \(bytes)")
+                code: .deviceTooSmall,
+                message:
+                    "payload '\(payload.member)' is \(payload.imageSize) bytes but slot '\(slot.name)' holds \(bytes)")
         }
     }
 
@@ -163,16 +174,24 @@ public struct InstallPlanner {
         guard let source = bootedGroup.slot(ofClass: slot.slotClass) else {
             throw FerryError(
                 code: .bundleInvalid,
-                message: "the bundle has no payload for slot class '\(slot.slotClass)', and the booted group \(booted) has no such slot to copy")
+                message:
+                    "the bundle has no payload for slot class '\(slot.slotClass)', and the booted group \(booted) has no such slot to copy"
+            )
         }
-        guard let record = records[source.name], let hex = record.sha256, let digest = SHA256Digest(hex: hex), let size = record.size else {
+        guard let record = records[source.name], let hex = record.sha256, let digest = SHA256Digest(hex: hex),
+            let size = record.size
+        else {
             throw FerryError(
                 code: .stateInvalid,
-                message: "the bundle has no payload for slot class '\(slot.slotClass)', and there is no record of the image in the booted slot '\(source.name)' to copy it from (install a bundle that carries it)")
+                message:
+                    "the bundle has no payload for slot class '\(slot.slotClass)', and there is no record of the image in the booted slot '\(source.name)' to copy it from (install a bundle that carries it)"
+            )
         }
         let bytes = try capacity(slot)
         guard size <= bytes else {
-            throw FerryError(code: .deviceTooSmall, message: "slot '\(source.name)' holds a \(size)-byte image but slot '\(slot.name)' only \(bytes) bytes")
+            throw FerryError(
+                code: .deviceTooSmall,
+                message: "slot '\(source.name)' holds a \(size)-byte image but slot '\(slot.name)' only \(bytes) bytes")
         }
         return GroupCopy(slot: slot, source: source, record: record, sha256: digest, size: size)
     }

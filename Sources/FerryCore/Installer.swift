@@ -54,7 +54,8 @@ public struct Installer {
     ///     another manifest is refused before anything is written.
     /// - Throws: every bundle, policy, device and boot environment error, before or during writing.
     public func install(
-        from source: any ByteSource, bundleName: String, allowDowngrade: Bool, force: Bool, indexed: UpdateIndex.Entry? = nil
+        from source: any ByteSource, bundleName: String, allowDowngrade: Bool, force: Bool,
+        indexed: UpdateIndex.Entry? = nil
     ) throws(FerryError) -> Result {
         let control = try BootControl(configuration: configuration, booted: booted, logger: logger)
         let store = StateStore(directory: configuration.stateDirectory)
@@ -63,26 +64,26 @@ public struct Installer {
         try refuseOnTrial(current, force: force, store: store)
 
         // 1. Verify signatures and policy.
-        let policy = try DeviceTrust.policy(configuration: configuration, booted: booted, allowDowngrade: allowDowngrade)
-        let reader = BundleReader(source: source)
-        let (manifest, signers, keyring) = try reader.verify(policy: policy, allowDowngrade: allowDowngrade, indexed: indexed)
-        logger.info("Bundle verified", metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
+        let bundle = try verify(source, allowDowngrade: allowDowngrade, indexed: indexed)
 
         // 2. Plan; apps and settings alone switch no group and write no slot.
-        let plan = try planner(booted: current, target: target, store: store).plan(manifest)
+        let plan = try planner(booted: current, target: target, store: store).plan(bundle.manifest)
         try control.parts.checkCanStage(plan.partPayloads)
-        if plan.writesStoresOnly {
-            return try installApps(manifest, reader: reader, keyring: keyring, bundleName: bundleName, trustedTime: policy.trustedTime)
-        }
+        if plan.writesStoresOnly { return try installApps(bundle, bundleName: bundleName) }
 
         // 3. Every refusal that can be known before writing; then the pre-install hook.
-        let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
+        let access = SlotAccess(
+            configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
         try checkBeforeWriting(plan, access: access)
-        let hooks = InstallHooks(configuration: configuration, manifest: manifest, bundle: bundleName, booted: current, target: target, plan: plan)
+        let hooks = InstallHooks(
+            configuration: configuration, manifest: bundle.manifest, bundle: bundleName, booted: current,
+            target: target,
+            plan: plan)
         try hooks.run(.preInstall)
 
         // 4. The journal (continued, or new); the target group marked bad before its first byte.
-        var (journal, resumed) = try continuedJournal(manifestBytes: reader.manifestBytes, target: target, bundle: bundleName, store: store)
+        var (journal, resumed) = try continuedJournal(
+            manifestBytes: bundle.reader.manifestBytes, target: target, bundle: bundleName, store: store)
         if let group = plan.switchedGroup {
             try control.parts.settle(beforeInstallInto: group)
             try control.markBad(group)
@@ -90,10 +91,11 @@ public struct Installer {
         if !resumed { try store.setInstallJournal(journal) }
 
         // 5. The steps in stream order, the archive's end, then the members copied from the booted group.
-        let context = StepContext(reader: reader, access: access, store: store, parts: control.parts, group: plan.switchedGroup ?? "")
+        let context = StepContext(
+            reader: bundle.reader, access: access, store: store, parts: control.parts, group: plan.switchedGroup ?? "")
         var staged: [GroupParts.Part] = []
         for step in plan.steps { try run(step, context, journal: &journal, staged: &staged) }
-        try reader.finish()
+        try bundle.reader.finish()
         for copy in plan.copies where !journal.completed.contains(copy.slot.name) {
             try self.copy(copy, access: access)
             try context.complete(copy.slot, journal: &journal)
@@ -101,13 +103,13 @@ public struct Installer {
         try hooks.run(.postInstall)
 
         // 6. Records, keyring, trusted time; then the switch (or the apps and settings, when no group switches).
-        try record(plan, manifest: manifest, bundle: bundleName, staged: staged, store: store)
-        if let keyring, let update = manifest.keyring { try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName) }
-        try store.recordTrustedTime(policy.trustedTime)
-        try switchOver(plan, staged: staged, control: control, bundle: bundleName, version: manifest.version.description)
+        try record(plan, bundle, name: bundleName, staged: staged, store: store)
+        try switchOver(
+            plan, staged: staged, control: control, bundle: bundleName, version: bundle.manifest.version.description)
         return Result(
-            resumed: resumed, target: plan.switchedGroup ?? "", version: manifest.version.description, slots: plan.writtenSlots.map(\.name),
-            copied: plan.copies.map(\.slot.name), apps: staged.map(\.summary), adoptedKeyring: keyring != nil)
+            resumed: resumed, target: plan.switchedGroup ?? "", version: bundle.manifest.version.description,
+            slots: plan.writtenSlots.map(\.name), copied: plan.copies.map(\.slot.name), apps: staged.map(\.summary),
+            adoptedKeyring: bundle.keyring != nil)
     }
 
     // MARK: - The sequence's parts
@@ -115,7 +117,8 @@ public struct Installer {
     /// The booted group (it must be known: Ferry then writes nothing) and the other one, written.
     private func groups(_ control: BootControl) throws(FerryError) -> (booted: String, target: String) {
         guard let current = booted.bootname else {
-            throw FerryError(code: .deviceBooted, message: "refusing to install: the booted group is unknown (\(booted.source))")
+            throw FerryError(
+                code: .deviceBooted, message: "refusing to install: the booted group is unknown (\(booted.source))")
         }
         return (current, try control.bootname(for: "other"))
     }
@@ -125,15 +128,19 @@ public struct Installer {
         if try store.bootState().pending == current, !force {
             throw FerryError(
                 code: .onTrial,
-                message: "the booted group \(current) is still on trial (not confirmed): it is the only fallback; confirm it with 'ferry mark good' or use --force")
+                message:
+                    "the booted group \(current) is still on trial (not confirmed): it is the only fallback; confirm it with 'ferry mark good' or use --force"
+            )
         }
     }
 
-    private func planner(booted current: String, target: String, store: StateStore) throws(FerryError) -> InstallPlanner {
+    private func planner(booted current: String, target: String, store: StateStore) throws(FerryError) -> InstallPlanner
+    {
         var resolver = SlotResolver()
         return InstallPlanner(
             configuration: configuration, booted: current, target: target, records: try store.slotRecords(),
-            capacity: { (slot) throws(FerryError) in try resolver.resolve(slot, configuration: configuration).byteCount })
+            capacity: { (slot) throws(FerryError) in try resolver.resolve(slot, configuration: configuration).byteCount
+            })
     }
 
     /// Every check that needs no write: each slot to write opened exclusively (booted, mounted,
@@ -171,27 +178,37 @@ public struct Installer {
 
     /// Runs one step: stages an app or a settings document, or writes a slot (skipped when the
     /// journal says it was written and read back before an interruption).
-    private func run(_ step: InstallPlan.Step, _ context: StepContext, journal: inout InstallJournal, staged: inout [GroupParts.Part]) throws(FerryError) {
+    private func run(
+        _ step: InstallPlan.Step, _ context: StepContext, journal: inout InstallJournal, staged: inout [GroupParts.Part]
+    ) throws(FerryError) {
         switch step {
         case .stageApp(let payload, let info):
             try stageApp(payload, info, into: context.parts.apps, reader: context.reader)
             staged.append(GroupParts.Part(kind: .app, name: info.name, version: info.version))
         case .stageSettings(let payload, let info):
             try stageSettings(payload, info, reader: context.reader, parts: context.parts, group: context.group)
-            staged.append(GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
-        case .writeImage(let payload, let slot), .writeSingleCopy(let payload, let slot), .applyDelta(let payload, _, let slot, _):
+            staged.append(
+                GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
+        case .writeImage(let payload, let slot), .writeSingleCopy(let payload, let slot),
+            .applyDelta(let payload, _, let slot, _):
             if journal.completed.contains(slot.name) {
                 // Written and read back before the interruption: read past it in the stream.
-                try context.reader.readPayload(payload, resumeAt: payload.chunks.count) { (_, _, _) throws(FerryError) in }
+                try context.reader.readPayload(payload, resumeAt: payload.chunks.count) {
+                    (_, _, _) throws(FerryError) in
+                }
                 return
             }
             do {
                 if case .applyDelta(_, _, _, let source) = step {
-                    try writeDelta(payload, to: slot, from: source, reader: context.reader, access: context.access, journal: &journal, store: context.store)
+                    try writeDelta(
+                        payload, to: slot, from: source, reader: context.reader, access: context.access,
+                        journal: &journal, store: context.store)
                 } else {
-                    try write(payload, to: slot, reader: context.reader, access: context.access, journal: &journal, store: context.store)
+                    try write(
+                        payload, to: slot, reader: context.reader, access: context.access, journal: &journal,
+                        store: context.store)
                 }
-            } catch where error.code == .readBackMismatch {
+            } catch  where error.code == .readBackMismatch {
                 // The slot's content cannot be trusted: the next attempt starts from scratch.
                 try? context.store.removeInstallJournal()
                 throw error
@@ -215,16 +232,20 @@ public struct Installer {
     }
 
     /// Records what each written slot holds (and, with a group switch, the pending security
-    /// version and the staged apps and settings), then drops the journal.
+    /// version and the staged apps and settings), drops the journal, adopts the bundle's keyring
+    /// and records the trusted time.
     private func record(
-        _ plan: InstallPlan, manifest: Manifest, bundle: String, staged: [GroupParts.Part], store: StateStore
+        _ plan: InstallPlan, _ verified: VerifiedBundle, name bundle: String, staged: [GroupParts.Part],
+        store: StateStore
     ) throws(FerryError) {
+        let manifest = verified.manifest
         let now = WallClock.iso8601()
         for step in plan.steps {
             guard let slot = step.slot else { continue }
             try store.setSlotRecord(
                 InstalledSlotRecord(
-                    sha256: step.payload.imageSHA256.hex, size: step.payload.imageSize, version: manifest.version.description, source: bundle,
+                    sha256: step.payload.imageSHA256.hex, size: step.payload.imageSize,
+                    version: manifest.version.description, source: bundle,
                     installedAt: now), for: slot.name)
         }
         for copy in plan.copies {
@@ -236,12 +257,40 @@ public struct Installer {
         if let group = plan.switchedGroup {
             try store.setPendingSecurityVersion(manifest.securityVersion, for: group)
             if !staged.isEmpty {
-                try store.setGroupParts(GroupParts(group: group, bundle: bundle, version: manifest.version.description, parts: staged))
+                try store.setGroupParts(
+                    GroupParts(group: group, bundle: bundle, version: manifest.version.description, parts: staged))
             }
         }
         try store.removeInstallJournal()
+        if let keyring = verified.keyring, let update = manifest.keyring {
+            try store.adoptKeyring(keyring, denyList: update.denyList, from: bundle)
+        }
+        try store.recordTrustedTime(verified.trustedTime)
     }
 
+    /// A bundle whose manifest and signatures were verified against the device's policy; its
+    /// payloads are read (and each checked) from `reader` as the steps run.
+    struct VerifiedBundle {
+        let reader: BundleReader
+        let manifest: Manifest
+        /// The keyring the bundle carries for rotation, verified.
+        let keyring: [UInt8]?
+        let trustedTime: Int64
+    }
+
+    private func verify(
+        _ source: any ByteSource, allowDowngrade: Bool, indexed: UpdateIndex.Entry?
+    ) throws(FerryError) -> VerifiedBundle {
+        let policy = try DeviceTrust.policy(
+            configuration: configuration, booted: booted, allowDowngrade: allowDowngrade)
+        let reader = BundleReader(source: source)
+        let (manifest, signers, keyring) = try reader.verify(
+            policy: policy, allowDowngrade: allowDowngrade, indexed: indexed)
+        logger.info(
+            "Bundle verified",
+            metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
+        return VerifiedBundle(reader: reader, manifest: manifest, keyring: keyring, trustedTime: policy.trustedTime)
+    }
 }
 
 extension Installer {
@@ -249,10 +298,15 @@ extension Installer {
     /// when the install journal exists, what was written is kept and the same command continues
     /// from its last checkpoint.
     public static func explainingResume(_ error: FerryError, stateDirectory: String) -> FerryError {
-        let transport: Set<FerryError.Code> = [.network, .timeout, .tooSlow, .contentChanged, .httpStatus, .tlsHandshake]
-        guard transport.contains(error.code), StateStore(directory: stateDirectory).installJournal() != nil else { return error }
+        let transport: Set<FerryError.Code> = [
+            .network, .timeout, .tooSlow, .contentChanged, .httpStatus, .tlsHandshake,
+        ]
+        guard transport.contains(error.code), StateStore(directory: stateDirectory).installJournal() != nil else {
+            return error
+        }
         var explained = error
-        explained.message += "; the install journal keeps what was written: run the same command again to continue from its last checkpoint"
+        explained.message +=
+            "; the install journal keeps what was written: run the same command again to continue from its last checkpoint"
         return explained
     }
 }

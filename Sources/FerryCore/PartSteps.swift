@@ -10,9 +10,10 @@ extension Installer {
     /// An app-only bundle: every app is written into the app store (staged, synced, renamed in),
     /// then each is activated and health-checked; a failing check switches that app back.
     /// No slot is written and no group switches.
-    func installApps(
-        _ manifest: Manifest, reader: BundleReader, keyring: [UInt8]?, bundleName: String, trustedTime: Int64
-    ) throws(FerryError) -> Result {
+    func installApps(_ bundle: VerifiedBundle, bundleName: String) throws(FerryError) -> Result {
+        let (manifest, reader, keyring, trustedTime) = (
+            bundle.manifest, bundle.reader, bundle.keyring, bundle.trustedTime
+        )
         let control = GroupPartsControl(configuration: configuration, logger: logger)
         try control.checkCanStage(manifest.payloads)
         // Settings are read and checked (well-formed, schema, merge patch, validation command)
@@ -22,7 +23,9 @@ extension Installer {
             for payload in manifest.payloads {
                 if let info = payload.settings {
                     try stageSettings(payload, info, reader: reader, parts: control, group: "")
-                    parts.append(GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
+                    parts.append(
+                        GroupParts.Part(
+                            kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
                 } else if let info = payload.app {
                     try stageApp(payload, info, into: control.apps, reader: reader)
                     parts.append(GroupParts.Part(kind: .app, name: info.name, version: info.version))
@@ -34,7 +37,9 @@ extension Installer {
             throw error
         }
         let store = StateStore(directory: configuration.stateDirectory)
-        if let keyring, let update = manifest.keyring { try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName) }
+        if let keyring, let update = manifest.keyring {
+            try store.adoptKeyring(keyring, denyList: update.denyList, from: bundleName)
+        }
         try store.recordTrustedTime(trustedTime)
         progress(ProgressEvent(stage: .switchGroup, slot: nil, bytesDone: 0, bytesTotal: 0))
         try control.activateInstall(parts, bundle: bundleName, version: manifest.version.description)
@@ -47,7 +52,9 @@ extension Installer {
     }
 
     /// Writes an app payload into the app store as a complete, inactive version.
-    func stageApp(_ payload: Manifest.Payload, _ info: Manifest.AppInfo, into apps: AppStore, reader: BundleReader) throws(FerryError) {
+    func stageApp(_ payload: Manifest.Payload, _ info: Manifest.AppInfo, into apps: AppStore, reader: BundleReader)
+        throws(FerryError)
+    {
         progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: 0, bytesTotal: payload.size))
         if info.unpack {
             let stream = try PayloadStream(reader: reader, payload: payload)
@@ -60,7 +67,10 @@ extension Installer {
         try apps.stage(name: info.name, version: info.version, file: info.file) { (sink) throws(FerryError) in
             try reader.readPayload(payload) { (_, offset, bytes) throws(FerryError) in
                 try sink.write(bytes)
-                progress(ProgressEvent(stage: .write, slot: info.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size))
+                progress(
+                    ProgressEvent(
+                        stage: .write, slot: info.name, bytesDone: offset + Int64(bytes.count), bytesTotal: payload.size
+                    ))
             }
         }
     }
@@ -68,7 +78,8 @@ extension Installer {
     /// Reads a settings payload whole (at most 16 MiB, every chunk checked) and stages it for `group`
     /// ("": activated with the rest of the install) after checking it as the device would activate it now.
     func stageSettings(
-        _ payload: Manifest.Payload, _ info: Manifest.SettingsInfo, reader: BundleReader, parts: GroupPartsControl, group: String
+        _ payload: Manifest.Payload, _ info: Manifest.SettingsInfo, reader: BundleReader, parts: GroupPartsControl,
+        group: String
     ) throws(FerryError) {
         var incoming: [UInt8] = []
         try reader.readPayload(payload) { (_, _, bytes) throws(FerryError) in incoming += bytes }

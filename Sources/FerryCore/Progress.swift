@@ -2,7 +2,12 @@ import FerrySystem
 
 /// What an image write reports as it goes; the CLI renders it (bar, lines or JSON lines).
 public struct ProgressEvent: Sendable, Equatable {
-    public enum Stage: String, Sendable { case verify, write, readBack = "read-back", switchGroup = "switch", done }
+    public enum Stage: String, Sendable {
+        case verify, write
+        case readBack = "read-back"
+        case switchGroup = "switch"
+        case done
+    }
     public var stage: Stage
     /// The slot being written or read back, when there is one.
     public var slot: String?
@@ -16,4 +21,3 @@ public struct ProgressEvent: Sendable, Equatable {
         self.bytesTotal = bytesTotal
     }
 }
-

@@ -38,7 +38,8 @@ final class ReadBackQueue: @unchecked Sendable {
     ///   - direct: the same slot read with `O_DIRECT` (``BlockDevice/directReader()``), if any.
     ///   - dropCaches: drops the cached pages of a synced byte range of the slot.
     init(
-        device: any BlockTarget, direct: (any BlockTarget)?, dropCaches: @escaping (Range<Int64>) throws(FerryError) -> Void,
+        device: any BlockTarget, direct: (any BlockTarget)?,
+        dropCaches: @escaping (Range<Int64>) throws(FerryError) -> Void,
         payload: Manifest.Payload, slot: String, path: String
     ) {
         self.device = device
@@ -121,10 +122,13 @@ final class ReadBackQueue: @unchecked Sendable {
                     }
                     try device.read(into: bytes, at: offset)
                 }
-                guard SHA256Hasher.hashNotingZeros(UnsafeRawBufferPointer(bytes)) == payload.chunks[index].decodedSHA256 else {
+                guard SHA256Hasher.hashNotingZeros(UnsafeRawBufferPointer(bytes)) == payload.chunks[index].decodedSHA256
+                else {
                     throw FerryError(
                         code: .readBackMismatch,
-                        message: "slot '\(slot)' (\(path)) reads back differently from what was written (chunk \(index)): the device is failing")
+                        message:
+                            "slot '\(slot)' (\(path)) reads back differently from what was written (chunk \(index)): the device is failing"
+                    )
                 }
                 outcome.withLock { $0.verifiedBytes += Int64(bytes.count) }
             }
@@ -143,11 +147,13 @@ final class ReadBackQueue: @unchecked Sendable {
         guard let reader = direct else { return false }
         let sector = reader.logicalSectorSize
         let length = (bytes.count + sector - 1) / sector * sector
-        guard offset % Int64(sector) == 0, length <= buffer.count, offset + Int64(length) <= reader.byteCount else { return false }
+        guard offset % Int64(sector) == 0, length <= buffer.count, offset + Int64(length) <= reader.byteCount else {
+            return false
+        }
         do {
             try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<length]), at: offset)
             return true
-        } catch where (error.cause as? Errno) == .invalidArgument {
+        } catch  where (error.cause as? Errno) == .invalidArgument {
             direct = nil
             return false
         }

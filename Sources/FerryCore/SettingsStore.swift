@@ -6,7 +6,7 @@ import Logging
 import SystemPackage
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Configuration (settings) updates (docs/settings.md): JSON or XML parameter sets, checked before
@@ -29,7 +29,9 @@ public struct SettingsStore {
 
     /// Installed settings: name, and whether a previous version is kept.
     public func list() -> [(name: String, hasPrevious: Bool)] {
-        FileSystem.entries(directory).filter { !$0.hasPrefix(".") && !$0.hasSuffix(".previous") && !GroupPartsControl.isLeftover($0) }.sorted().map {
+        FileSystem.entries(directory).filter {
+            !$0.hasPrefix(".") && !$0.hasSuffix(".previous") && !GroupPartsControl.isLeftover($0)
+        }.sorted().map {
             ($0, TextFile.exists("\(directory)/\($0).previous"))
         }
     }
@@ -38,7 +40,9 @@ public struct SettingsStore {
     /// active document with `mergePatch`) or XML (libxml2, and the configured XSD for `name`),
     /// then the configured validation command.
     /// - Throws: `.bundleInvalid` naming what is wrong; `.healthCheckFailed` when the validation command refuses it.
-    public func candidate(name: String, format: String, mergePatch: Bool, incoming: [UInt8]) throws(FerryError) -> [UInt8] {
+    public func candidate(name: String, format: String, mergePatch: Bool, incoming: [UInt8]) throws(FerryError)
+        -> [UInt8]
+    {
         try Self.checkWellFormed(incoming, name: name, format: format, mergePatch: mergePatch)
         var document = incoming
         switch format {
@@ -47,18 +51,27 @@ public struct SettingsStore {
             if mergePatch {
                 let active = path(name)
                 guard TextFile.exists(active) else {
-                    throw FerryError(code: .bundleInvalid, message: "settings '\(name)': a merge patch needs an active document, and there is none")
+                    throw FerryError(
+                        code: .bundleInvalid,
+                        message: "settings '\(name)': a merge patch needs an active document, and there is none")
                 }
                 let current: JSONValue
                 do {
-                    current = try JSONValue.parse(try TextFile.readBytes(active, limit: Self.maximumSize), what: active, code: .bundleInvalid)
+                    current = try JSONValue.parse(
+                        try TextFile.readBytes(active, limit: Self.maximumSize), what: active, code: .bundleInvalid)
                 } catch {
-                    throw FerryError(code: .bundleInvalid, message: "settings '\(name)': a JSON merge patch cannot apply to '\(active)', which is not JSON (\(error.message))")
+                    throw FerryError(
+                        code: .bundleInvalid,
+                        message:
+                            "settings '\(name)': a JSON merge patch cannot apply to '\(active)', which is not JSON (\(error.message))"
+                    )
                 }
                 document = current.mergePatched(with: value).serialized()
             }
         case "xml":
-            guard !mergePatch else { throw FerryError(code: .bundleInvalid, message: "settings '\(name)': merge patches are JSON only") }
+            guard !mergePatch else {
+                throw FerryError(code: .bundleInvalid, message: "settings '\(name)': merge patches are JSON only")
+            }
             try Self.checkXML(incoming, name: name, schema: configuration.schemas[name])
         default:
             throw FerryError(code: .bundleInvalid, message: "settings '\(name)': format '\(format)' is not json or xml")
@@ -68,10 +81,12 @@ public struct SettingsStore {
             try DurableFile.write(document, to: scratch)
             defer { FileSystem.removeIfPossible(scratch) }
             let validation = ExternalCommand(
-                role: "the validation command", [validate, scratch], environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FORMAT": format],
+                role: "the validation command", [validate, scratch],
+                environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FORMAT": format],
                 timeoutSeconds: configuration.timeoutSeconds)
             if let failure = validation.failure(validation.run()) {
-                throw FerryError(code: .bundleInvalid, message: "settings '\(name)': \(failure): it refuses the document")
+                throw FerryError(
+                    code: .bundleInvalid, message: "settings '\(name)': \(failure): it refuses the document")
             }
         }
         return document
@@ -93,7 +108,8 @@ public struct SettingsStore {
         try AppStore.checkName(name, what: "settings name")
         let active = path(name)
         guard TextFile.exists("\(active).previous") else {
-            throw FerryError(code: .nothingToRollBack, message: "settings '\(name)' has no previous version to roll back to")
+            throw FerryError(
+                code: .nothingToRollBack, message: "settings '\(name)' has no previous version to roll back to")
         }
         let previous = try TextFile.readBytes("\(active).previous", limit: Self.maximumSize)
         if TextFile.exists(active) {
@@ -114,19 +130,24 @@ public struct SettingsStore {
     public func healthCheck(_ name: String) -> String? {
         guard let check = configuration.healthCheck else { return nil }
         return HealthCheck.failure(
-            of: check, environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FILE": path(name)], timeoutSeconds: configuration.timeoutSeconds)
+            of: check, environment: ["FERRY_SETTINGS": name, "FERRY_SETTINGS_FILE": path(name)],
+            timeoutSeconds: configuration.timeoutSeconds)
     }
 
     /// What every device checks of a settings document whatever its configuration: a plain name,
     /// a known format, well-formed JSON or XML, merge patches JSON only. `ferry bundle create`
     /// runs it too, so that the host refuses what every device would refuse, with the same message.
     /// - Throws: `.bundleInvalid`.
-    public static func checkWellFormed(_ bytes: [UInt8], name: String, format: String, mergePatch: Bool) throws(FerryError) {
+    public static func checkWellFormed(_ bytes: [UInt8], name: String, format: String, mergePatch: Bool)
+        throws(FerryError)
+    {
         try AppStore.checkName(name, what: "settings name")
         switch format {
         case "json": _ = try JSONValue.parse(bytes, what: "settings '\(name)'", code: .bundleInvalid)
         case "xml":
-            guard !mergePatch else { throw FerryError(code: .bundleInvalid, message: "settings '\(name)': merge patches are JSON only") }
+            guard !mergePatch else {
+                throw FerryError(code: .bundleInvalid, message: "settings '\(name)': merge patches are JSON only")
+            }
             try checkXML(bytes, name: name, schema: nil)
         default:
             throw FerryError(code: .bundleInvalid, message: "settings '\(name)': format '\(format)' is not json or xml")
@@ -142,27 +163,36 @@ public struct SettingsStore {
             }
         }
         guard let document else {
-            let detail = xmlGetLastError().map { String(cString: $0.pointee.message).trimmingTrailingNewlines() } ?? "not well-formed"
+            let detail =
+                xmlGetLastError().map { String(cString: $0.pointee.message).trimmingTrailingNewlines() }
+                ?? "not well-formed"
             throw FerryError(code: .bundleInvalid, message: "settings '\(name)' is not well-formed XML: \(detail)")
         }
         defer { xmlFreeDoc(document) }
         guard let schema else { return }
         guard let parser = xmlSchemaNewParserCtxt(schema) else {
-            throw FerryError(code: .configurationInvalid, message: "settings '\(name)': cannot read the XML schema '\(schema)'")
+            throw FerryError(
+                code: .configurationInvalid, message: "settings '\(name)': cannot read the XML schema '\(schema)'")
         }
         defer { xmlSchemaFreeParserCtxt(parser) }
         xmlSchemaSetParserStructuredErrors(parser, { _, _ in }, nil)
         guard let parsed = xmlSchemaParse(parser) else {
-            throw FerryError(code: .configurationInvalid, message: "settings '\(name)': the XML schema '\(schema)' is not a valid XSD")
+            throw FerryError(
+                code: .configurationInvalid,
+                message: "settings '\(name)': the XML schema '\(schema)' is not a valid XSD")
         }
         defer { xmlSchemaFree(parsed) }
-        guard let validation = xmlSchemaNewValidCtxt(parsed) else { throw FerryError(code: .internal, message: "libxml2: no validation context") }
+        guard let validation = xmlSchemaNewValidCtxt(parsed) else {
+            throw FerryError(code: .internal, message: "libxml2: no validation context")
+        }
         defer { xmlSchemaFreeValidCtxt(validation) }
         // Errors are reported in Ferry's one line, not printed by libxml2 (it still records the last one).
         xmlSchemaSetValidStructuredErrors(validation, { _, _ in }, nil)
         guard xmlSchemaValidateDoc(validation, document) == 0 else {
-            let detail = xmlGetLastError().map { String(cString: $0.pointee.message).trimmingTrailingNewlines() } ?? "invalid"
-            throw FerryError(code: .bundleInvalid, message: "settings '\(name)' does not validate against '\(schema)': \(detail)")
+            let detail =
+                xmlGetLastError().map { String(cString: $0.pointee.message).trimmingTrailingNewlines() } ?? "invalid"
+            throw FerryError(
+                code: .bundleInvalid, message: "settings '\(name)' does not validate against '\(schema)': \(detail)")
         }
     }
 }
@@ -175,13 +205,13 @@ extension String {
     }
 }
 
-
 /// The health checks of app and settings updates.
 enum HealthCheck {
     /// Runs `command`; nil when it exits 0 in time, else how it failed. A command that cannot be
     /// started counts as failed: what it was to check gets switched back all the same.
     static func failure(of command: String, environment: [String: String], timeoutSeconds: Int) -> String? {
-        let check = ExternalCommand(role: "health check", [command], environment: environment, timeoutSeconds: timeoutSeconds)
+        let check = ExternalCommand(
+            role: "health check", [command], environment: environment, timeoutSeconds: timeoutSeconds)
         return check.failure(check.run())
     }
 }

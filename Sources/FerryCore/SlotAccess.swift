@@ -68,7 +68,9 @@ public struct SlotAccess {
         guard !slot.singleCopy || slot.writeInPlace else {
             throw FerryError(
                 code: .deviceBooted,
-                message: "refusing to write slot '\(slot.name)': it is single-copy (no A/B) and is written in place only with \"writeInPlace\": true in its configuration")
+                message:
+                    "refusing to write slot '\(slot.name)': it is single-copy (no A/B) and is written in place only with \"writeInPlace\": true in its configuration"
+            )
         }
     }
 
@@ -86,7 +88,8 @@ public struct SlotAccess {
             }
         }
         throw FerryError(
-            code: .deviceNotConfigured, message: "'\(path)' is not a slot of \(configuration.path); Ferry writes only configured slots")
+            code: .deviceNotConfigured,
+            message: "'\(path)' is not a slot of \(configuration.path); Ferry writes only configured slots")
     }
 
     /// Every check of `openForWriting` that needs no open: the booted group, configuration and
@@ -136,11 +139,15 @@ public struct SlotAccess {
                     try? device.close()
                     throw FerryError(
                         code: .loopDevice,
-                        message: "\(node) is \(device.byteCount) bytes but partition \(partition.number) of '\(disk)' is \(partition.byteCount)")
+                        message:
+                            "\(node) is \(device.byteCount) bytes but partition \(partition.number) of '\(disk)' is \(partition.byteCount)"
+                    )
                 }
                 logger.debug(
                     "Opened slot for writing",
-                    metadata: ["slot.name": "\(slot.name)", "slot.device": "\(node)", "loop.reused": "\(!loop.isAttachedByUs)"])
+                    metadata: [
+                        "slot.name": "\(slot.name)", "slot.device": "\(node)", "loop.reused": "\(!loop.isAttachedByUs)",
+                    ])
                 return OpenSlot(slot: resolved, device: device, loop: loop)
             } catch {
                 try? loop.detach()
@@ -159,10 +166,12 @@ public struct SlotAccess {
         let reason = "delta updates read it and need it read-only"
         switch resolved.location {
         case .blockDevice(let path, let number):
-            try refuseIfMounted(deviceNumber: number, what: "slot '\(slot.name)' (\(path))", readWriteOnly: true, reason: reason)
+            try refuseIfMounted(
+                deviceNumber: number, what: "slot '\(slot.name)' (\(path))", readWriteOnly: true, reason: reason)
             return try BlockDevice.openForReading(path)
         case .imageFile(let path):
-            try refuseIfLoopMounted(file: path, range: 0..<resolved.byteCount, slot: slot, readWriteOnly: true, reason: reason)
+            try refuseIfLoopMounted(
+                file: path, range: 0..<resolved.byteCount, slot: slot, readWriteOnly: true, reason: reason)
             return try BlockDevice.openForReading(path)
         case .diskPartition(let disk, let partition):
             try refuseIfLoopMounted(file: disk, range: partition.range, slot: slot, readWriteOnly: true, reason: reason)
@@ -170,13 +179,17 @@ public struct SlotAccess {
         }
     }
 
-    private func refuseIfMounted(deviceNumber: UInt64, what: String, readWriteOnly: Bool = false, reason: String? = nil) throws(FerryError) {
+    private func refuseIfMounted(deviceNumber: UInt64, what: String, readWriteOnly: Bool = false, reason: String? = nil)
+        throws(FerryError)
+    {
         let (major, minor) = deviceNumberParts(deviceNumber)
         if let mount = mounts.mounts(ofDevice: major, minor).first(where: { !readWriteOnly || !$0.isReadOnly }) {
             if let reason {
-                throw FerryError(code: .deviceInUse, message: "\(what) is mounted read-write at \(mount.mountPoint): \(reason)")
+                throw FerryError(
+                    code: .deviceInUse, message: "\(what) is mounted read-write at \(mount.mountPoint): \(reason)")
             }
-            throw FerryError(code: .deviceInUse, message: "refusing to write \(what): it is mounted at \(mount.mountPoint)")
+            throw FerryError(
+                code: .deviceInUse, message: "refusing to write \(what): it is mounted at \(mount.mountPoint)")
         }
     }
 
@@ -196,21 +209,27 @@ public struct SlotAccess {
                 guard let start = TextFile.attribute("\(base)/start").flatMap(Int64.init),
                     let size = TextFile.attribute("\(base)/size").flatMap(Int64.init)
                 else { continue }
-                exposed.append(("\(loopName)p\(number)", (loopStart + start * 512)..<(loopStart + (start + size) * 512)))
+                exposed.append(
+                    ("\(loopName)p\(number)", (loopStart + start * 512)..<(loopStart + (start + size) * 512)))
             }
             for (name, region) in exposed where region.overlaps(range) {
                 guard let numbers = TextFile.attribute("/sys/class/block/\(name)/dev")?.split(separator: ":"),
                     numbers.count == 2, let major = UInt32(numbers[0]), let minor = UInt32(numbers[1])
                 else { continue }
-                if let mount = mounts.mounts(ofDevice: major, minor).first(where: { !readWriteOnly || !$0.isReadOnly }) {
+                if let mount = mounts.mounts(ofDevice: major, minor).first(where: { !readWriteOnly || !$0.isReadOnly })
+                {
                     if let reason {
                         throw FerryError(
                             code: .deviceInUse,
-                            message: "slot '\(slot.name)' (/dev/\(name) over the same part of '\(file)') is mounted read-write at \(mount.mountPoint): \(reason)")
+                            message:
+                                "slot '\(slot.name)' (/dev/\(name) over the same part of '\(file)') is mounted read-write at \(mount.mountPoint): \(reason)"
+                        )
                     }
                     throw FerryError(
                         code: .deviceInUse,
-                        message: "refusing to write slot '\(slot.name)': /dev/\(name) over the same part of '\(file)' is mounted at \(mount.mountPoint)")
+                        message:
+                            "refusing to write slot '\(slot.name)': /dev/\(name) over the same part of '\(file)' is mounted at \(mount.mountPoint)"
+                    )
                 }
             }
         }

@@ -43,7 +43,9 @@ public struct SlotResolver {
             if let other = resolved.first(where: { $0.overlaps(item) }) {
                 throw FerryError(
                     code: .configurationInvalid,
-                    message: "\(configuration.path): slots \(other.slot.name) and \(slot.name) are the same device (\(item.locationDescription))")
+                    message:
+                        "\(configuration.path): slots \(other.slot.name) and \(slot.name) are the same device (\(item.locationDescription))"
+                )
             }
             resolved.append(item)
         }
@@ -91,7 +93,8 @@ public struct SlotResolver {
         let status: Stat
         do { status = try FilePath(path).stat() } catch {
             if error == .noSuchFileOrDirectory {
-                throw FerryError(code: .deviceNotFound, message: "\(key): device '\(path)' does not exist", cause: error)
+                throw FerryError(
+                    code: .deviceNotFound, message: "\(key): device '\(path)' does not exist", cause: error)
             }
             throw FerryError.syscall("\(key): inspecting", errno: error, path: path)
         }
@@ -112,7 +115,8 @@ public struct SlotResolver {
         case .regular:
             return (.imageFile(path: path), status.size)
         default:
-            throw FerryError(code: .deviceNotFound, message: "\(key): '\(path)' is neither a block device nor a regular file")
+            throw FerryError(
+                code: .deviceNotFound, message: "\(key): '\(path)' is neither a block device nor a regular file")
         }
     }
 }

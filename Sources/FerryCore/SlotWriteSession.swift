@@ -21,7 +21,8 @@ final class SlotWriteSession {
     ///   - directWrites: write whole aligned chunks with `O_DIRECT` (image payloads).
     ///   - wrap: wraps the opened device (tests inject faults there).
     init(
-        _ slot: SlotConfiguration, access: SlotAccess, directWrites: Bool = false, wrap: @escaping (BlockDevice) -> any BlockTarget = { $0 }
+        _ slot: SlotConfiguration, access: SlotAccess, directWrites: Bool = false,
+        wrap: @escaping (BlockDevice) -> any BlockTarget = { $0 }
     ) throws(FerryError) {
         self.slot = slot
         open = try access.openForWriting(slot)
@@ -52,14 +53,17 @@ final class SlotWriteSession {
     func chunkReadBack(_ payload: Manifest.Payload) -> ReadBackQueue {
         ReadBackQueue(
             device: device, direct: open.device.directReader().map(wrap),
-            dropCaches: { [open] (range) throws(FerryError) in try open.device.dropCaches(range) }, payload: payload, slot: slot.name,
+            dropCaches: { [open] (range) throws(FerryError) in try open.device.dropCaches(range) }, payload: payload,
+            slot: slot.name,
             path: open.devicePath)
     }
 
     /// The SHA-256 of the slot's first `byteCount` bytes as the device holds them (synced first).
     func deviceHash(byteCount: Int64) throws(FerryError) -> SHA256Digest {
         try device.synchronize()
-        if let direct = open.device.directReader().map(wrap), let digest = try Self.hashDirectly(direct, byteCount: byteCount) {
+        if let direct = open.device.directReader().map(wrap),
+            let digest = try Self.hashDirectly(direct, byteCount: byteCount)
+        {
             // What was written need not stay cached (memory is scarce on a device).
             try open.device.dropCaches(0..<byteCount)
             return digest
@@ -74,7 +78,9 @@ final class SlotWriteSession {
         guard try deviceHash(byteCount: byteCount) == sha256 else {
             throw FerryError(
                 code: .readBackMismatch,
-                message: "slot '\(slot.name)' (\(open.devicePath)) reads back differently from \(what): the device is failing")
+                message:
+                    "slot '\(slot.name)' (\(open.devicePath)) reads back differently from \(what): the device is failing"
+            )
         }
     }
 
@@ -97,7 +103,7 @@ final class SlotWriteSession {
             let rounded = Int((Int64(wanted) + sector - 1) / sector * sector)
             do {
                 try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<rounded]), at: offset)
-            } catch where (error.cause as? Errno) == .invalidArgument {
+            } catch  where (error.cause as? Errno) == .invalidArgument {
                 return nil
             }
             hasher.update(UnsafeRawBufferPointer(rebasing: buffer[..<wanted]))

@@ -28,14 +28,16 @@ public struct SlotWriter {
                 code: .unknownSlot,
                 message: "no slot '\(slotName)' (slots: \(configuration.slots.map(\.name).joined(separator: ", ")))")
         }
-        let access = SlotAccess(configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
+        let access = SlotAccess(
+            configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
         try access.checkWritable(slot)
         var resolver = SlotResolver()
         let capacity = try resolver.resolve(slot, configuration: configuration).byteCount
         let compressed = image.hasSuffix(".xz")
         let file = try FileByteSource(path: image)
         if !compressed, let size = try? BlockDevice.openForReading(image).byteCount, size > capacity {
-            throw FerryError(code: .deviceTooSmall, message: "'\(image)' is \(size) bytes but slot '\(slot.name)' holds \(capacity)")
+            throw FerryError(
+                code: .deviceTooSmall, message: "'\(image)' is \(size) bytes but slot '\(slot.name)' holds \(capacity)")
         }
         let source: any ByteSource = compressed ? try XZStreamSource(source: file) : file
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
@@ -55,7 +57,11 @@ public struct SlotWriter {
         // the first piece of the image is read (a file that is not xz fails here), and the slot is
         // opened exclusively (booted, mounted, held by someone else, missing: refused here).
         var filled = try fill()
-        guard filled > 0 else { throw FerryError(code: .bundleInvalid, message: "'\(image)' is empty: there is nothing to write into slot '\(slot.name)'") }
+        guard filled > 0 else {
+            throw FerryError(
+                code: .bundleInvalid, message: "'\(image)' is empty: there is nothing to write into slot '\(slot.name)'"
+            )
+        }
         let session = try SlotWriteSession(slot, access: access)
         defer { try? session.close() }
         // The group must not boot while one of its slots is half written.
@@ -68,7 +74,8 @@ public struct SlotWriter {
         while filled > 0 {
             guard offset + Int64(filled) <= capacity else {
                 throw FerryError(
-                    code: .deviceTooSmall, message: "'\(image)' decodes to more than slot '\(slot.name)' holds (\(capacity) bytes)")
+                    code: .deviceTooSmall,
+                    message: "'\(image)' decodes to more than slot '\(slot.name)' holds (\(capacity) bytes)")
             }
             let chunk = UnsafeRawBufferPointer(rebasing: buffer[..<filled])
             hasher.update(chunk)
@@ -84,7 +91,8 @@ public struct SlotWriter {
         progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: offset, bytesTotal: offset))
         try StateStore(directory: configuration.stateDirectory).setSlotRecord(
             InstalledSlotRecord(
-                sha256: digest.hex, size: offset, version: nil, source: "write-slot \(image.split(separator: "/").last ?? "")",
+                sha256: digest.hex, size: offset, version: nil,
+                source: "write-slot \(image.split(separator: "/").last ?? "")",
                 installedAt: WallClock.iso8601()), for: slot.name)
         return (digest, offset)
     }

@@ -111,7 +111,8 @@ public struct StatusReport: Sendable, Equatable {
         var states: [GroupBootState] = []
         var bootError: String? = nil
         do {
-            let control = try BootControl(configuration: configuration, booted: booted, logger: Logger(label: "ferry.status"))
+            let control = try BootControl(
+                configuration: configuration, booted: booted, logger: Logger(label: "ferry.status"))
             primary = try control.chooser.primary()
             order = try control.chooser.bootOrder()
             states = try control.chooser.states()
@@ -122,7 +123,9 @@ public struct StatusReport: Sendable, Equatable {
         func slotStatus(_ member: SlotConfiguration) -> Slot? {
             guard let resolved = slots.first(where: { $0.slot.name == member.name }) else { return nil }
             let state =
-                member.singleCopy ? "single-copy" : booted.bootname == nil ? "unknown" : (member.bootname == booted.bootname ? "booted" : "inactive")
+                member.singleCopy
+                ? "single-copy"
+                : booted.bootname == nil ? "unknown" : (member.bootname == booted.bootname ? "booted" : "inactive")
             return Slot(
                 name: member.name, slotClass: member.slotClass,
                 device: Self.display(member.device, configuration),
@@ -146,30 +149,48 @@ public struct StatusReport: Sendable, Equatable {
                 confirmedAt: bootState.confirmedAt[group.bootname],
                 slots: group.slots.compactMap(slotStatus))
         }
-        let bootloader: String
+        return StatusReport(
+            formatVersion: currentFormatVersion, compatible: configuration.compatible,
+            configuration: configuration.path,
+            sandbox: configuration.sandbox, booted: booted.bootname, bootedSource: booted.source,
+            bootloader: describeBootloader(configuration),
+            stateDirectory: configuration.stateDirectory, keyring: keyring, securityFloor: securityFloor,
+            primary: primary, bootOrder: order, bootError: bootError,
+            rollback: bootState.rolledBackFrom.map {
+                Rollback(from: $0, to: bootState.rolledBackTo, at: bootState.rolledBackAt)
+            },
+            groups: groups, singleCopySlots: singleCopySlots, apps: apps(configuration),
+            settings: settings(configuration),
+            groupParts: try store.groupParts())
+    }
+
+    /// Which bootloader environment the device uses, and where.
+    static func describeBootloader(_ configuration: SystemConfiguration) -> String {
         switch configuration.bootloader.kind {
         case .uboot:
             let place = configuration.bootloader.fwEnvConfig ?? configuration.bootloader.environment.first?.device ?? ""
-            bootloader = "uboot (\(Paths.display(place, relativeTo: configuration.directory)))"
-        case .grub: bootloader = "grub (\(Paths.display(configuration.bootloader.grubenv ?? "", relativeTo: configuration.directory)))"
-        case .custom: bootloader = "custom (\(configuration.bootloader.command ?? ""))"
+            return "uboot (\(Paths.display(place, relativeTo: configuration.directory)))"
+        case .grub:
+            return
+                "grub (\(Paths.display(configuration.bootloader.grubenv ?? "", relativeTo: configuration.directory)))"
+        case .custom: return "custom (\(configuration.bootloader.command ?? ""))"
         }
-        let apps = configuration.appStore.map { directory in
-            AppStore(directory: directory, logger: Logger(label: "ferry.status")).list().map {
-                App(name: $0.name, current: $0.current, previous: $0.previous, versions: $0.versions)
-            }
-        } ?? []
-        let settings = configuration.settingsStore.map { directory in
-            SettingsStore(directory: directory, configuration: configuration.settings).list().map {
-                Settings(name: $0.name, hasPrevious: $0.hasPrevious)
-            }
-        } ?? []
-        return StatusReport(
-            formatVersion: currentFormatVersion, compatible: configuration.compatible, configuration: configuration.path,
-            sandbox: configuration.sandbox, booted: booted.bootname, bootedSource: booted.source, bootloader: bootloader,
-            stateDirectory: configuration.stateDirectory, keyring: keyring, securityFloor: securityFloor, primary: primary, bootOrder: order, bootError: bootError,
-            rollback: bootState.rolledBackFrom.map { Rollback(from: $0, to: bootState.rolledBackTo, at: bootState.rolledBackAt) },
-            groups: groups, singleCopySlots: singleCopySlots, apps: apps, settings: settings, groupParts: try store.groupParts())
+    }
+
+    /// The apps in the app store (none when no store is configured).
+    static func apps(_ configuration: SystemConfiguration) -> [App] {
+        guard let directory = configuration.appStore else { return [] }
+        return AppStore(directory: directory, logger: Logger(label: "ferry.status")).list().map {
+            App(name: $0.name, current: $0.current, previous: $0.previous, versions: $0.versions)
+        }
+    }
+
+    /// The documents in the settings store (none when no store is configured).
+    static func settings(_ configuration: SystemConfiguration) -> [Settings] {
+        guard let directory = configuration.settingsStore else { return [] }
+        return SettingsStore(directory: directory, configuration: configuration.settings).list().map {
+            Settings(name: $0.name, hasPrevious: $0.hasPrevious)
+        }
     }
 
     static func display(_ device: SlotDevice, _ configuration: SystemConfiguration) -> String {
@@ -209,7 +230,8 @@ public struct StatusReport: Sendable, Equatable {
         }
         let groups = self.groups.map { group in
             object([
-                ("bootname", .string(group.bootname)), ("booted", .bool(group.booted)), ("primary", .bool(group.primary)),
+                ("bootname", .string(group.bootname)), ("booted", .bool(group.booted)),
+                ("primary", .bool(group.primary)),
                 ("boot", string(group.boot)), ("triesLeft", number(group.triesLeft.map(Int64.init))),
                 ("tried", group.tried.map(JSONValue.bool)), ("confirmedAt", string(group.confirmedAt)),
                 (
@@ -239,7 +261,8 @@ public struct StatusReport: Sendable, Equatable {
                     : .array(
                         apps.map { app in
                             object([
-                                ("name", .string(app.name)), ("current", string(app.current)), ("previous", string(app.previous)),
+                                ("name", .string(app.name)), ("current", string(app.current)),
+                                ("previous", string(app.previous)),
                                 ("versions", .array(app.versions.map(JSONValue.string))),
                             ])
                         })
@@ -248,19 +271,24 @@ public struct StatusReport: Sendable, Equatable {
                 "settings",
                 settings.isEmpty
                     ? nil
-                    : .array(settings.map { object([("name", .string($0.name)), ("previousKept", .bool($0.hasPrevious))]) })
+                    : .array(
+                        settings.map { object([("name", .string($0.name)), ("previousKept", .bool($0.hasPrevious))]) })
             ),
             (
                 "groupParts",
                 groupParts.map { record in
                     object([
-                        ("group", .string(record.group)), ("bundle", .string(record.bundle)), ("version", .string(record.version)),
+                        ("group", .string(record.group)), ("bundle", .string(record.bundle)),
+                        ("version", .string(record.version)),
                         ("state", .string(record.state.rawValue)),
                         (
                             "parts",
                             .array(
                                 record.parts.map { part in
-                                    object([("kind", .string(part.kind.rawValue)), ("name", .string(part.name)), ("version", string(part.version))])
+                                    object([
+                                        ("kind", .string(part.kind.rawValue)), ("name", .string(part.name)),
+                                        ("version", string(part.version)),
+                                    ])
                                 })
                         ),
                     ])

@@ -161,7 +161,8 @@ public struct SystemConfiguration: Sendable {
         let bytes: [UInt8]
         do { bytes = try TextFile.readBytes(absolute, limit: 1 << 20) } catch {
             throw FerryError(
-                code: .configurationNotFound, message: "cannot read the system configuration '\(path)': \(error.message)",
+                code: .configurationNotFound,
+                message: "cannot read the system configuration '\(path)': \(error.message)",
                 cause: error)
         }
         return try parse(bytes, path: absolute)
@@ -206,7 +207,9 @@ public struct SystemConfiguration: Sendable {
         if var object = try root.object("settings") {
             if case .object(let schemas)? = object.raw("schemas") {
                 for (name, value) in schemas {
-                    guard case .string(let path) = value else { throw object.invalid("schemas.\(name)", "must be a path") }
+                    guard case .string(let path) = value else {
+                        throw object.invalid("schemas.\(name)", "must be a path")
+                    }
                     settings.schemas[name] = Paths.resolve(path, against: directory)
                 }
             } else if object.raw("schemas") != nil {
@@ -226,24 +229,32 @@ public struct SystemConfiguration: Sendable {
             if let slot = slots.first(where: { !$0.isImageFileSlot }) {
                 throw FerryError(
                     code: .configurationInvalid,
-                    message: "\(file): sandbox: sandbox mode needs every slot to be an image file, but slot '\(slot.name)' is '\(slot.device)'")
+                    message:
+                        "\(file): sandbox: sandbox mode needs every slot to be an image file, but slot '\(slot.name)' is '\(slot.device)'"
+                )
             }
         }
         return SystemConfiguration(
             path: file, directory: directory, compatible: compatible, sandbox: sandbox, stateDirectory: stateDirectory,
-            bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, denyList: denyList, transport: transport, updateURL: updateURL,
-            appStore: appStore, apps: apps, settingsStore: settingsStore, settings: settings, hooks: hooks, slots: slots, groups: groups)
+            bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, denyList: denyList,
+            transport: transport, updateURL: updateURL,
+            appStore: appStore, apps: apps, settingsStore: settingsStore, settings: settings, hooks: hooks,
+            slots: slots, groups: groups)
     }
 
     /// `tlsPins` (an array for every host, or an object of arrays by host with `*` for the others)
     /// and the `network` object.
-    private static func parseTransport(_ root: inout StrictObject, directory: String) throws(FerryError) -> TransportOptions {
+    private static func parseTransport(_ root: inout StrictObject, directory: String) throws(FerryError)
+        -> TransportOptions
+    {
         func pins(_ value: JSONValue, key: String) throws(FerryError) -> [TLSPin] {
             guard case .array(let items) = value else { throw root.invalid(key, "must be an array of pins") }
             var result: [TLSPin] = []
             for (index, item) in items.enumerated() {
                 guard case .string(let text) = item else { throw root.invalid("\(key)[\(index)]", "must be a string") }
-                do { result.append(try TLSPin(parsing: text)) } catch { throw root.invalid("\(key)[\(index)]", error.message) }
+                do { result.append(try TLSPin(parsing: text)) } catch {
+                    throw root.invalid("\(key)[\(index)]", error.message)
+                }
             }
             return result
         }
@@ -252,7 +263,11 @@ public struct SystemConfiguration: Sendable {
         case nil: break
         case .object(let hosts)?:
             for (host, value) in hosts {
-                if host == "*" { set.anyHost = try pins(value, key: "tlsPins.*") } else { set.byHost[host.lowercased()] = try pins(value, key: "tlsPins.\(host)") }
+                if host == "*" {
+                    set.anyHost = try pins(value, key: "tlsPins.*")
+                } else {
+                    set.byHost[host.lowercased()] = try pins(value, key: "tlsPins.\(host)")
+                }
             }
         case let value?:
             set.anyHost = try pins(value, key: "tlsPins")
@@ -260,18 +275,28 @@ public struct SystemConfiguration: Sendable {
         var options = TransportOptions(pins: set)
         guard var network = try root.object("network") else { return options }
         options.caFile = try network.string("caFile").map { Paths.resolve($0, against: directory) }
-        options.clientCertificate = try network.string("clientCertificate").map { Paths.resolve($0, against: directory) }
+        options.clientCertificate = try network.string("clientCertificate").map {
+            Paths.resolve($0, against: directory)
+        }
         options.clientKey = try network.string("clientKey").map { Paths.resolve($0, against: directory) }
         if options.clientKey != nil && options.clientCertificate == nil {
             throw network.invalid("clientKey", "needs clientCertificate")
         }
-        if let value = try network.integer("connectTimeoutSeconds", in: 1...3600) { options.connectTimeoutSeconds = Int(value) }
-        if let value = try network.integer("stallTimeoutSeconds", in: 1...3600) { options.stallTimeoutSeconds = Int(value) }
+        if let value = try network.integer("connectTimeoutSeconds", in: 1...3600) {
+            options.connectTimeoutSeconds = Int(value)
+        }
+        if let value = try network.integer("stallTimeoutSeconds", in: 1...3600) {
+            options.stallTimeoutSeconds = Int(value)
+        }
         if let value = try network.integer("retries", in: 0...100) { options.retries = Int(value) }
         if let value = try network.number("retryDelaySeconds", in: 0...600) { options.retryDelaySeconds = value }
         if let value = try network.integer("maximumRedirects", in: 0...20) { options.maximumRedirects = Int(value) }
-        if let value = try network.integer("maximumReconnects", in: 0...10_000) { options.maximumReconnects = Int(value) }
-        if let value = try network.integer("minimumBytesPerSecond", in: 0...(1 << 30)) { options.minimumBytesPerSecond = Int(value) }
+        if let value = try network.integer("maximumReconnects", in: 0...10_000) {
+            options.maximumReconnects = Int(value)
+        }
+        if let value = try network.integer("minimumBytesPerSecond", in: 0...(1 << 30)) {
+            options.minimumBytesPerSecond = Int(value)
+        }
         if let value = try network.integer("rateWindowSeconds", in: 1...3600) { options.rateWindowSeconds = Int(value) }
         try network.finish()
         return options
@@ -284,7 +309,9 @@ public struct SystemConfiguration: Sendable {
         let typeName = try object.requiredString("type")
         guard let kind = BootloaderConfiguration.Kind(rawValue: typeName) else {
             throw object.invalid(
-                "type", "must be one of \(BootloaderConfiguration.Kind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(typeName)'")
+                "type",
+                "must be one of \(BootloaderConfiguration.Kind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(typeName)'"
+            )
         }
         let fwEnvConfig = try object.string("fwEnvConfig").map { Paths.resolve($0, against: directory) }
         let environment = try parseEnvironmentLocations(&object, directory: directory)
@@ -314,7 +341,8 @@ public struct SystemConfiguration: Sendable {
         default: break
         }
         return BootloaderConfiguration(
-            kind: kind, fwEnvConfig: fwEnvConfig, environment: environment, grubenv: grubenv, tries: tries, command: command, byteOrder: byteOrder,
+            kind: kind, fwEnvConfig: fwEnvConfig, environment: environment, grubenv: grubenv, tries: tries,
+            command: command, byteOrder: byteOrder,
             flagScheme: flagScheme, allowSingleRawCopy: allowSingleRawCopy, confirmInBootCheck: confirmInBootCheck)
     }
 
@@ -331,7 +359,9 @@ public struct SystemConfiguration: Sendable {
             var copy = try StrictObject(item, path: object.keyPath("environment[\(index)]"), file: object.file)
             let device = Paths.resolve(try copy.requiredString("device"), against: directory)
             let offset = try copy.integer("offset", in: -(1 << 40)...(1 << 40)) ?? 0
-            guard let size = try copy.integer("size", in: 6...(16 << 20)) else { throw copy.invalid("size", "is required") }
+            guard let size = try copy.integer("size", in: 6...(16 << 20)) else {
+                throw copy.invalid("size", "is required")
+            }
             try copy.finish()
             locations.append(UBootEnvironmentLocation(device: device, offset: offset, size: Int(size)))
         }
@@ -341,7 +371,9 @@ public struct SystemConfiguration: Sendable {
         return locations
     }
 
-    private static func parseHooks(_ root: inout StrictObject, directory: String) throws(FerryError) -> HooksConfiguration {
+    private static func parseHooks(_ root: inout StrictObject, directory: String) throws(FerryError)
+        -> HooksConfiguration
+    {
         guard var object = try root.object("hooks") else {
             return HooksConfiguration(preInstall: nil, postInstall: nil, healthCheck: nil, timeoutSeconds: 300)
         }
@@ -354,7 +386,9 @@ public struct SystemConfiguration: Sendable {
         return hooks
     }
 
-    private static func parseSlots(_ root: inout StrictObject, directory: String) throws(FerryError) -> [SlotConfiguration] {
+    private static func parseSlots(_ root: inout StrictObject, directory: String) throws(FerryError)
+        -> [SlotConfiguration]
+    {
         guard var object = try root.object("slots") else { throw root.invalid("slots", "is required") }
         var slots: [SlotConfiguration] = []
         for name in object.keys {
@@ -384,40 +418,13 @@ public struct SystemConfiguration: Sendable {
                     throw entry.invalid("bootname", "may use only letters, digits, '_', '-' and '.'")
                 }
             }
-            let devicePath = try entry.string("device")
-            let disk = try entry.string("disk")
-            let partition = try entry.string("partition")
             let size = try entry.integer("size", in: 1...Int64.max)
+            let device = try parseDevice(&entry, directory: directory)
             try entry.finish()
-            let device: SlotDevice
-            switch (devicePath, disk, partition) {
-            case (let path?, nil, nil):
-                if let tag = DeviceTag(parsing: path) {
-                    if case .number = tag {
-                        throw entry.invalid("device", "a partition number needs 'disk' and 'partition' instead")
-                    }
-                    device = .tag(tag)
-                } else {
-                    device = .path(Paths.resolve(path, against: directory))
-                }
-            case (nil, let disk?, let partition?):
-                guard let tag = DeviceTag(parsing: partition) else {
-                    throw entry.invalid(
-                        "partition", "must be PARTLABEL=, PARTUUID=, LABEL=, UUID= or a partition number, not '\(partition)'")
-                }
-                device = .diskPartition(disk: Paths.resolve(disk, against: directory), partition: tag)
-            case (nil, _?, nil):
-                throw entry.invalid("partition", "is required with 'disk'")
-            case (nil, nil, _?):
-                throw entry.invalid("disk", "is required with 'partition'")
-            case (nil, nil, nil):
-                throw entry.invalid("device", "is required (or 'disk' and 'partition')")
-            default:
-                throw entry.invalid("device", "give either 'device' or 'disk' and 'partition', not both")
-            }
             slots.append(
                 SlotConfiguration(
-                    name: name, slotClass: slotClass, bootname: bootname, device: device, declaredSize: size, singleCopy: singleCopy,
+                    name: name, slotClass: slotClass, bootname: bootname, device: device, declaredSize: size,
+                    singleCopy: singleCopy,
                     writeInPlace: writeInPlace))
         }
         try object.finish()
@@ -427,10 +434,45 @@ public struct SystemConfiguration: Sendable {
             if let other = slots[..<index].first(where: { $0.device == slot.device }) {
                 throw FerryError(
                     code: .configurationInvalid,
-                    message: "\(root.file): slots.\(slot.name): device '\(slot.device)' is also the device of slot '\(other.name)'")
+                    message:
+                        "\(root.file): slots.\(slot.name): device '\(slot.device)' is also the device of slot '\(other.name)'"
+                )
             }
         }
         return slots.sorted { ($0.bootname, $0.slotClass) < ($1.bootname, $1.slotClass) }
+    }
+
+    /// A slot's device: `device` (a path or a tag such as PARTLABEL=), or `disk` and `partition`.
+    private static func parseDevice(_ entry: inout StrictObject, directory: String) throws(FerryError) -> SlotDevice {
+        let devicePath = try entry.string("device")
+        let disk = try entry.string("disk")
+        let partition = try entry.string("partition")
+        switch (devicePath, disk, partition) {
+        case (let path?, nil, nil):
+            if let tag = DeviceTag(parsing: path) {
+                if case .number = tag {
+                    throw entry.invalid("device", "a partition number needs 'disk' and 'partition' instead")
+                }
+                return .tag(tag)
+            } else {
+                return .path(Paths.resolve(path, against: directory))
+            }
+        case (nil, let disk?, let partition?):
+            guard let tag = DeviceTag(parsing: partition) else {
+                throw entry.invalid(
+                    "partition",
+                    "must be PARTLABEL=, PARTUUID=, LABEL=, UUID= or a partition number, not '\(partition)'")
+            }
+            return .diskPartition(disk: Paths.resolve(disk, against: directory), partition: tag)
+        case (nil, _?, nil):
+            throw entry.invalid("partition", "is required with 'disk'")
+        case (nil, nil, _?):
+            throw entry.invalid("disk", "is required with 'partition'")
+        case (nil, nil, nil):
+            throw entry.invalid("device", "is required (or 'disk' and 'partition')")
+        default:
+            throw entry.invalid("device", "give either 'device' or 'disk' and 'partition', not both")
+        }
     }
 
     /// Groups slots by bootname and checks that every group has exactly the same slot classes.
@@ -440,12 +482,18 @@ public struct SystemConfiguration: Sendable {
             if let grouped = slots.first(where: { $0.slotClass == single.slotClass }) {
                 throw FerryError(
                     code: .configurationInvalid,
-                    message: "\(file): slots.\(single.name): slot class '\(single.slotClass)' is single-copy here but has the A/B slot '\(grouped.name)'")
+                    message:
+                        "\(file): slots.\(single.name): slot class '\(single.slotClass)' is single-copy here but has the A/B slot '\(grouped.name)'"
+                )
             }
-            if let other = all.first(where: { $0.singleCopy && $0.slotClass == single.slotClass && $0.name != single.name }) {
+            if let other = all.first(where: {
+                $0.singleCopy && $0.slotClass == single.slotClass && $0.name != single.name
+            }) {
                 throw FerryError(
                     code: .configurationInvalid,
-                    message: "\(file): slots.\(single.name): slot class '\(single.slotClass)' already has the single-copy slot '\(other.name)'")
+                    message:
+                        "\(file): slots.\(single.name): slot class '\(single.slotClass)' already has the single-copy slot '\(other.name)'"
+                )
             }
         }
         var byBootname: [String: [SlotConfiguration]] = [:]
@@ -454,7 +502,9 @@ public struct SystemConfiguration: Sendable {
         guard groups.count >= 2 else {
             throw FerryError(
                 code: .configurationInvalid,
-                message: "\(file): slots: A/B updates need at least two groups, but every slot has bootname '\(groups.first?.bootname ?? "")'")
+                message:
+                    "\(file): slots: A/B updates need at least two groups, but every slot has bootname '\(groups.first?.bootname ?? "")'"
+            )
         }
         for group in groups {
             var seen: [String: String] = [:]
@@ -462,7 +512,9 @@ public struct SystemConfiguration: Sendable {
                 if let other = seen[slot.slotClass] {
                     throw FerryError(
                         code: .configurationInvalid,
-                        message: "\(file): slots.\(slot.name): group \(group.bootname) already has a '\(slot.slotClass)' slot ('\(other)')")
+                        message:
+                            "\(file): slots.\(slot.name): group \(group.bootname) already has a '\(slot.slotClass)' slot ('\(other)')"
+                    )
                 }
                 seen[slot.slotClass] = slot.name
             }
@@ -475,7 +527,9 @@ public struct SystemConfiguration: Sendable {
             {
                 throw FerryError(
                     code: .configurationInvalid,
-                    message: "\(file): slots.\(example.name): slot class '\(missing)' has no slot in group \(group.bootname) (every group needs one slot of each class)")
+                    message:
+                        "\(file): slots.\(example.name): slot class '\(missing)' has no slot in group \(group.bootname) (every group needs one slot of each class)"
+                )
             }
         }
         return groups
@@ -499,4 +553,3 @@ extension SlotConfiguration {
         }
     }
 }
-

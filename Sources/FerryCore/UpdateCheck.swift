@@ -47,17 +47,22 @@ public struct UpdateCheck {
         let (bytes, signatures) = try fetch(indexURL)
         let policy = try DeviceTrust.policy(configuration: configuration, booted: booted, allowDowngrade: false)
         _ = try policy.verifySignatures(
-            manifest: bytes, signatures: signatures, document: "the update index \(indexURL)", firstSignatureName: "index.json.1.p7s")
+            manifest: bytes, signatures: signatures, document: "the update index \(indexURL)",
+            firstSignatureName: "index.json.1.p7s")
         let index = try UpdateIndex.parse(bytes)
         // (An index its server keeps serving after it expired: a freeze.)
         try TrustPolicy.checkExpiry(index.expires, of: "the update index", at: policy.trustedTime)
         try recordSerial(index, bytes: bytes)
         try StateStore(directory: configuration.stateDirectory).recordTrustedTime(policy.trustedTime)
-        return try choose(index, indexURL: indexURL, floor: policy.device?.securityFloor ?? 0, bootedVersion: policy.device?.bootedVersion)
+        return try choose(
+            index, indexURL: indexURL, floor: policy.device?.securityFloor ?? 0,
+            bootedVersion: policy.device?.bootedVersion)
     }
 
     /// The choice, given a verified index.
-    func choose(_ index: UpdateIndex, indexURL: String, floor: Int64, bootedVersion: SemanticVersion?) throws(FerryError) -> Decision {
+    func choose(_ index: UpdateIndex, indexURL: String, floor: Int64, bootedVersion: SemanticVersion?)
+        throws(FerryError) -> Decision
+    {
         var decision = Decision(indexURL: indexURL, index: index, bootedVersion: bootedVersion)
         let newer = index.entries.filter { entry in
             entry.compatible == configuration.compatible && entry.securityVersion >= floor
@@ -67,13 +72,17 @@ public struct UpdateCheck {
         let candidates = newer.filter { $0.version == best }
         let booted = try bootedImageHashes()
         let delta = candidates.first { entry in
-            entry.isDelta && entry.payloads.allSatisfy { $0.type != "delta" || ($0.sourceSHA256 != nil && booted[$0.target] == $0.sourceSHA256) }
+            entry.isDelta
+                && entry.payloads.allSatisfy {
+                    $0.type != "delta" || ($0.sourceSHA256 != nil && booted[$0.target] == $0.sourceSHA256)
+                }
         }
         let full = candidates.first { !$0.isDelta }
         guard let chosen = delta ?? full else {
             throw FerryError(
                 code: .notCompatible,
-                message: "\(best) is offered only as deltas from images this device does not run, and without a full bundle")
+                message:
+                    "\(best) is offered only as deltas from images this device does not run, and without a full bundle")
         }
         decision.entry = chosen
         decision.fallback = delta != nil ? full : nil
@@ -85,7 +94,9 @@ public struct UpdateCheck {
         guard let bootname = booted.bootname, let group = configuration.group(bootname) else { return [:] }
         let records = try StateStore(directory: configuration.stateDirectory).slotRecords()
         var hashes: [String: SHA256Digest] = [:]
-        for slot in group.slots { hashes[slot.slotClass] = records[slot.name]?.sha256.flatMap { SHA256Digest(hex: $0) } }
+        for slot in group.slots {
+            hashes[slot.slotClass] = records[slot.name]?.sha256.flatMap { SHA256Digest(hex: $0) }
+        }
         return hashes
     }
 
@@ -98,8 +109,12 @@ public struct UpdateCheck {
         for number in 1...UpdateIndex.maximumSignatures {
             let source = try HTTPSource(url: "\(url).\(number).p7s", options: configuration.transport, logger: logger)
             do {
-                signatures.append(("index.json.\(number).p7s", try Self.readAll(source, limit: CMS.maximumSignatureSize, what: "index.json.\(number).p7s")))
-            } catch where error.code == .httpStatus && (source.lastStatus == 404 || source.lastStatus == 410) {
+                signatures.append(
+                    (
+                        "index.json.\(number).p7s",
+                        try Self.readAll(source, limit: CMS.maximumSignatureSize, what: "index.json.\(number).p7s")
+                    ))
+            } catch  where error.code == .httpStatus && (source.lastStatus == 404 || source.lastStatus == 410) {
                 break
             }
         }
@@ -107,7 +122,8 @@ public struct UpdateCheck {
     }
 
     private func download(_ url: String, limit: Int, what: String) throws(FerryError) -> [UInt8] {
-        try Self.readAll(try HTTPSource(url: url, options: configuration.transport, logger: logger), limit: limit, what: what)
+        try Self.readAll(
+            try HTTPSource(url: url, options: configuration.transport, logger: logger), limit: limit, what: what)
     }
 
     static func readAll(_ source: any ByteSource, limit: Int, what: String) throws(FerryError) -> [UInt8] {
@@ -119,7 +135,8 @@ public struct UpdateCheck {
             if count == 0 { return bytes }
             bytes += buffer[..<count]
             guard bytes.count <= limit else {
-                throw FerryError(code: .limitExceeded, message: "\(what) (\(source.sourceName)) is larger than \(limit) bytes")
+                throw FerryError(
+                    code: .limitExceeded, message: "\(what) (\(source.sourceName)) is larger than \(limit) bytes")
             }
         }
     }
@@ -149,19 +166,24 @@ public struct UpdateCheck {
             guard index.serial >= last.serial else {
                 throw FerryError(
                     code: .downgrade,
-                    message: "the update index has serial \(index.serial), older than \(last.serial) which this device accepted: a replayed index is refused")
+                    message:
+                        "the update index has serial \(index.serial), older than \(last.serial) which this device accepted: a replayed index is refused"
+                )
             }
             if index.serial == last.serial {
                 guard last.sha256 == digest else {
                     throw FerryError(
                         code: .downgrade,
-                        message: "the update index has serial \(index.serial) like the one this device accepted, but other content: a new index needs a new serial")
+                        message:
+                            "the update index has serial \(index.serial) like the one this device accepted, but other content: a new index needs a new serial"
+                    )
                 }
                 return
             }
         }
         try store.updateTrustRecord { record in
-            record.updateIndex = TrustRecord.AcceptedIndex(serial: index.serial, sha256: digest, acceptedAt: WallClock.iso8601())
+            record.updateIndex = TrustRecord.AcceptedIndex(
+                serial: index.serial, sha256: digest, acceptedAt: WallClock.iso8601())
         }
     }
 }
@@ -186,21 +208,26 @@ public final class IndexedBundleSource: ByteSource {
         let read = try inner.read(into: buffer)
         count += Int64(read)
         guard count <= entry.size else {
-            throw FerryError(code: .notIndexed, message: "\(sourceName) is larger than the \(entry.size) bytes the update index says")
+            throw FerryError(
+                code: .notIndexed, message: "\(sourceName) is larger than the \(entry.size) bytes the update index says"
+            )
         }
         if read > 0 {
             if !skipped { hasher.update(UnsafeRawBufferPointer(rebasing: buffer[..<read])) }
             return read
         }
         guard count == entry.size else {
-            throw FerryError(code: .truncated, message: "\(sourceName) ends after \(count) of the \(entry.size) bytes the update index says")
+            throw FerryError(
+                code: .truncated,
+                message: "\(sourceName) ends after \(count) of the \(entry.size) bytes the update index says")
         }
         if !skipped {
             let digest = hasher.finalize()
             guard digest == entry.sha256 else {
                 throw FerryError(
                     code: .notIndexed,
-                    message: "\(sourceName) has SHA-256 \(digest.hex), not the \(entry.sha256.hex) the update index says")
+                    message:
+                        "\(sourceName) has SHA-256 \(digest.hex), not the \(entry.sha256.hex) the update index says")
             }
         }
         return 0

@@ -12,14 +12,17 @@ public final class Keyring {
     /// A keyring from PEM text (one or more CA certificates).
     /// - Throws: `.untrusted` when it holds no certificate.
     public init(pem bytes: [UInt8], name: String) throws(FerryError) {
-        guard let store = X509_STORE_new() else { throw FerryError(code: .internal, message: "OpenSSL could not allocate a store") }
+        guard let store = X509_STORE_new() else {
+            throw FerryError(code: .internal, message: "OpenSSL could not allocate a store")
+        }
         self.store = store
         self.name = name
         var certificates: [Certificate] = []
         do {
             try Certificate.withCertificates(pem: bytes, name: name) { (x509) throws(FerryError) in
                 guard X509_STORE_add_cert(store, x509) == 1 else {
-                    throw FerryError(code: .untrusted, message: "cannot add a certificate of '\(name)': \(OpenSSLError.drain())")
+                    throw FerryError(
+                        code: .untrusted, message: "cannot add a certificate of '\(name)': \(OpenSSLError.drain())")
                 }
                 certificates.append(try Certificate(x509))
             }
@@ -54,7 +57,9 @@ public enum CMS {
     /// - Throws: `.signatureInvalid` when a file is unreadable, the key does not match, or OpenSSL fails.
     public static func sign(content: [UInt8], certificatePath: String, keyPath: String) throws(FerryError) -> [UInt8] {
         guard let certificateBIO = BIO_new_file(certificatePath, "r") else {
-            throw FerryError(code: .signatureInvalid, message: "cannot open signer certificate '\(certificatePath)': \(OpenSSLError.drain())")
+            throw FerryError(
+                code: .signatureInvalid,
+                message: "cannot open signer certificate '\(certificatePath)': \(OpenSSLError.drain())")
         }
         defer { BIO_free(certificateBIO) }
         guard let certificate = PEM_read_bio_X509(certificateBIO, nil, nil, nil) else {
@@ -62,24 +67,34 @@ public enum CMS {
         }
         defer { X509_free(certificate) }
         guard let keyBIO = BIO_new_file(keyPath, "r") else {
-            throw FerryError(code: .signatureInvalid, message: "cannot open signing key '\(keyPath)': \(OpenSSLError.drain())")
+            throw FerryError(
+                code: .signatureInvalid, message: "cannot open signing key '\(keyPath)': \(OpenSSLError.drain())")
         }
         defer { BIO_free(keyBIO) }
         guard let key = PEM_read_bio_PrivateKey(keyBIO, nil, nil, nil) else {
-            throw FerryError(code: .signatureInvalid, message: "'\(keyPath)' holds no usable PEM private key: \(OpenSSLError.drain())")
+            throw FerryError(
+                code: .signatureInvalid,
+                message: "'\(keyPath)' holds no usable PEM private key: \(OpenSSLError.drain())")
         }
         defer { EVP_PKEY_free(key) }
         guard X509_check_private_key(certificate, key) == 1 else {
             ERR_clear_error()
-            throw FerryError(code: .signatureInvalid, message: "the key '\(keyPath)' does not belong to the certificate '\(certificatePath)'")
+            throw FerryError(
+                code: .signatureInvalid,
+                message: "the key '\(keyPath)' does not belong to the certificate '\(certificatePath)'")
         }
-        guard let data = memoryBIO(content) else { throw FerryError(code: .internal, message: "OpenSSL could not allocate a buffer") }
+        guard let data = memoryBIO(content) else {
+            throw FerryError(code: .internal, message: "OpenSSL could not allocate a buffer")
+        }
         defer { BIO_free(data) }
         guard let cms = CMS_sign(certificate, key, nil, data, UInt32(CMS_DETACHED | CMS_BINARY)) else {
-            throw FerryError(code: .signatureInvalid, message: "signing with '\(certificatePath)' failed: \(OpenSSLError.drain())")
+            throw FerryError(
+                code: .signatureInvalid, message: "signing with '\(certificatePath)' failed: \(OpenSSLError.drain())")
         }
         defer { CMS_ContentInfo_free(cms) }
-        guard let output = BIO_new(BIO_s_mem()) else { throw FerryError(code: .internal, message: "OpenSSL could not allocate a buffer") }
+        guard let output = BIO_new(BIO_s_mem()) else {
+            throw FerryError(code: .internal, message: "OpenSSL could not allocate a buffer")
+        }
         defer { BIO_free(output) }
         guard i2d_CMS_bio(output, cms) == 1 else {
             throw FerryError(code: .signatureInvalid, message: "encoding the signature failed: \(OpenSSLError.drain())")
@@ -115,7 +130,8 @@ public enum CMS {
         throws(FerryError) -> Certificate
     {
         guard signature.count <= maximumSignatureSize else {
-            throw FerryError(code: .limitExceeded, message: "\(name) is \(signature.count) bytes, more than \(maximumSignatureSize)")
+            throw FerryError(
+                code: .limitExceeded, message: "\(name) is \(signature.count) bytes, more than \(maximumSignatureSize)")
         }
         ERR_clear_error()
         let cms: OpaquePointer? = memoryBIO(signature).flatMap { bio in
@@ -123,7 +139,8 @@ public enum CMS {
             return d2i_CMS_bio(bio, nil)
         }
         guard let cms else {
-            throw FerryError(code: .signatureInvalid, message: "\(name) is not a DER CMS signature: \(OpenSSLError.drain())")
+            throw FerryError(
+                code: .signatureInvalid, message: "\(name) is not a DER CMS signature: \(OpenSSLError.drain())")
         }
         defer { CMS_ContentInfo_free(cms) }
         guard let signerInfos = CMS_get0_SignerInfos(cms) else {
@@ -132,23 +149,33 @@ public enum CMS {
         guard COpenSSL_sk_CMS_SignerInfo_num(signerInfos) == 1 else {
             throw FerryError(
                 code: .signatureInvalid,
-                message: "\(name) has \(COpenSSL_sk_CMS_SignerInfo_num(signerInfos)) signers; Ferry expects exactly one per signature file")
+                message:
+                    "\(name) has \(COpenSSL_sk_CMS_SignerInfo_num(signerInfos)) signers; Ferry expects exactly one per signature file"
+            )
         }
         let parameters = X509_STORE_get0_param(keyring.store)
         X509_VERIFY_PARAM_set_time(parameters, time_t(time))
         X509_STORE_set_purpose(keyring.store, X509_PURPOSE_ANY)
-        guard let data = memoryBIO(content) else { throw FerryError(code: .internal, message: "OpenSSL could not allocate a buffer") }
+        guard let data = memoryBIO(content) else {
+            throw FerryError(code: .internal, message: "OpenSSL could not allocate a buffer")
+        }
         defer { BIO_free(data) }
         let verified = CMS_verify(cms, nil, keyring.store, data, nil, UInt32(CMS_BINARY))
         guard verified == 1 else {
             let reason = OpenSSLError.drain()
             if reason.contains("certificate has expired") || reason.contains("certificate is not yet valid") {
-                throw FerryError(code: .expired, message: "\(name): a signing certificate is not valid at the trusted time: \(reason)")
+                throw FerryError(
+                    code: .expired,
+                    message: "\(name): a signing certificate is not valid at the trusted time: \(reason)")
             }
-            if reason.contains("content verify error") || reason.contains("digest failure") || reason.contains("signature failure") {
+            if reason.contains("content verify error") || reason.contains("digest failure")
+                || reason.contains("signature failure")
+            {
                 throw FerryError(code: .signatureInvalid, message: "\(name) does not match the signed data (\(reason))")
             }
-            throw FerryError(code: .untrusted, message: "\(name) is not signed by a certificate the keyring '\(keyring.name)' trusts (\(reason))")
+            throw FerryError(
+                code: .untrusted,
+                message: "\(name) is not signed by a certificate the keyring '\(keyring.name)' trusts (\(reason))")
         }
         guard let signers = CMS_get0_signers(cms), COpenSSL_sk_X509_num(signers) == 1,
             let x509 = COpenSSL_sk_X509_value(signers, 0)
@@ -158,10 +185,13 @@ public enum CMS {
         defer { COpenSSL_sk_X509_free(signers) }
         let usage = X509_get_key_usage(x509)
         if usage != UInt32.max && usage & UInt32(KU_DIGITAL_SIGNATURE) == 0 {
-            throw FerryError(code: .untrusted, message: "\(name): the signer's certificate does not allow digitalSignature")
+            throw FerryError(
+                code: .untrusted, message: "\(name): the signer's certificate does not allow digitalSignature")
         }
         let extendedUsage = X509_get_extended_key_usage(x509)
-        if extendedUsage != UInt32.max && extendedUsage & UInt32(XKU_CODE_SIGN) == 0 && extendedUsage & UInt32(XKU_ANYEKU) == 0 {
+        if extendedUsage != UInt32.max && extendedUsage & UInt32(XKU_CODE_SIGN) == 0
+            && extendedUsage & UInt32(XKU_ANYEKU) == 0
+        {
             throw FerryError(code: .untrusted, message: "\(name): the signer's certificate does not allow codeSigning")
         }
         return try Certificate(x509)

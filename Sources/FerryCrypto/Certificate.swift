@@ -33,7 +33,8 @@ public struct Certificate: Sendable, Hashable {
         var key: UnsafeMutablePointer<UInt8>? = nil
         let keyLength = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x509), &key)
         guard keyLength > 0, let key else {
-            throw FerryError(code: .signatureInvalid, message: "cannot encode a certificate's public key: \(OpenSSLError.drain())")
+            throw FerryError(
+                code: .signatureInvalid, message: "cannot encode a certificate's public key: \(OpenSSLError.drain())")
         }
         publicKeyFingerprint = SHA256Hasher.hash(Array(UnsafeBufferPointer(start: key, count: Int(keyLength))))
         CRYPTO_free(key, #fileID, #line)
@@ -68,7 +69,8 @@ public struct Certificate: Sendable, Hashable {
     /// Parses every certificate of PEM text.
     public static func parse(pem bytes: [UInt8], name: String) throws(FerryError) -> [Certificate] {
         var result: [Certificate] = []
-        try withCertificates(pem: bytes, name: name) { (x509) throws(FerryError) in result.append(try Certificate(x509)) }
+        try withCertificates(pem: bytes, name: name) { (x509) throws(FerryError) in result.append(try Certificate(x509))
+        }
         return result
     }
 
@@ -76,7 +78,9 @@ public struct Certificate: Sendable, Hashable {
     static func withCertificates(pem bytes: [UInt8], name: String, _ body: (OpaquePointer) throws(FerryError) -> Void)
         throws(FerryError)
     {
-        guard let bio = CMS.memoryBIO(bytes) else { throw FerryError(code: .internal, message: "OpenSSL could not allocate a buffer") }
+        guard let bio = CMS.memoryBIO(bytes) else {
+            throw FerryError(code: .internal, message: "OpenSSL could not allocate a buffer")
+        }
         defer { BIO_free(bio) }
         var count = 0
         while let x509 = PEM_read_bio_X509(bio, nil, nil, nil) {

@@ -46,13 +46,17 @@ public struct DeltaApplier {
         guard source.byteCount >= header.sourceSize else {
             throw FerryError(
                 code: .sourceMismatch,
-                message: "delta needs source sha256 \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) has only \(source.byteCount) bytes")
+                message:
+                    "delta needs source sha256 \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) has only \(source.byteCount) bytes"
+            )
         }
     }
 
     /// Where the first operation's record starts in the delta stream.
     public var firstOperation: Position {
-        Position(operation: 0, deltaOffset: Int64(DeltaFormat.headerSize + DeltaFormat.checkRecordSize * sourceChecks.count), targetOffset: 0)
+        Position(
+            operation: 0, deltaOffset: Int64(DeltaFormat.headerSize + DeltaFormat.checkRecordSize * sourceChecks.count),
+            targetOffset: 0)
     }
 
     /// Reads every source range the delta uses and compares it with its SHA-256, before anything
@@ -60,18 +64,22 @@ public struct DeltaApplier {
     /// - Throws: `.sourceMismatch` naming the blocks that differ; read errors.
     public func verifySource() throws(FerryError) {
         try Self.verifySource(
-            sourceChecks, of: source, named: sourceName, sourceSHA256: header.sourceSHA256, sourceSize: header.sourceSize)
+            sourceChecks, of: source, named: sourceName, sourceSHA256: header.sourceSHA256,
+            sourceSize: header.sourceSize)
     }
 
     /// The same check for a list of source checks taken from elsewhere (a signed manifest).
     public static func verifySource(
-        _ checks: [DeltaFormat.SourceCheck], of source: any BlockTarget, named sourceName: String, sourceSHA256: SHA256Digest,
+        _ checks: [DeltaFormat.SourceCheck], of source: any BlockTarget, named sourceName: String,
+        sourceSHA256: SHA256Digest,
         sourceSize: Int64
     ) throws(FerryError) {
         guard source.byteCount >= sourceSize else {
             throw FerryError(
                 code: .sourceMismatch,
-                message: "delta needs source sha256 \(sourceSHA256) (\(sourceSize) bytes), but \(sourceName) has only \(source.byteCount) bytes")
+                message:
+                    "delta needs source sha256 \(sourceSHA256) (\(sourceSize) bytes), but \(sourceName) has only \(source.byteCount) bytes"
+            )
         }
         let piece = 4 << 20
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 4096)
@@ -80,7 +88,8 @@ public struct DeltaApplier {
             let hasher = SHA256Hasher()
             var offset = check.range.lowerBound
             while offset < check.range.upperBound {
-                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(piece), check.range.upperBound - offset))])
+                let slice = UnsafeMutableRawBufferPointer(
+                    rebasing: buffer[..<Int(min(Int64(piece), check.range.upperBound - offset))])
                 try source.read(into: slice, at: offset)
                 hasher.update(UnsafeRawBufferPointer(slice))
                 offset += Int64(slice.count)
@@ -89,7 +98,9 @@ public struct DeltaApplier {
                 let block = Int64(DeltaFormat.blockSize)
                 throw FerryError(
                     code: .sourceMismatch,
-                    message: "delta needs source sha256 \(sourceSHA256) (\(sourceSize) bytes), but \(sourceName) differs at blocks \(check.range.lowerBound / block)-\((check.range.upperBound - 1) / block)")
+                    message:
+                        "delta needs source sha256 \(sourceSHA256) (\(sourceSize) bytes), but \(sourceName) differs at blocks \(check.range.lowerBound / block)-\((check.range.upperBound - 1) / block)"
+                )
             }
         }
     }
@@ -106,8 +117,10 @@ public struct DeltaApplier {
         from delta: any ByteSource, start: Position? = nil, verifyWholeTarget: Bool = true,
         _ body: (_ offset: Int64, _ bytes: UnsafeRawBufferPointer, _ next: Position) throws(FerryError) -> Void
     ) throws(FerryError) {
-        let targetBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: DeltaFormat.maximumTargetLength, alignment: 4096)
-        let sourceBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: DeltaFormat.maximumSourceLength, alignment: 4096)
+        let targetBuffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: DeltaFormat.maximumTargetLength, alignment: 4096)
+        let sourceBuffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: DeltaFormat.maximumSourceLength, alignment: 4096)
         defer {
             targetBuffer.deallocate()
             sourceBuffer.deallocate()
@@ -116,7 +129,8 @@ public struct DeltaApplier {
         guard start.operation >= 0, start.operation <= header.operationCount, start.targetOffset >= 0,
             start.targetOffset <= header.targetSize, start.deltaOffset >= firstOperation.deltaOffset
         else {
-            throw DeltaFormat.invalid("cannot resume at operation \(start.operation), target byte \(start.targetOffset)")
+            throw DeltaFormat.invalid(
+                "cannot resume at operation \(start.operation), target byte \(start.targetOffset)")
         }
         let whole = start.operation == 0 && verifyWholeTarget ? SHA256Hasher() : nil
         var position = start
@@ -130,15 +144,19 @@ public struct DeltaApplier {
                 target.initializeMemory(as: UInt8.self, repeating: 0)
             case .copy:
                 guard sourceBytes.count == target.count else {
-                    throw DeltaFormat.invalid("operation \(index) copies \(sourceBytes.count) bytes into \(target.count)")
+                    throw DeltaFormat.invalid(
+                        "operation \(index) copies \(sourceBytes.count) bytes into \(target.count)")
                 }
                 target.copyMemory(from: UnsafeRawBufferPointer(sourceBytes))
             case .literal, .diff:
-                let data = try delta.readExactly(Int(operation.dataLength), what: "the data of delta operation \(index)")
+                let data = try delta.readExactly(
+                    Int(operation.dataLength), what: "the data of delta operation \(index)")
                 try data.withTypedUnsafeBytes { (compressed) throws(FerryError) in
                     do throws(FerryError) {
                         try XZDictionaryCodec.decode(
-                            compressed, dictionary: operation.kind == .diff ? UnsafeRawBufferPointer(sourceBytes) : UnsafeRawBufferPointer(start: nil, count: 0),
+                            compressed,
+                            dictionary: operation.kind == .diff
+                                ? UnsafeRawBufferPointer(sourceBytes) : UnsafeRawBufferPointer(start: nil, count: 0),
                             into: target)
                     } catch {
                         throw error.prefixed("delta operation \(index) (target bytes \(operation.target))")
@@ -154,25 +172,30 @@ public struct DeltaApplier {
                 alreadyChecked = digest == operation.targetSHA256
             }
             guard alreadyChecked || SHA256Hasher.hash(UnsafeRawBufferPointer(target)) == operation.targetSHA256 else {
-                throw DeltaFormat.invalid("operation \(index) produces target bytes \(operation.target) that do not match their SHA-256")
+                throw DeltaFormat.invalid(
+                    "operation \(index) produces target bytes \(operation.target) that do not match their SHA-256")
             }
             whole?.update(UnsafeRawBufferPointer(target))
             position = Position(
                 operation: index + 1,
-                deltaOffset: position.deltaOffset + Int64(DeltaFormat.Operation.encodedSize(sourceExtents: operation.sources.count))
+                deltaOffset: position.deltaOffset
+                    + Int64(DeltaFormat.Operation.encodedSize(sourceExtents: operation.sources.count))
                     + operation.dataLength,
                 targetOffset: operation.target.upperBound)
             try body(operation.target.lowerBound, UnsafeRawBufferPointer(target), position)
         }
         guard position.targetOffset == header.targetSize else {
-            throw DeltaFormat.invalid("the operations end at byte \(position.targetOffset) of a \(header.targetSize)-byte target")
+            throw DeltaFormat.invalid(
+                "the operations end at byte \(position.targetOffset) of a \(header.targetSize)-byte target")
         }
         if let whole, whole.finalize() != header.targetSHA256 {
             throw DeltaFormat.invalid("the target does not match its SHA-256 \(header.targetSHA256)")
         }
     }
 
-    private func readOperation(_ delta: any ByteSource, index: Int64, expectedStart: Int64) throws(FerryError) -> DeltaFormat.Operation {
+    private func readOperation(_ delta: any ByteSource, index: Int64, expectedStart: Int64) throws(FerryError)
+        -> DeltaFormat.Operation
+    {
         let fixed = try delta.readExactly(32, what: "delta operation \(index)")
         var reader = LittleEndianReader(fixed)
         guard let kind = DeltaFormat.Kind(rawValue: fixed[0]), fixed[1] == 0, fixed[2] == 0, fixed[3] == 0 else {
@@ -184,20 +207,29 @@ public struct DeltaApplier {
         let targetLength = reader.u64()
         let dataLength = reader.u64()
         guard extentCount <= DeltaFormat.maximumSourceExtents else {
-            throw FerryError(code: .limitExceeded, message: "delta: operation \(index) reads \(extentCount) source extents (at most \(DeltaFormat.maximumSourceExtents))")
+            throw FerryError(
+                code: .limitExceeded,
+                message:
+                    "delta: operation \(index) reads \(extentCount) source extents (at most \(DeltaFormat.maximumSourceExtents))"
+            )
         }
         guard targetLength > 0, targetLength <= UInt64(DeltaFormat.maximumTargetLength) else {
-            throw FerryError(code: .limitExceeded, message: "delta: operation \(index) writes \(targetLength) bytes (1 to \(DeltaFormat.maximumTargetLength))")
+            throw FerryError(
+                code: .limitExceeded,
+                message:
+                    "delta: operation \(index) writes \(targetLength) bytes (1 to \(DeltaFormat.maximumTargetLength))")
         }
         guard targetOffset == UInt64(expectedStart) else {
             throw DeltaFormat.invalid(
-                "operation \(index) starts at target byte \(targetOffset), not \(expectedStart): operations must follow each other without gaps or overlaps")
+                "operation \(index) starts at target byte \(targetOffset), not \(expectedStart): operations must follow each other without gaps or overlaps"
+            )
         }
         guard targetOffset + targetLength <= UInt64(header.targetSize) else {
             throw DeltaFormat.invalid("operation \(index) writes past the end of the \(header.targetSize)-byte target")
         }
         guard dataLength <= UInt64(DeltaFormat.maximumTargetLength + DeltaFormat.maximumTargetLength / 8 + 4096) else {
-            throw FerryError(code: .limitExceeded, message: "delta: operation \(index) carries \(dataLength) bytes of data")
+            throw FerryError(
+                code: .limitExceeded, message: "delta: operation \(index) carries \(dataLength) bytes of data")
         }
         let rest = try delta.readExactly(16 * extentCount + 64, what: "delta operation \(index)")
         reader = LittleEndianReader(rest)
@@ -215,7 +247,11 @@ public struct DeltaApplier {
             sources.append(Int64(offset)..<Int64(offset + length))
         }
         guard total <= UInt64(DeltaFormat.maximumSourceLength) else {
-            throw FerryError(code: .limitExceeded, message: "delta: operation \(index) reads \(total) source bytes (at most \(DeltaFormat.maximumSourceLength))")
+            throw FerryError(
+                code: .limitExceeded,
+                message:
+                    "delta: operation \(index) reads \(total) source bytes (at most \(DeltaFormat.maximumSourceLength))"
+            )
         }
         for extent in sources where !isChecked(extent) {
             throw DeltaFormat.invalid(
@@ -224,18 +260,27 @@ public struct DeltaApplier {
         let targetHash = SHA256Digest(bytes: reader.bytes(32))!
         let sourceHashBytes = reader.bytes(32)
         let operation = DeltaFormat.Operation(
-            kind: kind, target: Int64(targetOffset)..<Int64(targetOffset + targetLength), sources: sources, dataLength: Int64(dataLength),
+            kind: kind, target: Int64(targetOffset)..<Int64(targetOffset + targetLength), sources: sources,
+            dataLength: Int64(dataLength),
             targetSHA256: targetHash, sourceSHA256: sources.isEmpty ? nil : SHA256Digest(bytes: sourceHashBytes))
         switch kind {
         case .zero, .literal:
-            guard sources.isEmpty else { throw DeltaFormat.invalid("operation \(index) (\(kind)) names source extents") }
+            guard sources.isEmpty else {
+                throw DeltaFormat.invalid("operation \(index) (\(kind)) names source extents")
+            }
         case .copy:
-            guard !sources.isEmpty, dataLength == 0 else { throw DeltaFormat.invalid("operation \(index) (copy) is malformed") }
+            guard !sources.isEmpty, dataLength == 0 else {
+                throw DeltaFormat.invalid("operation \(index) (copy) is malformed")
+            }
         case .diff:
-            guard !sources.isEmpty else { throw DeltaFormat.invalid("operation \(index) (diff) names no source extent") }
+            guard !sources.isEmpty else {
+                throw DeltaFormat.invalid("operation \(index) (diff) names no source extent")
+            }
         }
         if kind == .zero, dataLength != 0 { throw DeltaFormat.invalid("operation \(index) (zero) carries data") }
-        if (kind == .literal || kind == .diff) && dataLength == 0 { throw DeltaFormat.invalid("operation \(index) carries no data") }
+        if (kind == .literal || kind == .diff) && dataLength == 0 {
+            throw DeltaFormat.invalid("operation \(index) carries no data")
+        }
         return operation
     }
 
@@ -258,7 +303,9 @@ public struct DeltaApplier {
     }
 
     /// Reads and checks an operation's source extents.
-    private func readSources(_ operation: DeltaFormat.Operation, into buffer: UnsafeMutableRawBufferPointer, index: Int64) throws(FerryError)
+    private func readSources(
+        _ operation: DeltaFormat.Operation, into buffer: UnsafeMutableRawBufferPointer, index: Int64
+    ) throws(FerryError)
         -> UnsafeMutableRawBufferPointer
     {
         var filled = 0
@@ -272,7 +319,9 @@ public struct DeltaApplier {
             let block = operation.sources[0].lowerBound / Int64(DeltaFormat.blockSize)
             throw FerryError(
                 code: .sourceMismatch,
-                message: "delta needs source sha256 \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) differs at block \(block) (operation \(index))")
+                message:
+                    "delta needs source sha256 \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) differs at block \(block) (operation \(index))"
+            )
         }
         return bytes
     }

@@ -57,7 +57,8 @@ public enum DeltaFormat {
         public var checkCount: Int64
 
         public init(
-            sourceSize: Int64, sourceSHA256: SHA256Digest, targetSize: Int64, targetSHA256: SHA256Digest, operationCount: Int64,
+            sourceSize: Int64, sourceSHA256: SHA256Digest, targetSize: Int64, targetSHA256: SHA256Digest,
+            operationCount: Int64,
             checkCount: Int64
         ) {
             self.sourceSize = sourceSize
@@ -89,10 +90,13 @@ public enum DeltaFormat {
             var reader = LittleEndianReader(bytes, at: 8)
             let version = reader.u32()
             guard version == DeltaFormat.formatVersion else {
-                throw DeltaFormat.invalid("formatVersion \(version) is not supported (this Ferry reads \(DeltaFormat.formatVersion))")
+                throw DeltaFormat.invalid(
+                    "formatVersion \(version) is not supported (this Ferry reads \(DeltaFormat.formatVersion))")
             }
             let blockSize = reader.u32()
-            guard blockSize == DeltaFormat.blockSize else { throw DeltaFormat.invalid("block size \(blockSize) is not 4096") }
+            guard blockSize == DeltaFormat.blockSize else {
+                throw DeltaFormat.invalid("block size \(blockSize) is not 4096")
+            }
             let sourceSize = reader.u64()
             let sourceHash = SHA256Digest(bytes: reader.bytes(32))!
             let targetSize = reader.u64()
@@ -104,13 +108,16 @@ public enum DeltaFormat {
             }
             // Every operation produces at least one byte of the target.
             guard count <= max(targetSize, 1) else {
-                throw FerryError(code: .limitExceeded, message: "delta: \(count) operations for a \(targetSize)-byte target")
+                throw FerryError(
+                    code: .limitExceeded, message: "delta: \(count) operations for a \(targetSize)-byte target")
             }
             guard checks <= UInt64(DeltaFormat.maximumChecks) else {
-                throw FerryError(code: .limitExceeded, message: "delta: \(checks) source checks for a \(sourceSize)-byte source")
+                throw FerryError(
+                    code: .limitExceeded, message: "delta: \(checks) source checks for a \(sourceSize)-byte source")
             }
             return Header(
-                sourceSize: Int64(sourceSize), sourceSHA256: sourceHash, targetSize: Int64(targetSize), targetSHA256: targetHash,
+                sourceSize: Int64(sourceSize), sourceSHA256: sourceHash, targetSize: Int64(targetSize),
+                targetSHA256: targetHash,
                 operationCount: Int64(count), checkCount: Int64(checks))
         }
     }
@@ -127,7 +134,8 @@ public enum DeltaFormat {
         public var sourceSHA256: SHA256Digest?
 
         public init(
-            kind: Kind, target: Range<Int64>, sources: [Range<Int64>] = [], dataLength: Int64 = 0, targetSHA256: SHA256Digest,
+            kind: Kind, target: Range<Int64>, sources: [Range<Int64>] = [], dataLength: Int64 = 0,
+            targetSHA256: SHA256Digest,
             sourceSHA256: SHA256Digest? = nil
         ) {
             self.kind = kind
@@ -212,10 +220,10 @@ struct LittleEndianReader {
 extension DeltaFormat {
     /// One source check record: offset, length, SHA-256.
     public static func encoded(_ check: SourceCheck) -> [UInt8] {
-    var bytes: [UInt8] = []
-    bytes.appendLittleEndian(UInt64(check.range.lowerBound))
-    bytes.appendLittleEndian(UInt64(check.range.count))
-    return bytes + check.sha256.bytes
+        var bytes: [UInt8] = []
+        bytes.appendLittleEndian(UInt64(check.range.lowerBound))
+        bytes.appendLittleEndian(UInt64(check.range.count))
+        return bytes + check.sha256.bytes
     }
 
     /// The length of the grid cells checks are cut at for a source of `sourceSize` bytes:
@@ -268,7 +276,9 @@ extension DeltaFormat {
 
     /// Reads and checks one record; `after` is where the previous check ended.
     /// - Throws: `.bundleInvalid` for a check outside the source, unaligned, too long, or out of order.
-    public static func decodeCheck(_ bytes: [UInt8], index: Int64, after: Int64, sourceSize: Int64) throws(FerryError) -> SourceCheck {
+    public static func decodeCheck(_ bytes: [UInt8], index: Int64, after: Int64, sourceSize: Int64) throws(FerryError)
+        -> SourceCheck
+    {
         var reader = LittleEndianReader(bytes)
         let offset = reader.u64()
         let length = reader.u64()
@@ -279,8 +289,11 @@ extension DeltaFormat {
             length <= UInt64(sourceSize) - offset, offset / cell == (offset + length - 1) / cell,
             length % block == 0 || offset + length == UInt64(sourceSize)
         else {
-            throw DeltaFormat.invalid("source check \(index) (bytes \(offset) + \(length)) is not an aligned range after the previous one inside the \(sourceSize)-byte source")
+            throw DeltaFormat.invalid(
+                "source check \(index) (bytes \(offset) + \(length)) is not an aligned range after the previous one inside the \(sourceSize)-byte source"
+            )
         }
-        return SourceCheck(range: Int64(offset)..<Int64(offset + length), sha256: SHA256Digest(bytes: reader.bytes(32))!)
+        return SourceCheck(
+            range: Int64(offset)..<Int64(offset + length), sha256: SHA256Digest(bytes: reader.bytes(32))!)
     }
 }

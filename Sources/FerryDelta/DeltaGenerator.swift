@@ -4,7 +4,7 @@ import FerrySystem
 import FerryXZ
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Makes a delta from a source image to a target image (host side).
@@ -84,7 +84,11 @@ public struct DeltaGenerator: @unchecked Sendable {
             let work = { @Sendable (slot: Int) in
                 results.set(slot, Result { () throws(FerryError) in try encode(batch[slot], index: index) })
             }
-            if batch.count == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: batch.count, execute: work) }
+            if batch.count == 1 {
+                work(0)
+            } else {
+                DispatchQueue.concurrentPerform(iterations: batch.count, execute: work)
+            }
             for slot in 0..<batch.count {
                 let (operation, data) = try results.get(slot).get()
                 let record = operation.encoded()
@@ -134,7 +138,9 @@ public struct DeltaGenerator: @unchecked Sendable {
                 } else if length == Int(blockSize) {
                     // A copy: the continuation of the previous copy first (keeps runs long), then the index.
                     var candidates: [Int64] = []
-                    if let previousCopyEnd, previousCopyEnd + blockSize <= index.size { candidates.append(previousCopyEnd) }
+                    if let previousCopyEnd, previousCopyEnd + blockSize <= index.size {
+                        candidates.append(previousCopyEnd)
+                    }
                     if let hit = index.block(SourceIndex.key(block)) { candidates.append(hit) }
                     for candidate in candidates {
                         try source.read(into: sourceBlock, at: candidate)
@@ -192,19 +198,22 @@ public struct DeltaGenerator: @unchecked Sendable {
         case .copy:
             return (
                 DeltaFormat.Operation(
-                    kind: .copy, target: run.target, sources: run.sources, targetSHA256: targetHash, sourceSHA256: targetHash), []
+                    kind: .copy, target: run.target, sources: run.sources, targetSHA256: targetHash,
+                    sourceSHA256: targetHash), []
             )
         case .literal, .diff:
             var dictionary: [UInt8] = []
             for region in run.sources { dictionary += try source.read(at: region.lowerBound, count: region.count) }
             let data = try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
                 try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) in
-                    try XZDictionaryCodec.encode(input, dictionary: dictionary, preset: options.preset, extreme: options.extreme)
+                    try XZDictionaryCodec.encode(
+                        input, dictionary: dictionary, preset: options.preset, extreme: options.extreme)
                 }
             }
             return (
                 DeltaFormat.Operation(
-                    kind: run.kind, target: run.target, sources: run.sources, dataLength: Int64(data.count), targetSHA256: targetHash,
+                    kind: run.kind, target: run.target, sources: run.sources, dataLength: Int64(data.count),
+                    targetSHA256: targetHash,
                     sourceSHA256: run.sources.isEmpty ? nil : SHA256Hasher.hash(dictionary)), data
             )
         }
@@ -226,7 +235,11 @@ public struct DeltaGenerator: @unchecked Sendable {
                     return dictionaryRegions(for: bytes, at: run.target.lowerBound, index: index)
                 })
         }
-        if changed.count == 1 { work(0) } else if !changed.isEmpty { DispatchQueue.concurrentPerform(iterations: changed.count, execute: work) }
+        if changed.count == 1 {
+            work(0)
+        } else if !changed.isEmpty {
+            DispatchQueue.concurrentPerform(iterations: changed.count, execute: work)
+        }
         for (slot, position) in changed.enumerated() {
             let regions = try results.get(slot).get()
             if !regions.isEmpty {
@@ -246,7 +259,8 @@ public struct DeltaGenerator: @unchecked Sendable {
             let hasher = SHA256Hasher()
             var offset = range.lowerBound
             while offset < range.upperBound {
-                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(buffer.count), range.upperBound - offset))])
+                let slice = UnsafeMutableRawBufferPointer(
+                    rebasing: buffer[..<Int(min(Int64(buffer.count), range.upperBound - offset))])
                 try source.read(into: slice, at: offset)
                 hasher.update(UnsafeRawBufferPointer(slice))
                 offset += Int64(slice.count)
@@ -274,21 +288,29 @@ public struct DeltaGenerator: @unchecked Sendable {
         let budget = Int64(DeltaFormat.maximumSourceLength)
         var regions: [Range<Int64>] = []
         var used: Int64 = 0
-        for (shift, count) in votes.sorted(by: { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }) where count >= 2 || votes.count == 1 {
+        for (shift, count) in votes.sorted(by: { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key })
+        where count >= 2 || votes.count == 1 {
             let lower = max(0, offset + shift - margin)
             let upper = min(index.size, offset + shift + Int64(bytes.count) + margin)
             guard lower < upper else { continue }
             var region = lower..<upper
             // Merge with overlapping regions; stay within the dictionary budget and extent count.
-            if let overlapping = regions.firstIndex(where: { $0.overlaps(region) || $0.upperBound == region.lowerBound || region.upperBound == $0.lowerBound }) {
-                let merged = min(regions[overlapping].lowerBound, region.lowerBound)..<max(regions[overlapping].upperBound, region.upperBound)
+            if let overlapping = regions.firstIndex(where: {
+                $0.overlaps(region) || $0.upperBound == region.lowerBound || region.upperBound == $0.lowerBound
+            }) {
+                let merged =
+                    min(
+                        regions[overlapping].lowerBound, region.lowerBound)..<max(
+                        regions[overlapping].upperBound, region.upperBound)
                 let growth = Int64(merged.count - regions[overlapping].count)
                 guard used + growth <= budget else { continue }
                 used += growth
                 regions[overlapping] = merged
                 continue
             }
-            if used + Int64(region.count) > budget { region = region.lowerBound..<(region.lowerBound + (budget - used)) }
+            if used + Int64(region.count) > budget {
+                region = region.lowerBound..<(region.lowerBound + (budget - used))
+            }
             guard region.count >= 4096, regions.count < DeltaFormat.maximumSourceExtents else { break }
             used += Int64(region.count)
             regions.append(region)

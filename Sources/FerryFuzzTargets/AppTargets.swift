@@ -4,7 +4,7 @@ import FerrySystem
 import Logging
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// App archives: unpacked by the app store into a version folder, with every entry checked.
@@ -39,7 +39,10 @@ enum AppTargets {
         }
         let outside = FuzzScratch.entries(root).sorted()
         guard outside == ["outside", "store"], FuzzScratch.entries("\(root)/outside").isEmpty else {
-            violated("app-archive", "the archive created something outside the app store: \(outside), outside/: \(FuzzScratch.entries("\(root)/outside"))")
+            violated(
+                "app-archive",
+                "the archive created something outside the app store: \(outside), outside/: \(FuzzScratch.entries("\(root)/outside"))"
+            )
         }
         if staged { checkLinks(in: "\(root)/store/app/1.0", relative: []) }
         FuzzScratch.removeTree("\(root)/store")
@@ -61,13 +64,17 @@ enum AppTargets {
                 for part in link.split(separator: "/") {
                     if part == "." { continue }
                     if part == ".." {
-                        guard !resolved.isEmpty else { violated("app-archive", "the link '\(full)' -> '\(link)' leads out of the version") }
+                        guard !resolved.isEmpty else {
+                            violated("app-archive", "the link '\(full)' -> '\(link)' leads out of the version")
+                        }
                         resolved.removeLast()
                     } else {
                         resolved.append(String(part))
                     }
                 }
-                guard !link.hasPrefix("/") else { violated("app-archive", "the link '\(full)' -> '\(link)' is absolute") }
+                guard !link.hasPrefix("/") else {
+                    violated("app-archive", "the link '\(full)' -> '\(link)' is absolute")
+                }
             }
         }
     }
@@ -83,5 +90,9 @@ enum AppTargets {
         return root
     }()
 
-    private static var store: AppStore { AppStore(directory: "\(root)/store", keep: 1, logger: Logger(label: "ferry-fuzz", factory: { _ in SwiftLogNoOpLogHandler() })) }
+    private static var store: AppStore {
+        AppStore(
+            directory: "\(root)/store", keep: 1,
+            logger: Logger(label: "ferry-fuzz", factory: { _ in SwiftLogNoOpLogHandler() }))
+    }
 }

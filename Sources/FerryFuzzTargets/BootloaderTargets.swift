@@ -26,17 +26,24 @@ enum BootloaderTargets {
         }
         var copies: [UBootEnvironmentCopy?] = []
         for (index, image) in images.enumerated() {
-            do { copies.append(try UBootEnvironmentCodec.decode(image, format: format, name: "copy \(index)")) } catch { copies.append(nil) }
+            do { copies.append(try UBootEnvironmentCodec.decode(image, format: format, name: "copy \(index)")) } catch {
+                copies.append(nil)
+            }
         }
-        let current = redundant ? UBootEnvironmentCodec.currentIndex(copies[0], copies[1]) : (copies[0] == nil ? nil : 0)
+        let current =
+            redundant ? UBootEnvironmentCodec.currentIndex(copies[0], copies[1]) : (copies[0] == nil ? nil : 0)
         guard let current, let copy = copies[current] else { return }
         let encoded: [UInt8]
         do {
-            encoded = try UBootEnvironmentCodec.encode(copy.variables, flags: copy.flags, padByte: copy.padByte, format: format, name: "fuzz")
+            encoded = try UBootEnvironmentCodec.encode(
+                copy.variables, flags: copy.flags, padByte: copy.padByte, format: format, name: "fuzz")
         } catch { return }  // a name the decoder accepts but Ferry never writes (e.g. with a newline)
-        guard encoded.count == size else { violated("uboot-env", "encoded \(encoded.count) bytes for a \(size)-byte copy") }
+        guard encoded.count == size else {
+            violated("uboot-env", "encoded \(encoded.count) bytes for a \(size)-byte copy")
+        }
         do {
-            guard let again = try UBootEnvironmentCodec.decode(encoded, format: format, name: "re-encoded"), again.variables == copy.variables
+            guard let again = try UBootEnvironmentCodec.decode(encoded, format: format, name: "re-encoded"),
+                again.variables == copy.variables
             else { violated("uboot-env", "a re-encoded copy decodes differently") }
         } catch {
             violated("uboot-env", "a re-encoded copy is refused: \(error.message)")
@@ -64,11 +71,15 @@ enum BootloaderTargets {
         let text = String(decoding: input, as: UTF8.self)
         let config: FWEnvConfig
         do { config = try FWEnvConfig.parse(text, name: "fw_env.config", directory: "/etc") } catch { return }
-        guard (1...2).contains(config.locations.count), config.locations.allSatisfy({ $0.size > 5 && $0.device.hasPrefix("/") }) else {
+        guard (1...2).contains(config.locations.count),
+            config.locations.allSatisfy({ $0.size > 5 && $0.device.hasPrefix("/") })
+        else {
             violated("fw-env-config", "accepted \(config.locations)")
         }
         let locations = config.locations.enumerated().map { index, location in
-            UBootEnvironmentLocation(device: environmentFiles[index], offset: location.offset, size: location.size, sectorSize: location.sectorSize)
+            UBootEnvironmentLocation(
+                device: environmentFiles[index], offset: location.offset, size: location.size,
+                sectorSize: location.sectorSize)
         }
         _ = try? UBootEnvironment(locations: locations, name: "fuzz environment").readState()
     }
@@ -81,7 +92,8 @@ enum BootloaderTargets {
             let path = "\(folder)/env\(index).img"
             do throws(FerryError) {
                 let copy = try UBootEnvironmentCodec.encode(
-                    ["BOOT_ORDER": "A B", "copy": "\(index)"], flags: UInt8(index + 1), padByte: 0, format: format, name: path)
+                    ["BOOT_ORDER": "A B", "copy": "\(index)"], flags: UInt8(index + 1), padByte: 0, format: format,
+                    name: path)
                 var image = [UInt8](repeating: 0, count: 64 << 10)
                 image.replaceSubrange(0..<copy.count, with: copy)
                 image.replaceSubrange((32 << 10)..<((32 << 10) + copy.count), with: copy)

@@ -19,7 +19,9 @@ enum ContainerTargets {
         do throws(FerryError) {
             var index = 0
             while let member = try tar.nextMember() {
-                guard member.kind == .file, !member.name.isEmpty, member.size >= 0, member.offset >= member.headerOffset + 512 else {
+                guard member.kind == .file, !member.name.isEmpty, member.size >= 0,
+                    member.offset >= member.headerOffset + 512
+                else {
                     violated("tar", "member \(member) is not a regular file with a name, a size and a place")
                 }
                 switch index % 3 {
@@ -83,7 +85,8 @@ enum TarRepair {
             var sum = 0
             for index in header { sum += (148..<156).contains(index - offset) ? 32 : Int(bytes[index]) }
             let digits = Array(String(sum, radix: 8).utf8)
-            let field = [UInt8](repeating: UInt8(ascii: "0"), count: max(0, 6 - digits.count)) + digits.suffix(6) + [0, 32]
+            let field =
+                [UInt8](repeating: UInt8(ascii: "0"), count: max(0, 6 - digits.count)) + digits.suffix(6) + [0, 32]
             bytes.replaceSubrange((offset + 148)..<(offset + 156), with: field)
             var size = 0
             for byte in bytes[(offset + 124)..<(offset + 136)] {

@@ -4,7 +4,7 @@ import FerrySystem
 import Synchronization
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// The system configuration and the state directory.
@@ -42,7 +42,9 @@ enum CoreTargets {
         if let state = try? store.bootState() {
             do {
                 try store.setBootState(state)
-                guard typed(try store.bootState()) == typed(state) else { violated("state", "boot.json changed on rewrite") }
+                guard typed(try store.bootState()) == typed(state) else {
+                    violated("state", "boot.json changed on rewrite")
+                }
             } catch {
                 violated("state", "boot.json cannot be rewritten: \(error.message)")
             }
@@ -69,7 +71,8 @@ enum CoreTargets {
         var fields: [String: String?] = [
             // The boot ID belongs to the pending group, the rollback record to its 'from': each is
             // dropped without them (by design).
-            "primary": state.primary, "pending": state.pending, "pendingBootID": state.pending == nil ? nil : state.pendingBootID,
+            "primary": state.primary, "pending": state.pending,
+            "pendingBootID": state.pending == nil ? nil : state.pendingBootID,
         ]
         if state.rolledBackFrom != nil {
             fields["from"] = state.rolledBackFrom
@@ -97,7 +100,13 @@ enum FuzzScratch {
         }
         guard let path else { fatalError("ferry-fuzz: cannot create a scratch directory under \(base)") }
         created.withLock { $0.append(path) }
-        if !registered.withLock({ let was = $0; $0 = true; return was }) { atexit { FuzzScratch.removeAll() } }
+        if !registered.withLock({
+            let was = $0
+            $0 = true
+            return was
+        }) {
+            atexit { FuzzScratch.removeAll() }
+        }
         return path
     }
 

@@ -32,11 +32,16 @@ public enum DeltaTargets {
             try applier.verifySource()
             var expected: Int64 = 0
             try applier.apply(from: delta) { (offset, bytes, next) throws(FerryError) in
-                guard offset == expected, next.targetOffset == offset + Int64(bytes.count), next.targetOffset <= applier.header.targetSize
-                else { violated("delta", "extent at \(offset) (\(bytes.count) bytes) out of order; expected \(expected)") }
+                guard offset == expected, next.targetOffset == offset + Int64(bytes.count),
+                    next.targetOffset <= applier.header.targetSize
+                else {
+                    violated("delta", "extent at \(offset) (\(bytes.count) bytes) out of order; expected \(expected)")
+                }
                 expected = next.targetOffset
             }
-            guard expected == applier.header.targetSize else { violated("delta", "an apply ended at \(expected) of \(applier.header.targetSize)") }
+            guard expected == applier.header.targetSize else {
+                violated("delta", "an apply ended at \(expected) of \(applier.header.targetSize)")
+            }
         } catch {}
     }
 }
@@ -51,7 +56,9 @@ public final class MemoryBlockTarget: BlockTarget {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(FerryError) {
         guard offset >= 0, offset <= byteCount, Int64(buffer.count) <= byteCount - offset else {
-            throw FerryError(code: .io, message: "memory image: read of \(buffer.count) bytes at \(offset) outside \(byteCount) bytes")
+            throw FerryError(
+                code: .io,
+                message: "memory image: read of \(buffer.count) bytes at \(offset) outside \(byteCount) bytes")
         }
         bytes.withUnsafeBytes { all in
             buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: all[Int(offset)..<(Int(offset) + buffer.count)]))

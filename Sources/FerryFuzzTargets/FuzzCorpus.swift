@@ -1,7 +1,7 @@
 import FerrySystem
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Corpus files on disk (the committed seeds under Tests/FuzzCorpus/<target>/, crash inputs).
@@ -9,7 +9,9 @@ public enum FuzzCorpus {
     /// The regular files of `path` (itself, or the files in it, sorted; hidden ones skipped).
     public static func files(_ path: String) -> [String] {
         guard TextFile.isDirectory(path) else { return [path] }
-        return FuzzScratch.entries(path).filter { !$0.hasPrefix(".") }.sorted().map { "\(path)/\($0)" }.filter { !TextFile.isDirectory($0) }
+        return FuzzScratch.entries(path).filter { !$0.hasPrefix(".") }.sorted().map { "\(path)/\($0)" }.filter {
+            !TextFile.isDirectory($0)
+        }
     }
 
     /// A file's bytes (corpus files are small: at most 1 MiB).

@@ -32,36 +32,58 @@ public struct FuzzTarget: Sendable {
 public enum FuzzTargets {
     /// Every target, by name.
     public static let all: [FuzzTarget] = [
-        FuzzTarget(name: "tar", summary: "bundle container: TarReader (regular files only) over a byte stream", run: ContainerTargets.tar),
         FuzzTarget(
-            name: "bundle", summary: "BundleReader: manifest and signature members, manifest parsing, payload members and chunks",
+            name: "tar", summary: "bundle container: TarReader (regular files only) over a byte stream",
+            run: ContainerTargets.tar),
+        FuzzTarget(
+            name: "bundle",
+            summary: "BundleReader: manifest and signature members, manifest parsing, payload members and chunks",
             run: ContainerTargets.bundle),
         FuzzTarget(
-            name: "signature", summary: "a detached CMS signature over a fixed manifest, checked by TrustPolicy against a fixed keyring",
+            name: "signature",
+            summary: "a detached CMS signature over a fixed manifest, checked by TrustPolicy against a fixed keyring",
             run: SignatureTargets.signature),
-        FuzzTarget(name: "manifest", summary: "Manifest.parse (manifest.json), with a serialize/parse round trip", run: ManifestTargets.manifest),
         FuzzTarget(
-            name: "chunk-table", summary: "Manifest.parse of a fixed manifest whose payload list is the input (chunk tables, delta info)",
+            name: "manifest", summary: "Manifest.parse (manifest.json), with a serialize/parse round trip",
+            run: ManifestTargets.manifest),
+        FuzzTarget(
+            name: "chunk-table",
+            summary: "Manifest.parse of a fixed manifest whose payload list is the input (chunk tables, delta info)",
             run: ManifestTargets.chunkTable),
         FuzzTarget(
-            name: "delta", summary: "DeltaFormat header, source checks and operations; DeltaApplier against a fixed 64 KiB source",
+            name: "delta",
+            summary: "DeltaFormat header, source checks and operations; DeltaApplier against a fixed 64 KiB source",
             run: DeltaTargets.delta),
         FuzzTarget(
-            name: "uboot-env", summary: "UBootEnvironmentCodec.decode of one or two copies (first byte: layout), copy choice, round trip",
+            name: "uboot-env",
+            summary: "UBootEnvironmentCodec.decode of one or two copies (first byte: layout), copy choice, round trip",
             run: BootloaderTargets.ubootEnvironment),
-        FuzzTarget(name: "grubenv", summary: "GRUBEnvironment.decode of a 1024-byte block, round trip", run: BootloaderTargets.grubEnvironment),
-        FuzzTarget(name: "fw-env-config", summary: "FWEnvConfig.parse (fw_env.config)", run: BootloaderTargets.fwEnvConfig),
-        FuzzTarget(name: "system-config", summary: "SystemConfiguration.parse (system.json)", run: CoreTargets.systemConfiguration),
         FuzzTarget(
-            name: "state", summary: "StateStore readers and writers on every state file (slots, boot, trust, install, group-parts)",
+            name: "grubenv", summary: "GRUBEnvironment.decode of a 1024-byte block, round trip",
+            run: BootloaderTargets.grubEnvironment),
+        FuzzTarget(
+            name: "fw-env-config", summary: "FWEnvConfig.parse (fw_env.config)", run: BootloaderTargets.fwEnvConfig),
+        FuzzTarget(
+            name: "system-config", summary: "SystemConfiguration.parse (system.json)",
+            run: CoreTargets.systemConfiguration),
+        FuzzTarget(
+            name: "state",
+            summary: "StateStore readers and writers on every state file (slots, boot, trust, install, group-parts)",
             run: CoreTargets.stateFiles),
-        FuzzTarget(name: "update-index", summary: "UpdateIndex.parse (index.json), with a serialize/parse round trip", run: ManifestTargets.updateIndex),
         FuzzTarget(
-            name: "settings-json", summary: "JSONValue.parse of a settings document and a merge patch (first byte: split), mergePatched, round trip",
+            name: "update-index", summary: "UpdateIndex.parse (index.json), with a serialize/parse round trip",
+            run: ManifestTargets.updateIndex),
+        FuzzTarget(
+            name: "settings-json",
+            summary:
+                "JSONValue.parse of a settings document and a merge patch (first byte: split), mergePatched, round trip",
             run: SettingsTargets.json),
-        FuzzTarget(name: "settings-xml", summary: "SettingsStore.candidate for XML (libxml2; odd first byte: also an XSD)", run: SettingsTargets.xml),
         FuzzTarget(
-            name: "app-archive", summary: "app archives: TarReader with directories and links, AppStore.stageArchive into a temporary store",
+            name: "settings-xml", summary: "SettingsStore.candidate for XML (libxml2; odd first byte: also an XSD)",
+            run: SettingsTargets.xml),
+        FuzzTarget(
+            name: "app-archive",
+            summary: "app archives: TarReader with directories and links, AppStore.stageArchive into a temporary store",
             run: AppTargets.appArchive),
     ]
 

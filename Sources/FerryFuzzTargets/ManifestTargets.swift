@@ -13,7 +13,8 @@ enum ManifestTargets {
     /// list, the chunk tables and the delta source checks instead of the outer keys.
     @Sendable static func chunkTable(_ input: UnsafeRawBufferPointer) {
         let head = Array(
-            #"{"formatVersion":1,"compatible":"fuzz-board","version":"1.0.0","buildTime":"2026-01-01T00:00:00Z","payloads":"#.utf8)
+            #"{"formatVersion":1,"compatible":"fuzz-board","version":"1.0.0","buildTime":"2026-01-01T00:00:00Z","payloads":"#
+                .utf8)
         parseManifest(head + Array(input) + Array("}".utf8), target: "chunk-table")
     }
 
@@ -41,7 +42,9 @@ enum ManifestTargets {
         do { index = try UpdateIndex.parse(Array(input)) } catch { return }
         do {
             let again = try UpdateIndex.parse(index.serialized())
-            guard again == index else { violated("update-index", "the index reads back differently after serialization") }
+            guard again == index else {
+                violated("update-index", "the index reads back differently after serialization")
+            }
         } catch {
             violated("update-index", "an accepted index is refused after serialization: \(error.message)")
         }

@@ -51,13 +51,17 @@ public enum SeedWriter {
         for index in 0..<(4 << 10) { grown.append(UInt8(truncatingIfNeeded: index &* 31 &+ 7)) }
         let shrunk = Array(source[..<(20 << 10)])
         var made: [(String, [UInt8])] = []
-        for (name, target) in [("same", source), ("changed", changed), ("moved", moved), ("grown", grown), ("shrunk", shrunk)] {
+        for (name, target) in [
+            ("same", source), ("changed", changed), ("moved", moved), ("grown", grown), ("shrunk", shrunk),
+        ] {
             var options = DeltaGenerator.Options()
             options.threads = 1
             options.preset = 1
             options.extreme = false
             var delta: [UInt8] = []
-            _ = try DeltaGenerator(source: MemoryBlockTarget(source), target: MemoryBlockTarget(target), options: options).create {
+            _ = try DeltaGenerator(
+                source: MemoryBlockTarget(source), target: MemoryBlockTarget(target), options: options
+            ).create {
                 (bytes) throws(FerryError) in delta += bytes
             }
             // A valid seed applies: the same path as the fuzz target, checked to the end.
@@ -87,13 +91,16 @@ public enum SeedWriter {
         func archive(_ members: [(String, [UInt8])]) throws(FerryError) -> [UInt8] {
             let sink = MemoryByteSink()
             let writer = TarWriter(sink: sink)
-            for (name, bytes) in members { _ = try writer.addMember(name: name, bytes: bytes, mode: 0o644, mtime: 1_767_225_600) }
+            for (name, bytes) in members {
+                _ = try writer.addMember(name: name, bytes: bytes, mode: 0o644, mtime: 1_767_225_600)
+            }
             try writer.finish()
             return sink.bytes
         }
         let one = try archive([("manifest.json", Array("{}\n".utf8))])
         let several = try archive([
-            ("manifest.json", Array("{\"formatVersion\": 1}\n".utf8)), ("manifest.json.1.p7s", [UInt8](repeating: 0x30, count: 700)),
+            ("manifest.json", Array("{\"formatVersion\": 1}\n".utf8)),
+            ("manifest.json.1.p7s", [UInt8](repeating: 0x30, count: 700)),
             ("rootfs.img.xz", [UInt8](repeating: 0xFD, count: 1500)),
         ])
         let longName = String(repeating: "d", count: 90) + "/" + String(repeating: "f", count: 90)
@@ -109,7 +116,9 @@ public enum SeedWriter {
         try seeds.put("tar", "invalid-trailing.tar", one + [0x41])
 
         // App archives made by TarWriter hold regular files only; tools/fuzz adds GNU tar ones.
-        try seeds.put("app-archive", "valid-files.tar", try archive([("bin/app", Array("#!/bin/sh\necho hi\n".utf8)), ("etc/app.conf", Array("x=1\n".utf8))]))
+        try seeds.put(
+            "app-archive", "valid-files.tar",
+            try archive([("bin/app", Array("#!/bin/sh\necho hi\n".utf8)), ("etc/app.conf", Array("x=1\n".utf8))]))
     }
 
     // MARK: - Manifests and indexes
@@ -125,17 +134,20 @@ public enum SeedWriter {
                 sizes.enumerated().map { index, size in
                     defer { offset += size }
                     return .object([
-                        "offset": number(offset), "size": number(size), "sha256": .string(digest("\(tag) c\(index)").hex),
+                        "offset": number(offset), "size": number(size),
+                        "sha256": .string(digest("\(tag) c\(index)").hex),
                         "decodedSha256": .string(digest("\(tag) d\(index)").hex),
                     ])
                 })
         }
         func payload(
-            _ type: String, _ target: String, _ member: String, _ compression: String, size: Int64, chunkSize: Int64, stored: [Int64],
+            _ type: String, _ target: String, _ member: String, _ compression: String, size: Int64, chunkSize: Int64,
+            stored: [Int64],
             extra: [String: JSONValue] = [:]
         ) -> JSONValue {
             var object: [String: JSONValue] = [
-                "type": .string(type), "target": .string(target), "member": .string(member), "compression": .string(compression),
+                "type": .string(type), "target": .string(target), "member": .string(member),
+                "compression": .string(compression),
                 "size": number(size), "sha256": .string(digest(member).hex), "storedSize": number(stored.reduce(0, +)),
                 "chunkSize": number(chunkSize), "chunks": chunks(stored, member),
             ]
@@ -144,30 +156,51 @@ public enum SeedWriter {
         }
         let chunkSize: Int64 = 1 << 20
         let payloads: [JSONValue] = [
-            payload("image", "rootfs", "rootfs.img.xz", "xz", size: 2 * chunkSize + 4096, chunkSize: chunkSize, stored: [40_000, 29_000, 1_000]),
-            payload("image", "modem", "modem.img", "none", size: 65_536 + 512, chunkSize: 65_536, stored: [65_536, 512]),
+            payload(
+                "image", "rootfs", "rootfs.img.xz", "xz", size: 2 * chunkSize + 4096, chunkSize: chunkSize,
+                stored: [40_000, 29_000, 1_000]),
+            payload(
+                "image", "modem", "modem.img", "none", size: 65_536 + 512, chunkSize: 65_536, stored: [65_536, 512]),
             payload(
                 "delta", "rootfs", "rootfs.delta", "none", size: 9_000, chunkSize: chunkSize, stored: [9_000],
                 extra: [
                     "delta": .object([
-                        "sourceSize": number(64 << 20), "sourceSha256": .string(digest("source").hex), "targetSize": number(64 << 20),
+                        "sourceSize": number(64 << 20), "sourceSha256": .string(digest("source").hex),
+                        "targetSize": number(64 << 20),
                         "targetSha256": .string(digest("target").hex),
                         "sourceChecks": .array([
-                            .object(["offset": number(0), "length": number(4 << 20), "sha256": .string(digest("check 0").hex)]),
-                            .object(["offset": number(8 << 20), "length": number(8192), "sha256": .string(digest("check 1").hex)]),
+                            .object([
+                                "offset": number(0), "length": number(4 << 20),
+                                "sha256": .string(digest("check 0").hex),
+                            ]),
+                            .object([
+                                "offset": number(8 << 20), "length": number(8192),
+                                "sha256": .string(digest("check 1").hex),
+                            ]),
                         ]),
                     ])
                 ]),
             payload(
                 "app", "web", "web-2.0.tar", "none", size: 10_240, chunkSize: chunkSize, stored: [10_240],
-                extra: ["app": .object(["name": .string("web"), "version": .string("2.0"), "file": .string("web.tar"), "unpack": .bool(true)])]),
+                extra: [
+                    "app": .object([
+                        "name": .string("web"), "version": .string("2.0"), "file": .string("web.tar"),
+                        "unpack": .bool(true),
+                    ])
+                ]),
             payload(
                 "settings", "carrier.json", "carrier.json", "none", size: 120, chunkSize: chunkSize, stored: [120],
-                extra: ["settings": .object(["name": .string("carrier.json"), "format": .string("json"), "mergePatch": .bool(true)])]),
+                extra: [
+                    "settings": .object([
+                        "name": .string("carrier.json"), "format": .string("json"), "mergePatch": .bool(true),
+                    ])
+                ]),
         ]
         let fullJSON = JSONValue.object([
-            "formatVersion": number(1), "compatible": .string("ferry-demo-x86_64"), "version": .string("1.2.0-rc.1+build.7"),
-            "securityVersion": number(3), "buildTime": .string("2026-01-01T00:00:00Z"), "expires": .string("2027-01-01T00:00:00Z"),
+            "formatVersion": number(1), "compatible": .string("ferry-demo-x86_64"),
+            "version": .string("1.2.0-rc.1+build.7"),
+            "securityVersion": number(3), "buildTime": .string("2026-01-01T00:00:00Z"),
+            "expires": .string("2027-01-01T00:00:00Z"),
             "description": .string("all payload types"), "payloads": .array(payloads),
         ])
         let rotationJSON = JSONValue.object([
@@ -184,17 +217,23 @@ public enum SeedWriter {
         try seeds.put("manifest", "valid-keyring.json", rotation.serialized())
         try seeds.put("manifest", "valid-compact.json", full.json.compact())
         var text = String(decoding: full.serialized(), as: UTF8.self)
-        try seeds.put("manifest", "invalid-unknown-key.json", text.replacingFirst("\"compatible\"", with: "\"compatibel\""))
+        try seeds.put(
+            "manifest", "invalid-unknown-key.json", text.replacingFirst("\"compatible\"", with: "\"compatibel\""))
         try seeds.put("manifest", "invalid-truncated.json", Array(full.serialized().prefix(900)))
         text = String(decoding: full.json.compact(), as: UTF8.self)
-        try seeds.put("manifest", "invalid-chunk-gap.json", text.replacingFirst("\"offset\":40000", with: "\"offset\":40001"))
+        try seeds.put(
+            "manifest", "invalid-chunk-gap.json", text.replacingFirst("\"offset\":40000", with: "\"offset\":40001"))
 
         let payloadList = JSONValue.array(payloads)
         try seeds.put("chunk-table", "valid-all-types.json", payloadList.compact())
         try seeds.put("chunk-table", "valid-pretty.json", payloadList.serialized())
         let payloadText = String(decoding: payloadList.compact(), as: UTF8.self)
-        try seeds.put("chunk-table", "invalid-count.json", payloadText.replacingFirst("\"size\":2101248", with: "\"size\":9101248"))
-        try seeds.put("chunk-table", "invalid-check-order.json", payloadText.replacingFirst("\"offset\":8388608", with: "\"offset\":0"))
+        try seeds.put(
+            "chunk-table", "invalid-count.json",
+            payloadText.replacingFirst("\"size\":2101248", with: "\"size\":9101248"))
+        try seeds.put(
+            "chunk-table", "invalid-check-order.json",
+            payloadText.replacingFirst("\"offset\":8388608", with: "\"offset\":0"))
         try seeds.put("chunk-table", "invalid-empty.json", "[]")
 
         let index = UpdateIndex(
@@ -206,19 +245,27 @@ public enum SeedWriter {
                 UpdateIndex.Entry(
                     compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!, securityVersion: 0,
                     url: "https://updates.example.com/b/1.1.0.bundle", size: 99, sha256: digest("bundle 2"),
-                    manifestSHA256: digest("manifest 2"), payloads: [UpdateIndex.PayloadSummary(type: "image", target: "rootfs")]),
+                    manifestSHA256: digest("manifest 2"),
+                    payloads: [UpdateIndex.PayloadSummary(type: "image", target: "rootfs")]),
             ])
         try seeds.put("update-index", "valid-two-entries.json", index.serialized())
         let indexText = String(decoding: index.serialized(), as: UTF8.self)
         try seeds.put("update-index", "invalid-http.json", indexText.replacingFirst("https://", with: "http://"))
-        try seeds.put("update-index", "invalid-serial.json", indexText.replacingFirst("\"serial\": 42", with: "\"serial\": -1"))
+        try seeds.put(
+            "update-index", "invalid-serial.json", indexText.replacingFirst("\"serial\": 42", with: "\"serial\": -1"))
     }
 
     // MARK: - Boot environments
 
     private static func environments(_ seeds: Seeds) throws(FerryError) {
-        let variables = ["BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0", "bootcmd": "run distro_bootcmd", "ferry_v": "1"]
-        for (layout, name) in [(UInt8(0), "single-le"), (1, "redundant-le"), (3, "redundant-be"), (5, "redundant-boolean"), (2, "single-be")] {
+        let variables = [
+            "BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0", "bootcmd": "run distro_bootcmd",
+            "ferry_v": "1",
+        ]
+        for (layout, name) in [
+            (UInt8(0), "single-le"), (1, "redundant-le"), (3, "redundant-be"), (5, "redundant-boolean"),
+            (2, "single-be"),
+        ] {
             let format = UBootEnvironmentFormat(
                 size: 512, redundant: layout & 1 != 0, byteOrder: layout & 2 != 0 ? .big : .little,
                 flagScheme: layout & 4 != 0 ? .boolean : .incremental)
@@ -244,14 +291,17 @@ public enum SeedWriter {
         }
         try seeds.put("uboot-env", "invalid-short.env", [0, 1, 2, 3, 4])
 
-        let grub = try GRUBEnvironment.encode(["ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0", "B_TRY": "0", "note": "a\\b\nc"], name: "grubenv")
+        let grub = try GRUBEnvironment.encode(
+            ["ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0", "B_TRY": "0", "note": "a\\b\nc"], name: "grubenv")
         try seeds.put("grubenv", "valid-ferry.grubenv", grub)
         var broken = grub
         broken.replaceSubrange(25..<30, with: Array("NOEQ\n".utf8))
         try seeds.put("grubenv", "invalid-line.grubenv", broken)
         try seeds.put("grubenv", "invalid-size.grubenv", Array(grub[..<1000]))
 
-        try seeds.put("fw-env-config", "valid-redundant.config", "# device offset size\n/dev/mmcblk0 0xC0000 0x20000\n/dev/mmcblk0 -0x20000 0x20000 0x20000 1\n")
+        try seeds.put(
+            "fw-env-config", "valid-redundant.config",
+            "# device offset size\n/dev/mmcblk0 0xC0000 0x20000\n/dev/mmcblk0 -0x20000 0x20000 0x20000 1\n")
         try seeds.put("fw-env-config", "valid-file.config", "uboot.env 0 0x4000\t# a file next to the config\n")
         try seeds.put("fw-env-config", "invalid-mtd.config", "/dev/mtd0 0x0 0x10000 0x10000\n")
         try seeds.put("fw-env-config", "invalid-three.config", "a 0 64\nb 0 64\nc 0 64\n")
@@ -265,9 +315,14 @@ public enum SeedWriter {
         defer { FuzzScratch.removeTree(scratch) }
         let store = StateStore(directory: scratch)
         try store.setSlotRecord(
-            InstalledSlotRecord(sha256: digest("image").hex, size: 67_108_864, version: "1.0.0", source: "factory", installedAt: "2026-01-01T00:00:00Z"),
+            InstalledSlotRecord(
+                sha256: digest("image").hex, size: 67_108_864, version: "1.0.0", source: "factory",
+                installedAt: "2026-01-01T00:00:00Z"),
             for: "rootfs_a")
-        try store.setSlotRecord(InstalledSlotRecord(sha256: digest("modem").hex, size: 8_388_608, version: "1.1.0", source: "update.bundle"), for: "modem_b")
+        try store.setSlotRecord(
+            InstalledSlotRecord(
+                sha256: digest("modem").hex, size: 8_388_608, version: "1.1.0", source: "update.bundle"), for: "modem_b"
+        )
         try seeds.put("state", "valid-slots.json", try TextFile.readBytes(store.slotsPath))
         var boot = BootState()
         boot.primary = "B"
@@ -285,7 +340,8 @@ public enum SeedWriter {
                 group: "B", bundle: "mixed.bundle", version: "2.0.0", state: .activating,
                 parts: [
                     GroupParts.Part(kind: .app, name: "web", version: "2.0", replaced: "1.0"),
-                    GroupParts.Part(kind: .settings, name: "carrier.json", format: "json", mergePatch: true, replaced: "kept"),
+                    GroupParts.Part(
+                        kind: .settings, name: "carrier.json", format: "json", mergePatch: true, replaced: "kept"),
                 ]))
         try seeds.put("state", "valid-group-parts.json", try TextFile.readBytes(store.groupPartsPath))
         try seeds.put(
@@ -298,9 +354,12 @@ public enum SeedWriter {
             """)
         try seeds.put(
             "state", "valid-trust.json",
-            #"{"formatVersion": 1, "securityFloor": 3, "lastTrustedTime": 1767225600, "keyring": {"fingerprint": "ab", "denyList": [], "from": "b.bundle"}}"#)
+            #"{"formatVersion": 1, "securityFloor": 3, "lastTrustedTime": 1767225600, "keyring": {"fingerprint": "ab", "denyList": [], "from": "b.bundle"}}"#
+        )
         try seeds.put("state", "invalid-not-object.json", "[1, 2, 3]\n")
-        try seeds.put("state", "invalid-slots-type.json", #"{"formatVersion": 1, "slots": {"rootfs_a": 5}, "groups": 3, "state": "staged"}"#)
+        try seeds.put(
+            "state", "invalid-slots-type.json",
+            #"{"formatVersion": 1, "slots": {"rootfs_a": 5}, "groups": 3, "state": "staged"}"#)
     }
 
     // MARK: - Settings
@@ -315,12 +374,17 @@ public enum SeedWriter {
         }
         try seeds.put(
             "settings-json", "valid-merge.json",
-            split(#"{"apn": "internet", "mtu": 1500, "bands": [1, 3, 7], "roaming": {"enabled": false, "list": ["a"]}}"#,
-                  #"{"mtu": 1400, "roaming": {"enabled": true, "list": null}, "new": {"x": -1.5e-3}}"#))
+            split(
+                #"{"apn": "internet", "mtu": 1500, "bands": [1, 3, 7], "roaming": {"enabled": false, "list": ["a"]}}"#,
+                #"{"mtu": 1400, "roaming": {"enabled": true, "list": null}, "new": {"x": -1.5e-3}}"#))
         try seeds.put("settings-json", "valid-replace.json", split(#"[1, "two", null, true]"#, #""not an object""#))
-        try seeds.put("settings-json", "valid-unicode.json", split(#"{"name": "caf\u00e9 \ud83d\ude00 \n\t\"x\""}"#, #"{"name": null}"#))
+        try seeds.put(
+            "settings-json", "valid-unicode.json",
+            split(#"{"name": "caf\u00e9 \ud83d\ude00 \n\t\"x\""}"#, #"{"name": null}"#))
         try seeds.put("settings-json", "invalid-duplicate.json", split(#"{"a": 1, "a": 2}"#, #"{}"#))
-        try seeds.put("settings-json", "invalid-deep.json", split(String(repeating: "[", count: 70) + String(repeating: "]", count: 70), "{}"))
+        try seeds.put(
+            "settings-json", "invalid-deep.json",
+            split(String(repeating: "[", count: 70) + String(repeating: "]", count: 70), "{}"))
         try seeds.put("settings-json", "invalid-syntax.json", split(#"{"a": 1,}"#, #"{"#))
 
         let carrier = """
@@ -330,11 +394,16 @@ public enum SeedWriter {
             """
         try seeds.put("settings-xml", "valid-plain.xml", [0] + Array(carrier.utf8))
         try seeds.put("settings-xml", "valid-schema.xml", [1] + Array(carrier.utf8))
-        try seeds.put("settings-xml", "invalid-schema.xml", [1] + Array(carrier.replacingFirst("<mtu>1400</mtu>", with: "<mtu>-1</mtu>").utf8))
+        try seeds.put(
+            "settings-xml", "invalid-schema.xml",
+            [1] + Array(carrier.replacingFirst("<mtu>1400</mtu>", with: "<mtu>-1</mtu>").utf8))
         try seeds.put("settings-xml", "invalid-not-well-formed.xml", [0] + Array("<carrier><apn>x</carrier>".utf8))
         try seeds.put(
             "settings-xml", "invalid-entity.xml",
-            [0] + Array(#"<?xml version="1.0"?><!DOCTYPE c [<!ENTITY e SYSTEM "file:///etc/passwd">]><carrier name="x"><apn>&e;</apn></carrier>"#.utf8))
+            [0]
+                + Array(
+                    #"<?xml version="1.0"?><!DOCTYPE c [<!ENTITY e SYSTEM "file:///etc/passwd">]><carrier name="x"><apn>&e;</apn></carrier>"#
+                        .utf8))
     }
 }
 
@@ -342,9 +411,14 @@ extension String {
     fileprivate func replacingFirst(_ text: String, with replacement: String) -> String {
         let bytes = Array(utf8)
         let needle = Array(text.utf8)
-        guard let start = (0...(bytes.count - needle.count)).first(where: { bytes[$0..<($0 + needle.count)].elementsEqual(needle) }) else {
+        guard
+            let start = (0...(bytes.count - needle.count)).first(where: {
+                bytes[$0..<($0 + needle.count)].elementsEqual(needle)
+            })
+        else {
             preconditionFailure("seed template lacks '\(text)'")
         }
-        return String(decoding: bytes[..<start] + Array(replacement.utf8) + bytes[(start + needle.count)...], as: UTF8.self)
+        return String(
+            decoding: bytes[..<start] + Array(replacement.utf8) + bytes[(start + needle.count)...], as: UTF8.self)
     }
 }

@@ -22,7 +22,9 @@ enum SettingsTargets {
         roundTrip(current)
         let merged = current.mergePatched(with: patch)
         roundTrip(merged)
-        guard merged.mergePatched(with: patch) == merged else { violated("settings-json", "a merge patch applied twice changes the result") }
+        guard merged.mergePatched(with: patch) == merged else {
+            violated("settings-json", "a merge patch applied twice changes the result")
+        }
     }
 
     private static func roundTrip(_ value: JSONValue) {
@@ -47,12 +49,16 @@ enum SettingsTargets {
 
     private static let directory = FuzzScratch.directory("settings")
     private static var plain: SettingsStore { SettingsStore(directory: directory, configuration: plainConfiguration) }
-    private static var withSchema: SettingsStore { SettingsStore(directory: directory, configuration: schemaConfiguration) }
+    private static var withSchema: SettingsStore {
+        SettingsStore(directory: directory, configuration: schemaConfiguration)
+    }
     private static let plainConfiguration = configuration(schemas: "{}")
     private static let schemaConfiguration = configuration(schemas: #"{"fuzz.xml": "\#(schema)"}"#)
     private static let schema: String = {
         let path = "\(directory)/fuzz.xsd"
-        do throws(FerryError) { try DurableFile.write(xsd, to: path) } catch { fatalError("fuzz target settings-xml: \(error.message)") }
+        do throws(FerryError) { try DurableFile.write(xsd, to: path) } catch {
+            fatalError("fuzz target settings-xml: \(error.message)")
+        }
         return path
     }()
 

@@ -11,15 +11,21 @@ enum SignatureTargets {
     @Sendable static func signature(_ input: UnsafeRawBufferPointer) {
         let policy = TrustPolicy(keyring: keyring, threshold: 1, denyList: [], trustedTime: 1_798_761_600, device: nil)
         do {
-            let signers = try policy.verifySignatures(manifest: content, signatures: [(name: "manifest.json.1.p7s", bytes: Array(input))])
-            guard signers.count == 1 else { violated("signature", "\(signers.count) signers counted for one signature") }
+            let signers = try policy.verifySignatures(
+                manifest: content, signatures: [(name: "manifest.json.1.p7s", bytes: Array(input))])
+            guard signers.count == 1 else {
+                violated("signature", "\(signers.count) signers counted for one signature")
+            }
         } catch {}
     }
 
-    static let content = Array(#"{"formatVersion": 1, "note": "the content every fuzzed signature is checked against"}"#.utf8) + [0x0A]
+    static let content =
+        Array(#"{"formatVersion": 1, "note": "the content every fuzzed signature is checked against"}"#.utf8) + [0x0A]
 
     nonisolated(unsafe) static let keyring: Keyring = {
-        do throws(FerryError) { return try Keyring(pem: Array(caPEM.utf8), name: "fuzz keyring") } catch { fatalError("fuzz target signature: \(error.message)") }
+        do throws(FerryError) { return try Keyring(pem: Array(caPEM.utf8), name: "fuzz keyring") } catch {
+            fatalError("fuzz target signature: \(error.message)")
+        }
     }()
 
     /// CN=ferry-fuzz-ca (P-256, valid 2026-12-01 to 2036-11-29).

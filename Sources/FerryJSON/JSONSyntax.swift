@@ -28,12 +28,16 @@ struct JSONSyntaxScanner {
         guard index < bytes.count else { return fault("the document is empty") }
         if let error = scanValue(depth: 0) { return error }
         skipWhitespace()
-        guard index == bytes.count else { return fault("unexpected \(describe(bytes[index])) after the end of the document") }
+        guard index == bytes.count else {
+            return fault("unexpected \(describe(bytes[index])) after the end of the document")
+        }
         return nil
     }
 
     private mutating func scanValue(depth: Int) -> JSONSyntaxError? {
-        guard depth <= JSONValue.maximumDepth else { return fault("nested deeper than \(JSONValue.maximumDepth) levels") }
+        guard depth <= JSONValue.maximumDepth else {
+            return fault("nested deeper than \(JSONValue.maximumDepth) levels")
+        }
         guard index < bytes.count else { return fault("the document ends where a value was expected") }
         switch bytes[index] {
         case UInt8(ascii: "{"): return scanObject(depth: depth)
@@ -56,11 +60,16 @@ struct JSONSyntaxScanner {
         }
         while true {
             guard index < bytes.count else { return fault("the document ends inside an object") }
-            guard bytes[index] == UInt8(ascii: "\"") else { return fault("expected a key in double quotes, found \(describe(bytes[index]))") }
+            guard bytes[index] == UInt8(ascii: "\"") else {
+                return fault("expected a key in double quotes, found \(describe(bytes[index]))")
+            }
             if let error = scanString() { return error }
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
-                return fault(index < bytes.count ? "expected ':' after the key, found \(describe(bytes[index]))" : "the document ends inside an object")
+                return fault(
+                    index < bytes.count
+                        ? "expected ':' after the key, found \(describe(bytes[index]))"
+                        : "the document ends inside an object")
             }
             index += 1
             skipWhitespace()
@@ -123,7 +132,8 @@ struct JSONSyntaxScanner {
                 index += 1
                 guard index < bytes.count else { break }
                 switch bytes[index] {
-                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"), UInt8(ascii: "n"),
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
+                    UInt8(ascii: "n"),
                     UInt8(ascii: "r"), UInt8(ascii: "t"):
                     index += 1
                 case UInt8(ascii: "u"):
@@ -158,18 +168,24 @@ struct JSONSyntaxScanner {
         guard index < bytes.count, Self.isDigit(bytes[index]) else { return fault("a '-' must be followed by a digit") }
         if bytes[index] == UInt8(ascii: "0") {
             index += 1
-            if index < bytes.count, Self.isDigit(bytes[index]) { return fault("a number must not start with 0 (leading zeros)") }
+            if index < bytes.count, Self.isDigit(bytes[index]) {
+                return fault("a number must not start with 0 (leading zeros)")
+            }
         } else {
             while index < bytes.count, Self.isDigit(bytes[index]) { index += 1 }
         }
         if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
             index += 1
-            guard index < bytes.count, Self.isDigit(bytes[index]) else { return fault("a '.' in a number must be followed by a digit") }
+            guard index < bytes.count, Self.isDigit(bytes[index]) else {
+                return fault("a '.' in a number must be followed by a digit")
+            }
             while index < bytes.count, Self.isDigit(bytes[index]) { index += 1 }
         }
         if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
             index += 1
-            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+                index += 1
+            }
             guard index < bytes.count, Self.isDigit(bytes[index]) else { return fault("an exponent must have digits") }
             while index < bytes.count, Self.isDigit(bytes[index]) { index += 1 }
         }
@@ -201,7 +217,8 @@ struct JSONSyntaxScanner {
 
     private static func isDigit(_ byte: UInt8) -> Bool { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) }
     private static func isHexDigit(_ byte: UInt8) -> Bool {
-        isDigit(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
+        isDigit(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+            || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
     }
     private static func isWordByte(_ byte: UInt8) -> Bool {
         (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)

@@ -83,7 +83,13 @@ public enum JSONValue: Codable, Sendable, Equatable {
         var escaped = false
         for byte in bytes {
             if inString {
-                if escaped { escaped = false } else if byte == UInt8(ascii: "\\") { escaped = true } else if byte == UInt8(ascii: "\"") { inString = false }
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
                 continue
             }
             switch byte {
@@ -109,7 +115,8 @@ public enum JSONValue: Codable, Sendable, Equatable {
             case UInt8(ascii: "{"): stack.append((keys: [], isObject: true, expectKey: true))
             case UInt8(ascii: "["): stack.append((keys: [], isObject: false, expectKey: false))
             case UInt8(ascii: "}"), UInt8(ascii: "]"): if !stack.isEmpty { stack.removeLast() }
-            case UInt8(ascii: ","): if let last = stack.indices.last, stack[last].isObject { stack[last].expectKey = true }
+            case UInt8(ascii: ","):
+                if let last = stack.indices.last, stack[last].isObject { stack[last].expectKey = true }
             case UInt8(ascii: "\""):
                 var end = index + 1
                 while end < bytes.count && bytes[end] != UInt8(ascii: "\"") {
@@ -257,10 +264,13 @@ public struct StrictObject {
     private let members: [String: JSONValue]
     private var seen: Set<String> = []
 
-    public init(_ value: JSONValue, path: String, file: String, code: FerryError.Code = .configurationInvalid) throws(FerryError) {
+    public init(_ value: JSONValue, path: String, file: String, code: FerryError.Code = .configurationInvalid)
+        throws(FerryError)
+    {
         guard case .object(let members) = value else {
             throw FerryError(
-                code: code, message: "\(file): \(path.isEmpty ? "the document" : path) must be an object, not \(value.typeName)")
+                code: code,
+                message: "\(file): \(path.isEmpty ? "the document" : path) must be an object, not \(value.typeName)")
         }
         self.members = members
         self.path = path

@@ -3,7 +3,7 @@ internal import CFerryShims
 import FerrySystem
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// One HTTPS GET on libcurl, read by pulling (``read(into:)``), never by callbacks into the caller.
@@ -58,13 +58,19 @@ final class CurlTransfer: @unchecked Sendable {
 
     private static let initialized: Bool = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
 
-    init(url: String, mode: Mode, pins: [TLSPin], recordOnly: Bool = false, options: TransportOptions) throws(FerryError) {
+    init(url: String, mode: Mode, pins: [TLSPin], recordOnly: Bool = false, options: TransportOptions)
+        throws(FerryError)
+    {
         guard Self.initialized, let easy = curl_easy_init() else {
             throw FerryError(code: .internal, message: "libcurl could not be initialized")
         }
         self.url = url
         self.easy = easy
-        if case .body = mode { ring = .allocate(byteCount: Self.bufferSize, alignment: 64) } else { ring = .allocate(byteCount: 1, alignment: 1) }
+        if case .body = mode {
+            ring = .allocate(byteCount: Self.bufferSize, alignment: 64)
+        } else {
+            ring = .allocate(byteCount: 1, alignment: 1)
+        }
         self.stallTimeout = Double(options.stallTimeoutSeconds)
         errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
@@ -74,7 +80,9 @@ final class CurlTransfer: @unchecked Sendable {
         let publicKeyPins = pins.filter { $0.kind == .publicKey }
         let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, 32 * pins.count), alignment: 16)
         for (index, pin) in (certificatePins + publicKeyPins).enumerated() {
-            pin.sha256.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: storage[(32 * index)...]).copyMemory(from: $0) }
+            pin.sha256.withUnsafeBytes {
+                UnsafeMutableRawBufferPointer(rebasing: storage[(32 * index)...]).copyMemory(from: $0)
+            }
         }
         pinStorage = storage
         policy = .allocate(capacity: 1)
@@ -180,7 +188,9 @@ final class CurlTransfer: @unchecked Sendable {
         }
         if let failed {
             throw FerryError(
-                code: .unsupported, message: "this libcurl does not support option \(failed.rawValue) (Ferry needs libcurl ≥ 7.85 with OpenSSL)")
+                code: .unsupported,
+                message:
+                    "this libcurl does not support option \(failed.rawValue) (Ferry needs libcurl ≥ 7.85 with OpenSSL)")
         }
     }
 
@@ -256,7 +266,8 @@ final class CurlTransfer: @unchecked Sendable {
     static let deadlinePassed = FerryError(code: .tooSlow, message: "the download is slower than its minimum rate")
 
     private func stalled() -> FerryError {
-        FerryError(code: .timeout, message: "\(url): no data for \(Int(stallTimeout)) s (the server or the network stalled)")
+        FerryError(
+            code: .timeout, message: "\(url): no data for \(Int(stallTimeout)) s (the server or the network stalled)")
     }
 
     /// Connects and completes the TLS handshake only (``Mode/handshakeOnly``), then returns the policy's record.
@@ -354,7 +365,8 @@ final class CurlTransfer: @unchecked Sendable {
             break
         }
         if abortedAfterHeaders, let response {
-            return FerryError(code: .httpStatus, message: "\(url): the server answered \(response.status) \(response.reason)")
+            return FerryError(
+                code: .httpStatus, message: "\(url): the server answered \(response.status) \(response.reason)")
         }
         switch code {
         case CURLE_UNSUPPORTED_PROTOCOL:
@@ -388,18 +400,24 @@ private func curlThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMutabl
     return nil
 }
 
-private func curlProgress(_ context: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t, _: curl_off_t, _: curl_off_t) -> Int32 {
+private func curlProgress(
+    _ context: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t, _: curl_off_t, _: curl_off_t
+) -> Int32 {
     guard let context else { return 1 }
     return Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue().shouldStop() ? 1 : 0
 }
 
-private func curlWriteBody(_ data: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?) -> Int {
+private func curlWriteBody(
+    _ data: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?
+) -> Int {
     guard let data, let context else { return 0 }
     let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
     return transfer.receiveBody(UnsafeRawBufferPointer(start: data, count: size * count))
 }
 
-private func curlWriteHeader(_ data: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?) -> Int {
+private func curlWriteHeader(
+    _ data: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?
+) -> Int {
     guard let data, let context else { return 0 }
     let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
     return transfer.receiveHeader(UnsafeRawBufferPointer(start: data, count: size * count)) ? size * count : 0

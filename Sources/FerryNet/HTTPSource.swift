@@ -3,7 +3,7 @@ import FerrySystem
 import Logging
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// A bundle (or any file) read over HTTPS with pinned TLS, as a sequential ``ByteSource``.
@@ -89,7 +89,9 @@ public final class HTTPSource: ByteSource {
                 guard reconnections < options.maximumReconnects else {
                     throw FerryError(
                         code: .tooSlow,
-                        message: "\(url): gave up after \(reconnections) reconnections (network.maximumReconnects), the last after: \(error.message)")
+                        message:
+                            "\(url): gave up after \(reconnections) reconnections (network.maximumReconnects), the last after: \(error.message)"
+                    )
                 }
                 failures += 1
                 reconnections += 1
@@ -97,7 +99,9 @@ public final class HTTPSource: ByteSource {
                 if let left = rate.secondsLeft { delay = min(delay, left) }
                 logger.warning(
                     "Download interrupted; resuming",
-                    metadata: ["url": "\(url)", "offset": "\(position)", "retry": "\(failures)", "error": "\(error.message)"])
+                    metadata: [
+                        "url": "\(url)", "offset": "\(position)", "retry": "\(failures)", "error": "\(error.message)",
+                    ])
                 WallClock.sleep(seconds: delay)
                 rate.record(waited: delay, bytes: 0)
             }
@@ -125,7 +129,8 @@ public final class HTTPSource: ByteSource {
         // Bytes before `position`: skipped, or sent again by a server that ignores ranges.
         while transferOffset < position {
             let count = try transfer.read(
-                into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(Int64(buffer.count), position - transferOffset))]),
+                into: UnsafeMutableRawBufferPointer(
+                    rebasing: buffer[..<Int(min(Int64(buffer.count), position - transferOffset))]),
                 deadline: deadline)
             guard count > 0 else { return try endOfBody() }
             transferOffset += Int64(count)
@@ -147,13 +152,15 @@ public final class HTTPSource: ByteSource {
     private func endOfBody() throws(FerryError) -> Int {
         transfer = nil
         if let totalBytes, position < totalBytes {
-            throw FerryError(code: .network, message: "\(url): the connection closed after \(position) of \(totalBytes) bytes")
+            throw FerryError(
+                code: .network, message: "\(url): the connection closed after \(position) of \(totalBytes) bytes")
         }
         return 0
     }
 
     private func isRetryable(_ error: FerryError) -> Bool {
-        error.code == .network || error.code == .timeout || (error.code == .httpStatus && (502...504).contains(lastStatus))
+        error.code == .network || error.code == .timeout
+            || (error.code == .httpStatus && (502...504).contains(lastStatus))
     }
 
     /// Sends a GET from `offset`, following https-only redirects, and checks the response.
@@ -175,20 +182,26 @@ public final class HTTPSource: ByteSource {
                 windowEnd = response.status == 206 && range?.upperBound != .max ? range?.upperBound : nil
                 return transfer
             case 301, 302, 303, 307, 308:
-                guard let target = response.headers["location"], let next = HTTPSURL.resolve(target, against: location) else {
-                    throw FerryError(code: .httpStatus, message: "\(location): redirect (\(response.status)) without a usable Location")
+                guard let target = response.headers["location"], let next = HTTPSURL.resolve(target, against: location)
+                else {
+                    throw FerryError(
+                        code: .httpStatus,
+                        message: "\(location): redirect (\(response.status)) without a usable Location")
                 }
                 guard next.lowercased().hasPrefix("https://") else {
-                    throw FerryError(code: .insecureURL, message: "\(location) redirects to '\(next)', which is not https://")
+                    throw FerryError(
+                        code: .insecureURL, message: "\(location) redirects to '\(next)', which is not https://")
                 }
                 logger.debug("Following a redirect", metadata: ["from": "\(location)", "to": "\(next)"])
                 location = next
             case 416 where offset > 0:
                 throw FerryError(
-                    code: .contentChanged, message: "\(location): the server has no byte \(offset) any more (416): the file changed")
+                    code: .contentChanged,
+                    message: "\(location): the server has no byte \(offset) any more (416): the file changed")
             default:
                 throw FerryError(
-                    code: .httpStatus, message: "\(location): the server answered \(response.status) \(response.reason)".trimmedEnd())
+                    code: .httpStatus,
+                    message: "\(location): the server answered \(response.status) \(response.reason)".trimmedEnd())
             }
         }
         throw FerryError(code: .httpStatus, message: "\(url): more than \(options.maximumRedirects) redirects")
@@ -202,12 +215,15 @@ public final class HTTPSource: ByteSource {
             if let old = validators.etag, etag != old {
                 throw FerryError(
                     code: .contentChanged,
-                    message: "\(location) changed on the server during the download (ETag \(old) became \(etag ?? "none"))")
+                    message:
+                        "\(location) changed on the server during the download (ETag \(old) became \(etag ?? "none"))")
             }
             if let old = validators.lastModified, lastModified != old {
                 throw FerryError(
                     code: .contentChanged,
-                    message: "\(location) changed on the server during the download (Last-Modified \(old) became \(lastModified ?? "none"))")
+                    message:
+                        "\(location) changed on the server during the download (Last-Modified \(old) became \(lastModified ?? "none"))"
+                )
             }
         } else {
             validators = (etag, lastModified)
@@ -219,10 +235,13 @@ public final class HTTPSource: ByteSource {
                 let dash = range.firstIndex(of: "-"), let slash = range.firstIndex(of: "/"),
                 let first = Int64(range[range.index(range.startIndex, offsetBy: 6)..<dash])
             else {
-                throw FerryError(code: .httpStatus, message: "\(location): a 206 response without a usable Content-Range")
+                throw FerryError(
+                    code: .httpStatus, message: "\(location): a 206 response without a usable Content-Range")
             }
             guard first == offset else {
-                throw FerryError(code: .httpStatus, message: "\(location): asked for bytes from \(offset), the server sent from \(first)")
+                throw FerryError(
+                    code: .httpStatus,
+                    message: "\(location): asked for bytes from \(offset), the server sent from \(first)")
             }
             total = Int64(range[range.index(after: slash)...])
             transferOffset = offset
@@ -234,11 +253,14 @@ public final class HTTPSource: ByteSource {
         if let expectedSize, let total, total != expectedSize {
             throw FerryError(
                 code: .notIndexed,
-                message: "\(location) is \(total) bytes, not the \(expectedSize) bytes the update index says (refused before its content was read)")
+                message:
+                    "\(location) is \(total) bytes, not the \(expectedSize) bytes the update index says (refused before its content was read)"
+            )
         }
         if let known = totalBytes, let total, total != known {
             throw FerryError(
-                code: .contentChanged, message: "\(location) changed on the server during the download (\(known) bytes became \(total))")
+                code: .contentChanged,
+                message: "\(location) changed on the server during the download (\(known) bytes became \(total))")
         }
         totalBytes = totalBytes ?? total
     }
@@ -250,9 +272,12 @@ enum HTTPSURL {
     /// - Throws: `.insecureURL` for any other scheme, `.usage` for a malformed URL.
     static func host(of url: String) throws(FerryError) -> String {
         guard url.lowercased().hasPrefix("https://") else {
-            throw FerryError(code: .insecureURL, message: "'\(url)' is not an https:// URL: Ferry never downloads over plain HTTP")
+            throw FerryError(
+                code: .insecureURL, message: "'\(url)' is not an https:// URL: Ferry never downloads over plain HTTP")
         }
-        guard let handle = curl_url() else { throw FerryError(code: .internal, message: "libcurl could not parse a URL") }
+        guard let handle = curl_url() else {
+            throw FerryError(code: .internal, message: "libcurl could not parse a URL")
+        }
         defer { curl_url_cleanup(handle) }
         var host: UnsafeMutablePointer<CChar>?
         guard curl_url_set(handle, CURLUPART_URL, url, 0) == CURLUE_OK,
@@ -282,7 +307,9 @@ enum HTTPSURL {
     static func noPin(for host: String) -> FerryError {
         FerryError(
             code: .pinMismatch,
-            message: "no TLS pin is configured for host '\(host)': add one to tlsPins ('ferry pin https://\(host)/' prints the server's)")
+            message:
+                "no TLS pin is configured for host '\(host)': add one to tlsPins ('ferry pin https://\(host)/' prints the server's)"
+        )
     }
 }
 

@@ -32,7 +32,8 @@ public struct TLSPin: Hashable, Sendable, CustomStringConvertible {
         if text.hasPrefix("sha256//") {
             guard let data = Data(base64Encoded: String(text.dropFirst(8))), data.count == 32 else {
                 throw FerryError(
-                    code: .configurationInvalid, message: "pin '\(text)': 'sha256//' must be followed by the base64 of 32 bytes")
+                    code: .configurationInvalid,
+                    message: "pin '\(text)': 'sha256//' must be followed by the base64 of 32 bytes")
             }
             self.init(kind: .publicKey, sha256: Array(data))
             return

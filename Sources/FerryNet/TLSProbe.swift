@@ -17,11 +17,13 @@ public struct PresentedCertificate: Sendable {
 public enum TLSProbe {
     /// - Throws: `.insecureURL`, `.network`, `.timeout`, `.tlsHandshake` (also when the server only
     ///   speaks TLS 1.1 or older).
-    public static func certificate(of url: String, options: TransportOptions) throws(FerryError) -> PresentedCertificate {
+    public static func certificate(of url: String, options: TransportOptions) throws(FerryError) -> PresentedCertificate
+    {
         _ = try HTTPSURL.host(of: url)
         var probeOptions = options
         probeOptions.caFile = nil
-        let transfer = try CurlTransfer(url: url, mode: .handshakeOnly, pins: [], recordOnly: true, options: probeOptions)
+        let transfer = try CurlTransfer(
+            url: url, mode: .handshakeOnly, pins: [], recordOnly: true, options: probeOptions)
         let record = try transfer.handshake()
         guard record.outcome == Int32(CFerryShims_TLS_ACCEPTED) else {
             throw FerryError(code: .tlsHandshake, message: "\(url): the server presented no certificate")

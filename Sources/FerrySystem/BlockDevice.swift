@@ -34,7 +34,10 @@ public protocol BlockTarget: AnyObject {
 /// A `BlockDevice` may also be a *window* of an image file (a partition of a disk image read
 /// without a loop device): offsets are then relative to the window and cannot leave it.
 public final class BlockDevice: BlockTarget {
-    public enum Kind: String, Sendable { case blockDevice = "block device", imageFile = "image file" }
+    public enum Kind: String, Sendable {
+        case blockDevice = "block device"
+        case imageFile = "image file"
+    }
 
     /// The path that was opened.
     public let path: String
@@ -114,7 +117,8 @@ public final class BlockDevice: BlockTarget {
             var openOptions = options
             if exclusive && status.isBlockDevice { openOptions.insert(.exclusiveCreate) }
             guard status.isBlockDevice || status.isRegularFile else {
-                throw FerryError(code: .deviceNotFound, message: "'\(path)' is neither a block device nor a regular file")
+                throw FerryError(
+                    code: .deviceNotFound, message: "'\(path)' is neither a block device nor a regular file")
             }
             fd = try FileDescriptor.open(FilePath(openPath), mode, options: openOptions)
         } catch let error as FerryError {
@@ -158,7 +162,8 @@ public final class BlockDevice: BlockTarget {
                 guard window.lowerBound >= 0, window.upperBound <= size else {
                     throw FerryError(
                         code: .deviceTooSmall,
-                        message: "'\(path)' is \(size) bytes, too small for the range \(window.lowerBound)..<\(window.upperBound)"
+                        message:
+                            "'\(path)' is \(size) bytes, too small for the range \(window.lowerBound)..<\(window.upperBound)"
                     )
                 }
                 offset = window.lowerBound
@@ -188,7 +193,8 @@ public final class BlockDevice: BlockTarget {
         guard offset >= 0, count >= 0, offset <= byteCount, Int64(count) <= byteCount - offset else {
             throw FerryError(
                 code: .deviceTooSmall,
-                message: "\(verb) \(count) bytes at offset \(offset) of '\(path)' would pass its end (\(byteCount) bytes)")
+                message:
+                    "\(verb) \(count) bytes at offset \(offset) of '\(path)' would pass its end (\(byteCount) bytes)")
         }
     }
 
@@ -205,7 +211,8 @@ public final class BlockDevice: BlockTarget {
                 count = try fd.read(fromAbsoluteOffset: windowOffset + offset + Int64(done), into: chunk)
             } catch {
                 throw FerryError.syscall(
-                    "reading \(chunk.count) bytes at offset \(offset + Int64(done)) of", errno: error as? Errno ?? .ioError,
+                    "reading \(chunk.count) bytes at offset \(offset + Int64(done)) of",
+                    errno: error as? Errno ?? .ioError,
                     path: path)
             }
             if count == 0 {
@@ -233,13 +240,15 @@ public final class BlockDevice: BlockTarget {
                 var done = 0
                 while done < bytes.count {
                     done += try direct.write(
-                        toAbsoluteOffset: windowOffset + offset + Int64(done), UnsafeRawBufferPointer(rebasing: bytes[done...]))
+                        toAbsoluteOffset: windowOffset + offset + Int64(done),
+                        UnsafeRawBufferPointer(rebasing: bytes[done...]))
                 }
                 return
             } catch {
                 let errno = error as? Errno ?? .ioError
                 guard errno == .invalidArgument else {
-                    throw FerryError.syscall("writing \(bytes.count) bytes at offset \(offset) of", errno: errno, path: path)
+                    throw FerryError.syscall(
+                        "writing \(bytes.count) bytes at offset \(offset) of", errno: errno, path: path)
                 }
                 // Direct I/O refused after all (alignment rules stricter than the sector size):
                 // the buffered write below writes every byte again.
@@ -253,7 +262,8 @@ public final class BlockDevice: BlockTarget {
                 done += try fd.write(toAbsoluteOffset: windowOffset + offset + Int64(done), chunk)
             } catch {
                 throw FerryError.syscall(
-                    "writing \(chunk.count) bytes at offset \(offset + Int64(done)) of", errno: error as? Errno ?? .ioError,
+                    "writing \(chunk.count) bytes at offset \(offset + Int64(done)) of",
+                    errno: error as? Errno ?? .ioError,
                     path: path)
             }
         }
@@ -275,7 +285,8 @@ public final class BlockDevice: BlockTarget {
     private func isSectorAligned(_ bytes: UnsafeRawBufferPointer, _ absoluteOffset: Int64) -> Bool {
         let sector = max(logicalSectorSize, 512)
         guard let address = bytes.baseAddress else { return false }
-        return Int(bitPattern: address) % sector == 0 && absoluteOffset % Int64(sector) == 0 && bytes.count % sector == 0
+        return Int(bitPattern: address) % sector == 0 && absoluteOffset % Int64(sector) == 0
+            && bytes.count % sector == 0
     }
 
     private func closeDirectWrites() {
@@ -339,7 +350,8 @@ public final class BlockDevice: BlockTarget {
     public func dropCaches(_ range: Range<Int64>) throws(FerryError) {
         try checkRange(range.lowerBound, Int(range.count), "dropping cached pages of")
         if range.isEmpty { return }
-        let result = posix_fadvise(fd.rawValue, off_t(windowOffset + range.lowerBound), off_t(range.count), POSIX_FADV_DONTNEED)
+        let result = posix_fadvise(
+            fd.rawValue, off_t(windowOffset + range.lowerBound), off_t(range.count), POSIX_FADV_DONTNEED)
         if result != 0 { throw .syscall("dropping cached pages of", errno: Errno(rawValue: result), path: path) }
     }
 
@@ -384,7 +396,8 @@ public final class BlockDevice: BlockTarget {
                     offset: absolute, length: Int64(range.count))
             }
             return
-        } catch let error where error == .notSupported || error == .inappropriateIOCTLForDevice
+        } catch let error
+            where error == .notSupported || error == .inappropriateIOCTLForDevice
             || error == .operationNotSupportedByDevice || error == .invalidArgument
         {
             // The device cannot zero by itself (or not at this alignment): write zeros below.

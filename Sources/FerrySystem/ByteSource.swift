@@ -25,7 +25,8 @@ extension ByteSource {
         defer { scratch.deallocate() }
         var left = count
         while left > 0 {
-            let read = try self.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[..<Int(min(left, Int64(scratch.count)))]))
+            let read = try self.read(
+                into: UnsafeMutableRawBufferPointer(rebasing: scratch[..<Int(min(left, Int64(scratch.count)))]))
             if read == 0 { return }
             left -= Int64(read)
         }
@@ -39,7 +40,8 @@ extension ByteSource {
             let count = try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
             if count == 0 {
                 throw FerryError(
-                    code: .truncated, message: "\(sourceName) ends early: \(what) is cut after \(done) of \(buffer.count) bytes")
+                    code: .truncated,
+                    message: "\(sourceName) ends early: \(what) is cut after \(done) of \(buffer.count) bytes")
             }
             done += count
         }
@@ -119,7 +121,9 @@ public final class MemoryByteSource: ByteSource {
 extension Array where Element == UInt8 {
     // The standard library's `withUnsafe(Mutable)Bytes` rethrow untyped errors; these keep `FerryError`.
 
-    public func withTypedUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws(FerryError) -> R) throws(FerryError) -> R {
+    public func withTypedUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws(FerryError) -> R) throws(FerryError)
+        -> R
+    {
         try withUnsafeBytes { buffer in Result { () throws(FerryError) in try body(buffer) } }.get()
     }
 

@@ -45,7 +45,8 @@ public enum ChildProcess {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        posix_spawnattr_setflags(
+            &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         posix_spawnattr_setpgroup(&attributes, 0)
         var emptyMask = sigset_t()
         sigemptyset(&emptyMask)
@@ -93,7 +94,9 @@ public enum ChildProcess {
             if ready > 0 {
                 let count = read(pipeFDs[0], &buffer, buffer.count)
                 if count > 0 {
-                    if output.count < outputLimit { output.append(contentsOf: buffer[..<min(count, outputLimit - output.count)]) }
+                    if output.count < outputLimit {
+                        output.append(contentsOf: buffer[..<min(count, outputLimit - output.count)])
+                    }
                 } else if count == 0 || (errno != EINTR && errno != EAGAIN) {
                     open = false
                 }

@@ -17,7 +17,8 @@ public enum DurableFile {
     /// - Parameter permissions: mode of the new file (default 0644).
     /// - Throws: `.io`, `.noSpace`, `.permissionDenied`, `.deviceNotFound` (missing directory).
     public static func write(
-        _ bytes: some Collection<UInt8>, to path: String, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]
+        _ bytes: some Collection<UInt8>, to path: String,
+        permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]
     ) throws(FerryError) {
         let target = FilePath(path)
         let directory = target.removingLastComponent()

@@ -16,7 +16,8 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case io, permissionDenied, noSpace, loopDevice, unsupported
             case unknownSlot, nothingToRollBack
             case readBackMismatch
-            case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired, limitExceeded, notIndexed
+            case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired,
+                limitExceeded, notIndexed
             case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
             case healthCheckFailed, onTrial, hookFailed
             case stateInvalid, lockHeld

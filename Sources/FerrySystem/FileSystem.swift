@@ -59,7 +59,9 @@ public enum FileSystem {
 
     /// Makes `path` another name of the existing file `existing`.
     public static func makeHardLink(_ path: String, to existing: String) throws(FerryError) {
-        guard link(existing, path) == 0 else { throw .syscall("creating the hard link", errno: currentErrno, path: path) }
+        guard link(existing, path) == 0 else {
+            throw .syscall("creating the hard link", errno: currentErrno, path: path)
+        }
     }
 
     /// The target of the symbolic link `path`, nil when it is none.
@@ -79,7 +81,9 @@ public enum FileSystem {
 
     /// Sets the permission bits of `path`.
     public static func setMode(_ path: String, _ mode: UInt32) throws(FerryError) {
-        guard chmod(path, mode_t(mode)) == 0 else { throw .syscall("setting the mode of", errno: currentErrno, path: path) }
+        guard chmod(path, mode_t(mode)) == 0 else {
+            throw .syscall("setting the mode of", errno: currentErrno, path: path)
+        }
     }
 
     /// The names in directory `path` (without `.` and `..`); empty when it cannot be read.

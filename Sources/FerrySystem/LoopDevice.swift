@@ -29,7 +29,9 @@ public final class LoopDevice {
     private var descriptor: FileDescriptor?
     private let logger: Logger
 
-    private init(path: String, number: Int, backingFile: String, attachedByUs: Bool, descriptor: FileDescriptor, logger: Logger) {
+    private init(
+        path: String, number: Int, backingFile: String, attachedByUs: Bool, descriptor: FileDescriptor, logger: Logger
+    ) {
         self.path = path
         self.number = number
         self.backingFile = backingFile
@@ -88,9 +90,12 @@ public final class LoopDevice {
     ///
     /// - Throws: `.loopDevice` when no loop device can be had (no /dev/loop-control, not root),
     ///   `.deviceNotFound` when `file` is missing.
-    public static func attach(_ file: String, logger: Logger = Logger(label: "ferry.loop")) throws(FerryError) -> LoopDevice {
+    public static func attach(_ file: String, logger: Logger = Logger(label: "ferry.loop")) throws(FerryError)
+        -> LoopDevice
+    {
         guard let status = try? fileStatus(path: file), status.isRegularFile else {
-            throw FerryError(code: .deviceNotFound, message: "disk image '\(file)' does not exist or is not a regular file")
+            throw FerryError(
+                code: .deviceNotFound, message: "disk image '\(file)' does not exist or is not a regular file")
         }
         if let existing = devices(backing: file).first(where: { $0.offset == 0 && $0.sizeLimit == 0 }) {
             return try reuse(existing, file: file, logger: logger)
@@ -103,7 +108,8 @@ public final class LoopDevice {
         let control: FileDescriptor
         do { control = try FileDescriptor.open("/dev/loop-control", .readWrite, options: [.closeOnExec]) } catch {
             throw FerryError(
-                code: .loopDevice, message: "cannot open /dev/loop-control to attach '\(file)' (needs root and the loop driver)",
+                code: .loopDevice,
+                message: "cannot open /dev/loop-control to attach '\(file)' (needs root and the loop driver)",
                 cause: error as? Errno)
         }
         defer { try? control.closeOnce() }
@@ -124,14 +130,16 @@ public final class LoopDevice {
                 try configure(loop, backing: backing, file: file)
                 logger.debug("Attached loop device", metadata: ["loop.device": "\(path)", "loop.file": "\(file)"])
                 return LoopDevice(
-                    path: path, number: Int(number), backingFile: file, attachedByUs: true, descriptor: loop, logger: logger)
+                    path: path, number: Int(number), backingFile: file, attachedByUs: true, descriptor: loop,
+                    logger: logger)
             } catch {
                 try? loop.closeOnce()
                 lastError = error
                 if error != .resourceBusy { break }
             }
         }
-        throw FerryError(code: .loopDevice, message: "attaching '\(file)' to a loop device failed: \(lastError)", cause: lastError)
+        throw FerryError(
+            code: .loopDevice, message: "attaching '\(file)' to a loop device failed: \(lastError)", cause: lastError)
     }
 
     private static func openLoopNode(_ path: String) throws(Errno) -> FileDescriptor {
@@ -209,7 +217,9 @@ public final class LoopDevice {
             guard start * 512 == partition.startOffset, size * 512 == partition.byteCount else {
                 throw FerryError(
                     code: .loopDevice,
-                    message: "\(path) already has partition \(partition.number) at a different place than the partition table of '\(backingFile)' says")
+                    message:
+                        "\(path) already has partition \(partition.number) at a different place than the partition table of '\(backingFile)' says"
+                )
             }
         } else {
             var entry = blkpg_partition()
@@ -228,10 +238,12 @@ public final class LoopDevice {
                 return try partitionDevice(partition)
             } catch {
                 throw FerryError(
-                    code: .loopDevice, message: "adding partition \(partition.number) to \(path) (BLKPG) failed: \(error)",
+                    code: .loopDevice,
+                    message: "adding partition \(partition.number) to \(path) (BLKPG) failed: \(error)",
                     cause: error)
             }
-            logger.debug("Added partition", metadata: ["loop.device": "\(path)", "partition.number": "\(partition.number)"])
+            logger.debug(
+                "Added partition", metadata: ["loop.device": "\(path)", "partition.number": "\(partition.number)"])
         }
         return try waitForNode("/dev/\(name)", sysfs: sysfs)
     }
@@ -245,7 +257,9 @@ public final class LoopDevice {
         if let numbers = TextFile.attribute("\(sysfs)/dev")?.split(separator: ":"), numbers.count == 2,
             let major = UInt32(numbers[0]), let minor = UInt32(numbers[1])
         {
-            if node.withCString({ mknod($0, S_IFBLK | 0o600, deviceNumber(major: major, minor: minor)) }) == 0 { return node }
+            if node.withCString({ mknod($0, S_IFBLK | 0o600, deviceNumber(major: major, minor: minor)) }) == 0 {
+                return node
+            }
         }
         throw FerryError(code: .loopDevice, message: "partition node \(node) did not appear")
     }
@@ -273,15 +287,18 @@ public final class LoopDevice {
             }
             usleep(10_000)
         }
-        throw FerryError(code: .loopDevice, message: "\(path) is still attached after detaching (still open elsewhere?)")
+        throw FerryError(
+            code: .loopDevice, message: "\(path) is still attached after detaching (still open elsewhere?)")
     }
 }
 
 /// `makedev(3)`, which glibc defines as a macro Swift cannot import: the Linux encoding of a
 /// device number from its major and minor parts.
 func deviceNumber(major: UInt32, minor: UInt32) -> dev_t {
-    let major = UInt64(major), minor = UInt64(minor)
-    return dev_t(((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff))
+    let major = UInt64(major)
+    let minor = UInt64(minor)
+    return dev_t(
+        ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff))
 }
 
 /// The major and minor parts of a Linux device number (`major(3)`/`minor(3)`).

@@ -43,7 +43,8 @@ public struct MountTable: Sendable {
                 Mount(
                     major: major, minor: minor, mountPoint: Self.unescape(fields[4]),
                     source: Self.unescape(fields[separator + 2]), fileSystemType: String(fields[separator + 1]),
-                    isReadOnly: separator + 3 < fields.count && fields[separator + 3].split(separator: ",").contains("ro")))
+                    isReadOnly: separator + 3 < fields.count
+                        && fields[separator + 3].split(separator: ",").contains("ro")))
         }
         self.mounts = mounts
     }

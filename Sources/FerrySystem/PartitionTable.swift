@@ -1,9 +1,9 @@
 internal import CBlkid
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
 #endif
-import SystemPackage
 
 /// A lookup key for a partition or file system: what a configuration's `device`/`partition` says.
 public enum DeviceTag: Sendable, Equatable, CustomStringConvertible {

@@ -35,7 +35,8 @@ public enum PlainName {
     public static func isPlain(_ text: String) -> Bool {
         !text.isEmpty
             && text.unicodeScalars.allSatisfy {
-                ("0"..."9").contains($0) || ("A"..."Z").contains($0) || ("a"..."z").contains($0) || $0 == "." || $0 == "_" || $0 == "-"
+                ("0"..."9").contains($0) || ("A"..."Z").contains($0) || ("a"..."z").contains($0) || $0 == "."
+                    || $0 == "_" || $0 == "-"
             }
     }
 }

@@ -1,3 +1,5 @@
+import CFerryShims
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -18,7 +20,8 @@ public enum WallClock {
         // Four digits, as parseISO8601 reads them: years 0–999 too (a parsed time may be in them).
         let year = parts.tm_year + 1900
         let yearText = (0..<1000).contains(year) ? String("000\(year)".suffix(4)) : "\(year)"
-        return "\(yearText)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+        return
+            "\(yearText)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 }
 
@@ -40,7 +43,8 @@ extension WallClock {
             return value
         }
         guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10), let hour = number(11..<13),
-            let minute = number(14..<16), let second = number(17..<19), (1...12).contains(month), (1...31).contains(day),
+            let minute = number(14..<16), let second = number(17..<19), (1...12).contains(month),
+            (1...31).contains(day),
             hour < 24, minute < 60, second < 61
         else { return nil }
         var rest = bytes[19...]
@@ -62,8 +66,6 @@ extension WallClock {
         return days * 86_400 + Int64(hour * 3600 + minute * 60 + second)
     }
 }
-
-import CFerryShims
 
 extension WallClock {
     /// When this binary was built (from the C compiler's `__DATE__`/`__TIME__`), in seconds since

@@ -43,7 +43,9 @@ public enum XZDictionaryCodec {
         guard result == LZMA_OK else {
             throw FerryError(
                 code: result == LZMA_MEM_ERROR ? .io : .internal,
-                message: "compressing \(input.count) bytes against a \(dictionary.count)-byte dictionary failed (liblzma \(result.rawValue))")
+                message:
+                    "compressing \(input.count) bytes against a \(dictionary.count)-byte dictionary failed (liblzma \(result.rawValue))"
+            )
         }
         output.removeSubrange(position...)
         return output
@@ -53,11 +55,13 @@ public enum XZDictionaryCodec {
     /// - Throws: `.bundleInvalid` when the stream is corrupt, decodes to another size, or is
     ///   followed by other bytes; `.limitExceeded` when it would need more than `memoryLimit`.
     public static func decode(
-        _ compressed: UnsafeRawBufferPointer, dictionary: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
+        _ compressed: UnsafeRawBufferPointer, dictionary: UnsafeRawBufferPointer,
+        into output: UnsafeMutableRawBufferPointer,
         memoryLimit: Int = 256 << 20
     ) throws(FerryError) {
         guard Int(windowSize(dictionary: dictionary.count, output: output.count)) <= memoryLimit else {
-            throw FerryError(code: .limitExceeded, message: "a delta operation needs a window over \(memoryLimit >> 20) MiB")
+            throw FerryError(
+                code: .limitExceeded, message: "a delta operation needs a window over \(memoryLimit >> 20) MiB")
         }
         var options = lzma_options_lzma()
         precondition(lzma_lzma_preset(&options, 6) == 0)
@@ -73,11 +77,15 @@ public enum XZDictionaryCodec {
             ]
             return filters.withUnsafeMutableBufferPointer { filters in
                 lzma_raw_buffer_decode(
-                    filters.baseAddress, nil, compressed.baseAddress?.assumingMemoryBound(to: UInt8.self), &inputPosition,
-                    compressed.count, output.baseAddress?.assumingMemoryBound(to: UInt8.self), &outputPosition, output.count)
+                    filters.baseAddress, nil, compressed.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                    &inputPosition,
+                    compressed.count, output.baseAddress?.assumingMemoryBound(to: UInt8.self), &outputPosition,
+                    output.count)
             }
         }
-        guard result == LZMA_OK || result == LZMA_STREAM_END, outputPosition == output.count, inputPosition == compressed.count else {
+        guard result == LZMA_OK || result == LZMA_STREAM_END, outputPosition == output.count,
+            inputPosition == compressed.count
+        else {
             throw FerryError(
                 code: .bundleInvalid,
                 message: "a delta stream is corrupt: it decodes to \(outputPosition) of \(output.count) bytes "

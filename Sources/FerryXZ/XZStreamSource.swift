@@ -21,7 +21,9 @@ public final class XZStreamSource: ByteSource {
         guard result == LZMA_OK else {
             input.deallocate()
             stream.deallocate()
-            throw FerryError(code: .io, message: "cannot start the xz decoder for \(source.sourceName) (lzma error \(result.rawValue))")
+            throw FerryError(
+                code: .io,
+                message: "cannot start the xz decoder for \(source.sourceName) (lzma error \(result.rawValue))")
         }
     }
 
@@ -50,7 +52,8 @@ public final class XZStreamSource: ByteSource {
                 finished = true
                 return buffer.count - stream.pointee.avail_out
             case LZMA_MEMLIMIT_ERROR:
-                throw FerryError(code: .limitExceeded, message: "\(sourceName) needs more memory to decode than allowed")
+                throw FerryError(
+                    code: .limitExceeded, message: "\(sourceName) needs more memory to decode than allowed")
             case LZMA_FORMAT_ERROR:
                 throw FerryError(code: .bundleInvalid, message: "\(inner.sourceName) is not an xz file")
             case LZMA_BUF_ERROR:
@@ -58,7 +61,8 @@ public final class XZStreamSource: ByteSource {
             case LZMA_DATA_ERROR:
                 throw FerryError(code: .bundleInvalid, message: "\(inner.sourceName) is corrupt xz data")
             default:
-                throw FerryError(code: .io, message: "decoding \(inner.sourceName) failed (lzma error \(result.rawValue))")
+                throw FerryError(
+                    code: .io, message: "decoding \(inner.sourceName) failed (lzma error \(result.rawValue))")
             }
         }
         return buffer.count - stream.pointee.avail_out

@@ -29,12 +29,15 @@ import Testing
             let format = UBootEnvironmentFormat(size: size, redundant: true)
             // Start: copy 1 current; copy 2 an older generation.
             let copy1 = try UBootEnvironmentCodec.encode(Self.old, flags: 1, padByte: 0xff, format: format, name: "t")
-            let copy2 = try UBootEnvironmentCodec.encode(["stale": "1"], flags: scheme == .boolean ? 0 : 0, padByte: 0xff, format: format, name: "t")
+            let copy2 = try UBootEnvironmentCodec.encode(
+                ["stale": "1"], flags: scheme == .boolean ? 0 : 0, padByte: 0xff, format: format, name: "t")
             let start = copy1 + copy2
             let path = "\(dir)/env.img"
             try makeFile(path, bytes: start)
             let config = "\(dir)/fw_env.config"
-            try DurableFile.write("\(path) 0x0 0x\(String(size, radix: 16))\n\(path) 0x\(String(size, radix: 16)) 0x\(String(size, radix: 16))\n", to: config)
+            try DurableFile.write(
+                "\(path) 0x0 0x\(String(size, radix: 16))\n\(path) 0x\(String(size, radix: 16)) 0x\(String(size, radix: 16))\n",
+                to: config)
             let locations = try FWEnvConfig.load(config).locations
             func environment() -> UBootEnvironment {
                 UBootEnvironment(locations: locations, name: "t", flagScheme: scheme)

@@ -7,7 +7,9 @@ import Testing
 /// The U-Boot environment codec against images made by the real `mkenvimage` (u-boot-tools) and
 /// hand-built golden vectors for the boolean (NOR) flag scheme.
 @Suite struct UBootCodecTests {
-    static let variables = ["BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0", "bootcmd": "run ferry; echo done"]
+    static let variables = [
+        "BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0", "bootcmd": "run ferry; echo done",
+    ]
 
     func mkenvimage(_ variables: [String: String], size: Int, extra: [String], in dir: String) throws -> [UInt8] {
         let text = variables.keys.sorted().map { "\($0)=\(variables[$0]!)" }.joined(separator: "\n") + "\n"
@@ -55,7 +57,8 @@ import Testing
     @Test func tooManyVariablesForTheSizeAreRefused() {
         let format = UBootEnvironmentFormat(size: 64, redundant: true)
         let error = #expect(throws: FerryError.self) {
-            try UBootEnvironmentCodec.encode(["x": String(repeating: "y", count: 80)], flags: 1, padByte: 0, format: format, name: "t")
+            try UBootEnvironmentCodec.encode(
+                ["x": String(repeating: "y", count: 80)], flags: 1, padByte: 0, format: format, name: "t")
         }
         #expect(error?.code == .bootEnvironmentTooSmall)
     }
@@ -66,7 +69,9 @@ import Testing
         data += [UInt8](repeating: 0, count: format.dataSize - data.count)
         let crc = CRC32.checksum(data)
         let bytes = [UInt8(crc & 0xff), UInt8(crc >> 8 & 0xff), UInt8(crc >> 16 & 0xff), UInt8(crc >> 24)] + data
-        let error = #expect(throws: FerryError.self) { try UBootEnvironmentCodec.decode(bytes, format: format, name: "t") }
+        let error = #expect(throws: FerryError.self) {
+            try UBootEnvironmentCodec.decode(bytes, format: format, name: "t")
+        }
         #expect(error?.code == .bootEnvironmentInvalid)
     }
 
@@ -105,7 +110,8 @@ import Testing
             let environment = UBootEnvironment(
                 locations: [
                     UBootEnvironmentLocation(device: "\(dir)/nor.bin", offset: 0, size: size, sectorSize: nil),
-                    UBootEnvironmentLocation(device: "\(dir)/nor.bin", offset: Int64(size), size: size, sectorSize: nil),
+                    UBootEnvironmentLocation(
+                        device: "\(dir)/nor.bin", offset: Int64(size), size: size, sectorSize: nil),
                 ], name: "nor", flagScheme: .boolean)
             #expect(try environment.read() == ["a": "1"])
             try environment.update(["b": "2"])

@@ -10,7 +10,9 @@ import Testing
     func makeEnvironment(in dir: String, redundant: Bool, size: Int = 0x4000, offset: Int = 0x1000) throws -> String {
         try DurableFile.write("BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n", to: "\(dir)/initial.txt")
         try Shell.check(
-            ["mkenvimage", "-s", "\(size)"] + (redundant ? ["-r"] : []) + ["-o", "\(dir)/copy.bin", "\(dir)/initial.txt"])
+            ["mkenvimage", "-s", "\(size)"] + (redundant ? ["-r"] : []) + [
+                "-o", "\(dir)/copy.bin", "\(dir)/initial.txt",
+            ])
         let copy = try readFile("\(dir)/copy.bin")
         var disk = [UInt8](repeating: 0, count: offset) + copy
         if redundant { disk += copy + [UInt8](repeating: 0, count: 512) }
@@ -38,7 +40,10 @@ import Testing
             try Shell.check(["fw_setenv", "-c", config, "BOOT_ORDER", "B A"])
             try Shell.check(["fw_setenv", "-c", config, "greeting", "hello world"])
             let environment = try UBootEnvironment(fwEnvConfig: config)
-            #expect(try environment.read() == ["BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3", "greeting": "hello world"])
+            #expect(
+                try environment.read() == [
+                    "BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3", "greeting": "hello world",
+                ])
         }
     }
 

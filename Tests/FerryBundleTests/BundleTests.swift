@@ -34,7 +34,8 @@ import Testing
 
         /// A bundle made by Ferry's writer.
         func bundle(
-            _ path: String, version: String = "1.1.0", signers: [String] = ["signer1"], compatible: String = "ferry-demo-x86_64",
+            _ path: String, version: String = "1.1.0", signers: [String] = ["signer1"],
+            compatible: String = "ferry-demo-x86_64",
             securityVersion: Int64 = 0, expires: Int64? = nil, newKeyring: String? = nil, denyList: [String] = []
         ) throws -> Manifest {
             var options = BundleWriter.Options(
@@ -52,7 +53,9 @@ import Testing
             try Shell.run([TestEnvironment.ferryBinary, "bundle", "verify", bundle] + config + extra)
         }
 
-        func expectRefused(_ bundle: String, status: Int32, _ extra: [String] = [], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        func expectRefused(
+            _ bundle: String, status: Int32, _ extra: [String] = [], sourceLocation: SourceLocation = #_sourceLocation
+        ) throws {
             let result = try verify(bundle, extra)
             #expect(result.status == status, "\(result.output)", sourceLocation: sourceLocation)
             #expect(result.output.hasPrefix("ferry: error: "), "\(result.output)", sourceLocation: sourceLocation)
@@ -97,12 +100,16 @@ import Testing
             let entry = UpdateIndex.entry(
                 for: manifest, manifestBytes: manifestReader.manifestBytes, url: "b.ferry", size: Int64(bytes.count),
                 sha256: SHA256Hasher.hash(bytes))
-            let policy = TrustPolicy(keyring: try Keyring(pemFile: fixture.pki.keyring), threshold: 1, denyList: [], trustedTime: WallClock.now(), device: nil)
+            let policy = TrustPolicy(
+                keyring: try Keyring(pemFile: fixture.pki.keyring), threshold: 1, denyList: [],
+                trustedTime: WallClock.now(), device: nil)
 
             func readWhole(_ entry: UpdateIndex.Entry) throws(FerryError) {
                 let reader = BundleReader(source: IndexedBundleSource(try FileByteSource(path: path), entry: entry))
                 let (manifest, _, _) = try reader.verify(policy: policy, indexed: entry)
-                for payload in manifest.payloads { try reader.readPayload(payload, checkWholeHash: false) { (_, _, _) throws(FerryError) in } }
+                for payload in manifest.payloads {
+                    try reader.readPayload(payload, checkWholeHash: false) { (_, _, _) throws(FerryError) in }
+                }
                 try reader.finish()
             }
             try readWhole(entry)
@@ -153,7 +160,8 @@ import Testing
             // Deny-listed in the configuration.
             let original = try TextFile.read(fixture.sandbox.configurationPath)
             try DurableFile.write(
-                original.replacing("\"signatureThreshold\": 1", with: "\"signatureThreshold\": 1, \"denyList\": [\"\(fingerprint)\"]"),
+                original.replacing(
+                    "\"signatureThreshold\": 1", with: "\"signatureThreshold\": 1, \"denyList\": [\"\(fingerprint)\"]"),
                 to: fixture.sandbox.configurationPath)
             _ = try fixture.bundle("\(dir)/denied.ferry", signers: ["signer1"])
             try fixture.expectRefused("\(dir)/denied.ferry", status: 43)
@@ -162,7 +170,8 @@ import Testing
             // Rotation: a bundle signed under the current keyring carries a new one (another CA),
             // denying signer1. The device adopts it; from then on only the new CA's signers count.
             let next = try TestPKI.make(in: "\(dir)/next", signers: ["newsigner"])
-            _ = try fixture.bundle("\(dir)/rotate.ferry", signers: ["signer1"], newKeyring: next.keyring, denyList: [fingerprint])
+            _ = try fixture.bundle(
+                "\(dir)/rotate.ferry", signers: ["signer1"], newKeyring: next.keyring, denyList: [fingerprint])
             #expect(try fixture.verify("\(dir)/rotate.ferry").status == 0)
             let configuration = try fixture.sandbox.configuration()
             let policy = try DeviceTrust.policy(
@@ -194,7 +203,8 @@ import Testing
             let booted = BootedGroup(bootname: "A", source: "test")
             _ = try fixture.bundle("\(dir)/b.ferry")
             func check(clock: Int64) throws {
-                let policy = try DeviceTrust.policy(configuration: configuration, booted: booted, allowDowngrade: false, clock: clock)
+                let policy = try DeviceTrust.policy(
+                    configuration: configuration, booted: booted, allowDowngrade: false, clock: clock)
                 let reader = BundleReader(source: try FileByteSource(path: "\(dir)/b.ferry"))
                 _ = try reader.verify(policy: policy)
             }
@@ -254,7 +264,9 @@ import Testing
             // Unsigned.
             try variant("unsigned", [members[0], payload], status: 42)
             // Signed by a certificate the keyring does not trust.
-            try variant("untrusted", [members[0], ("manifest.json.1.p7s", try fixture.sign(manifest, "stranger")), payload], status: 43)
+            try variant(
+                "untrusted", [members[0], ("manifest.json.1.p7s", try fixture.sign(manifest, "stranger")), payload],
+                status: 43)
             // Tampered manifest (signature over the original).
             var tampered = manifest
             tampered[tampered.count / 2] ^= 0x01
@@ -270,15 +282,22 @@ import Testing
             try variant("renamed", [members[0], members[1], ("other.img.xz", payload.1)], status: 41)
             try variant("extra", [members[0], members[1], payload, ("extra", [1, 2, 3])], status: 41)
             // Oversized manifest and signature.
-            try variant("bigmanifest", [("manifest.json", [UInt8](repeating: 0x20, count: (1 << 20) + 1)), members[1], payload], status: 47)
-            try variant("bigsignature", [members[0], ("manifest.json.1.p7s", [UInt8](repeating: 0x30, count: (64 << 10) + 1)), payload], status: 47)
+            try variant(
+                "bigmanifest",
+                [("manifest.json", [UInt8](repeating: 0x20, count: (1 << 20) + 1)), members[1], payload], status: 47)
+            try variant(
+                "bigsignature",
+                [members[0], ("manifest.json.1.p7s", [UInt8](repeating: 0x30, count: (64 << 10) + 1)), payload],
+                status: 47)
             // A payload byte flipped: caught by the chunk hash.
             var corrupt = payload.1
             corrupt[corrupt.count / 2] ^= 0x40
             try variant("corrupt", [members[0], members[1], (payload.0, corrupt)], status: 41)
             // Truncated at every member boundary and inside the payload.
             let bytes = try readFile(good)
-            for cut in [512, 1024, 512 + ((manifest.count + 511) / 512) * 512, bytes.count / 2, bytes.count - 1024 - 17] {
+            for cut in [
+                512, 1024, 512 + ((manifest.count + 511) / 512) * 512, bytes.count / 2, bytes.count - 1024 - 17,
+            ] {
                 try makeFile("\(dir)/cut.ferry", bytes: Array(bytes.prefix(cut)))
                 try fixture.expectRefused("\(dir)/cut.ferry", status: 40)
             }
@@ -305,7 +324,8 @@ import Testing
                 try fixture.expectRefused("\(dir)/\(name).ferry", status: 41)
             }
             try Shell.check([
-                "tar", "--format=ustar", "-C", "\(dir)/t", "-cf", "\(dir)/link.ferry", "manifest.json", "manifest.json.1.p7s", "link",
+                "tar", "--format=ustar", "-C", "\(dir)/t", "-cf", "\(dir)/link.ferry", "manifest.json",
+                "manifest.json.1.p7s", "link",
             ])
             try fixture.expectRefused("\(dir)/link.ferry", status: 41)
         }
@@ -318,11 +338,17 @@ import Testing
             let members = try fixture.members("\(dir)/good.ferry")
             guard case .object(var root) = try JSONValue.parse(members[0].1, what: "m", code: .internal),
                 case .array(var payloads)? = root["payloads"], case .object(var payload) = payloads[0]
-            else { Issue.record("unexpected manifest"); return }
+            else {
+                Issue.record("unexpected manifest")
+                return
+            }
             func resigned(_ object: [String: JSONValue], _ name: String, status: Int32) throws {
                 let manifest = JSONValue.object(object).serialized()
                 try fixture.write(
-                    [("manifest.json", manifest), ("manifest.json.1.p7s", try fixture.sign(manifest, "signer1")), members[2]],
+                    [
+                        ("manifest.json", manifest), ("manifest.json.1.p7s", try fixture.sign(manifest, "signer1")),
+                        members[2],
+                    ],
                     to: "\(dir)/\(name).ferry")
                 try fixture.expectRefused("\(dir)/\(name).ferry", status: status)
             }
@@ -355,7 +381,8 @@ import Testing
             try Shell.check(["sh", "-c", "xz -T2 -k -c \(fixture.image) > \(dir)/image.xz"])
             var options = BundleWriter.Options(
                 compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
-                images: [BundleWriter.Image(slotClass: "rootfs", path: "\(dir)/image.xz")], signers: [fixture.signer("signer1")])
+                images: [BundleWriter.Image(slotClass: "rootfs", path: "\(dir)/image.xz")],
+                signers: [fixture.signer("signer1")])
             options.chunkSize = 1 << 20
             let manifest = try BundleWriter.create(options, output: "\(dir)/b.ferry", logger: quietLogger)
             #expect(manifest.payloads[0].size == 4 << 20)
@@ -364,11 +391,13 @@ import Testing
             let members = try fixture.members("\(dir)/b.ferry")
             try makeFile("\(dir)/manifest.json", bytes: members[0].1)
             try Shell.check([
-                "openssl", "cms", "-sign", "-binary", "-in", "\(dir)/manifest.json", "-signer", fixture.pki.certificate("signer2"),
+                "openssl", "cms", "-sign", "-binary", "-in", "\(dir)/manifest.json", "-signer",
+                fixture.pki.certificate("signer2"),
                 "-inkey", fixture.pki.key("signer2"), "-outform", "DER", "-out", "\(dir)/sig.p7s",
             ])
             try fixture.write(
-                [members[0], ("manifest.json.1.p7s", try readFile("\(dir)/sig.p7s")), members[2]], to: "\(dir)/openssl.ferry")
+                [members[0], ("manifest.json.1.p7s", try readFile("\(dir)/sig.p7s")), members[2]],
+                to: "\(dir)/openssl.ferry")
             let result = try fixture.verify("\(dir)/openssl.ferry")
             #expect(result.status == 0, "\(result.output)")
             #expect(result.output.contains("CN=signer2"))

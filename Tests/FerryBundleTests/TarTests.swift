@@ -61,7 +61,9 @@ import Testing
             return [UInt8](repeating: UInt8(ascii: "0"), count: width - 1 - digits.count) + digits + [0]
         }
         var block = [UInt8](repeating: 0, count: 512)
-        func put(_ bytes: [UInt8], at offset: Int) { block.replaceSubrange(offset..<(offset + bytes.count), with: bytes) }
+        func put(_ bytes: [UInt8], at offset: Int) {
+            block.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
+        }
         put(name, at: 0)
         put(octal(0o644, 8), at: 100)
         put(octal(0, 8), at: 108)
@@ -212,9 +214,13 @@ import Testing
         try await withTemporaryDirectory { dir in
             var names = Self.sizes.map { "files/size-\($0).bin" }
             if withLongName {
-                names.append(String(repeating: "p", count: 80) + "/" + String(repeating: "q", count: 50) + "/long-name.bin")
+                names.append(
+                    String(repeating: "p", count: 80) + "/" + String(repeating: "q", count: 50) + "/long-name.bin")
             }
-            try Shell.check(["mkdir", "-p", "\(dir)/src/files", "\(dir)/src/" + String(repeating: "p", count: 80) + "/" + String(repeating: "q", count: 50)])
+            try Shell.check([
+                "mkdir", "-p", "\(dir)/src/files",
+                "\(dir)/src/" + String(repeating: "p", count: 80) + "/" + String(repeating: "q", count: 50),
+            ])
             var contents: [String: [UInt8]] = [:]
             for (index, name) in names.enumerated() {
                 let size = index < Self.sizes.count ? Self.sizes[index] : 1234
@@ -248,7 +254,9 @@ import Testing
         let name = String(repeating: "a", count: 100) + "/" + String(repeating: "b", count: 53) + "/" + last  // 255 bytes
         let bytes = try archive([(name, [1, 2])])
         #expect(Array(bytes[0..<100]) == Array(last.utf8))
-        #expect(Array(bytes[345..<499]) == Array((String(repeating: "a", count: 100) + "/" + String(repeating: "b", count: 53)).utf8))
+        #expect(
+            Array(bytes[345..<499])
+                == Array((String(repeating: "a", count: 100) + "/" + String(repeating: "b", count: 53)).utf8))
         #expect(try readAll(bytes).map(\.member.name) == [name])
 
         let exactly100 = String(repeating: "n", count: 100)
@@ -267,7 +275,9 @@ import Testing
         expectFerryError(.bundleInvalid) { try archive([(name, [])]) }
     }
 
-    static let oddNames = ["../x", "/etc/passwd", "a/../../b", "./x", "a/./b", "x/..", "a\\b", "a//b", "dir/", "", "a\nb"]
+    static let oddNames = [
+        "../x", "/etc/passwd", "a/../../b", "./x", "a/./b", "x/..", "a\\b", "a//b", "dir/", "", "a\nb",
+    ]
 
     @Test(arguments: oddNames)
     func oddNamesAreRefusedByTheWriter(name: String) {
@@ -289,14 +299,17 @@ import Testing
         let invalidUTF8 = header(name: [0x61, 0xff, 0x62], size: 10)
         expectFerryError(.bundleInvalid) { try skimAll(handBuilt(invalidUTF8)) }
         // The same shapes with harmless names are fine.
-        #expect((try? skimAll(handBuilt(header(name: Array("x".utf8), size: 10, prefix: Array("a/b".utf8)))))?.map(\.name) == ["a/b/x"])
+        #expect(
+            (try? skimAll(handBuilt(header(name: Array("x".utf8), size: 10, prefix: Array("a/b".utf8)))))?.map(\.name)
+                == ["a/b/x"])
     }
 
     // MARK: - Types, checksums, fields
 
     @Test(arguments: ["1", "2", "3", "4", "5", "6", "7", "L", "K", "g", "S", "V", "A"])
     func nonRegularMembersAreRejected(typeflag: String) {
-        let block = header(name: "link", size: typeflag == "5" ? 0 : 10, typeflag: UInt8(ascii: Unicode.Scalar(typeflag)!))
+        let block = header(
+            name: "link", size: typeflag == "5" ? 0 : 10, typeflag: UInt8(ascii: Unicode.Scalar(typeflag)!))
         expectFerryError(.bundleInvalid) { try skimAll(handBuilt(block)) }
     }
 
@@ -311,7 +324,9 @@ import Testing
         expectFerryError(.bundleInvalid) { try skimAll(handBuilt(flipped)) }
         let garbage = header(name: Array("a".utf8), size: 10, afterChecksum: { $0[148] = UInt8(ascii: "9") })
         expectFerryError(.bundleInvalid) { try skimAll(handBuilt(garbage)) }
-        let blank = header(name: Array("a".utf8), size: 10, afterChecksum: { $0.replaceSubrange(148..<156, with: [UInt8](repeating: 0, count: 8)) })
+        let blank = header(
+            name: Array("a".utf8), size: 10,
+            afterChecksum: { $0.replaceSubrange(148..<156, with: [UInt8](repeating: 0, count: 8)) })
         expectFerryError(.bundleInvalid) { try skimAll(handBuilt(blank)) }
     }
 
@@ -326,15 +341,18 @@ import Testing
 
     @Test(arguments: badOctalFields)
     func badOctalFieldsAreRejected(offset: Int, field: [UInt8]) {
-        let block = header(name: Array("a".utf8), size: 10, edit: { $0.replaceSubrange(offset..<(offset + field.count), with: field) })
+        let block = header(
+            name: Array("a".utf8), size: 10, edit: { $0.replaceSubrange(offset..<(offset + field.count), with: field) })
         expectFerryError(.bundleInvalid) { try skimAll(handBuilt(block)) }
     }
 
     @Test func octalFieldsMayUseSpacesAndFullWidth() throws {
-        let block = header(name: Array("a".utf8), size: 10, edit: {
-            $0.replaceSubrange(124..<136, with: Array("         12 ".utf8))  // 10, space-filled
-            $0.replaceSubrange(100..<108, with: Array("00000644".utf8))  // no terminator
-        })
+        let block = header(
+            name: Array("a".utf8), size: 10,
+            edit: {
+                $0.replaceSubrange(124..<136, with: Array("         12 ".utf8))  // 10, space-filled
+                $0.replaceSubrange(100..<108, with: Array("00000644".utf8))  // no terminator
+            })
         #expect(try skimAll(handBuilt(block)).map(\.size) == [10])
     }
 
@@ -350,10 +368,12 @@ import Testing
     }
 
     @Test func gnuMagicIsAcceptedWithoutAPrefix() throws {
-        let block = header(name: Array("gnu.bin".utf8), size: 10, edit: {
-            $0.replaceSubrange(257..<265, with: Array("ustar  ".utf8) + [0])
-            $0.replaceSubrange(345..<357, with: Array("14567654321\0".utf8))  // GNU atime, not a prefix
-        })
+        let block = header(
+            name: Array("gnu.bin".utf8), size: 10,
+            edit: {
+                $0.replaceSubrange(257..<265, with: Array("ustar  ".utf8) + [0])
+                $0.replaceSubrange(345..<357, with: Array("14567654321\0".utf8))  // GNU atime, not a prefix
+            })
         #expect(try skimAll(handBuilt(block)).map(\.name) == ["gnu.bin"])
     }
 
@@ -367,13 +387,17 @@ import Testing
         let ninetyEight = String(repeating: "v", count: 94)  // " k=" + 94 + "\n" = 98 bytes of body
         #expect(PaxRecord(key: "k", value: ninetyEight).encoded == Array("101 k=\(ninetyEight)\n".utf8))
         for length in 0..<1100 {
-            let record = PaxRecord(key: "path", value: String(repeating: "é", count: length / 2) + String(repeating: "x", count: length % 2))
+            let record = PaxRecord(
+                key: "path",
+                value: String(repeating: "é", count: length / 2) + String(repeating: "x", count: length % 2))
             let encoded = record.encoded
             let declared = Int(String(decoding: encoded.prefix(while: { $0 != UInt8(ascii: " ") }), as: UTF8.self))
             #expect(declared == encoded.count)
             #expect(try PaxRecord.decode(encoded) == [record])
         }
-        let several = [PaxRecord(key: "size", value: "12"), PaxRecord(key: "path", value: "a=b/c"), PaxRecord(key: "x", value: "")]
+        let several = [
+            PaxRecord(key: "size", value: "12"), PaxRecord(key: "path", value: "a=b/c"), PaxRecord(key: "x", value: ""),
+        ]
         #expect(try PaxRecord.decode(PaxRecord.encode(several)) == several)
         #expect(try PaxRecord.decode([]) == [])
     }
@@ -415,7 +439,9 @@ import Testing
         #expect(member.size == huge)
         #expect(member.offset == 1536)
         #expect(member.headerOffset == 0)
-        expectFerryError(.limitExceeded) { try TarReader(source: MemoryByteSource(bytes)).nextMember(maximumSize: 8 << 30) }
+        expectFerryError(.limitExceeded) {
+            try TarReader(source: MemoryByteSource(bytes)).nextMember(maximumSize: 8 << 30)
+        }
 
         // GNU tar lists it with its real size before running out of archive.
         try await withTemporaryDirectory { dir in
@@ -434,7 +460,9 @@ import Testing
     }
 
     /// An 'x' header followed by the member it describes, with `records` as its content.
-    func paxArchive(_ records: [UInt8], name: String = "data.bin", headerSize: Int64 = 5, contentSize: Int = 300) -> [UInt8] {
+    func paxArchive(_ records: [UInt8], name: String = "data.bin", headerSize: Int64 = 5, contentSize: Int = 300)
+        -> [UInt8]
+    {
         header(name: "PaxHeaders.0/data.bin", size: Int64(records.count), typeflag: UInt8(ascii: "x")) + padded(records)
             + header(name: name, size: headerSize) + padded(seededBytes(count: contentSize, seed: 3)) + endMarker
     }
@@ -486,9 +514,13 @@ import Testing
         let pax = header(name: "PaxHeaders/x", size: 12, typeflag: UInt8(ascii: "x"))
         expectFerryError(.bundleInvalid) { try skimAll(pax + record + endMarker) }
         expectFerryError(.bundleInvalid) {
-            try skimAll(pax + record + pax + record + header(name: "a", size: 300) + padded(seededBytes(count: 300, seed: 1)) + endMarker)
+            try skimAll(
+                pax + record + pax + record + header(name: "a", size: 300) + padded(seededBytes(count: 300, seed: 1))
+                    + endMarker)
         }
-        expectFerryError(.bundleInvalid) { try skimAll(pax + record + header(name: "a", typeflag: UInt8(ascii: "2")) + endMarker) }
+        expectFerryError(.bundleInvalid) {
+            try skimAll(pax + record + header(name: "a", typeflag: UInt8(ascii: "2")) + endMarker)
+        }
         // A global header is never accepted.
         let global = header(name: "PaxHeaders/g", size: 12, typeflag: UInt8(ascii: "g"))
         expectFerryError(.bundleInvalid) { try skimAll(global + record + header(name: "a") + endMarker) }
@@ -502,7 +534,10 @@ import Testing
     // MARK: - Truncation and the end of the archive
 
     func sampleArchive() throws -> [UInt8] {
-        try archive([("a", []), ("b", seededBytes(count: 700, seed: 1)), ("c", seededBytes(count: 1024, seed: 2)), ("d", [4, 5, 6])])
+        try archive([
+            ("a", []), ("b", seededBytes(count: 700, seed: 1)), ("c", seededBytes(count: 1024, seed: 2)),
+            ("d", [4, 5, 6]),
+        ])
     }
 
     @Test func cutsAtEveryBlockBoundaryAreTruncated() throws {
@@ -522,7 +557,10 @@ import Testing
         let bytes = try sampleArchive()
         let members = try readAll(bytes)
         let b = members[1].member  // 700 bytes at 1024, padding up to 2048
-        var cuts = [100, 511, Int(b.offset) + 1, Int(b.offset) + 350, Int(b.offset) + 699, Int(b.offset) + 700, Int(b.offset) + 710]
+        var cuts = [
+            100, 511, Int(b.offset) + 1, Int(b.offset) + 350, Int(b.offset) + 699, Int(b.offset) + 700,
+            Int(b.offset) + 710,
+        ]
         cuts += [bytes.count - 1024 + 100, bytes.count - 100, bytes.count - 1]
         for cut in cuts {
             let prefix = Array(bytes[..<cut])

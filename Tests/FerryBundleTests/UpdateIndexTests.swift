@@ -13,7 +13,8 @@ import Testing
             serial: 9, created: 1_780_000_000, expires: 1_790_000_000,
             entries: [
                 UpdateIndex.Entry(
-                    compatible: "board", version: SemanticVersion("1.2.0")!, securityVersion: 3, url: "delta-1.2.0.ferry", size: 4096,
+                    compatible: "board", version: SemanticVersion("1.2.0")!, securityVersion: 3,
+                    url: "delta-1.2.0.ferry", size: 4096,
                     sha256: digest, manifestSHA256: digest,
                     payloads: [
                         UpdateIndex.PayloadSummary(type: "delta", target: "rootfs", sourceSHA256: digest),
@@ -50,7 +51,9 @@ import Testing
     }
 
     @Test func anOversizedIndexIsRefusedBeforeParsing() {
-        expectFerryError(.limitExceeded) { _ = try UpdateIndex.parse([UInt8](repeating: 0x20, count: UpdateIndex.maximumSize + 1)) }
+        expectFerryError(.limitExceeded) {
+            _ = try UpdateIndex.parse([UInt8](repeating: 0x20, count: UpdateIndex.maximumSize + 1))
+        }
     }
 
     /// An entry binds one manifest: another one is refused by its hash, and a manifest that says
@@ -59,11 +62,14 @@ import Testing
     @Test func anEntryRefusesEveryOtherManifest() throws {
         let source = SHA256Hasher.hash([UInt8]("factory image".utf8))
         let manifest = Manifest(
-            compatible: "board", version: SemanticVersion("1.2.0")!, securityVersion: 3, buildTime: 1_780_000_000, expires: nil,
+            compatible: "board", version: SemanticVersion("1.2.0")!, securityVersion: 3, buildTime: 1_780_000_000,
+            expires: nil,
             description: nil, keyring: nil,
             payloads: [
                 Manifest.Payload(
-                    kind: .delta(Manifest.DeltaInfo(sourceSize: 1, sourceSHA256: source, targetSize: 1, targetSHA256: source, sourceChecks: [])),
+                    kind: .delta(
+                        Manifest.DeltaInfo(
+                            sourceSize: 1, sourceSHA256: source, targetSize: 1, targetSHA256: source, sourceChecks: [])),
                     target: "rootfs", member: "payload.0", compression: .none, size: 1, sha256: source, storedSize: 1,
                     chunkSize: 1 << 20, chunks: [])
             ])

@@ -16,12 +16,15 @@ import Testing
 
         init(_ dir: String, healthCheck: String? = nil, timeoutSeconds: Int = 5) throws {
             sandbox = try Sandbox.make(in: dir)
-            var object = try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+            var object =
+                try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal)
+                .objectValue ?? [:]
             object["appStore"] = .string("apps")
             var apps: [String: JSONValue] = ["keep": .number(2), "timeoutSeconds": .number(Double(timeoutSeconds))]
             if let healthCheck { apps["healthCheck"] = .string(healthCheck) }
             object["apps"] = .object(apps)
-            try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
+            try DurableFile.write(
+                String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
         }
 
         func ferry(_ arguments: [String]) throws -> Shell.Result {
@@ -34,8 +37,16 @@ import Testing
             try makeFile(file, bytes: bytes)
             var options = BundleWriter.Options(
                 compatible: "ferry-demo-x86_64", version: SemanticVersion("1.0.0")!,
-                images: [BundleWriter.Image(slotClass: name, path: file, app: Manifest.AppInfo(name: name, version: version, file: "\(name).pkg"))],
-                signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key")])
+                images: [
+                    BundleWriter.Image(
+                        slotClass: name, path: file,
+                        app: Manifest.AppInfo(name: name, version: version, file: "\(name).pkg"))
+                ],
+                signers: [
+                    BundleWriter.Signer(
+                        certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key"
+                    )
+                ])
             options.chunkSize = 1 << 20
             options.preset = 0
             try BundleWriter.create(options, output: output, logger: quietLogger)
@@ -47,9 +58,14 @@ import Testing
                 compatible: "ferry-demo-x86_64", version: SemanticVersion("1.0.0")!,
                 images: [
                     BundleWriter.Image(
-                        slotClass: name, path: archive, app: Manifest.AppInfo(name: name, version: version, file: "\(name).tar", unpack: true))
+                        slotClass: name, path: archive,
+                        app: Manifest.AppInfo(name: name, version: version, file: "\(name).tar", unpack: true))
                 ],
-                signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key")])
+                signers: [
+                    BundleWriter.Signer(
+                        certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key"
+                    )
+                ])
             options.chunkSize = 1 << 20
             options.preset = 0
             try BundleWriter.create(options, output: output, logger: quietLogger)
@@ -63,11 +79,14 @@ import Testing
         try await withTemporaryDirectory { dir in
             let device = try Device(dir)
             let environment = try device.ferry(["env", "list"]).output
-            let v1 = seededBytes(count: 300_000, seed: 1), v2 = seededBytes(count: 200_000, seed: 2)
+            let v1 = seededBytes(count: 300_000, seed: 1)
+            let v2 = seededBytes(count: 200_000, seed: 2)
             try device.bundle("nav", "1.0", v1, output: "\(dir)/nav-1.ferry")
             try device.bundle("nav", "2.0", v2, output: "\(dir)/nav-2.ferry")
             let first = try device.ferry(["install", "\(dir)/nav-1.ferry"])
-            #expect(first.status == 0 && first.output.contains("Installed and activated nav 1.0 (no reboot needed)"), "\(first.output)")
+            #expect(
+                first.status == 0 && first.output.contains("Installed and activated nav 1.0 (no reboot needed)"),
+                "\(first.output)")
             #expect(device.current("nav") == "1.0")
             #expect(try device.active("nav") == v1)
             #expect(try device.ferry(["install", "\(dir)/nav-2.ferry"]).status == 0)
@@ -79,10 +98,16 @@ import Testing
             #expect(rollback.status == 0 && rollback.output.contains("from 2.0 to 1.0"), "\(rollback.output)")
             #expect(device.current("nav") == "1.0")
             #expect(try device.active("nav") == v1)
-            let status = try JSONValue.parse(Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
+            let status = try JSONValue.parse(
+                Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
             #expect(
                 status.objectValue?["apps"]
-                    == .array([.object(["name": .string("nav"), "current": .string("1.0"), "previous": .string("2.0"), "versions": .array([.string("1.0"), .string("2.0")])])]))
+                    == .array([
+                        .object([
+                            "name": .string("nav"), "current": .string("1.0"), "previous": .string("2.0"),
+                            "versions": .array([.string("1.0"), .string("2.0")]),
+                        ])
+                    ]))
             // No slot, no group switch, no boot environment change.
             #expect(try device.ferry(["env", "list"]).output == environment)
         }
@@ -94,7 +119,8 @@ import Testing
             let script = "\(dir)/check.sh"
             let device = try Device(dir, healthCheck: script, timeoutSeconds: 1)
             try DurableFile.write(
-                "#!/bin/sh\n[ \"$FERRY_APP_VERSION\" = 2.0 ] || exit 0\n\(mode == "fail" ? "exit 7" : "sleep 30")\n", to: script)
+                "#!/bin/sh\n[ \"$FERRY_APP_VERSION\" = 2.0 ] || exit 0\n\(mode == "fail" ? "exit 7" : "sleep 30")\n",
+                to: script)
             try Shell.check(["chmod", "+x", script])
             try device.bundle("nav", "0.9", seededBytes(count: 1000, seed: 0), output: "\(dir)/nav-0.ferry")
             try device.bundle("nav", "1.0", seededBytes(count: 1000, seed: 1), output: "\(dir)/nav-1.ferry")
@@ -103,7 +129,11 @@ import Testing
             #expect(try device.ferry(["install", "\(dir)/nav-1.ferry"]).status == 0)
             let bad = try device.ferry(["install", "\(dir)/nav-2.ferry"])
             #expect(bad.status == FerryError.Code.healthCheckFailed.exitStatus, "\(bad.output)")
-            #expect(bad.output.contains(mode == "fail" ? "failed with status 7; switched back to 1.0" : "timed out after 1 s; switched back to 1.0"), "\(bad.output)")
+            #expect(
+                bad.output.contains(
+                    mode == "fail"
+                        ? "failed with status 7; switched back to 1.0" : "timed out after 1 s; switched back to 1.0"),
+                "\(bad.output)")
             // Both links as before the install: a later rollback must not return to the failed build.
             #expect(device.current("nav") == "1.0")
             #expect(FileSystem.linkTarget("\(device.store)/nav/previous") == "0.9")
@@ -130,14 +160,17 @@ import Testing
             try makeFile("\(app)/.current.tmp-4243", bytes: [1, 2, 3])
             let list = try device.ferry(["apps", "list"])
             #expect(list.output == "nav: active 1.0, previous none, installed 1.0\n", "\(list.output)")
-            let status = try JSONValue.parse(Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
+            let status = try JSONValue.parse(
+                Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
             guard case .array(let apps)? = status.objectValue?["apps"] else {
                 Issue.record("status --json has no apps: \(status)")
                 return
             }
             #expect(apps.first?.objectValue?["versions"] == .array([.string("1.0")]), "\(status)")
 
-            let result = command == "install" ? try device.ferry(["install", "\(dir)/map-1.ferry"]) : try device.ferry(["boot-check"])
+            let result =
+                command == "install"
+                ? try device.ferry(["install", "\(dir)/map-1.ferry"]) : try device.ferry(["boot-check"])
             #expect(result.status == 0, "\(result.output)")
             #expect(FileSystem.entries(app).sorted() == ["1.0", "current"], "\(FileSystem.entries(app))")
         }
@@ -149,7 +182,9 @@ import Testing
             try device.bundle("nav", "1.0", seededBytes(count: 1000, seed: 1), output: "\(dir)/nav-1.ferry")
             let result = try device.ferry(["install", "\(dir)/nav-1.ferry"])
             #expect(result.status == FerryError.Code.healthCheckFailed.exitStatus, "\(result.output)")
-            #expect(result.output.contains("could not run (") && result.output.contains("deactivated (no earlier version)"), "\(result.output)")
+            #expect(
+                result.output.contains("could not run (") && result.output.contains("deactivated (no earlier version)"),
+                "\(result.output)")
             #expect(device.current("nav") == nil)
             // Nothing to return to: its own exit status, one line.
             let rollback = try device.ferry(["apps", "rollback", "nav"])
@@ -180,7 +215,8 @@ import Testing
     @Test func aKilledInstallLeavesAWholeVersionActive() async throws {
         try await withTemporaryDirectory { dir in
             let device = try Device(dir)
-            let old = seededBytes(count: 1 << 20, seed: 3), new = seededBytes(count: 24 << 20, seed: 4)
+            let old = seededBytes(count: 1 << 20, seed: 3)
+            let new = seededBytes(count: 24 << 20, seed: 4)
             try device.bundle("map", "1.0", old, output: "\(dir)/map-1.ferry")
             try device.bundle("map", "2.0", new, output: "\(dir)/map-2.ferry")
             #expect(try device.ferry(["install", "\(dir)/map-1.ferry"]).status == 0)

@@ -16,7 +16,9 @@ import Testing
             ["\(TestEnvironment.packageRoot)/tools/sandbox-boot", sandbox.directory] + (fail ? ["--fail"] : []),
             environment: ["FERRY": TestEnvironment.ferryBinary])
         #expect(result.status == 0, "sandbox-boot: \(result.output)")
-        return result.output.split(separator: "\n").first { $0.hasPrefix("booted group ") }.map { String($0.dropFirst(13)) } ?? ""
+        return result.output.split(separator: "\n").first { $0.hasPrefix("booted group ") }.map {
+            String($0.dropFirst(13))
+        } ?? ""
     }
 
     func status(_ sandbox: Sandbox) throws -> StatusReport {
@@ -136,7 +138,9 @@ import Testing
             try DurableFile.write("\(dir)/missing.env 0x0 0x4000\n", to: "\(dir)/missing.config")
             try expectFailure(["env", "set", "--uboot-config", "\(dir)/missing.config", "a=1"], status: 80)
             // GRUB block of the wrong size, and with the wrong signature.
-            try makeFile("\(dir)/small.grubenv", bytes: Array("# GRUB Environment Block\n".utf8) + [UInt8](repeating: 35, count: 500))
+            try makeFile(
+                "\(dir)/small.grubenv",
+                bytes: Array("# GRUB Environment Block\n".utf8) + [UInt8](repeating: 35, count: 500))
             try expectFailure(["env", "set", "--grub", "\(dir)/small.grubenv", "a=1"], status: 80)
             try makeFile("\(dir)/unsigned.grubenv", bytes: [UInt8](repeating: 35, count: 1024))
             try expectFailure(["env", "set", "--grub", "\(dir)/unsigned.grubenv", "a=1"], status: 80)
@@ -154,10 +158,14 @@ import Testing
     @Test func environmentLocationsGivenInTheConfiguration() async throws {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
-            let offset = try PartitionTable.read(sandbox.diskPath).partition(.partitionLabel("boot"), disk: sandbox.diskPath).startOffset
+            let offset = try PartitionTable.read(sandbox.diskPath).partition(
+                .partitionLabel("boot"), disk: sandbox.diskPath
+            ).startOffset
             try editConfiguration(
                 sandbox, replacing: "\"fwEnvConfig\": \"fw_env.config\"",
-                with: "\"environment\": [{\"device\": \"disk.img\", \"offset\": \(offset), \"size\": 16384}, {\"device\": \"disk.img\", \"offset\": \(offset + 16384), \"size\": 16384}]")
+                with:
+                    "\"environment\": [{\"device\": \"disk.img\", \"offset\": \(offset), \"size\": 16384}, {\"device\": \"disk.img\", \"offset\": \(offset + 16384), \"size\": 16384}]"
+            )
             #expect(try ferry(["mark", "active", "B", "--config", sandbox.configurationPath]).status == 0)
             // fw_printenv, reading through the sandbox's fw_env.config, sees the same environment.
             #expect(try Shell.check(["fw_printenv", "-c", "\(dir)/fw_env.config", "BOOT_ORDER"]) == "BOOT_ORDER=B A\n")

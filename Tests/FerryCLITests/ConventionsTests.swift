@@ -18,22 +18,37 @@ import Testing
             #expect(after.status == 0, "\(after.output)")
             for arguments in [
                 ["--config", config, "status", "--json"], ["--config=\(config)", "status", "--json"],
-                ["--verbose", "--config", config, "status", "--json"], ["--config", config, "--verbose", "status", "--json"],
+                ["--verbose", "--config", config, "status", "--json"],
+                ["--config", config, "--verbose", "status", "--json"],
             ] {
                 let result = try Shell.run([TestEnvironment.ferryBinary] + arguments)
                 #expect(result.status == 0, "\(arguments): \(result.output)")
                 #expect(result.output.hasSuffix(after.output), "\(arguments): \(result.output)")
             }
             // Nested subcommands, and $FERRY_CONFIG instead.
-            #expect(try Shell.run([TestEnvironment.ferryBinary, "--config", config, "env", "get", "BOOT_ORDER"]).output == "A B\n")
-            #expect(try Shell.run([TestEnvironment.ferryBinary, "env", "get", "BOOT_ORDER"], environment: ["FERRY_CONFIG": config]).output == "A B\n")
+            #expect(
+                try Shell.run([TestEnvironment.ferryBinary, "--config", config, "env", "get", "BOOT_ORDER"]).output
+                    == "A B\n")
+            #expect(
+                try Shell.run(
+                    [TestEnvironment.ferryBinary, "env", "get", "BOOT_ORDER"], environment: ["FERRY_CONFIG": config]
+                ).output == "A B\n")
             // A host command has no configuration, but --verbose goes anywhere.
             try sandbox.makeUpdateBundle(in: dir)
-            #expect(try Shell.run([TestEnvironment.ferryBinary, "--verbose", "bundle", "info", "\(dir)/update.ferry"]).status == 0)
-            #expect(try Shell.run([TestEnvironment.ferryBinary, "bundle", "info", "\(dir)/update.ferry", "--verbose"]).status == 0)
+            #expect(
+                try Shell.run([TestEnvironment.ferryBinary, "--verbose", "bundle", "info", "\(dir)/update.ferry"])
+                    .status == 0)
+            #expect(
+                try Shell.run([TestEnvironment.ferryBinary, "bundle", "info", "\(dir)/update.ferry", "--verbose"])
+                    .status == 0)
             // A wrong option stays a usage error (exit 2) wherever it is.
-            #expect(try Shell.run([TestEnvironment.ferryBinary, "--config", config, "status", "--no-such-option"]).status == 2)
-            #expect(try Shell.run([TestEnvironment.ferryBinary, "--config", config, "bundle", "info", "\(dir)/update.ferry"]).status == 2)
+            #expect(
+                try Shell.run([TestEnvironment.ferryBinary, "--config", config, "status", "--no-such-option"]).status
+                    == 2)
+            #expect(
+                try Shell.run([
+                    TestEnvironment.ferryBinary, "--config", config, "bundle", "info", "\(dir)/update.ferry",
+                ]).status == 2)
         }
     }
 
@@ -45,19 +60,26 @@ import Testing
             try sandbox.makeUpdateBundle(in: dir)
             let pki = "\(sandbox.directory)/pki"
             let index = try Shell.run([
-                TestEnvironment.ferryBinary, "bundle", "index", "-o", "\(dir)/index.json", "--serial", "1", "--cert", "\(pki)/signer1.pem",
+                TestEnvironment.ferryBinary, "bundle", "index", "-o", "\(dir)/index.json", "--serial", "1", "--cert",
+                "\(pki)/signer1.pem",
                 "--key", "\(pki)/signer1.key", "--expires", "2021-01-01T00:00:00Z", "\(dir)/update.ferry",
             ])
             #expect(index.status == FerryError.Code.expired.exitStatus, "\(index.output)")
-            #expect(index.output.hasPrefix("ferry: error: the update index expired at 2021-01-01T00:00:00Z (trusted time "), "\(index.output)")
+            #expect(
+                index.output.hasPrefix("ferry: error: the update index expired at 2021-01-01T00:00:00Z (trusted time "),
+                "\(index.output)")
             #expect(!TextFile.exists("\(dir)/index.json") && !TextFile.exists("\(dir)/index.json.1.p7s"))
             let bundle = try Shell.run([
-                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.1.0",
-                "--cert", "\(pki)/signer1.pem", "--key", "\(pki)/signer1.key", "--image", "tee=\(sandbox.directory)/images/factory-tee.img",
+                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version",
+                "1.1.0",
+                "--cert", "\(pki)/signer1.pem", "--key", "\(pki)/signer1.key", "--image",
+                "tee=\(sandbox.directory)/images/factory-tee.img",
                 "--expires", "2021-01-01T00:00:00Z", "-o", "\(dir)/expired.ferry",
             ])
             #expect(bundle.status == FerryError.Code.expired.exitStatus, "\(bundle.output)")
-            #expect(bundle.output.hasPrefix("ferry: error: the bundle expired at 2021-01-01T00:00:00Z (trusted time "), "\(bundle.output)")
+            #expect(
+                bundle.output.hasPrefix("ferry: error: the bundle expired at 2021-01-01T00:00:00Z (trusted time "),
+                "\(bundle.output)")
             #expect(!TextFile.exists("\(dir)/expired.ferry"))
         }
     }
@@ -100,7 +122,9 @@ extension ConventionsTests {
             for sub in type.configuration.subcommands {
                 let help = FerryCommand.helpText(for: path + [sub._commandName], columns: 200)
                 if sub.configuration.subcommands.isEmpty {
-                    #expect(help.contains("--config <system.json>") == GlobalOptions.acceptsGlobalOptions(sub), "\(path + [sub._commandName])")
+                    #expect(
+                        help.contains("--config <system.json>") == GlobalOptions.acceptsGlobalOptions(sub),
+                        "\(path + [sub._commandName])")
                     checked += 1
                 }
                 walk(sub, path + [sub._commandName])
@@ -119,7 +143,9 @@ extension ConventionsTests {
         var documented: [String: Int32] = [:]
         for line in text.split(separator: "\n") where line.hasPrefix("| ") {
             let cells = line.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingSpaces }
-            guard cells.count > 3, let status = Int32(cells[1]), cells[2].hasPrefix("`"), cells[2].hasSuffix("`") else { continue }
+            guard cells.count > 3, let status = Int32(cells[1]), cells[2].hasPrefix("`"), cells[2].hasSuffix("`") else {
+                continue
+            }
             let name = String(cells[2].dropFirst().dropLast())
             #expect(documented[name] == nil, "\(name) is listed twice")
             documented[name] = status

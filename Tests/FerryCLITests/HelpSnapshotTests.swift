@@ -10,8 +10,11 @@ import Testing
 /// then review the diff of Tests/FerryCLITests/Snapshots/.
 @Suite struct HelpSnapshotTests {
     static let commands: [[String]] = [
-        [], ["status"], ["install"], ["write-slot"], ["mark"], ["boot-check"], ["env"], ["env", "list"], ["env", "get"], ["env", "set"],
-        ["env", "unset"], ["bundle"], ["bundle", "create"], ["bundle", "info"], ["bundle", "verify"], ["bundle", "index"], ["check"], ["update"], ["apps"], ["apps", "list"], ["apps", "rollback"], ["settings"], ["settings", "list"], ["settings", "rollback"], ["pin"], ["delta"], ["delta", "create"], ["delta", "apply"],
+        [], ["status"], ["install"], ["write-slot"], ["mark"], ["boot-check"], ["env"], ["env", "list"],
+        ["env", "get"], ["env", "set"],
+        ["env", "unset"], ["bundle"], ["bundle", "create"], ["bundle", "info"], ["bundle", "verify"],
+        ["bundle", "index"], ["check"], ["update"], ["apps"], ["apps", "list"], ["apps", "rollback"], ["settings"],
+        ["settings", "list"], ["settings", "rollback"], ["pin"], ["delta"], ["delta", "create"], ["delta", "apply"],
     ]
 
     @Test(arguments: commands)

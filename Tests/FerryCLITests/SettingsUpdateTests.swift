@@ -16,12 +16,17 @@ import Testing
 
         init(_ dir: String, healthCheck: String? = nil) throws {
             sandbox = try Sandbox.make(in: dir)
-            var object = try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+            var object =
+                try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal)
+                .objectValue ?? [:]
             object["settingsStore"] = .string("settings")
-            var settings: [String: JSONValue] = ["schemas": .object(["region.xml": .string("region.xsd")]), "timeoutSeconds": .number(1)]
+            var settings: [String: JSONValue] = [
+                "schemas": .object(["region.xml": .string("region.xsd")]), "timeoutSeconds": .number(1),
+            ]
             if let healthCheck { settings["healthCheck"] = .string(healthCheck) }
             object["settings"] = .object(settings)
-            try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
+            try DurableFile.write(
+                String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
             try DurableFile.write(
                 """
                 <?xml version="1.0"?>
@@ -41,7 +46,8 @@ import Testing
             let file = "\(output).payload"
             try DurableFile.write(text, to: file)
             var arguments = [
-                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.0",
+                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version",
+                "1.0.0",
                 "--cert", "\(sandbox.directory)/pki/signer1.pem", "--key", "\(sandbox.directory)/pki/signer1.key",
                 "--settings", "\(name)=\(file)", "-o", output,
             ]
@@ -58,9 +64,14 @@ import Testing
                 compatible: "ferry-demo-x86_64", version: SemanticVersion("1.0.0")!,
                 images: [
                     BundleWriter.Image(
-                        slotClass: name, path: file, settings: Manifest.SettingsInfo(name: name, format: format, mergePatch: mergePatch))
+                        slotClass: name, path: file,
+                        settings: Manifest.SettingsInfo(name: name, format: format, mergePatch: mergePatch))
                 ],
-                signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key")])
+                signers: [
+                    BundleWriter.Signer(
+                        certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key"
+                    )
+                ])
             options.chunkSize = 1 << 20
             try BundleWriter.create(options, output: output, logger: quietLogger)
         }
@@ -70,21 +81,34 @@ import Testing
             return try ferry(["install", "\(dir)/settings.ferry"])
         }
 
-        func active(_ name: String) throws -> String { String(decoding: try readFile("\(store)/\(name)"), as: UTF8.self) }
+        func active(_ name: String) throws -> String {
+            String(decoding: try readFile("\(store)/\(name)"), as: UTF8.self)
+        }
     }
 
     @Test func jsonReplacedMergePatchedAndRolledBack() async throws {
         try await withTemporaryDirectory { dir in
             let device = try Device(dir)
-            let first = try device.install("carrier.json", #"{"apn": "internet", "mtu": 1500, "roaming": true}"#, dir: dir)
+            let first = try device.install(
+                "carrier.json", #"{"apn": "internet", "mtu": 1500, "roaming": true}"#, dir: dir)
             #expect(first.status == 0 && first.output.contains("settings carrier.json"), "\(first.output)")
-            let patched = try device.install("carrier.json", #"{"mtu": 1400, "roaming": null, "ims": {"enabled": true}}"#, mergePatch: true, dir: dir)
+            let patched = try device.install(
+                "carrier.json", #"{"mtu": 1400, "roaming": null, "ims": {"enabled": true}}"#, mergePatch: true, dir: dir
+            )
             #expect(patched.status == 0, "\(patched.output)")
-            let value = try JSONValue.parse(try readFile("\(device.store)/carrier.json"), what: "carrier", code: .internal)
-            #expect(value == .object(["apn": .string("internet"), "mtu": .number(1400), "ims": .object(["enabled": .bool(true)])]))
+            let value = try JSONValue.parse(
+                try readFile("\(device.store)/carrier.json"), what: "carrier", code: .internal)
+            #expect(
+                value
+                    == .object([
+                        "apn": .string("internet"), "mtu": .number(1400), "ims": .object(["enabled": .bool(true)]),
+                    ]))
             #expect(try device.ferry(["settings", "list"]).output == "carrier.json (previous version kept)\n")
-            let status = try JSONValue.parse(Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
-            #expect(status.objectValue?["settings"] == .array([.object(["name": .string("carrier.json"), "previousKept": .bool(true)])]))
+            let status = try JSONValue.parse(
+                Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
+            #expect(
+                status.objectValue?["settings"]
+                    == .array([.object(["name": .string("carrier.json"), "previousKept": .bool(true)])]))
             #expect(try device.ferry(["settings", "rollback", "carrier.json"]).status == 0)
             #expect(try device.active("carrier.json").contains("\"roaming\""))
         }
@@ -94,12 +118,26 @@ import Testing
     /// not check), and, where no device configuration is needed to know it (everything but the
     /// XSD), already by `ferry bundle create`, with the device's own message.
     @Test(arguments: [
-        ("malformed JSON", "carrier.json", "json", "{\n  \"apn\": \"internet\",\n  \"mtu\": 1400,,\n}", false, "settings 'carrier.json' is not valid JSON: line 3, column 15: expected a key in double quotes, found ','", true),
-        ("truncated JSON", "carrier.json", "json", #"{"apn": "#, false, "settings 'carrier.json' is not valid JSON: line 1, column 9: the document ends where a value was expected", true),
-        ("malformed XML", "region.xml", "xml", "<region code='eu'>", false, "settings 'region.xml' is not well-formed XML", true),
+        (
+            "malformed JSON", "carrier.json", "json", "{\n  \"apn\": \"internet\",\n  \"mtu\": 1400,,\n}", false,
+            "settings 'carrier.json' is not valid JSON: line 3, column 15: expected a key in double quotes, found ','",
+            true
+        ),
+        (
+            "truncated JSON", "carrier.json", "json", #"{"apn": "#, false,
+            "settings 'carrier.json' is not valid JSON: line 1, column 9: the document ends where a value was expected",
+            true
+        ),
+        (
+            "malformed XML", "region.xml", "xml", "<region code='eu'>", false,
+            "settings 'region.xml' is not well-formed XML", true
+        ),
         ("XML that fails its XSD", "region.xml", "xml", "<region/>", false, nil, false),
         // (`ferry bundle create --merge-patch` applies to JSON documents only: this one is XML to it.)
-        ("a merge patch against XML", "region.xml", "xml", #"{"code": "us"}"#, true, "settings 'region.xml' is not well-formed XML", false),
+        (
+            "a merge patch against XML", "region.xml", "xml", #"{"code": "us"}"#, true,
+            "settings 'region.xml' is not well-formed XML", false
+        ),
         // (On the device, the payload's member name, made of the settings name, is refused first.)
         ("a name with a slash", "a/b.json", "json", "{}", false, "settings name 'a/b.json' is not a plain name", false),
         ("a name with dots", "..", "json", "{}", false, "settings name '..' is not a plain name", false),
@@ -113,13 +151,18 @@ import Testing
             #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
             #expect(try device.install("region.xml", "<region code='eu'/>", dir: dir).status == 0)
             let before = FileSystem.entries(device.store).sorted()
-            let carrier = try device.active("carrier.json"), region = try device.active("region.xml")
+            let carrier = try device.active("carrier.json")
+            let region = try device.active("region.xml")
 
             var deviceError: String?
-            if case .success = Result(catching: { try device.libraryBundle(name, text, format: format, mergePatch: mergePatch, output: "\(dir)/bad.ferry") }) {
+            if case .success = Result(catching: {
+                try device.libraryBundle(name, text, format: format, mergePatch: mergePatch, output: "\(dir)/bad.ferry")
+            }) {
                 let result = try device.ferry(["install", "\(dir)/bad.ferry"])
                 #expect(result.status == FerryError.Code.bundleInvalid.exitStatus, "\(what): \(result.output)")
-                #expect(result.output.hasPrefix("ferry: error: ") && result.output.split(separator: "\n").count == 1, "\(what): \(result.output)")
+                #expect(
+                    result.output.hasPrefix("ferry: error: ") && result.output.split(separator: "\n").count == 1,
+                    "\(what): \(result.output)")
                 deviceError = result.output
             }
             #expect(FileSystem.entries(device.store).sorted() == before, "\(what)")
@@ -129,8 +172,10 @@ import Testing
             let file = "\(dir)/document.\(format)"
             try DurableFile.write(text, to: file)
             var arguments = [
-                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.0",
-                "--cert", "\(device.sandbox.directory)/pki/signer1.pem", "--key", "\(device.sandbox.directory)/pki/signer1.key",
+                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version",
+                "1.0.0",
+                "--cert", "\(device.sandbox.directory)/pki/signer1.pem", "--key",
+                "\(device.sandbox.directory)/pki/signer1.key",
                 "--settings", "\(name)=\(file)", "-o", "\(dir)/host.ferry",
             ]
             if mergePatch { arguments.append("--merge-patch") }
@@ -138,7 +183,9 @@ import Testing
             if let hostRefusal {
                 #expect(host.status == FerryError.Code.bundleInvalid.exitStatus, "\(what): \(host.output)")
                 #expect(host.output.hasPrefix("ferry: error: \(hostRefusal)"), "\(what): \(host.output)")
-                if let deviceError, sameMessage { #expect(deviceError == host.output, "\(what): the device and the host say it differently") }
+                if let deviceError, sameMessage {
+                    #expect(deviceError == host.output, "\(what): the device and the host say it differently")
+                }
             } else {
                 #expect(host.status == 0, "\(what): the host cannot know the device's XSD: \(host.output)")
             }
@@ -157,7 +204,8 @@ import Testing
             let list = try device.ferry(["settings", "list"])
             #expect(list.output == "carrier.json\n", "\(list.output)")
             #expect(try device.ferry(["boot-check"]).status == 0)
-            #expect(FileSystem.entries(device.store).sorted() == ["carrier.json"], "\(FileSystem.entries(device.store))")
+            #expect(
+                FileSystem.entries(device.store).sorted() == ["carrier.json"], "\(FileSystem.entries(device.store))")
         }
     }
 
@@ -179,7 +227,9 @@ import Testing
             let device = try Device(dir, healthCheck: "\(dir)/no-such-check")
             let result = try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir)
             #expect(result.status == FerryError.Code.healthCheckFailed.exitStatus, "\(result.output)")
-            #expect(result.output.contains("could not run (") && result.output.contains("removed (no earlier version)"), "\(result.output)")
+            #expect(
+                result.output.contains("could not run (") && result.output.contains("removed (no earlier version)"),
+                "\(result.output)")
             #expect(!TextFile.exists("\(device.store)/carrier.json"))
         }
     }
@@ -231,7 +281,8 @@ import Testing
             try Shell.check(["chmod", "+x", script])
             #expect(try device.install("carrier.json", #"{"apn": "internet"}"#, dir: dir).status == 0)
             try device.bundle("carrier.json", #"{"apn": "slow"}"#, output: "\(dir)/slow.ferry")
-            let process = try SpawnedProcess([TestEnvironment.ferryBinary, "install", "\(dir)/slow.ferry"] + device.config)
+            let process = try SpawnedProcess(
+                [TestEnvironment.ferryBinary, "install", "\(dir)/slow.ferry"] + device.config)
             // Wait until the new document is active and its (slow) health check runs, then cut.
             for _ in 0..<100 where try device.active("carrier.json") != #"{"apn": "slow"}"# { sleepSeconds(0.02) }
             #expect(try device.active("carrier.json") == #"{"apn": "slow"}"#)

@@ -10,6 +10,8 @@ import Testing
             {"compatible": "x", "compatible": "y", "bootloader": {"type": "grub", "grubenv": "g"},
              "slots": {"a": {"class": "rootfs", "bootname": "A", "device": "a.img"}, "b": {"class": "rootfs", "bootname": "B", "device": "b.img"}}}
             """
-        expectFerryError(.configurationInvalid) { try SystemConfiguration.parse(Array(text.utf8), path: "/tmp/system.json") }
+        expectFerryError(.configurationInvalid) {
+            try SystemConfiguration.parse(Array(text.utf8), path: "/tmp/system.json")
+        }
     }
 }

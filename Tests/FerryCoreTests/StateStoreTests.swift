@@ -1,8 +1,9 @@
-@testable import FerryCore
 import FerryJSON
 import FerrySystem
 import FerryTestSupport
 import Testing
+
+@testable import FerryCore
 
 /// The state directory: `slots.json` records, the sandbox `booted` file and the global lock.
 @Suite struct StateStoreTests {
@@ -229,22 +230,28 @@ import Testing
 /// nested) is read, changed through the record, written, and the unknown keys are still there.
 @Suite struct StateRecordsKeepUnknownKeysTests {
     static func roundTrip(
-        _ file: String, _ text: String, through change: (StateStore) throws -> Void, sourceLocation: SourceLocation = #_sourceLocation
+        _ file: String, _ text: String, through change: (StateStore) throws -> Void,
+        sourceLocation: SourceLocation = #_sourceLocation
     ) async throws {
         try await withTemporaryDirectory { dir in
             try makeFile("\(dir)/\(file)", bytes: Array(text.utf8))
             try change(StateStore(directory: dir))
             let written = String(decoding: try readFile("\(dir)/\(file)"), as: UTF8.self)
-            #expect(written.contains("\"fromTheFuture\""), "\(file) lost a top-level key: \(written)", sourceLocation: sourceLocation)
+            #expect(
+                written.contains("\"fromTheFuture\""), "\(file) lost a top-level key: \(written)",
+                sourceLocation: sourceLocation)
             if text.contains("\"nestedFuture\"") {
-                #expect(written.contains("\"nestedFuture\""), "\(file) lost a nested key: \(written)", sourceLocation: sourceLocation)
+                #expect(
+                    written.contains("\"nestedFuture\""), "\(file) lost a nested key: \(written)",
+                    sourceLocation: sourceLocation)
             }
         }
     }
 
     @Test func theInstallJournal() async throws {
         try await Self.roundTrip(
-            "install.json", #"{"formatVersion": 1, "manifestSha256": "ab", "target": "B", "bundle": "b.ferry", "fromTheFuture": [1]}"#
+            "install.json",
+            #"{"formatVersion": 1, "manifestSha256": "ab", "target": "B", "bundle": "b.ferry", "fromTheFuture": [1]}"#
         ) { store in
             var journal = try #require(store.installJournal())
             journal.completed.append("rootfs_b")
@@ -264,7 +271,8 @@ import Testing
     }
 
     @Test func theBootState() async throws {
-        try await Self.roundTrip("boot.json", #"{"formatVersion": 1, "pending": "B", "fromTheFuture": {"a": 1}}"#) { store in
+        try await Self.roundTrip("boot.json", #"{"formatVersion": 1, "pending": "B", "fromTheFuture": {"a": 1}}"#) {
+            store in
             var state = try store.bootState()
             state.pending = nil
             try store.setBootState(state)
@@ -273,7 +281,8 @@ import Testing
 
     @Test func theSlotRecords() async throws {
         try await Self.roundTrip(
-            "slots.json", #"{"formatVersion": 1, "fromTheFuture": 1, "slots": {"rootfs_a": {"sha256": "ab", "nestedFuture": 2}}}"#
+            "slots.json",
+            #"{"formatVersion": 1, "fromTheFuture": 1, "slots": {"rootfs_a": {"sha256": "ab", "nestedFuture": 2}}}"#
         ) { store in
             var record = try #require(try store.slotRecords()["rootfs_a"])
             record.version = "1.2.0"
@@ -282,7 +291,8 @@ import Testing
     }
 
     @Test func theTrustRecord() async throws {
-        try await Self.roundTrip("trust.json", #"{"formatVersion": 1, "securityFloor": 1, "fromTheFuture": "x"}"#) { store in
+        try await Self.roundTrip("trust.json", #"{"formatVersion": 1, "securityFloor": 1, "fromTheFuture": "x"}"#) {
+            store in
             try store.raiseSecurityFloor(to: 2)
         }
     }
@@ -322,13 +332,16 @@ import Testing
         ]
         try await withTemporaryDirectory { dir in
             let store = StateStore(directory: dir)
-            try makeFile(store.path(file), bytes: Array(#"{"formatVersion": 7, "fromTheFuture": 1, \#(bodies[file]!)}"#.utf8))
+            try makeFile(
+                store.path(file), bytes: Array(#"{"formatVersion": 7, "fromTheFuture": 1, \#(bodies[file]!)}"#.utf8))
             switch file {
             case .slots: try store.setSlotRecord(InstalledSlotRecord(version: "1"), for: "rootfs_a")
             case .boot: try store.setBootState(try store.bootState())
             case .trust: try store.raiseSecurityFloor(to: 5)
             case .installJournal: try store.setInstallJournal(try #require(store.installJournal()))
-            default: try store.setGroupParts(try #require(try store.groupParts()))
+            default:
+                let parts: GroupParts = try #require(try store.groupParts())
+                try store.setGroupParts(parts)
             }
             let root = try StateStoreTests().rawObject(store.path(file))
             #expect(root["formatVersion"] == .number(7))

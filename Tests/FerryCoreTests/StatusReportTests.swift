@@ -1,8 +1,8 @@
 import FerryCore
 import FerryCrypto
+import FerryJSON
 import FerrySystem
 import FerryTestSupport
-import FerryJSON
 import Testing
 
 /// `ferry status` as data, gathered from a make-test-disk sandbox.

@@ -33,7 +33,8 @@ import Testing
         options.preset = 1
         var delta: [UInt8] = []
         let statistics = try DeltaGenerator(
-            source: try BlockDevice.openForReading("\(directory)/old.img"), target: try BlockDevice.openForReading("\(directory)/new.img"),
+            source: try BlockDevice.openForReading("\(directory)/old.img"),
+            target: try BlockDevice.openForReading("\(directory)/new.img"),
             options: options
         ).create { (bytes) throws(FerryError) in delta += bytes }
         #expect(statistics.deltaBytes == Int64(delta.count))
@@ -42,7 +43,8 @@ import Testing
 
     static func apply(_ delta: [UInt8], source: String) throws -> [UInt8] {
         let input = MemoryByteSource(delta)
-        let applier = try DeltaApplier(delta: input, source: try BlockDevice.openForReading(source), sourceName: "the source")
+        let applier = try DeltaApplier(
+            delta: input, source: try BlockDevice.openForReading(source), sourceName: "the source")
         var output: [UInt8] = []
         try applier.verifySource()
         try applier.apply(from: input) { (offset, bytes, _) throws(FerryError) in
@@ -69,18 +71,21 @@ import Testing
             try makeFile("\(directory)/new.img", bytes: target)
             let ferry = TestEnvironment.ferryBinary
             let created = try Shell.run([
-                ferry, "delta", "create", "--from", "\(directory)/old.img", "--to", "\(directory)/new.img", "-o", "\(directory)/d.delta",
+                ferry, "delta", "create", "--from", "\(directory)/old.img", "--to", "\(directory)/new.img", "-o",
+                "\(directory)/d.delta",
             ])
             #expect(created.status == 0, "\(created.output)")
             let applied = try Shell.run([
-                ferry, "delta", "apply", "--from", "\(directory)/old.img", "--delta", "\(directory)/d.delta", "-o", "\(directory)/out.img",
+                ferry, "delta", "apply", "--from", "\(directory)/old.img", "--delta", "\(directory)/d.delta", "-o",
+                "\(directory)/out.img",
             ])
             #expect(applied.status == 0, "\(applied.output)")
             #expect(try readFile("\(directory)/out.img") == target)
             // A wrong source: a clear error, no output file.
             try makeFile("\(directory)/other.img", bytes: seededBytes(count: source.count, seed: 99))
             let wrong = try Shell.run([
-                ferry, "delta", "apply", "--from", "\(directory)/other.img", "--delta", "\(directory)/d.delta", "-o", "\(directory)/bad.img",
+                ferry, "delta", "apply", "--from", "\(directory)/other.img", "--delta", "\(directory)/d.delta", "-o",
+                "\(directory)/bad.img",
             ])
             #expect(wrong.status == FerryError.Code.sourceMismatch.exitStatus, "\(wrong.output)")
             #expect(wrong.output.hasPrefix("ferry: error: delta needs source"))
@@ -126,18 +131,21 @@ import Testing
         try makeFile("\(directory)/old.img", bytes: source)
         let zeros = SHA256Hasher.hash([UInt8](repeating: targetByte, count: Int(targetSize)))
         var delta = DeltaFormat.Header(
-            sourceSize: Int64(source.count), sourceSHA256: SHA256Hasher.hash(source), targetSize: targetSize, targetSHA256: zeros,
+            sourceSize: Int64(source.count), sourceSHA256: SHA256Hasher.hash(source), targetSize: targetSize,
+            targetSHA256: zeros,
             operationCount: operationCount ?? Int64(operations.count), checkCount: Int64(checks.count)
         ).encoded()
         for range in checks {
-            delta += DeltaFormat.encoded(HashedRange(range: range, sha256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: range.count))))
+            delta += DeltaFormat.encoded(
+                HashedRange(range: range, sha256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: range.count))))
         }
         for operation in operations { delta += operation.encoded() }
         return (delta, "\(directory)/old.img")
     }
 
     static func zero(_ range: Range<Int64>) -> DeltaFormat.Operation {
-        DeltaFormat.Operation(kind: .zero, target: range, targetSHA256: SHA256Hasher.hash([UInt8](repeating: 0, count: range.count)))
+        DeltaFormat.Operation(
+            kind: .zero, target: range, targetSHA256: SHA256Hasher.hash([UInt8](repeating: 0, count: range.count)))
     }
 
     @Test func craftedZerosApply() async throws {
@@ -155,7 +163,9 @@ import Testing
         ("too long an operation", [zero(0..<Int64(DeltaFormat.maximumTargetLength + 4096))], .limitExceeded),
         ("ending early", [zero(0..<4096)], .bundleInvalid),
     ])
-    func badOperationOrderIsRefused(_ name: String, _ operations: [DeltaFormat.Operation], _ code: FerryError.Code) async throws {
+    func badOperationOrderIsRefused(_ name: String, _ operations: [DeltaFormat.Operation], _ code: FerryError.Code)
+        async throws
+    {
         try await withTemporaryDirectory { directory in
             let count: Int64? = name == "ending early" ? 1 : nil
             let (delta, source) = try Self.crafted(directory, operationCount: count, operations)
@@ -166,7 +176,8 @@ import Testing
     @Test func readingOutsideTheSourceIsRefused() async throws {
         try await withTemporaryDirectory { directory in
             let copy = DeltaFormat.Operation(
-                kind: .copy, target: 0..<8192, sources: [12288..<20480], targetSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)),
+                kind: .copy, target: 0..<8192, sources: [12288..<20480],
+                targetSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)),
                 sourceSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)))
             let (delta, source) = try Self.crafted(directory, [copy])
             expectFerryError(.bundleInvalid) { try Self.apply(delta, source: source) }
@@ -174,12 +185,14 @@ import Testing
     }
 
     static let copyOfTwoBlocks = DeltaFormat.Operation(
-        kind: .copy, target: 0..<8192, sources: [4096..<12288], targetSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)),
+        kind: .copy, target: 0..<8192, sources: [4096..<12288],
+        targetSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)),
         sourceSHA256: SHA256Hasher.hash([UInt8](repeating: 0x11, count: 8192)))
 
     @Test func aCopyInsideTheSourceChecksApplies() async throws {
         try await withTemporaryDirectory { directory in
-            let (delta, source) = try Self.crafted(directory, targetSize: 8192, checks: [4096..<12288], targetByte: 0x11, [Self.copyOfTwoBlocks])
+            let (delta, source) = try Self.crafted(
+                directory, targetSize: 8192, checks: [4096..<12288], targetByte: 0x11, [Self.copyOfTwoBlocks])
             #expect(try Self.apply(delta, source: source) == [UInt8](repeating: 0x11, count: 8192))
         }
     }

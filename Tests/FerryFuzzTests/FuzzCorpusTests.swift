@@ -1,7 +1,8 @@
 import FerryBundle
 import FerryCrypto
-@testable import FerryFuzzTargets
 import Testing
+
+@testable import FerryFuzzTargets
 
 /// Replays the committed fuzz corpus (Tests/FuzzCorpus/<target>/: seeds and every crash input
 /// found so far) through the fuzz targets, without the fuzzer: each input must run to its end
@@ -32,8 +33,10 @@ struct FuzzCorpusTests {
     /// policy the target uses, or the target would never get past the refusals.
     @Test func theValidSignatureSeedVerifies() throws {
         let bytes = try #require(FuzzCorpus.read("\(Self.corpus)/signature/valid.p7s"))
-        let policy = TrustPolicy(keyring: SignatureTargets.keyring, threshold: 1, denyList: [], trustedTime: 1_798_761_600, device: nil)
-        let signers = try policy.verifySignatures(manifest: SignatureTargets.content, signatures: [(name: "valid.p7s", bytes: bytes)])
+        let policy = TrustPolicy(
+            keyring: SignatureTargets.keyring, threshold: 1, denyList: [], trustedTime: 1_798_761_600, device: nil)
+        let signers = try policy.verifySignatures(
+            manifest: SignatureTargets.content, signatures: [(name: "valid.p7s", bytes: bytes)])
         #expect(signers.count == 1)
     }
 

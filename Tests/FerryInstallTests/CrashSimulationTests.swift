@@ -9,7 +9,7 @@ import Synchronization
 import Testing
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Crash simulation (docs/reliability.md): an install is recorded under the block-device and
@@ -35,7 +35,6 @@ import Testing
         func record(_ event: IOEvent) { events.withLock { $0.append(event) } }
     }
 
-
     static let files = ["rootfs_a.img", "rootfs_b.img", "modem_a.img", "modem_b.img", "env"]
     static let rootfsSize = 1 << 20
     static let modemSize = 256 << 10
@@ -52,15 +51,19 @@ import Testing
         if bootloader == "grub" {
             try makeFile(
                 "\(dir)/env",
-                bytes: try GRUBEnvironment.encode(["ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0", "B_TRY": "0"], name: "env"))
+                bytes: try GRUBEnvironment.encode(
+                    ["ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0", "B_TRY": "0"], name: "env"))
             environment = #""bootloader": { "type": "grub", "grubenv": "env" }"#
         } else {
             let format = UBootEnvironmentFormat(size: 0x2000, redundant: true)
             let variables = ["BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"]
-            let copy1 = try UBootEnvironmentCodec.encode(variables, flags: 1, padByte: 0xff, format: format, name: "env")
-            let copy2 = try UBootEnvironmentCodec.encode(variables, flags: 0, padByte: 0xff, format: format, name: "env")
+            let copy1 = try UBootEnvironmentCodec.encode(
+                variables, flags: 1, padByte: 0xff, format: format, name: "env")
+            let copy2 = try UBootEnvironmentCodec.encode(
+                variables, flags: 0, padByte: 0xff, format: format, name: "env")
             try makeFile("\(dir)/env", bytes: copy1 + copy2)
-            environment = #""bootloader": { "type": "uboot", "environment": [{ "device": "env", "offset": 0, "size": 8192 }, { "device": "env", "offset": 8192, "size": 8192 }] }"#
+            environment =
+                #""bootloader": { "type": "uboot", "environment": [{ "device": "env", "offset": 0, "size": 8192 }, { "device": "env", "offset": 8192, "size": 8192 }] }"#
         }
         try DurableFile.write(
             """
@@ -77,16 +80,19 @@ import Testing
         for (slot, seed, size) in [("rootfs_a", UInt64(1), rootfsSize), ("modem_a", 2, modemSize)] {
             try store.setSlotRecord(
                 InstalledSlotRecord(
-                    sha256: SHA256Hasher.hash(seededBytes(count: size, seed: seed)).hex, size: Int64(size), version: "1.0.0", source: "factory"),
+                    sha256: SHA256Hasher.hash(seededBytes(count: size, seed: seed)).hex, size: Int64(size),
+                    version: "1.0.0", source: "factory"),
                 for: slot)
         }
     }
 
     static func install(_ dir: String, bundle: String) throws(FerryError) {
         let configuration = try SystemConfiguration.load("\(dir)/system.json")
-        var installer = Installer(configuration: configuration, booted: BootedGroup(bootname: "A", source: "test"), logger: quietLogger)
+        var installer = Installer(
+            configuration: configuration, booted: BootedGroup(bootname: "A", source: "test"), logger: quietLogger)
         installer.checkpointBytes = 192 << 10
-        _ = try installer.install(from: try FileByteSource(path: bundle), bundleName: "update.ferry", allowDowngrade: false, force: false)
+        _ = try installer.install(
+            from: try FileByteSource(path: bundle), bundleName: "update.ferry", allowDowngrade: false, force: false)
     }
 
     /// Copies the device's files (and its state directory) from `from` to `to`.
@@ -101,8 +107,12 @@ import Testing
     }
 
     /// Builds the state a power cut after `cut` events leaves, in `dir` (a copy of the snapshot).
-    static func materialize(_ events: [IOEvent], cut: Int, device: String, into dir: String, random: inout SeededGenerator) throws {
-        func local(_ path: String) -> String { path.hasPrefix(device + "/") ? dir + path.dropFirst(device.count) : path }
+    static func materialize(
+        _ events: [IOEvent], cut: Int, device: String, into dir: String, random: inout SeededGenerator
+    ) throws {
+        func local(_ path: String) -> String {
+            path.hasPrefix(device + "/") ? dir + path.dropFirst(device.count) : path
+        }
         var lastSync: [String: Int] = [:]
         var lastDirectorySync: [String: Int] = [:]
         for (index, event) in events[..<cut].enumerated() {
@@ -148,7 +158,9 @@ import Testing
     /// - Parameters:
     ///   - booted: SHA-256 of each of group A's files before the install.
     ///   - images: SHA-256 of the bundle's image for each slot class (its B file has exactly that size).
-    static func check(_ dir: String, booted: [String: SHA256Digest], bundle: String, images: [String: SHA256Digest]) -> [String] {
+    static func check(_ dir: String, booted: [String: SHA256Digest], bundle: String, images: [String: SHA256Digest])
+        -> [String]
+    {
         func hash(_ name: String) throws -> SHA256Digest { SHA256Hasher.hash(try readFile("\(dir)/\(name)")) }
         var problems: [String] = []
         do {
@@ -156,10 +168,13 @@ import Testing
                 problems.append("booted slot \(name) changed")
             }
             let configuration = try SystemConfiguration.load("\(dir)/system.json")
-            let control = try BootControl(configuration: configuration, booted: BootedGroup(bootname: "A", source: "test"), logger: quietLogger)
+            let control = try BootControl(
+                configuration: configuration, booted: BootedGroup(bootname: "A", source: "test"), logger: quietLogger)
             let primary = try control.chooser.primary()
             let states = try control.chooser.states()
-            if states.first(where: { $0.bootname == "A" })?.bootable != true { problems.append("group A is no longer bootable") }
+            if states.first(where: { $0.bootname == "A" })?.bootable != true {
+                problems.append("group A is no longer bootable")
+            }
             if primary == "B" {
                 for (slot, digest) in images where try hash("\(slot)_b.img") != digest {
                     problems.append("group B is primary but \(slot)_b does not hold the bundle's image")
@@ -172,7 +187,9 @@ import Testing
             _ = try store.bootState()
             _ = try store.trustRecord()
             _ = try store.groupParts()
-            if TextFile.exists("\(dir)/state/install.json") && store.installJournal() == nil { problems.append("install.json does not parse") }
+            if TextFile.exists("\(dir)/state/install.json") && store.installJournal() == nil {
+                problems.append("install.json does not parse")
+            }
         } catch {
             problems.append("checking the state: \(error)")
         }
@@ -183,7 +200,8 @@ import Testing
                 problems.append("after the second install \(slot)_b does not hold the bundle's image")
             }
             let configuration = try SystemConfiguration.load("\(dir)/system.json")
-            let control = try BootControl(configuration: configuration, booted: BootedGroup(bootname: "A", source: "test"), logger: quietLogger)
+            let control = try BootControl(
+                configuration: configuration, booted: BootedGroup(bootname: "A", source: "test"), logger: quietLogger)
             if try control.chooser.primary() != "B" { problems.append("after the second install B is not primary") }
         } catch {
             problems.append("the second install failed: \(error)")
@@ -198,11 +216,14 @@ import Testing
         let seed = UInt64(environment["FERRY_RELIABILITY_SEED"] ?? "") ?? 1
         try await withTemporaryDirectory { dir in
             let pki = try TestPKI.make(in: "\(dir)/pki", signers: ["signer1"])
-            let device = "\(dir)/device", snapshot = "\(dir)/snapshot"
+            let device = "\(dir)/device"
+            let snapshot = "\(dir)/snapshot"
             try Self.makeDevice(device, bootloader: bootloader, pki: pki)
             // The rootfs has zero chunks (64 KiB each), which the install zeroes first.
             var rootfs = seededBytes(count: Self.rootfsSize, seed: 11)
-            for chunk in [1, 2, 5, 6, 7, 12] { rootfs.replaceSubrange((chunk << 16)..<((chunk + 1) << 16), with: repeatElement(0, count: 1 << 16)) }
+            for chunk in [1, 2, 5, 6, 7, 12] {
+                rootfs.replaceSubrange((chunk << 16)..<((chunk + 1) << 16), with: repeatElement(0, count: 1 << 16))
+            }
             let images = ["rootfs": rootfs, "modem": seededBytes(count: Self.modemSize, seed: 12)]
             for (slot, bytes) in images { try makeFile("\(dir)/\(slot).img", bytes: bytes) }
             var options = BundleWriter.Options(
@@ -225,7 +246,8 @@ import Testing
             let events = recorder.events.withLock { $0 }.filter {
                 // Only the device's own files: not the bundle or the PKI.
                 switch $0 {
-                case .write(let path, _, _), .zero(let path, _, _), .sync(let path), .replace(let path, _), .remove(let path), .directorySync(let path):
+                case .write(let path, _, _), .zero(let path, _, _), .sync(let path), .replace(let path, _),
+                    .remove(let path), .directorySync(let path):
                     return path.hasPrefix(device)
                 }
             }
@@ -234,14 +256,18 @@ import Testing
             // The replay.
             let perCut = (target + events.count) / (events.count + 1)
             var random = SeededGenerator(seed: seed &* 0x1000 &+ (bootloader == "grub" ? 7 : 3))
-            var states = 0, violations: [String] = []
+            var states = 0
+            var violations: [String] = []
             // On tmpfs where there is one: each state's second install syncs often, and nothing
             // here needs the syncs to reach a disk.
-            let scratch = (TextFile.isDirectory("/dev/shm") ? "/dev/shm" : dir) + "/ferry-test-crash-state-\(getpid())-\(bootloader)"
+            let scratch =
+                (TextFile.isDirectory("/dev/shm") ? "/dev/shm" : dir)
+                + "/ferry-test-crash-state-\(getpid())-\(bootloader)"
             defer { _ = try? Shell.check(["rm", "-rf", scratch]) }
-            let booted = try Dictionary(uniqueKeysWithValues: ["rootfs_a.img", "modem_a.img"].map {
-                ($0, SHA256Hasher.hash(try readFile("\(snapshot)/\($0)")))
-            })
+            let booted = try Dictionary(
+                uniqueKeysWithValues: ["rootfs_a.img", "modem_a.img"].map {
+                    ($0, SHA256Hasher.hash(try readFile("\(snapshot)/\($0)")))
+                })
             let imageDigests = images.mapValues { SHA256Hasher.hash($0) }
             for cut in 0...events.count {
                 for _ in 0..<perCut {
@@ -249,7 +275,10 @@ import Testing
                     try Self.materialize(events, cut: cut, device: device, into: scratch, random: &random)
                     let problems = Self.check(scratch, booted: booted, bundle: bundle, images: imageDigests)
                     states += 1
-                    if !problems.isEmpty { violations.append("cut after event \(cut) (state \(states)): \(problems.joined(separator: "; "))") }
+                    if !problems.isEmpty {
+                        violations.append(
+                            "cut after event \(cut) (state \(states)): \(problems.joined(separator: "; "))")
+                    }
                 }
             }
             let summary =
@@ -257,8 +286,10 @@ import Testing
             try ReliabilityProfile.report(
                 summary,
                 [
-                    "kind": .string("crash-simulation"), "bootloader": .string(bootloader), "events": .number(Double(events.count)),
-                    "states": .number(Double(states)), "violations": .number(Double(violations.count)), "seed": .number(Double(seed)),
+                    "kind": .string("crash-simulation"), "bootloader": .string(bootloader),
+                    "events": .number(Double(events.count)),
+                    "states": .number(Double(states)), "violations": .number(Double(violations.count)),
+                    "seed": .number(Double(seed)),
                 ])
             #expect(states >= target)
             #expect(violations.isEmpty, "\(violations.prefix(5).joined(separator: "\n"))")

@@ -12,7 +12,8 @@ import Testing
 /// bad delta refused with the booted group, the boot environment and the target untouched.
 @Suite(
     .serialized,
-    .enabled(if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
+    .enabled(
+        if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
 struct DeltaInstallTests {
     static let block = 4096
 
@@ -36,7 +37,9 @@ struct DeltaInstallTests {
 
     /// A bundle carrying a rootfs delta from the sandbox's factory image, and full modem and tee images.
     @discardableResult
-    func makeDeltaBundle(_ sandbox: Sandbox, output: String, version: String = "1.1.0", rootfs: [UInt8]? = nil) throws -> [String: [UInt8]] {
+    func makeDeltaBundle(_ sandbox: Sandbox, output: String, version: String = "1.1.0", rootfs: [UInt8]? = nil) throws
+        -> [String: [UInt8]]
+    {
         let factory = "\(sandbox.directory)/images/factory-rootfs.img"
         let newRootfs = try rootfs ?? Self.newRootfs(from: readFile(factory))
         let images: [String: [UInt8]] = [
@@ -67,14 +70,17 @@ struct DeltaInstallTests {
 
     func slotBytes(_ sandbox: Sandbox, _ label: String, count: Int? = nil) throws -> [UInt8] {
         let partition = try partition(sandbox, label)
-        return try BlockDevice.openForReading(sandbox.diskPath, window: partition.range).read(at: 0, count: count ?? Int(partition.byteCount))
+        return try BlockDevice.openForReading(sandbox.diskPath, window: partition.range).read(
+            at: 0, count: count ?? Int(partition.byteCount))
     }
 
     /// Group A and group B, whole, and the boot environment.
     func snapshot(_ sandbox: Sandbox) throws -> (a: SHA256Digest, b: SHA256Digest, environment: String) {
         let a = ["rootfs_a", "modem_a", "tee_a"].map { try? slotBytes(sandbox, $0) }
         let b = ["rootfs_b", "modem_b", "tee_b"].map { try? slotBytes(sandbox, $0) }
-        let environment = try Shell.check([TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath])
+        let environment = try Shell.check([
+            TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath,
+        ])
         return (SHA256Hasher.hash(a.flatMap { $0 ?? [] }), SHA256Hasher.hash(b.flatMap { $0 ?? [] }), environment)
     }
 
@@ -91,18 +97,25 @@ struct DeltaInstallTests {
             let bundleSize = try BlockDevice.openForReading("\(dir)/delta.ferry").byteCount
             #expect(bundleSize < 7 << 20, "bundle of \(bundleSize) bytes")  // 2 MiB new rootfs data + 3 MiB of random modem/tee
 
-            let result = try ferry(["install", "\(dir)/delta.ferry", "--progress", "lines", "--config", sandbox.configurationPath])
+            let result = try ferry([
+                "install", "\(dir)/delta.ferry", "--progress", "lines", "--config", sandbox.configurationPath,
+            ])
             #expect(result.status == 0, "\(result.output)")
-            for (name, bytes) in images { #expect(try slotBytes(sandbox, "\(name)_b", count: bytes.count) == bytes, "\(name)_b") }
+            for (name, bytes) in images {
+                #expect(try slotBytes(sandbox, "\(name)_b", count: bytes.count) == bytes, "\(name)_b")
+            }
             #expect(try snapshot(sandbox).a == before.a)
             #expect(LoopDevice.devices(backing: sandbox.diskPath).isEmpty)
             let records = try StateStore(directory: try sandbox.configuration().stateDirectory).slotRecords()
             #expect(records["rootfs_b"]?.sha256 == SHA256Hasher.hash(images["rootfs"]!).hex)
             #expect(records["rootfs_b"]?.size == Int64(images["rootfs"]!.count))
             let boot = try Shell.run(
-                ["\(TestEnvironment.packageRoot)/tools/sandbox-boot", sandbox.directory], environment: ["FERRY": TestEnvironment.ferryBinary])
+                ["\(TestEnvironment.packageRoot)/tools/sandbox-boot", sandbox.directory],
+                environment: ["FERRY": TestEnvironment.ferryBinary])
             #expect(boot.output.contains("booted group B"), "\(boot.output)")
-            #expect(try ferry(["status", "--config", sandbox.configurationPath]).output.contains("Group B (booted, primary, good"))
+            #expect(
+                try ferry(["status", "--config", sandbox.configurationPath]).output.contains(
+                    "Group B (booted, primary, good"))
         }
     }
 
@@ -127,7 +140,9 @@ struct DeltaInstallTests {
             #expect(result.status == FerryError.Code.sourceMismatch.exitStatus, "\(result.output)")
             #expect(result.output.contains("ferry: error: delta needs source sha256 "), "\(result.output)")
             #expect(
-                result.output.contains("but booted slot 'rootfs_a' differs at blocks \(check.range.lowerBound / 4096)-\((check.range.upperBound - 1) / 4096)\n"),
+                result.output.contains(
+                    "but booted slot 'rootfs_a' differs at blocks \(check.range.lowerBound / 4096)-\((check.range.upperBound - 1) / 4096)\n"
+                ),
                 "\(result.output)")
             let after = try snapshot(sandbox)
             #expect(after.a == before.a && after.b == before.b)
@@ -170,7 +185,9 @@ struct DeltaInstallTests {
             }
             waitForLoopDetach()
             #expect(readWrite.status == FerryError.Code.deviceInUse.exitStatus, "\(readWrite.output)")
-            #expect(readWrite.output.contains("slot 'rootfs_a'") && readWrite.output.contains("is mounted read-write at \(mountPoint)"))
+            #expect(
+                readWrite.output.contains("slot 'rootfs_a'")
+                    && readWrite.output.contains("is mounted read-write at \(mountPoint)"))
             let after = try snapshot(sandbox)
             #expect(after.b == before.b && after.environment == before.environment)
         }
@@ -197,10 +214,14 @@ struct DeltaInstallTests {
                 try makeFile("\(dir)/bad.ferry", bytes: data)
                 let result = try ferry(["install", "\(dir)/bad.ferry", "--config", sandbox.configurationPath])
                 #expect(result.status == code.exitStatus, "\(name): \(result.output)")
-                #expect(result.output.split(separator: "\n").filter { $0.hasPrefix("ferry: error: ") }.count == 1, "\(name)")
+                #expect(
+                    result.output.split(separator: "\n").filter { $0.hasPrefix("ferry: error: ") }.count == 1, "\(name)"
+                )
                 let after = try snapshot(sandbox)
                 #expect(after.a == before.a, "\(name)")
-                #expect(after.environment.contains("BOOT_ORDER=A B") && after.environment.contains("BOOT_B_LEFT=0"), "\(name)")
+                #expect(
+                    after.environment.contains("BOOT_ORDER=A B") && after.environment.contains("BOOT_B_LEFT=0"),
+                    "\(name)")
                 #expect(LoopDevice.devices(backing: sandbox.diskPath).isEmpty)
                 _ = try ferry(["install", "--abort", "--config", sandbox.configurationPath])
             }
@@ -223,7 +244,9 @@ struct DeltaInstallTests {
             installer.wrapDevice = { FaultyBlockTarget($0, failAfterBytes: 6 << 20) }
             var lock = try store.acquireWriteLock(command: "test")
             let error = #expect(throws: FerryError.self) {
-                try installer.install(from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false, force: false)
+                try installer.install(
+                    from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false,
+                    force: false)
             }
             lock.release()
             #expect(error?.code == .io)
@@ -235,12 +258,16 @@ struct DeltaInstallTests {
             installer.wrapDevice = { device in CountingTarget(device) { written += $0 } }
             lock = try store.acquireWriteLock(command: "test")
             let result = try installer.install(
-                from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false, force: false)
+                from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false,
+                force: false)
             lock.release()
             #expect(result.resumed)
             // Only what follows the checkpoint was written again (plus the modem and tee slots).
-            #expect(written <= (16 << 20) - position.targetOffset + (3 << 20), "\(written) bytes written after resuming")
-            for (name, bytes) in images { #expect(try slotBytes(sandbox, "\(name)_b", count: bytes.count) == bytes, "\(name)_b") }
+            #expect(
+                written <= (16 << 20) - position.targetOffset + (3 << 20), "\(written) bytes written after resuming")
+            for (name, bytes) in images {
+                #expect(try slotBytes(sandbox, "\(name)_b", count: bytes.count) == bytes, "\(name)_b")
+            }
             #expect(store.installJournal() == nil)
         }
     }
@@ -258,7 +285,9 @@ final class CountingTarget: BlockTarget {
 
     var byteCount: Int64 { inner.byteCount }
     var logicalSectorSize: Int { inner.logicalSectorSize }
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(FerryError) { try inner.read(into: buffer, at: offset) }
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(FerryError) {
+        try inner.read(into: buffer, at: offset)
+    }
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(FerryError) {
         try inner.write(bytes, at: offset)
         report(Int64(bytes.count))

@@ -13,7 +13,8 @@ import Glibc
 /// kill with range requests; and every refusal leaves the boot environment as it was.
 @Suite(
     .serialized,
-    .enabled(if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"),
+    .enabled(
+        if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"),
     .enabled(if: HTTPSServer.available, "needs openssl and nginx (tools/install-deps installs them)"))
 struct HTTPSInstallTests {
     struct Device {
@@ -31,14 +32,19 @@ struct HTTPSInstallTests {
             www = "\(directory)/www"
             try DurableFile.createDirectory(www)
             images = try sandbox.makeUpdate(
-                [("rootfs", 12 << 20), ("modem", 3 << 20), ("tee", 1 << 20)], output: "\(www)/update.ferry", preset: 0, seed: 31)
-            var object = try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+                [("rootfs", 12 << 20), ("modem", 3 << 20), ("tee", 1 << 20)], output: "\(www)/update.ferry", preset: 0,
+                seed: 31)
+            var object =
+                try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal)
+                .objectValue ?? [:]
             object["tlsPins"] = .array([.string(try tls.certificatePin(pinned))])
             object["network"] = .object([
-                "retryDelaySeconds": .number(0.05), "stallTimeoutSeconds": .number(3), "connectTimeoutSeconds": .number(5),
+                "retryDelaySeconds": .number(0.05), "stallTimeoutSeconds": .number(3),
+                "connectTimeoutSeconds": .number(5),
                 "retries": .number(Double(retries)),
             ])
-            try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
+            try DurableFile.write(
+                String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
         }
 
         func ferry(_ arguments: [String], environment: [String: String] = [:]) throws -> Shell.Result {
@@ -48,7 +54,8 @@ struct HTTPSInstallTests {
         func environment() throws -> String { try ferry(["env", "list"]).output }
 
         func slot(_ label: String, _ count: Int) throws -> [UInt8] {
-            let partition = try PartitionTable.read(sandbox.diskPath).partition(.partitionLabel(label), disk: sandbox.diskPath)
+            let partition = try PartitionTable.read(sandbox.diskPath).partition(
+                .partitionLabel(label), disk: sandbox.diskPath)
             return try BlockDevice.openForReading(sandbox.diskPath, window: partition.range).read(at: 0, count: count)
         }
 
@@ -72,7 +79,8 @@ struct HTTPSInstallTests {
             let last = result.output.split(separator: "\n").last ?? ""
             #expect(last.hasPrefix("ferry: error: "), "\(result.output)", sourceLocation: sourceLocation)
             #expect(
-                result.output.split(separator: "\n").filter { $0.hasPrefix("ferry: error:") }.count == 1, "\(result.output)",
+                result.output.split(separator: "\n").filter { $0.hasPrefix("ferry: error:") }.count == 1,
+                "\(result.output)",
                 sourceLocation: sourceLocation)
             #expect(try environment() == before, "the boot environment changed", sourceLocation: sourceLocation)
         }
@@ -83,7 +91,8 @@ struct HTTPSInstallTests {
             let device = try Device(dir)
             let server = try HTTPSServer.nginx(root: device.www, tls: device.tls, state: "\(dir)/nginx")
             defer { server.stop() }
-            try device.expectInstalled(try device.ferry(["install", server.url + "update.ferry", "--progress", "lines"]))
+            try device.expectInstalled(
+                try device.ferry(["install", server.url + "update.ferry", "--progress", "lines"]))
             #expect(try device.ferry(["status"]).output.contains(server.url + "update.ferry"))
         }
     }
@@ -148,7 +157,8 @@ struct HTTPSInstallTests {
             let device = try Device(dir)
             let server = try HTTPSServer.nginx(root: device.www, tls: device.tls, state: "\(dir)/nginx")
             defer { server.stop() }
-            let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.relay, .cut(afterBytes: 6 << 20), .stall(afterBytes: 2 << 20)])
+            let proxy = try TCPProxy(
+                upstreamPort: server.port, behaviours: [.relay, .cut(afterBytes: 6 << 20), .stall(afterBytes: 2 << 20)])
             defer { proxy.stop() }
             try device.expectInstalled(try device.ferry(["install", "https://127.0.0.1:\(proxy.port)/update.ferry"]))
             // The first window, the request cut, the one stalled, the one that finished.
@@ -162,7 +172,8 @@ struct HTTPSInstallTests {
             let deadline = WallClock.monotonicSeconds() + 10
             while server.accessLog().count < 4 && WallClock.monotonicSeconds() < deadline { sleepSeconds(0.05) }
             let log = server.accessLog()
-            #expect(log.count >= 3 && log.allSatisfy { $0.contains(" 206 ") && $0.contains("range=\"bytes=") }, "\(log)")
+            #expect(
+                log.count >= 3 && log.allSatisfy { $0.contains(" 206 ") && $0.contains("range=\"bytes=") }, "\(log)")
         }
     }
 
@@ -173,7 +184,8 @@ struct HTTPSInstallTests {
             defer { server.stop() }
             // Another release of the same size and bytes mostly alike appears under the same name.
             try device.sandbox.makeUpdate(
-                [("rootfs", 12 << 20), ("modem", 3 << 20), ("tee", 1 << 20)], output: "\(dir)/next.ferry", version: "1.2.0", preset: 0,
+                [("rootfs", 12 << 20), ("modem", 3 << 20), ("tee", 1 << 20)], output: "\(dir)/next.ferry",
+                version: "1.2.0", preset: 0,
                 seed: 31)
             let www = device.www
             let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.relay, .cut(afterBytes: 6 << 20)]) { _ in
@@ -206,7 +218,11 @@ struct HTTPSInstallTests {
             let process = try SpawnedProcess(install)
             let deadline = WallClock.monotonicSeconds() + 60
             while WallClock.monotonicSeconds() < deadline {
-                if let journal = store.installJournal(), (journal.chunksDone["rootfs_b"] ?? 0) >= 6 || !journal.completed.isEmpty { break }
+                if let journal = store.installJournal(),
+                    (journal.chunksDone["rootfs_b"] ?? 0) >= 6 || !journal.completed.isEmpty
+                {
+                    break
+                }
                 sleepSeconds(0.01)
             }
             #expect(process.kill() == nil, "the install finished before it could be killed")
@@ -219,7 +235,9 @@ struct HTTPSInstallTests {
             #expect(again.output.contains("Resumed"), "\(again.output)")
             // The second run fetched the manifest, then jumped with a range request.
             let deadlineLog = WallClock.monotonicSeconds() + 30
-            while server.accessLog().count < logBefore + 2 && WallClock.monotonicSeconds() < deadlineLog { sleepSeconds(0.05) }
+            while server.accessLog().count < logBefore + 2 && WallClock.monotonicSeconds() < deadlineLog {
+                sleepSeconds(0.05)
+            }
             let secondRun = server.accessLog().dropFirst(logBefore)
             #expect(secondRun.contains { $0.contains(" 206 range=\"bytes=") }, "\(Array(secondRun))")
             let sent = secondRun.compactMap { $0.split(separator: "sent=").last.flatMap { Int($0) } }.reduce(0, +)
@@ -228,4 +246,3 @@ struct HTTPSInstallTests {
         }
     }
 }
-

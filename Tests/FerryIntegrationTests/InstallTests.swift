@@ -1,7 +1,7 @@
 import FerryBundle
-import FerryJSON
 import FerryCore
 import FerryCrypto
+import FerryJSON
 import FerrySystem
 import FerryTestSupport
 import Logging
@@ -15,15 +15,18 @@ import Glibc
 /// and failures that must leave the booted group, the boot order and the target's boot state safe.
 @Suite(
     .serialized,
-    .enabled(if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
+    .enabled(
+        if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
 struct InstallTests {
     func ferry(_ arguments: [String]) throws -> Shell.Result {
         try Shell.run([TestEnvironment.ferryBinary] + arguments)
     }
 
     /// New images for all three slot classes of the sandbox, and a bundle of them.
-    func makeBundle(_ sandbox: Sandbox, version: String = "1.1.0", output: String, signer: String = "signer1",
-                    rootfs: [UInt8]? = nil, newKeyring: String? = nil) throws -> [String: [UInt8]] {
+    func makeBundle(
+        _ sandbox: Sandbox, version: String = "1.1.0", output: String, signer: String = "signer1",
+        rootfs: [UInt8]? = nil, newKeyring: String? = nil
+    ) throws -> [String: [UInt8]] {
         let images: [String: [UInt8]] = [
             "rootfs": rootfs ?? seededBytes(count: 5 << 20, seed: 1) + [UInt8](repeating: 0, count: 3 << 20),
             "modem": seededBytes(count: 2 << 20, seed: 2), "tee": seededBytes(count: 1 << 20, seed: 3),
@@ -31,8 +34,14 @@ struct InstallTests {
         for (name, bytes) in images { try makeFile("\(sandbox.directory)/new-\(name).img", bytes: bytes) }
         var options = BundleWriter.Options(
             compatible: "ferry-demo-x86_64", version: SemanticVersion(version)!,
-            images: images.keys.sorted().map { BundleWriter.Image(slotClass: $0, path: "\(sandbox.directory)/new-\($0).img") },
-            signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/\(signer).pem", key: "\(sandbox.directory)/pki/\(signer).key")])
+            images: images.keys.sorted().map {
+                BundleWriter.Image(slotClass: $0, path: "\(sandbox.directory)/new-\($0).img")
+            },
+            signers: [
+                BundleWriter.Signer(
+                    certificate: "\(sandbox.directory)/pki/\(signer).pem", key: "\(sandbox.directory)/pki/\(signer).key"
+                )
+            ])
         options.chunkSize = 1 << 20
         options.newKeyring = newKeyring
         try BundleWriter.create(options, output: output, logger: quietLogger)
@@ -40,7 +49,8 @@ struct InstallTests {
     }
 
     func slotBytes(_ sandbox: Sandbox, _ label: String, count: Int) throws -> [UInt8] {
-        let partition = try PartitionTable.read(sandbox.diskPath).partition(.partitionLabel(label), disk: sandbox.diskPath)
+        let partition = try PartitionTable.read(sandbox.diskPath).partition(
+            .partitionLabel(label), disk: sandbox.diskPath)
         let device = try BlockDevice.openForReading(sandbox.diskPath, window: partition.range)
         return try device.read(at: 0, count: count)
     }
@@ -67,7 +77,8 @@ struct InstallTests {
             #expect(records["rootfs_b"]?.sha256 == SHA256Hasher.hash(images["rootfs"]!).hex)
             // Boot it and confirm.
             let boot = try Shell.run(
-                ["\(TestEnvironment.packageRoot)/tools/sandbox-boot", sandbox.directory], environment: ["FERRY": TestEnvironment.ferryBinary])
+                ["\(TestEnvironment.packageRoot)/tools/sandbox-boot", sandbox.directory],
+                environment: ["FERRY": TestEnvironment.ferryBinary])
             #expect(boot.output.contains("booted group B"), "\(boot.output)")
             let status = try ferry(["status", "--config", sandbox.configurationPath]).output
             #expect(status.contains("Group B (booted, primary, good"))
@@ -84,15 +95,19 @@ struct InstallTests {
             _ = try makeBundle(sandbox, output: "\(dir)/rotate.ferry", newKeyring: next.keyring)
             let result = try ferry(["install", "\(dir)/rotate.ferry", "--config", sandbox.configurationPath])
             #expect(result.status == 0 && result.output.contains("adopted"), "\(result.output)")
-            #expect(try ferry(["status", "--config", sandbox.configurationPath]).output.contains("(rotated by a bundle)"))
+            #expect(
+                try ferry(["status", "--config", sandbox.configurationPath]).output.contains("(rotated by a bundle)"))
             // Boot B and confirm, then the old signers no longer count.
             _ = try Shell.run(
-                ["\(TestEnvironment.packageRoot)/tools/sandbox-boot", sandbox.directory], environment: ["FERRY": TestEnvironment.ferryBinary])
+                ["\(TestEnvironment.packageRoot)/tools/sandbox-boot", sandbox.directory],
+                environment: ["FERRY": TestEnvironment.ferryBinary])
             _ = try makeBundle(sandbox, version: "1.2.0", output: "\(dir)/old-signer.ferry", signer: "signer2")
-            #expect(try ferry(["install", "\(dir)/old-signer.ferry", "--config", sandbox.configurationPath]).status == 43)
+            #expect(
+                try ferry(["install", "\(dir)/old-signer.ferry", "--config", sandbox.configurationPath]).status == 43)
             try Shell.check(["cp", next.certificate("newsigner"), next.key("newsigner"), "\(sandbox.directory)/pki/"])
             _ = try makeBundle(sandbox, version: "1.2.0", output: "\(dir)/new-signer.ferry", signer: "newsigner")
-            #expect(try ferry(["install", "\(dir)/new-signer.ferry", "--config", sandbox.configurationPath]).status == 0)
+            #expect(
+                try ferry(["install", "\(dir)/new-signer.ferry", "--config", sandbox.configurationPath]).status == 0)
         }
     }
 
@@ -112,14 +127,16 @@ struct InstallTests {
             #expect(corrupt.status == 41, "\(corrupt.output)")
             // Progress lines, then exactly one error line.
             let errorLines = corrupt.output.split(separator: "\n").filter { $0.hasPrefix("ferry: error: ") }
-            #expect(errorLines.count == 1 && corrupt.output.hasSuffix(String(errorLines[0]) + "\n"), "\(corrupt.output)")
+            #expect(
+                errorLines.count == 1 && corrupt.output.hasSuffix(String(errorLines[0]) + "\n"), "\(corrupt.output)")
             #expect(try groupA(sandbox) == before)
             let afterCorrupt = try environment()
             #expect(afterCorrupt.contains("BOOT_ORDER=A B") && afterCorrupt.contains("BOOT_B_LEFT=0"))
             #expect(LoopDevice.devices(backing: sandbox.diskPath).isEmpty)
 
             // A payload larger than its slot: refused before anything is written.
-            _ = try makeBundle(sandbox, output: "\(dir)/big.ferry", rootfs: [UInt8](repeating: 7, count: (16 << 20) + 4096))
+            _ = try makeBundle(
+                sandbox, output: "\(dir)/big.ferry", rootfs: [UInt8](repeating: 7, count: (16 << 20) + 4096))
             #expect(try ferry(["install", "\(dir)/big.ferry"] + config).status == 24)
             #expect(try environment() == afterCorrupt)
 
@@ -168,7 +185,10 @@ struct InstallTests {
             #expect(try ferry(["env", "list"] + config).output.contains("BOOT_ORDER=A B"))
 
             // A pre-install hook that hangs is killed at the timeout.
-            try DurableFile.write(try TextFile.read(sandbox.configurationPath).replacing("fail.sh", with: "hang.sh\", \"timeoutSeconds\": \"2").replacing("\"2\"", with: "2"), to: sandbox.configurationPath)
+            try DurableFile.write(
+                try TextFile.read(sandbox.configurationPath).replacing(
+                    "fail.sh", with: "hang.sh\", \"timeoutSeconds\": \"2"
+                ).replacing("\"2\"", with: "2"), to: sandbox.configurationPath)
             let hung = try ferry(["install", "\(dir)/update.ferry"] + config)
             #expect(hung.status == 85 && hung.output.contains("timed out"), "\(hung.output)")
 
@@ -182,11 +202,14 @@ struct InstallTests {
             #expect(environment.contains("BOOT_ORDER=A B") && environment.contains("BOOT_B_LEFT=0"))
             // The pre-install hook saw the install's details.
             let seen = try TextFile.read("\(dir)/pre-install.env")
-            #expect(seen.contains("FERRY_TARGET_GROUP=B") && seen.contains("FERRY_VERSION=1.1.0") && seen.contains("FERRY_SLOTS="))
+            #expect(
+                seen.contains("FERRY_TARGET_GROUP=B") && seen.contains("FERRY_VERSION=1.1.0")
+                    && seen.contains("FERRY_SLOTS="))
             #expect(try groupA(sandbox) == groupABefore)
 
             // Hooks that succeed: installed and switched.
-            let text = try TextFile.read(fresh.configurationPath).replacing("\"postInstall\": \"\(dir)/fail.sh\"", with: "\"postInstall\": \"\(dir)/record.sh\"")
+            let text = try TextFile.read(fresh.configurationPath).replacing(
+                "\"postInstall\": \"\(dir)/fail.sh\"", with: "\"postInstall\": \"\(dir)/record.sh\"")
             try DurableFile.write(text, to: fresh.configurationPath)
             #expect(try ferry(["install", "\(dir)/fresh.ferry", "--config", fresh.configurationPath]).status == 0)
             #expect(try TextFile.read("\(dir)/post-install.env").contains("FERRY_STAGE=post-install"))
@@ -198,7 +221,9 @@ struct InstallTests {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
             _ = try makeBundle(sandbox, output: "\(dir)/update.ferry")
-            let result = try ferry(["install", "\(dir)/update.ferry", "--progress", mode, "--config", sandbox.configurationPath])
+            let result = try ferry([
+                "install", "\(dir)/update.ferry", "--progress", mode, "--config", sandbox.configurationPath,
+            ])
             #expect(result.status == 0, "\(result.output)")
             let lines = result.output.split(separator: "\n").map(String.init)
             switch mode {
@@ -207,7 +232,9 @@ struct InstallTests {
                 #expect(events.count >= 8)
                 for event in events {
                     let object = try JSONValue.parse(Array(event.utf8), what: "event", code: .internal).objectValue
-                    #expect(object?["stage"]?.stringValue != nil && object?["bytesDone"] != nil && object?["bytesTotal"] != nil)
+                    #expect(
+                        object?["stage"]?.stringValue != nil && object?["bytesDone"] != nil
+                            && object?["bytesTotal"] != nil)
                 }
                 #expect(events.contains { $0.contains("\"stage\":\"read-back\"") && $0.contains("rootfs_b") })
                 #expect(events.last?.contains("\"stage\":\"done\"") == true)

@@ -12,7 +12,8 @@ extension Sandbox {
     /// - Returns: the images, by slot class, in the given order.
     @discardableResult
     func makeUpdate(
-        _ sizes: [(slotClass: String, bytes: Int)], output: String, version: String = "1.1.0", signer: String = "signer1",
+        _ sizes: [(slotClass: String, bytes: Int)], output: String, version: String = "1.1.0",
+        signer: String = "signer1",
         preset: Int = 6, seed: UInt64 = 0, zeroChunks: [String: [Int]] = [:]
     ) throws -> [(String, [UInt8])] {
         var images: [(String, [UInt8])] = []
@@ -28,7 +29,10 @@ extension Sandbox {
         var options = BundleWriter.Options(
             compatible: "ferry-demo-x86_64", version: SemanticVersion(version)!,
             images: sizes.map { BundleWriter.Image(slotClass: $0.slotClass, path: "\(directory)/\($0.slotClass).img") },
-            signers: [BundleWriter.Signer(certificate: "\(directory)/pki/\(signer).pem", key: "\(directory)/pki/\(signer).key")])
+            signers: [
+                BundleWriter.Signer(
+                    certificate: "\(directory)/pki/\(signer).pem", key: "\(directory)/pki/\(signer).key")
+            ])
         options.chunkSize = 1 << 20
         options.preset = preset
         try BundleWriter.create(options, output: output, logger: quietLogger)
@@ -40,7 +44,8 @@ extension Sandbox {
     /// Formats partition `label` of the disk as ext4 and mounts it at `mountPoint` (made if needed)
     /// through a loop device over the whole disk while `body` runs; unmounts and detaches after,
     /// also on failure. `body` gets the partition's node.
-    func withMountedPartition<T>(_ label: String, at mountPoint: String, _ body: (String) throws -> T) async throws -> T {
+    func withMountedPartition<T>(_ label: String, at mountPoint: String, _ body: (String) throws -> T) async throws -> T
+    {
         let partition = try PartitionTable.read(diskPath).partition(.partitionLabel(label), disk: diskPath)
         try DurableFile.createDirectory(mountPoint)
         return try await withLoopDevice(diskPath) { loop in

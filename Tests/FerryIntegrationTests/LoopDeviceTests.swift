@@ -13,7 +13,8 @@ import Glibc
 /// detached in teardown, also on failure; each test checks that nothing it attached is left.
 @Suite(
     .serialized,
-    .enabled(if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
+    .enabled(
+        if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
 struct LoopDeviceTests {
     @Test func attachAddsEveryPartitionAndDetachLeavesNothing() async throws {
         try await withTemporaryDirectory { dir in
@@ -64,7 +65,8 @@ struct LoopDeviceTests {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
             // An operator's own loop device, without partition scanning.
-            let existing = try Shell.check(["losetup", "--find", "--show", sandbox.diskPath])
+            let existing =
+                try Shell.check(["losetup", "--find", "--show", sandbox.diskPath])
                 .split(separator: "\n").first.map(String.init) ?? ""
             defer { _ = try? Shell.run(["losetup", "--detach", existing]) }
             try await withLoopDevice(sandbox.diskPath) { loop in
@@ -127,4 +129,3 @@ func usleepMilliseconds(_ milliseconds: Int) {
     var remaining = timespec(tv_sec: 0, tv_nsec: milliseconds * 1_000_000)
     nanosleep(&remaining, nil)
 }
-

@@ -10,7 +10,8 @@ import Testing
 /// drops or switches them back; a failing health check at confirmation keeps the group unconfirmed.
 @Suite(
     .serialized,
-    .enabled(if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
+    .enabled(
+        if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
 struct MixedBundleTests {
     struct Device {
         let sandbox: Sandbox
@@ -21,13 +22,16 @@ struct MixedBundleTests {
 
         init(_ dir: String, bootloader: String = "uboot", settingsHealthCheck: String? = nil) throws {
             sandbox = try Sandbox.make(in: dir, bootloader: bootloader)
-            var object = try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+            var object =
+                try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal)
+                .objectValue ?? [:]
             object["appStore"] = .string("apps")
             object["settingsStore"] = .string("settings")
             var settings: [String: JSONValue] = ["timeoutSeconds": .number(5)]
             if let settingsHealthCheck { settings["healthCheck"] = .string(settingsHealthCheck) }
             object["settings"] = .object(settings)
-            try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
+            try DurableFile.write(
+                String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
         }
 
         func ferry(_ arguments: [String]) throws -> Shell.Result {
@@ -43,7 +47,8 @@ struct MixedBundleTests {
         /// A bundle of the given parts, in this order: `modem` (a modem image of that many bytes),
         /// `app` (name, version, bytes), `settings` (name, text, merge patch).
         func bundle(
-            version: String, modem: Int? = nil, app: (String, String, [UInt8])? = nil, settings: (String, String, Bool)? = nil,
+            version: String, modem: Int? = nil, app: (String, String, [UInt8])? = nil,
+            settings: (String, String, Bool)? = nil,
             output: String
         ) throws {
             var images: [BundleWriter.Image] = []
@@ -67,7 +72,11 @@ struct MixedBundleTests {
             }
             var options = BundleWriter.Options(
                 compatible: "ferry-demo-x86_64", version: SemanticVersion(version)!, images: images,
-                signers: [BundleWriter.Signer(certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key")])
+                signers: [
+                    BundleWriter.Signer(
+                        certificate: "\(sandbox.directory)/pki/signer1.pem", key: "\(sandbox.directory)/pki/signer1.key"
+                    )
+                ])
             options.chunkSize = 1 << 20
             options.preset = 0
             try BundleWriter.create(options, output: output, logger: quietLogger)
@@ -78,7 +87,9 @@ struct MixedBundleTests {
             // A running system: booted once (so this boot has an ID).
             #expect(try boot().status == 0)
             try bundle(version: "1.0.0", app: ("nav", "1.0", [1, 2, 3]), output: "\(dir)/app.ferry")
-            try bundle(version: "1.0.0", settings: ("carrier.json", #"{"apn": "internet", "mtu": 1500}"#, false), output: "\(dir)/settings.ferry")
+            try bundle(
+                version: "1.0.0", settings: ("carrier.json", #"{"apn": "internet", "mtu": 1500}"#, false),
+                output: "\(dir)/settings.ferry")
             #expect(try ferry(["install", "\(dir)/app.ferry"]).status == 0)
             #expect(try ferry(["install", "\(dir)/settings.ferry"]).status == 0)
         }
@@ -97,17 +108,23 @@ struct MixedBundleTests {
             let device = try Device(dir, bootloader: bootloader)
             try device.installBaseline(dir)
             try device.bundle(
-                version: "1.1.0", modem: 2 << 20, app: ("nav", "2.0", [4, 5, 6]), settings: ("carrier.json", #"{"mtu": 1400}"#, true),
+                version: "1.1.0", modem: 2 << 20, app: ("nav", "2.0", [4, 5, 6]),
+                settings: ("carrier.json", #"{"mtu": 1400}"#, true),
                 output: "\(dir)/mixed.ferry")
             let install = try device.ferry(["install", "\(dir)/mixed.ferry"])
             #expect(install.status == 0, "\(install.output)")
-            #expect(install.output.contains("staged nav 2.0, settings carrier.json until the group is confirmed"), "\(install.output)")
+            #expect(
+                install.output.contains("staged nav 2.0, settings carrier.json until the group is confirmed"),
+                "\(install.output)")
             // Staged, not active: the running group A keeps its app and settings.
             #expect(try device.carrier() == device.v1)
             #expect(device.currentApp() == "1.0")
             #expect(try device.state.groupParts()?.state == .staged)
             let status = try device.ferry(["status"]).output
-            #expect(status.contains("Bundle parts:  nav 2.0, settings carrier.json (1.1.0, staged until group B is confirmed)"), "\(status)")
+            #expect(
+                status.contains(
+                    "Bundle parts:  nav 2.0, settings carrier.json (1.1.0, staged until group B is confirmed)"),
+                "\(status)")
             // Confirming A again before the reboot leaves them staged.
             #expect(try device.ferry(["mark", "good", "A"]).status == 0)
             #expect(try device.state.groupParts()?.state == .staged)
@@ -121,7 +138,8 @@ struct MixedBundleTests {
             #expect(try device.carrier() == device.patched)
             #expect(device.currentApp() == "2.0")
             #expect(try device.state.groupParts()?.state == .active)
-            let json = try JSONValue.parse(Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
+            let json = try JSONValue.parse(
+                Array(try device.ferry(["status", "--json"]).output.utf8), what: "status", code: .internal)
             #expect(json.objectValue?["groupParts"]?.objectValue?["state"] == .string("active"))
 
             // Switching back to group A takes its app and settings back too.
@@ -138,7 +156,8 @@ struct MixedBundleTests {
             let device = try Device(dir)
             try device.installBaseline(dir)
             try device.bundle(
-                version: "1.1.0", modem: 1 << 20, app: ("nav", "2.0", [4, 5, 6]), settings: ("carrier.json", #"{"mtu": 1400}"#, true),
+                version: "1.1.0", modem: 1 << 20, app: ("nav", "2.0", [4, 5, 6]),
+                settings: ("carrier.json", #"{"mtu": 1400}"#, true),
                 output: "\(dir)/mixed.ferry")
             #expect(try device.ferry(["install", "\(dir)/mixed.ferry"]).status == 0)
             for attempt in 1...3 {
@@ -166,7 +185,8 @@ struct MixedBundleTests {
             let device = try Device("\(dir)/device", settingsHealthCheck: check)
             try device.installBaseline(dir)
             try device.bundle(
-                version: "1.1.0", modem: 1 << 20, app: ("nav", "2.0", [4, 5, 6]), settings: ("carrier.json", #"{"mtu": 9999}"#, true),
+                version: "1.1.0", modem: 1 << 20, app: ("nav", "2.0", [4, 5, 6]),
+                settings: ("carrier.json", #"{"mtu": 9999}"#, true),
                 output: "\(dir)/mixed.ferry")
             #expect(try device.ferry(["install", "\(dir)/mixed.ferry"]).status == 0)
             let boot = try device.boot()
@@ -177,7 +197,8 @@ struct MixedBundleTests {
             #expect(device.currentApp() == "1.0")
             #expect(try device.state.groupParts()?.state == .staged)
             let report = try StatusReport.gather(
-                configuration: device.sandbox.configuration(), commandLine: KernelCommandLine(""), mounts: MountTable.current())
+                configuration: device.sandbox.configuration(), commandLine: KernelCommandLine(""),
+                mounts: MountTable.current())
             #expect(report.groups.first { $0.bootname == "B" }?.boot == "trial")
         }
     }
@@ -187,7 +208,9 @@ struct MixedBundleTests {
             let device = try Device(dir)
             try device.installBaseline(dir)
             let environment = try device.ferry(["env", "list"]).output
-            try device.bundle(version: "1.1.0", modem: 1 << 20, settings: ("carrier.json", #"{"mtu": "#, false), output: "\(dir)/mixed.ferry")
+            try device.bundle(
+                version: "1.1.0", modem: 1 << 20, settings: ("carrier.json", #"{"mtu": "#, false),
+                output: "\(dir)/mixed.ferry")
             let install = try device.ferry(["install", "\(dir)/mixed.ferry"])
             #expect(install.status == 41, "\(install.output)")
             #expect(install.output.contains("settings 'carrier.json'"), "\(install.output)")
@@ -204,9 +227,12 @@ struct MixedBundleTests {
     @Test func settingsWithoutASettingsStoreAreRefusedBeforeAnythingIsWritten() async throws {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
-            let environment = try Shell.run([TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath]).output
+            let environment = try Shell.run([
+                TestEnvironment.ferryBinary, "env", "list", "--config", sandbox.configurationPath,
+            ]).output
             let device = Device.init(unconfigured: sandbox)
-            try device.bundle(version: "1.1.0", modem: 1 << 20, settings: ("carrier.json", "{}", false), output: "\(dir)/mixed.ferry")
+            try device.bundle(
+                version: "1.1.0", modem: 1 << 20, settings: ("carrier.json", "{}", false), output: "\(dir)/mixed.ferry")
             let install = try device.ferry(["install", "\(dir)/mixed.ferry"])
             #expect(install.status == 11, "\(install.output)")
             #expect(install.output.contains("names no settingsStore"), "\(install.output)")

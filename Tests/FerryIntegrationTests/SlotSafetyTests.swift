@@ -12,14 +12,16 @@ import Glibc
 /// and the global lock are refused with the right codes, and nothing is left attached.
 @Suite(
     .serialized,
-    .enabled(if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
+    .enabled(
+        if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"))
 struct SlotSafetyTests {
     func access(_ sandbox: Sandbox) throws -> SlotAccess {
         let configuration = try sandbox.configuration()
         var resolver = SlotResolver()
         let slots = try resolver.resolveAll(configuration)
         let booted = try BootedGroup.detect(
-            configuration: configuration, slots: slots, commandLine: KernelCommandLine(""), mounts: MountTable.current())
+            configuration: configuration, slots: slots, commandLine: KernelCommandLine(""), mounts: MountTable.current()
+        )
         return SlotAccess(
             configuration: configuration, booted: booted, mounts: try MountTable.current(),
             logger: quietLogger)
@@ -66,7 +68,8 @@ struct SlotSafetyTests {
             let sandbox = try Sandbox.make(in: dir)
             let configuration = try sandbox.configuration()
             let slot = try #require(configuration.slot(named: "rootfs_b"))
-            let partition = try PartitionTable.read(sandbox.diskPath).partition(.partitionLabel("rootfs_b"), disk: sandbox.diskPath)
+            let partition = try PartitionTable.read(sandbox.diskPath).partition(
+                .partitionLabel("rootfs_b"), disk: sandbox.diskPath)
             let mountPoint = "\(dir)/mnt"
 
             // 1. Mounted through a partition of a loop device over the whole disk.
@@ -81,7 +84,8 @@ struct SlotSafetyTests {
 
             // 2. Mounted through a separate loop device with an offset (mount -o loop,offset=...).
             try Shell.check([
-                "mount", "-o", "loop,offset=\(partition.startOffset),sizelimit=\(partition.byteCount)", sandbox.diskPath,
+                "mount", "-o", "loop,offset=\(partition.startOffset),sizelimit=\(partition.byteCount)",
+                sandbox.diskPath,
                 mountPoint,
             ])
             do {
@@ -144,8 +148,13 @@ struct SlotSafetyTests {
             // Held by another process: refused here. The holder blocks until it has the lock, then
             // leaves a marker, so the check below runs only once the lock is really held.
             let ready = "\(dir)/holder-ready"
-            let holder = try Shell.check(["sh", "-c", "flock \(store.lockPath) sh -c 'touch \(ready); exec sleep 30' >/dev/null 2>&1 & echo $!"])
-            defer { _ = try? Shell.run(["pkill", "-P", holder.trimmed]); _ = try? Shell.run(["kill", holder.trimmed]) }
+            let holder = try Shell.check([
+                "sh", "-c", "flock \(store.lockPath) sh -c 'touch \(ready); exec sleep 30' >/dev/null 2>&1 & echo $!",
+            ])
+            defer {
+                _ = try? Shell.run(["pkill", "-P", holder.trimmed])
+                _ = try? Shell.run(["kill", holder.trimmed])
+            }
             var waited = 0
             while !(Glibc.access(ready, F_OK) == 0) && waited < 6000 {
                 usleepMilliseconds(10)

@@ -13,7 +13,8 @@ import Testing
 /// refusal of a bad index (unsigned, tampered, expired, replayed) with nothing written.
 @Suite(
     .serialized,
-    .enabled(if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"),
+    .enabled(
+        if: TestEnvironment.canUseLoopDevices, "needs root and /dev/loop-control (tools/test runs it as root in CI)"),
     .enabled(if: HTTPSServer.available, "needs openssl and nginx (tools/install-deps installs them)"))
 struct UpdateTests {
     struct Server {
@@ -46,7 +47,8 @@ struct UpdateTests {
         func publish(_ index: UpdateIndex, signer: String = "signer1") throws {
             let bytes = index.serialized()
             let signature = try CMS.sign(
-                content: bytes, certificatePath: "\(sandbox.directory)/pki/\(signer).pem", keyPath: "\(sandbox.directory)/pki/\(signer).key")
+                content: bytes, certificatePath: "\(sandbox.directory)/pki/\(signer).pem",
+                keyPath: "\(sandbox.directory)/pki/\(signer).key")
             try DurableFile.write(signature, to: "\(www)/index.json.1.p7s")
             try DurableFile.write(bytes, to: "\(www)/index.json")
         }
@@ -57,7 +59,8 @@ struct UpdateTests {
             try reader.readSignedManifest()
             let bytes = try readFile("\(www)/\(name)")
             return UpdateIndex.entry(
-                for: try Manifest.parse(reader.manifestBytes), manifestBytes: reader.manifestBytes, url: name, size: Int64(bytes.count),
+                for: try Manifest.parse(reader.manifestBytes), manifestBytes: reader.manifestBytes, url: name,
+                size: Int64(bytes.count),
                 sha256: SHA256Hasher.hash(bytes))
         }
 
@@ -69,7 +72,8 @@ struct UpdateTests {
         }
 
         func slot(_ label: String, _ count: Int) throws -> [UInt8] {
-            let partition = try PartitionTable.read(sandbox.diskPath).partition(.partitionLabel(label), disk: sandbox.diskPath)
+            let partition = try PartitionTable.read(sandbox.diskPath).partition(
+                .partitionLabel(label), disk: sandbox.diskPath)
             return try BlockDevice.openForReading(sandbox.diskPath, window: partition.range).read(at: 0, count: count)
         }
 
@@ -88,10 +92,13 @@ struct UpdateTests {
         let tls = try TestTLS.make(in: "\(dir)/tls")
         let www = "\(dir)/www"
         try DurableFile.createDirectory(www)
-        var object = try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+        var object =
+            try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal)
+            .objectValue ?? [:]
         object["tlsPins"] = .array([.string(try tls.certificatePin("server"))])
         object["network"] = .object(["retryDelaySeconds": .number(0.05), "retries": .number(1)])
-        try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
+        try DurableFile.write(
+            String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
 
         let factory = "\(sandbox.directory)/images/factory-rootfs.img"
         let images: [String: [UInt8]] = [
@@ -102,7 +109,8 @@ struct UpdateTests {
         let common = [
             TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.1.0",
             "--cert", "\(sandbox.directory)/pki/signer1.pem", "--key", "\(sandbox.directory)/pki/signer1.key",
-            "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image", "tee=\(dir)/new-tee.img",
+            "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image",
+            "tee=\(dir)/new-tee.img",
             "--chunk-size", "1M",
         ]
         _ = try Shell.check(common + ["-o", "\(www)/full-1.1.0.ferry"])
@@ -119,7 +127,8 @@ struct UpdateTests {
             try Self.withServer(dir) { server in
                 let check = try server.ferry(["check", server.index, "--json"])
                 #expect(check.status == 0, "\(check.output)")
-                let decision = try JSONValue.parse(Array(check.output.utf8), what: "check", code: .internal).objectValue ?? [:]
+                let decision =
+                    try JSONValue.parse(Array(check.output.utf8), what: "check", code: .internal).objectValue ?? [:]
                 #expect(decision["updateAvailable"] == .bool(true))
                 #expect(decision["entry"]?.objectValue?["kind"] == .string("delta"), "\(check.output)")
                 #expect(decision["entry"]?.objectValue?["url"] == .string(server.server.url + "delta-1.1.0.ferry"))
@@ -150,8 +159,10 @@ struct UpdateTests {
                 // The slot record still names the factory image, but rootfs_a differs where the delta reads.
                 let reader = BundleReader(source: try FileByteSource(path: "\(server.www)/delta-1.1.0.ferry"))
                 try reader.readSignedManifest()
-                let check = try #require(try Manifest.parse(reader.manifestBytes).payloads.first?.delta?.sourceChecks.first)
-                let partition = try PartitionTable.read(server.sandbox.diskPath).partition(.partitionLabel("rootfs_a"), disk: server.sandbox.diskPath)
+                let check = try #require(
+                    try Manifest.parse(reader.manifestBytes).payloads.first?.delta?.sourceChecks.first)
+                let partition = try PartitionTable.read(server.sandbox.diskPath).partition(
+                    .partitionLabel("rootfs_a"), disk: server.sandbox.diskPath)
                 let disk = try BlockDevice.openExclusive(server.sandbox.diskPath)
                 var byte = try disk.read(at: partition.range.lowerBound + check.range.lowerBound, count: 1)
                 byte[0] ^= 0xFF
@@ -160,7 +171,9 @@ struct UpdateTests {
 
                 let update = try server.ferry(["update", server.index])
                 #expect(update.status == 0, "\(update.output)")
-                #expect(update.output.contains("The delta does not apply to this device (delta needs source sha256"), "\(update.output)")
+                #expect(
+                    update.output.contains("The delta does not apply to this device (delta needs source sha256"),
+                    "\(update.output)")
                 #expect(update.output.contains("Installing 1.1.0 (full image)"), "\(update.output)")
                 try server.expectInstalled()
             }
@@ -171,14 +184,22 @@ struct UpdateTests {
         try await withTemporaryDirectory { dir in
             try Self.withServer(dir) { server in
                 let before = try server.environment()
-                func expectRefused(_ code: FerryError.Code, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+                func expectRefused(
+                    _ code: FerryError.Code, _ what: String, sourceLocation: SourceLocation = #_sourceLocation
+                ) throws {
                     for command in ["check", "update"] {
                         let result = try server.ferry([command, server.index])
-                        #expect(result.status == code.exitStatus, "\(what), \(command): \(result.output)", sourceLocation: sourceLocation)
-                        #expect(result.output.hasPrefix("ferry: error: ") && result.output.split(separator: "\n").count == 1,
-                                "\(what): \(result.output)", sourceLocation: sourceLocation)
+                        #expect(
+                            result.status == code.exitStatus, "\(what), \(command): \(result.output)",
+                            sourceLocation: sourceLocation)
+                        #expect(
+                            result.output.hasPrefix("ferry: error: ")
+                                && result.output.split(separator: "\n").count == 1,
+                            "\(what): \(result.output)", sourceLocation: sourceLocation)
                     }
-                    #expect(try server.environment() == before, "\(what): the environment changed", sourceLocation: sourceLocation)
+                    #expect(
+                        try server.environment() == before, "\(what): the environment changed",
+                        sourceLocation: sourceLocation)
                 }
                 let index = "\(server.www)/index.json"
                 let signed = try readFile(index)
@@ -196,22 +217,34 @@ struct UpdateTests {
 
                 // Signed by a signer the device does not trust.
                 let stranger = try TestPKI.make(in: "\(dir)/stranger", signers: ["mallory"])
-                try Shell.check(["cp", stranger.certificate("mallory"), stranger.key("mallory"), "\(server.sandbox.directory)/pki/"])
+                try Shell.check([
+                    "cp", stranger.certificate("mallory"), stranger.key("mallory"), "\(server.sandbox.directory)/pki/",
+                ])
                 try server.publish(serial: 2, bundles: ["full-1.1.0.ferry"], signer: "mallory")
                 try expectRefused(.untrusted, "an index signed by an untrusted key")
 
                 // Expired (a frozen index). `ferry bundle index` refuses to make one: signed by hand.
                 let expired = try #require(WallClock.parseISO8601("2021-01-01T00:00:00Z"))
-                try server.publish(UpdateIndex(serial: 3, created: expired - 86_400, expires: expired, entries: [try server.entry("full-1.1.0.ferry")]))
+                try server.publish(
+                    UpdateIndex(
+                        serial: 3, created: expired - 86_400, expires: expired,
+                        entries: [try server.entry("full-1.1.0.ferry")]))
                 try expectRefused(.expired, "an expired index")
 
                 // An index of format 1 (no manifest hashes).
-                let formatOne = String(decoding: UpdateIndex(serial: 4, created: WallClock.now(), expires: WallClock.now() + 86_400, entries: [try server.entry("full-1.1.0.ferry")]).serialized(), as: UTF8.self)
-                    .replacing("\"formatVersion\": 2", with: "\"formatVersion\": 1")
+                let formatOne = String(
+                    decoding: UpdateIndex(
+                        serial: 4, created: WallClock.now(), expires: WallClock.now() + 86_400,
+                        entries: [try server.entry("full-1.1.0.ferry")]
+                    ).serialized(), as: UTF8.self
+                )
+                .replacing("\"formatVersion\": 2", with: "\"formatVersion\": 1")
                 try makeFile(index, bytes: Array(formatOne.utf8))
-                try makeFile("\(index).1.p7s", bytes: try CMS.sign(
-                    content: Array(formatOne.utf8), certificatePath: "\(server.sandbox.directory)/pki/signer1.pem",
-                    keyPath: "\(server.sandbox.directory)/pki/signer1.key"))
+                try makeFile(
+                    "\(index).1.p7s",
+                    bytes: try CMS.sign(
+                        content: Array(formatOne.utf8), certificatePath: "\(server.sandbox.directory)/pki/signer1.pem",
+                        keyPath: "\(server.sandbox.directory)/pki/signer1.key"))
                 try expectRefused(.bundleInvalid, "an index of format 1")
 
                 // Accept serial 5, then a replay of serial 4, or another index numbered 5: refused.
@@ -231,9 +264,12 @@ struct UpdateTests {
                 // A 2.0.0 for another compatible, and a 1.0.0 (the booted version) for this one.
                 for (version, compatible) in [("2.0.0", "other-board"), ("1.0.0", "ferry-demo-x86_64")] {
                     _ = try Shell.check([
-                        TestEnvironment.ferryBinary, "bundle", "create", "--compatible", compatible, "--version", version,
-                        "--cert", "\(server.sandbox.directory)/pki/signer1.pem", "--key", "\(server.sandbox.directory)/pki/signer1.key",
-                        "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image", "tee=\(dir)/new-tee.img",
+                        TestEnvironment.ferryBinary, "bundle", "create", "--compatible", compatible, "--version",
+                        version,
+                        "--cert", "\(server.sandbox.directory)/pki/signer1.pem", "--key",
+                        "\(server.sandbox.directory)/pki/signer1.key",
+                        "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image",
+                        "tee=\(dir)/new-tee.img",
                         "-o", "\(server.www)/\(compatible)-\(version).ferry",
                     ])
                 }
@@ -243,7 +279,8 @@ struct UpdateTests {
                 #expect(check.output.hasPrefix("Up to date: the booted group runs 1.0.0"), "\(check.output)")
                 let json = try server.ferry(["check", server.index, "--json"])
                 #expect(json.status == 3, "\(json.output)")
-                let decision = try JSONValue.parse(Array(json.output.utf8), what: "check", code: .internal).objectValue ?? [:]
+                let decision =
+                    try JSONValue.parse(Array(json.output.utf8), what: "check", code: .internal).objectValue ?? [:]
                 #expect(decision["updateAvailable"] == .bool(false) && decision["entry"] == nil, "\(json.output)")
             }
         }
@@ -259,21 +296,30 @@ struct UpdateTests {
                 try server.publish(serial: 2, bundles: ["full-1.1.0.ferry"])
                 // The same images as 1.1.0, signed as 1.0.9: the same size, another manifest.
                 _ = try Shell.check([
-                    TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.0.9",
-                    "--cert", "\(server.sandbox.directory)/pki/signer1.pem", "--key", "\(server.sandbox.directory)/pki/signer1.key",
-                    "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image", "tee=\(dir)/new-tee.img",
+                    TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version",
+                    "1.0.9",
+                    "--cert", "\(server.sandbox.directory)/pki/signer1.pem", "--key",
+                    "\(server.sandbox.directory)/pki/signer1.key",
+                    "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image",
+                    "tee=\(dir)/new-tee.img",
                     "--chunk-size", "1M", "-o", "\(dir)/older.ferry",
                 ])
                 let original = try readFile("\(server.www)/full-1.1.0.ferry")
                 let older = try readFile("\(dir)/older.ferry")
-                try #require(older.count == original.count && older != original, "the swapped bundle must have the same size")
+                try #require(
+                    older.count == original.count && older != original, "the swapped bundle must have the same size")
                 try makeFile("\(server.www)/full-1.1.0.ferry", bytes: older)
 
                 let before = try server.untouchedState()
                 let update = try server.ferry(["update", server.index])
                 #expect(update.status == FerryError.Code.notIndexed.exitStatus, "\(update.output)")
-                #expect(update.output.contains("is not the bundle the update index names for 1.1.0: its manifest has SHA-256"), "\(update.output)")
-                #expect(try server.untouchedState() == before, "a refusal known before writing changed the environment or the state")
+                #expect(
+                    update.output.contains(
+                        "is not the bundle the update index names for 1.1.0: its manifest has SHA-256"),
+                    "\(update.output)")
+                #expect(
+                    try server.untouchedState() == before,
+                    "a refusal known before writing changed the environment or the state")
             }
         }
     }
@@ -285,7 +331,9 @@ struct UpdateTests {
             try Self.withServer(dir) { server in
                 var entry = try server.entry("full-1.1.0.ferry")
                 entry.sha256 = SHA256Hasher.hash(Array("another file".utf8))
-                try server.publish(UpdateIndex(serial: 2, created: WallClock.now(), expires: WallClock.now() + 86_400, entries: [entry]))
+                try server.publish(
+                    UpdateIndex(
+                        serial: 2, created: WallClock.now(), expires: WallClock.now() + 86_400, entries: [entry]))
                 let update = try server.ferry(["update", server.index])
                 #expect(update.status == FerryError.Code.notIndexed.exitStatus, "\(update.output)")
                 #expect(update.output.contains("not the \(entry.sha256.hex) the update index says"), "\(update.output)")
@@ -302,7 +350,9 @@ struct UpdateTests {
             try Self.withServer(dir) { server in
                 var entry = try server.entry("full-1.1.0.ferry")
                 entry.size -= 512
-                try server.publish(UpdateIndex(serial: 2, created: WallClock.now(), expires: WallClock.now() + 86_400, entries: [entry]))
+                try server.publish(
+                    UpdateIndex(
+                        serial: 2, created: WallClock.now(), expires: WallClock.now() + 86_400, entries: [entry]))
                 let before = try server.untouchedState()
                 let update = try server.ferry(["update", server.index])
                 #expect(update.status == FerryError.Code.notIndexed.exitStatus, "\(update.output)")
@@ -320,20 +370,27 @@ struct UpdateTests {
             try Self.withServer(dir) { server in
                 let window = 4
                 let minimum = 64 << 10
-                var object = try JSONValue.parse(try readFile(server.sandbox.configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+                var object =
+                    try JSONValue.parse(
+                        try readFile(server.sandbox.configurationPath), what: "system.json", code: .internal
+                    ).objectValue ?? [:]
                 object["network"] = .object([
                     "retryDelaySeconds": .number(0.05), "retries": .number(1), "stallTimeoutSeconds": .number(2),
                     "minimumBytesPerSecond": .number(Double(minimum)), "rateWindowSeconds": .number(Double(window)),
                 ])
-                try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: server.sandbox.configurationPath)
+                try DurableFile.write(
+                    String(decoding: JSONValue.object(object).serialized(), as: UTF8.self),
+                    to: server.sandbox.configurationPath)
                 try server.publish(serial: 2, bundles: ["full-1.1.0.ferry"])
                 // Every connection: 24 KiB at full speed (the TLS handshake, the headers and about
                 // one TLS record of the body), then 20 bytes a second. The index and its signature
                 // are smaller and pass whole; only bundle connections ever start to trickle.
                 let trickleStarts = Mutex<[Double]>([])
-                let port = try #require(Int(server.server.url.split(separator: ":").last?.split(separator: "/").first ?? ""))
+                let port = try #require(
+                    Int(server.server.url.split(separator: ":").last?.split(separator: "/").first ?? ""))
                 let proxy = try TCPProxy(
-                    upstreamPort: port, behaviours: Array(repeating: .trickle(afterBytes: 24 << 10, bytesPerSecond: 20), count: 1000),
+                    upstreamPort: port,
+                    behaviours: Array(repeating: .trickle(afterBytes: 24 << 10, bytesPerSecond: 20), count: 1000),
                     onBreak: { _ in trickleStarts.withLock { $0.append(WallClock.monotonicSeconds()) } })
                 defer { proxy.stop() }
                 let slowIndex = server.index.replacing(":\(port)/", with: ":\(proxy.port)/")
@@ -341,7 +398,9 @@ struct UpdateTests {
                 let update = try server.ferry(["update", slowIndex])
                 let ended = WallClock.monotonicSeconds()
                 #expect(update.status == FerryError.Code.tooSlow.exitStatus, "\(update.output)")
-                #expect(update.output.contains("less than network.minimumBytesPerSecond (\(minimum) bytes/s)"), "\(update.output)")
+                #expect(
+                    update.output.contains("less than network.minimumBytesPerSecond (\(minimum) bytes/s)"),
+                    "\(update.output)")
                 #expect(update.output.contains("run the same command again to continue"), "\(update.output)")
                 // The bound (docs/configuration.md): the bundle's download never reaches the
                 // minimum, so it gives up once it has waited `window` seconds, plus at most one
@@ -349,8 +408,12 @@ struct UpdateTests {
                 // its first connection started to trickle.
                 let started = try #require(trickleStarts.withLock { $0.first })
                 let took = ended - started
-                print("trickle: gave up \(took) s after the download began (bound: \(window) to \(window + 1) s of waiting)")
-                #expect(took >= Double(window) - 0.5 && took <= Double(window) + 1 + 1, "gave up \(took) s after the download began")
+                print(
+                    "trickle: gave up \(took) s after the download began (bound: \(window) to \(window + 1) s of waiting)"
+                )
+                #expect(
+                    took >= Double(window) - 0.5 && took <= Double(window) + 1 + 1,
+                    "gave up \(took) s after the download began")
                 #expect(proxy.connections >= 3, "every connection made some progress: \(proxy.connections) connections")
                 #expect(TextFile.exists("\(server.sandbox.directory)/state/install.json"), "no journal to resume from")
 

@@ -10,7 +10,9 @@ import Testing
     }
 
     @Test func parsesEveryKindOfValue() throws {
-        let value = try parse(#" { "a": [1, -2.5, 3e2, 0, 1E-2], "b": {"c": null, "d": true, "e": false}, "s": "x\"\\\/\n\u00e9\ud83d\ude00" } "#)
+        let value = try parse(
+            #" { "a": [1, -2.5, 3e2, 0, 1E-2], "b": {"c": null, "d": true, "e": false}, "s": "x\"\\\/\n\u00e9\ud83d\ude00" } "#
+        )
         #expect(
             value
                 == .object([
@@ -103,20 +105,26 @@ import Testing
         case 2: return .number(Double(Int64(bitPattern: generator.next()) >> 20))
         case 3:
             let alphabet = Array("aé\"\\\n\t/ z😀\u{1}")
-            return .string(String((0..<Int(generator.next() % 12)).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] }))
+            return .string(
+                String(
+                    (0..<Int(generator.next() % 12)).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))]
+                    }))
         case 4: return .array((0..<Int(generator.next() % 4)).map { _ in randomValue(&generator, depth: depth + 1) })
         default:
             var members: [String: JSONValue] = [:]
-            for index in 0..<Int(generator.next() % 4) { members["k\(index)\(generator.next() % 10)"] = randomValue(&generator, depth: depth + 1) }
+            for index in 0..<Int(generator.next() % 4) {
+                members["k\(index)\(generator.next() % 10)"] = randomValue(&generator, depth: depth + 1)
+            }
             return .object(members)
         }
     }
 }
 
-
 /// JSON merge patch (RFC 7386), with the RFC's own examples.
 @Suite struct MergePatchTests {
-    static func json(_ text: String) throws -> JSONValue { try JSONValue.parse(Array(text.utf8), what: "test", code: .internal) }
+    static func json(_ text: String) throws -> JSONValue {
+        try JSONValue.parse(Array(text.utf8), what: "test", code: .internal)
+    }
 
     @Test(arguments: [
         (#"{"a":"b"}"#, #"{"a":"c"}"#, #"{"a":"c"}"#),

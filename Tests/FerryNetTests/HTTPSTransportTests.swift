@@ -26,10 +26,13 @@ struct HTTPSTransportTests {
         }
 
         func nginx(certificate: String = "server", extra: [String] = []) throws -> HTTPSServer {
-            try HTTPSServer.nginx(root: www, tls: tls, certificate: certificate, state: "\(directory)/nginx-\(certificate)", extra: extra)
+            try HTTPSServer.nginx(
+                root: www, tls: tls, certificate: certificate, state: "\(directory)/nginx-\(certificate)", extra: extra)
         }
 
-        func options(_ pins: [String], configure: (inout TransportOptions) -> Void = { _ in }) throws -> TransportOptions {
+        func options(_ pins: [String], configure: (inout TransportOptions) -> Void = { _ in }) throws
+            -> TransportOptions
+        {
             var options = TransportOptions(pins: PinSet(anyHost: try pins.map { try TLSPin(parsing: $0) }))
             options.retryDelaySeconds = 0.05
             options.stallTimeoutSeconds = 5
@@ -62,7 +65,8 @@ struct HTTPSTransportTests {
             let presented = try TLSProbe.certificate(of: server.url, options: TransportOptions())
             #expect(presented.protocolVersion == "TLSv\(version)")
             #expect(presented.certificatePin.description == (try fixture.tls.certificatePin("server")))
-            let (bytes, _) = try Self.download(server.url + "payload.bin", try fixture.options([try fixture.tls.certificatePin("server")]))
+            let (bytes, _) = try Self.download(
+                server.url + "payload.bin", try fixture.options([try fixture.tls.certificatePin("server")]))
             #expect(bytes == fixture.payload)
         }
     }
@@ -73,7 +77,8 @@ struct HTTPSTransportTests {
             let server = try fixture.nginx()
             defer { server.stop() }
             let pin = try fixture.tls.publicKeyPin("server")
-            #expect((try TLSProbe.certificate(of: server.url, options: TransportOptions())).publicKeyPin.description == pin)
+            #expect(
+                (try TLSProbe.certificate(of: server.url, options: TransportOptions())).publicKeyPin.description == pin)
             let (bytes, source) = try Self.download(server.url + "payload.bin", try fixture.options([pin]))
             #expect(bytes == fixture.payload)
             #expect(source.totalBytes == Int64(fixture.payload.count))
@@ -86,7 +91,9 @@ struct HTTPSTransportTests {
             let server = try fixture.nginx(certificate: "other")
             defer { server.stop() }
             let pins = [try fixture.tls.certificatePin("server"), try fixture.tls.publicKeyPin("server")]
-            let error = #expect(throws: FerryError.self) { try Self.download(server.url + "payload.bin", try fixture.options(pins)) }
+            let error = #expect(throws: FerryError.self) {
+                try Self.download(server.url + "payload.bin", try fixture.options(pins))
+            }
             #expect(error?.code == .pinMismatch)
             // The message names what the server presented.
             #expect(error?.message.contains(try fixture.tls.certificatePin("other")) == true)
@@ -101,7 +108,8 @@ struct HTTPSTransportTests {
             let server = try HTTPSServer.openssl(root: fixture.www, tls: fixture.tls, certificate: "selfsigned")
             defer { server.stop() }
             expectFerryError(.pinMismatch) {
-                try Self.download(server.url + "payload.bin", try fixture.options([try fixture.tls.certificatePin("server")]))
+                try Self.download(
+                    server.url + "payload.bin", try fixture.options([try fixture.tls.certificatePin("server")]))
             }
         }
     }
@@ -113,7 +121,8 @@ struct HTTPSTransportTests {
             let server = try HTTPSServer.openssl(root: fixture.www, tls: fixture.tls, version: version)
             defer { server.stop() }
             expectFerryError(.tlsHandshake) {
-                try Self.download(server.url + "payload.bin", try fixture.options([try fixture.tls.certificatePin("server")]))
+                try Self.download(
+                    server.url + "payload.bin", try fixture.options([try fixture.tls.certificatePin("server")]))
             }
         }
     }
@@ -142,8 +151,11 @@ struct HTTPSTransportTests {
             let environment = ["OPENSSL_CONF": configuration]
             let flag = version == "1.0" ? "-tls1" : "-tls1_1"
             let control = try Shell.run(
-                ["sh", "-c", "openssl s_client -connect 127.0.0.1:\(server.port) \(flag) </dev/null"], environment: environment)
-            #expect(control.output.contains("Protocol  : TLSv\(version == "1.0" ? "1" : "1.1")"), "control client: \(control.output)")
+                ["sh", "-c", "openssl s_client -connect 127.0.0.1:\(server.port) \(flag) </dev/null"],
+                environment: environment)
+            #expect(
+                control.output.contains("Protocol  : TLSv\(version == "1.0" ? "1" : "1.1")"),
+                "control client: \(control.output)")
             let ferry = try Shell.run([TestEnvironment.ferryBinary, "pin", server.url], environment: environment)
             #expect(ferry.status == FerryError.Code.tlsHandshake.exitStatus, "ferry pin: \(ferry.output)")
             #expect(ferry.output.hasPrefix("ferry: error: "))
@@ -243,7 +255,8 @@ struct HTTPSTransportTests {
             defer { server.stop() }
             // libcurl may fetch the first window and the rest on one connection or on two: each of
             // the first two connections is cut after 1 MiB, so a cut happens either way.
-            let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.cut(afterBytes: 1 << 20), .cut(afterBytes: 1 << 20)])
+            let proxy = try TCPProxy(
+                upstreamPort: server.port, behaviours: [.cut(afterBytes: 1 << 20), .cut(afterBytes: 1 << 20)])
             defer { proxy.stop() }
             let options = try fixture.options([try fixture.tls.certificatePin("server")])
             let (bytes, source) = try Self.download("https://127.0.0.1:\(proxy.port)/payload.bin", options)
@@ -262,14 +275,18 @@ struct HTTPSTransportTests {
             let server = try fixture.nginx()
             defer { server.stop() }
             let www = fixture.www
-            let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.cut(afterBytes: 1 << 20), .cut(afterBytes: 1 << 20)]) { _ in
+            let proxy = try TCPProxy(
+                upstreamPort: server.port, behaviours: [.cut(afterBytes: 1 << 20), .cut(afterBytes: 1 << 20)]
+            ) { _ in
                 // A new release appears under the same name (another size, another ETag).
                 try? makeFile("\(www)/payload.next", bytes: seededBytes(count: (3 << 20) + 4096, seed: 8))
                 _ = try? Shell.run(["mv", "\(www)/payload.next", "\(www)/payload.bin"])
             }
             defer { proxy.stop() }
             let options = try fixture.options([try fixture.tls.certificatePin("server")])
-            expectFerryError(.contentChanged) { try Self.download("https://127.0.0.1:\(proxy.port)/payload.bin", options) }
+            expectFerryError(.contentChanged) {
+                try Self.download("https://127.0.0.1:\(proxy.port)/payload.bin", options)
+            }
         }
     }
 
@@ -278,7 +295,8 @@ struct HTTPSTransportTests {
             let fixture = try Fixture(directory)
             let server = try fixture.nginx()
             defer { server.stop() }
-            let proxy = try TCPProxy(upstreamPort: server.port, behaviours: [.stall(afterBytes: 200_000), .stall(afterBytes: 0)])
+            let proxy = try TCPProxy(
+                upstreamPort: server.port, behaviours: [.stall(afterBytes: 200_000), .stall(afterBytes: 0)])
             defer { proxy.stop() }
             let options = try fixture.options([try fixture.tls.certificatePin("server")]) {
                 $0.stallTimeoutSeconds = 1
@@ -305,7 +323,9 @@ struct HTTPSTransportTests {
             #expect(source.reconnections >= 1)
             // One connection per reconnection, plus the first window's and the rest's, which libcurl
             // may serve on one kept-alive connection.
-            #expect((source.reconnections + 1)...(source.reconnections + 2) ~= proxy.connections, "\(proxy.connections) connections")
+            #expect(
+                (source.reconnections + 1)...(source.reconnections + 2) ~= proxy.connections,
+                "\(proxy.connections) connections")
         }
     }
 
@@ -315,7 +335,8 @@ struct HTTPSTransportTests {
             let server = try fixture.nginx()
             defer { server.stop() }
             var source: HTTPSource? = try HTTPSource(
-                url: server.url + "payload.bin", options: try fixture.options([try fixture.tls.certificatePin("server")]), logger: quietLogger)
+                url: server.url + "payload.bin",
+                options: try fixture.options([try fixture.tls.certificatePin("server")]), logger: quietLogger)
             let head = try source!.readExactly(16, what: "the head")
             #expect(head == Array(fixture.payload[..<16]))
             try source!.skip(Int64((2 << 20) + 5))
@@ -325,7 +346,8 @@ struct HTTPSTransportTests {
             // A skip past the end reads as the end of the stream.
             try source!.skip(Int64(10 << 20))
             var byte: UInt8 = 0
-            #expect(try withUnsafeMutableBytes(of: &byte) { (raw) throws(FerryError) in try source!.read(into: raw) } == 0)
+            #expect(
+                try withUnsafeMutableBytes(of: &byte) { (raw) throws(FerryError) in try source!.read(into: raw) } == 0)
             #expect(source!.requests == 2)
             // nginx logs a request when its connection ends.
             source = nil
@@ -360,7 +382,9 @@ struct HTTPSTransportTests {
                 [TestEnvironment.ferryBinary, "pin", server.url],
                 environment: ["https_proxy": "http://127.0.0.1:\(proxy.port)", "NO_PROXY": "", "no_proxy": ""])
             #expect(output.contains(try fixture.tls.certificatePin("server")))
-            #expect(proxy.connectRequests.count == 1 && proxy.connectRequests.first?.hasPrefix("CONNECT 127.0.0.1:\(server.port) ") == true,
+            #expect(
+                proxy.connectRequests.count == 1
+                    && proxy.connectRequests.first?.hasPrefix("CONNECT 127.0.0.1:\(server.port) ") == true,
                 "\(proxy.connectRequests)")
         }
     }
@@ -371,7 +395,9 @@ struct HTTPSTransportTests {
             let server = try fixture.nginx()
             defer { server.stop() }
             let network = try Shell.check([TestEnvironment.ferryBinary, "pin", "--json", server.url])
-            let file = try Shell.check([TestEnvironment.ferryBinary, "pin", "--json", fixture.tls.pki.certificate("server")])
+            let file = try Shell.check([
+                TestEnvironment.ferryBinary, "pin", "--json", fixture.tls.pki.certificate("server"),
+            ])
             #expect(network.contains(try fixture.tls.certificatePin("server")))
             #expect(network.contains(try fixture.tls.publicKeyPin("server")))
             #expect(file.contains(try fixture.tls.certificatePin("server")))

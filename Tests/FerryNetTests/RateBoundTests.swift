@@ -1,5 +1,6 @@
-@testable import FerryNet
 import Testing
+
+@testable import FerryNet
 
 /// The minimum average rate of a download, on a simulated waiting clock (no network, no sleeps).
 @Suite struct RateBoundTests {

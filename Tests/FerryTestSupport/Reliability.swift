@@ -17,7 +17,8 @@ public enum ReliabilityProfile {
         object["profile"] = .string(name)
         // One append of one line: suites that run in parallel do not lose each other's lines.
         let fd = try FileDescriptor.open(
-            FilePath(output), .writeOnly, options: [.append, .create], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            FilePath(output), .writeOnly, options: [.append, .create],
+            permissions: [.ownerReadWrite, .groupRead, .otherRead])
         defer { try? fd.close() }
         _ = try fd.writeAll(JSONValue.object(object).serialized() + [0x0a])
     }

@@ -3,7 +3,7 @@ import FerrySystem
 import Synchronization
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Throw-away TLS material for test servers, made with the openssl command line.
@@ -40,17 +40,21 @@ public struct TestTLS {
                 + "subjectAltName=\(host.map { "DNS:\($0)" } ?? "DNS:localhost,IP:127.0.0.1")\n",
             to: "\(pki.directory)/\(name).ext")
         try Shell.check([
-            "openssl", "req", "-new", "-key", pki.key(name), "-subj", "/CN=\(host ?? "localhost")", "-out", "\(pki.directory)/\(name).csr",
+            "openssl", "req", "-new", "-key", pki.key(name), "-subj", "/CN=\(host ?? "localhost")", "-out",
+            "\(pki.directory)/\(name).csr",
         ])
         try Shell.check([
-            "openssl", "x509", "-req", "-in", "\(pki.directory)/\(name).csr", "-CA", pki.certificate(ca), "-CAkey", pki.key(ca),
+            "openssl", "x509", "-req", "-in", "\(pki.directory)/\(name).csr", "-CA", pki.certificate(ca), "-CAkey",
+            pki.key(ca),
             "-CAcreateserial", "-days", "30", "-extfile", "\(pki.directory)/\(name).ext", "-out", pki.certificate(name),
         ])
     }
 
     /// The certificate pin (hex SHA-256 of the DER certificate) of `name`, computed by openssl.
     public func certificatePin(_ name: String) throws -> String {
-        let output = try Shell.check(["openssl", "x509", "-in", pki.certificate(name), "-noout", "-fingerprint", "-sha256"])
+        let output = try Shell.check([
+            "openssl", "x509", "-in", pki.certificate(name), "-noout", "-fingerprint", "-sha256",
+        ])
         return String(output.split(separator: "=").last!.filter { $0.isHexDigit }).lowercased()
     }
 
@@ -77,20 +81,28 @@ public final class HTTPSServer {
 
     /// Whether the servers can run here (openssl and nginx installed).
     public static var available: Bool {
-        TestEnvironment.hasCommand("openssl") && (TestEnvironment.hasCommand("nginx") || TextFile.exists("/usr/sbin/nginx"))
+        TestEnvironment.hasCommand("openssl")
+            && (TestEnvironment.hasCommand("nginx") || TextFile.exists("/usr/sbin/nginx"))
     }
 
     /// nginx serving `root` with `certificate` (a name of `tls`), with range requests and the test routes.
-    public static func nginx(root: String, tls: TestTLS, certificate: String = "server", state: String, extra: [String] = [])
+    public static func nginx(
+        root: String, tls: TestTLS, certificate: String = "server", state: String, extra: [String] = []
+    )
         throws -> HTTPSServer
     {
         try HTTPSServer(
-            ["nginx", "--root", root, "--cert", tls.pki.certificate(certificate), "--key", tls.pki.key(certificate), "--state", state]
+            [
+                "nginx", "--root", root, "--cert", tls.pki.certificate(certificate), "--key", tls.pki.key(certificate),
+                "--state", state,
+            ]
                 + extra, stateDirectory: state)
     }
 
     /// `openssl s_server -WWW` serving `root`, optionally forced to one TLS version ("1.0" … "1.3").
-    public static func openssl(root: String, tls: TestTLS, certificate: String = "server", version: String? = nil) throws -> HTTPSServer {
+    public static func openssl(root: String, tls: TestTLS, certificate: String = "server", version: String? = nil)
+        throws -> HTTPSServer
+    {
         try HTTPSServer(
             ["openssl", "--root", root, "--cert", tls.pki.certificate(certificate), "--key", tls.pki.key(certificate)]
                 + (version.map { ["--tls", $0] } ?? []), stateDirectory: nil)
@@ -103,7 +115,7 @@ public final class HTTPSServer {
             do {
                 try self.init(arguments, stateDirectory: stateDirectory, attempt: ())
                 return
-            } catch where attempt < 4 {
+            } catch  where attempt < 4 {
                 attempt += 1
             }
         }
@@ -151,7 +163,8 @@ public final class HTTPSServer {
             Glibc.kill(-pid, SIGKILL)
             var status: Int32 = 0
             waitpid(pid, &status, 0)
-            throw FerryError(code: .io, message: "tools/https-server \(arguments.joined(separator: " ")) did not start: '\(url)'")
+            throw FerryError(
+                code: .io, message: "tools/https-server \(arguments.joined(separator: " ")) did not start: '\(url)'")
         }
         self.port = port
         try waitUntilListening()
@@ -185,7 +198,8 @@ public final class HTTPSServer {
 
     /// nginx's access log, a line per request: `GET /path 206 range="bytes=N-" sent=N`.
     public func accessLog() -> [String] {
-        guard let stateDirectory, let bytes = try? TextFile.readBytes("\(stateDirectory)/access.log", limit: 16 << 20) else { return [] }
+        guard let stateDirectory, let bytes = try? TextFile.readBytes("\(stateDirectory)/access.log", limit: 16 << 20)
+        else { return [] }
         return String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
     }
 }
@@ -230,7 +244,8 @@ public final class TCPProxy: @unchecked Sendable {
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(listener, pointer, length) == 0 && listen(listener, 16) == 0 && getsockname(listener, pointer, &length) == 0
+                bind(listener, pointer, length) == 0 && listen(listener, 16) == 0
+                    && getsockname(listener, pointer, &length) == 0
             }
         }
         guard bound else {
@@ -276,9 +291,14 @@ public final class TCPProxy: @unchecked Sendable {
             guard client >= 0 else { continue }
             let (index, behaviour) = state.withLock { state -> (Int, Behaviour) in
                 defer { state.connections += 1 }
-                return (state.connections, state.connections < state.behaviours.count ? state.behaviours[state.connections] : .relay)
+                return (
+                    state.connections,
+                    state.connections < state.behaviours.count ? state.behaviours[state.connections] : .relay
+                )
             }
-            DispatchQueue(label: "ferry-test.proxy.relay.\(index)").async(group: group) { self.relay(client, index: index, behaviour: behaviour) }
+            DispatchQueue(label: "ferry-test.proxy.relay.\(index)").async(group: group) {
+                self.relay(client, index: index, behaviour: behaviour)
+            }
         }
     }
 
@@ -300,7 +320,8 @@ public final class TCPProxy: @unchecked Sendable {
             // The request head ends with an empty line.
             var head: [UInt8] = []
             var byte: UInt8 = 0
-            while !head.suffix(4).elementsEqual(Array("\r\n\r\n".utf8)), head.count < 8192, read(client, &byte, 1) == 1 { head.append(byte) }
+            while !head.suffix(4).elementsEqual(Array("\r\n\r\n".utf8)), head.count < 8192, read(client, &byte, 1) == 1
+            { head.append(byte) }
             let line = String(decoding: head.prefix { $0 != UInt8(ascii: "\r") }, as: UTF8.self)
             connects.withLock { $0.append(line) }
             guard line.hasPrefix("CONNECT ") else { return }
@@ -313,7 +334,10 @@ public final class TCPProxy: @unchecked Sendable {
         }
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while !isStopped {
-            var descriptors = [pollfd(fd: client, events: Int16(POLLIN), revents: 0), pollfd(fd: upstream, events: Int16(POLLIN), revents: 0)]
+            var descriptors = [
+                pollfd(fd: client, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: upstream, events: Int16(POLLIN), revents: 0),
+            ]
             guard poll(&descriptors, 2, 100) > 0 else { continue }
             if descriptors[0].revents != 0 {
                 let count = read(client, &buffer, buffer.count)
@@ -348,7 +372,10 @@ public final class TCPProxy: @unchecked Sendable {
         var byte: UInt8 = 0
         let pause = 1.0 / Double(bytesPerSecond)
         while !isStopped {
-            var descriptors = [pollfd(fd: client, events: Int16(POLLIN), revents: 0), pollfd(fd: upstream, events: Int16(POLLIN), revents: 0)]
+            var descriptors = [
+                pollfd(fd: client, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: upstream, events: Int16(POLLIN), revents: 0),
+            ]
             guard poll(&descriptors, 2, 100) >= 0 else { return }
             if descriptors[0].revents != 0 {
                 let count = read(client, &buffer, buffer.count)
@@ -379,7 +406,9 @@ public final class TCPProxy: @unchecked Sendable {
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         address.sin_port = UInt16(port).bigEndian
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
         }
         if !connected {
             close(descriptor)

@@ -2,6 +2,7 @@ import FerryCore
 import FerrySystem
 import Logging
 import SystemPackage
+
 // The static Swift runtime (`swift build -c release --static-swift-stdlib`, which builds this
 // target too) has no Testing module: what needs it is left out there.
 #if canImport(Testing)
@@ -55,7 +56,9 @@ public enum UserFacingText {
     }
 
     static func hasOffendingText(_ line: String) -> Bool {
-        if line.contains("Optional(") || line.contains("''") || line.contains("\"\"") || line.contains("()") { return true }
+        if line.contains("Optional(") || line.contains("''") || line.contains("\"\"") || line.contains("()") {
+            return true
+        }
         // A message that ends in a space ended with an empty name ("… of group ").
         if line.last == " " { return true }
         // "nil" as a word.
@@ -113,7 +116,8 @@ public func seededBytes(count: Int, seed: UInt64) -> [UInt8] {
 /// Creates a file holding `bytes` (or a sparse file of `size` zero bytes).
 public func makeFile(_ path: String, bytes: [UInt8] = [], size: Int64? = nil) throws {
     let fd = try FileDescriptor.open(
-        FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        FilePath(path), .readWrite, options: [.create, .truncate],
+        permissions: [.ownerReadWrite, .groupRead, .otherRead])
     defer { try? fd.close() }
     if !bytes.isEmpty { _ = try fd.writeAll(toAbsoluteOffset: 0, bytes) }
     if let size { try fd.resize(to: size) }
@@ -173,7 +177,9 @@ public enum Shell {
         // The ferry binary, or a script that runs it (tools/sandbox-boot with $FERRY).
         if arguments.first == TestEnvironment.ferryBinary || environment["FERRY"] == TestEnvironment.ferryBinary {
             for line in UserFacingText.violations(in: result.output) {
-                Issue.record("ferry \(arguments.dropFirst().joined(separator: " ")) printed a message with nil, Optional( or an empty name: \(line)")
+                Issue.record(
+                    "ferry \(arguments.dropFirst().joined(separator: " ")) printed a message with nil, Optional( or an empty name: \(line)"
+                )
             }
         }
         #endif
@@ -199,9 +205,13 @@ public struct Sandbox {
     public var diskPath: String { "\(directory)/disk.img" }
 
     /// Builds a sandbox with the given bootloader and rootfs slot size.
-    public static func make(in directory: String, bootloader: String = "uboot", slotSize: String = "16M") throws -> Sandbox {
+    public static func make(in directory: String, bootloader: String = "uboot", slotSize: String = "16M") throws
+        -> Sandbox
+    {
         let root = TestEnvironment.packageRoot
-        try Shell.check(["\(root)/tools/make-test-disk", directory, "--bootloader", bootloader, "--slot-size", slotSize])
+        try Shell.check([
+            "\(root)/tools/make-test-disk", directory, "--bootloader", bootloader, "--slot-size", slotSize,
+        ])
         return Sandbox(directory: directory)
     }
 
@@ -234,7 +244,9 @@ public struct TestPKI {
     /// Makes a CA `ca` and, signed by it, one certificate per name in `signers` (digitalSignature,
     /// codeSigning), plus `serverauth` (an extended key usage without codeSigning); and a second,
     /// unrelated CA `otherca` with its signer `stranger`.
-    public static func make(in directory: String, signers: [String] = ["signer1", "signer2", "signer3"]) throws -> TestPKI {
+    public static func make(in directory: String, signers: [String] = ["signer1", "signer2", "signer3"]) throws
+        -> TestPKI
+    {
         try DurableFile.createDirectory(directory)
         let pki = TestPKI(directory: directory)
         try pki.makeCA("ca", subject: "/CN=Test Keyring CA")
@@ -246,7 +258,9 @@ public struct TestPKI {
     }
 
     func newKey(_ name: String) throws {
-        try Shell.check(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key(name)])
+        try Shell.check([
+            "openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key(name),
+        ])
     }
 
     public func makeCA(_ name: String, subject: String) throws {
@@ -263,7 +277,9 @@ public struct TestPKI {
         try DurableFile.write(
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=\(extendedUsage)\n",
             to: "\(directory)/\(name).ext")
-        try Shell.check(["openssl", "req", "-new", "-key", key(name), "-subj", "/CN=\(name)", "-out", "\(directory)/\(name).csr"])
+        try Shell.check([
+            "openssl", "req", "-new", "-key", key(name), "-subj", "/CN=\(name)", "-out", "\(directory)/\(name).csr",
+        ])
         try Shell.check([
             "openssl", "x509", "-req", "-in", "\(directory)/\(name).csr", "-CA", certificate(ca), "-CAkey", key(ca),
             "-CAcreateserial", "-days", "\(days)", "-extfile", "\(directory)/\(name).ext", "-out", certificate(name),
@@ -358,8 +374,10 @@ public final class FaultyBlockTarget: BlockTarget {
     public private(set) var synchronizations = 0
 
     public init(
-        _ inner: any BlockTarget, failAfterBytes: Int64? = nil, writeError: Errno = .ioError, failSynchronize: Bool = false,
-        failSynchronizeAt: Int? = nil, failReadAfterBytes: Int64? = nil, tearFailingWrite: Bool = false, corruptByteAt: Int64? = nil,
+        _ inner: any BlockTarget, failAfterBytes: Int64? = nil, writeError: Errno = .ioError,
+        failSynchronize: Bool = false,
+        failSynchronizeAt: Int? = nil, failReadAfterBytes: Int64? = nil, tearFailingWrite: Bool = false,
+        corruptByteAt: Int64? = nil,
         ignoreZeroOut: Bool = false
     ) {
         self.corruptByteAt = corruptByteAt
@@ -378,7 +396,8 @@ public final class FaultyBlockTarget: BlockTarget {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(FerryError) {
         if let limit = failReadAfterBytes, bytesRead + Int64(buffer.count) > limit {
-            throw FerryError.syscall("reading \(buffer.count) bytes at offset \(offset) of", errno: .ioError, path: "faulty device")
+            throw FerryError.syscall(
+                "reading \(buffer.count) bytes at offset \(offset) of", errno: .ioError, path: "faulty device")
         }
         try inner.read(into: buffer, at: offset)
         bytesRead += Int64(buffer.count)
@@ -390,7 +409,8 @@ public final class FaultyBlockTarget: BlockTarget {
                 let part = Int(max(0, limit - bytesWritten)) / 512 * 512
                 if part > 0 { try inner.write(UnsafeRawBufferPointer(rebasing: bytes[..<part]), at: offset) }
             }
-            throw FerryError.syscall("writing \(bytes.count) bytes at offset \(offset) of", errno: writeError, path: "faulty device")
+            throw FerryError.syscall(
+                "writing \(bytes.count) bytes at offset \(offset) of", errno: writeError, path: "faulty device")
         }
         if let corrupt = corruptByteAt, (offset..<(offset + Int64(bytes.count))).contains(corrupt) {
             let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 4096)
@@ -406,7 +426,9 @@ public final class FaultyBlockTarget: BlockTarget {
 
     public func synchronize() throws(FerryError) {
         synchronizations += 1
-        if failSynchronize || failSynchronizeAt == synchronizations { throw FerryError.syscall("synchronizing", errno: .ioError, path: "faulty device") }
+        if failSynchronize || failSynchronizeAt == synchronizations {
+            throw FerryError.syscall("synchronizing", errno: .ioError, path: "faulty device")
+        }
         try inner.synchronize()
     }
 

@@ -27,13 +27,15 @@ import Testing
 
     /// Decodes `stream` into a fresh buffer of `expectedSize` bytes.
     func decoded(
-        _ stream: [UInt8], expectedSize: Int, memoryLimit: Int = XZChunkCodec.defaultMemoryLimit, checkIntegrity: Bool = true
+        _ stream: [UInt8], expectedSize: Int, memoryLimit: Int = XZChunkCodec.defaultMemoryLimit,
+        checkIntegrity: Bool = true
     ) throws -> [UInt8] {
         var output = [UInt8](repeating: 0, count: expectedSize)
         try stream.withUnsafeBytes { compressed in
             try output.withUnsafeMutableBytes { buffer in
                 try XZChunkCodec.decode(
-                    compressed, into: buffer, expectedSize: expectedSize, memoryLimit: memoryLimit, checkIntegrity: checkIntegrity)
+                    compressed, into: buffer, expectedSize: expectedSize, memoryLimit: memoryLimit,
+                    checkIntegrity: checkIntegrity)
             }
         }
         return output
@@ -46,7 +48,9 @@ import Testing
         var stream = try encoded(bytes)
         // The footer (12 bytes) gives the index's size; the block's 8-byte CRC64 comes just before it.
         let footer = stream.count - 12
-        let backward = Int(UInt32(stream[footer + 4]) | UInt32(stream[footer + 5]) << 8 | UInt32(stream[footer + 6]) << 16 | UInt32(stream[footer + 7]) << 24)
+        let backward = Int(
+            UInt32(stream[footer + 4]) | UInt32(stream[footer + 5]) << 8 | UInt32(stream[footer + 6]) << 16 | UInt32(
+                stream[footer + 7]) << 24)
         let check = footer - (backward + 1) * 4 - 8
         stream[check] ^= 0x01
         let error = #expect(throws: FerryError.self) { try decoded(stream, expectedSize: bytes.count) }

@@ -5,7 +5,7 @@ import Logging
 import SystemPackage
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// The app and settings parts of a mixed bundle: one that also writes slot images and switches
@@ -52,7 +52,8 @@ public struct GroupParts: Sendable, Equatable, StateRecord {
         var raw: [String: JSONValue] = [:]
 
         public init(
-            kind: Kind, name: String, version: String? = nil, format: String? = nil, mergePatch: Bool = false, replaced: String? = nil,
+            kind: Kind, name: String, version: String? = nil, format: String? = nil, mergePatch: Bool = false,
+            replaced: String? = nil,
             replacedPrevious: String? = nil
         ) {
             self.kind = kind
@@ -87,22 +88,31 @@ public struct GroupParts: Sendable, Equatable, StateRecord {
     }
 
     init(json: [String: JSONValue], path: String) throws(FerryError) {
-        guard let group = json["group"]?.stringValue, let stateName = json["state"]?.stringValue, let state = State(rawValue: stateName),
+        guard let group = json["group"]?.stringValue, let stateName = json["state"]?.stringValue,
+            let state = State(rawValue: stateName),
             case .array(let entries) = json["parts"] ?? .null
         else {
-            throw FerryError(code: .stateInvalid, message: "state file '\(path)': needs 'group', 'state' (staged, activating or active) and 'parts'")
+            throw FerryError(
+                code: .stateInvalid,
+                message: "state file '\(path)': needs 'group', 'state' (staged, activating or active) and 'parts'")
         }
         var parts: [Part] = []
         for entry in entries {
-            guard let object = entry.objectValue, let kind = object["kind"]?.stringValue.flatMap(Part.Kind.init(rawValue:)),
+            guard let object = entry.objectValue,
+                let kind = object["kind"]?.stringValue.flatMap(Part.Kind.init(rawValue:)),
                 let name = object["name"]?.stringValue
             else {
-                throw FerryError(code: .stateInvalid, message: "state file '\(path)': every part needs a 'kind' (app or settings) and a 'name'")
+                throw FerryError(
+                    code: .stateInvalid,
+                    message: "state file '\(path)': every part needs a 'kind' (app or settings) and a 'name'")
             }
             try AppStore.checkName(name, what: "state file '\(path)': part name")
-            if let version = object["version"]?.stringValue { try AppStore.checkName(version, what: "state file '\(path)': app version") }
+            if let version = object["version"]?.stringValue {
+                try AppStore.checkName(version, what: "state file '\(path)': app version")
+            }
             if kind == .app, object["version"]?.stringValue == nil {
-                throw FerryError(code: .stateInvalid, message: "state file '\(path)': app part '\(name)' has no version")
+                throw FerryError(
+                    code: .stateInvalid, message: "state file '\(path)': app part '\(name)' has no version")
             }
             var part = Part(
                 kind: kind, name: name, version: object["version"]?.stringValue, format: object["format"]?.stringValue,
@@ -112,7 +122,8 @@ public struct GroupParts: Sendable, Equatable, StateRecord {
             parts.append(part)
         }
         self.init(
-            group: group, bundle: json["bundle"]?.stringValue ?? "", version: json["version"]?.stringValue ?? "", state: state, parts: parts)
+            group: group, bundle: json["bundle"]?.stringValue ?? "", version: json["version"]?.stringValue ?? "",
+            state: state, parts: parts)
         raw = json
     }
 

@@ -68,11 +68,16 @@ public struct InstallJournal: Sendable, Equatable, StateRecord {
         chunksDone = (json["chunksDone"]?.objectValue ?? [:]).compactMapValues { $0.int64Value.map(Int.init) }
         deltaPositions = (json["deltaPositions"]?.objectValue ?? [:]).compactMapValues { value in
             guard let object = value.objectValue, let operation = object["operation"]?.int64Value,
-                let deltaOffset = object["deltaOffset"]?.int64Value, let targetOffset = object["targetOffset"]?.int64Value
+                let deltaOffset = object["deltaOffset"]?.int64Value,
+                let targetOffset = object["targetOffset"]?.int64Value
             else { return nil }
             return DeltaApplier.Position(operation: operation, deltaOffset: deltaOffset, targetOffset: targetOffset)
         }
-        if case .array(let items)? = json["completed"] { completed = items.compactMap(\.stringValue) } else { completed = [] }
+        if case .array(let items)? = json["completed"] {
+            completed = items.compactMap(\.stringValue)
+        } else {
+            completed = []
+        }
         // (Journals of earlier versions have no such list: every zero chunk is then zeroed again.)
         if case .array(let items)? = json["zeroed"] { zeroed = items.compactMap(\.stringValue) } else { zeroed = [] }
         startedAt = json["startedAt"]?.stringValue ?? ""

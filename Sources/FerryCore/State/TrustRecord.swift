@@ -50,7 +50,8 @@ public struct TrustRecord: Sendable, Equatable, StateRecord {
         }
         if let object = json["updateIndex"]?.objectValue, let serial = object["serial"]?.int64Value {
             updateIndex = AcceptedIndex(
-                serial: serial, sha256: object["sha256"]?.stringValue ?? "", acceptedAt: object["acceptedAt"]?.stringValue, raw: object)
+                serial: serial, sha256: object["sha256"]?.stringValue ?? "",
+                acceptedAt: object["acceptedAt"]?.stringValue, raw: object)
         }
     }
 
@@ -90,7 +91,9 @@ extension StateStore {
     public var trustPath: String { path(.trust) }
 
     /// The trust record (empty when none was written yet).
-    public func trustRecord() throws(FerryError) -> TrustRecord { try read(TrustRecord.self, from: .trust) ?? TrustRecord() }
+    public func trustRecord() throws(FerryError) -> TrustRecord {
+        try read(TrustRecord.self, from: .trust) ?? TrustRecord()
+    }
 
     /// Reads the trust record, lets `change` edit it, and writes it back if it changed.
     func updateTrustRecord(_ change: (inout TrustRecord) throws(FerryError) -> Void) throws(FerryError) {
@@ -117,7 +120,9 @@ extension StateStore {
     /// Raises the floor to the security version installed in `bootname`, if one is pending.
     func confirmSecurityVersion(of bootname: String) throws(FerryError) {
         try updateTrustRecord { record in
-            if let version = record.pendingSecurityVersion[bootname] { record.securityFloor = max(record.securityFloor, version) }
+            if let version = record.pendingSecurityVersion[bootname] {
+                record.securityFloor = max(record.securityFloor, version)
+            }
         }
     }
 
