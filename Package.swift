@@ -58,6 +58,10 @@ let package = Package(
             dependencies: ["CLzma", "FerrySystem"]
         ),
         .target(
+            name: "FerryXML",
+            dependencies: ["CXML2"]
+        ),
+        .target(
             name: "FerryCrypto",
             dependencies: ["COpenSSL", "FerrySystem"]
         ),
@@ -75,12 +79,12 @@ let package = Package(
         ),
         .target(
             name: "FerryBootloader",
-            dependencies: ["FerrySystem", "FerryXZ", logging]
+            dependencies: ["FerrySystem", "FerryXZ", "FerryCrypto", logging]
         ),
         .target(
             name: "FerryCore",
             dependencies: [
-                "CXML2", "FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryDelta",
+                "FerryXML", "FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryDelta",
                 "FerryNet", logging,
             ]
         ),

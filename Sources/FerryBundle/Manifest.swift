@@ -84,6 +84,23 @@ public struct Manifest: Sendable, Equatable {
         }
     }
 
+    /// What a `bootloader` payload is: the image of a bootloader the device has once, for a slot
+    /// updated with `strategy` (docs/bootloader-updates.md), and the groups it boots.
+    public struct BootloaderInfo: Sendable, Equatable {
+        /// `mbr-switch`, `gpt-switch` or `raw-fallback`: the device refuses a payload made for
+        /// another strategy than its slot's.
+        public var strategy: String
+        /// The bootnames of the groups this bootloader boots. It is switched before the group
+        /// switch, so it must boot the running group (the fallback) and the new one: a device
+        /// refuses a payload that does not name every one of its groups.
+        public var bootsGroups: [String]
+
+        public init(strategy: String, bootsGroups: [String]) {
+            self.strategy = strategy
+            self.bootsGroups = bootsGroups
+        }
+    }
+
     /// At most this many source checks per delta (as the delta format).
     public static let maximumSourceChecks = 1024
 
@@ -101,6 +118,8 @@ public struct Manifest: Sendable, Equatable {
             case app(AppInfo)
             /// A settings document for the settings store.
             case settings(SettingsInfo)
+            /// A bootloader image for a single-copy slot updated atomically with a strategy.
+            case bootloader(BootloaderInfo)
 
             /// The manifest's `type`.
             public var name: String {
@@ -109,13 +128,14 @@ public struct Manifest: Sendable, Equatable {
                 case .delta: "delta"
                 case .app: "app"
                 case .settings: "settings"
+                case .bootloader: "bootloader"
                 }
             }
 
             /// Whether it is written into a slot (an image or a delta), not into a store.
             public var writesSlot: Bool {
                 switch self {
-                case .image, .delta: true
+                case .image, .delta, .bootloader: true
                 case .app, .settings: false
                 }
             }
@@ -165,6 +185,10 @@ public struct Manifest: Sendable, Equatable {
         /// The document, its format, replace or merge, for a settings payload.
         public var settings: SettingsInfo? {
             if case .settings(let info) = kind { info } else { nil }
+        }
+        /// The strategy and groups, for a bootloader payload.
+        public var bootloader: BootloaderInfo? {
+            if case .bootloader(let info) = kind { info } else { nil }
         }
 
         /// The size of the image the slot holds once the payload is installed.
@@ -255,6 +279,12 @@ public struct Manifest: Sendable, Equatable {
                             "mergePatch": .bool(settings.mergePatch),
                         ])
                     }
+                    if let bootloader = payload.bootloader {
+                        entry["bootloader"] = .object([
+                            "strategy": .string(bootloader.strategy),
+                            "bootsGroups": .array(bootloader.bootsGroups.map(JSONValue.string)),
+                        ])
+                    }
                     if let app = payload.app {
                         var info: [String: JSONValue] = [
                             "name": .string(app.name), "version": .string(app.version), "file": .string(app.file),
@@ -340,9 +370,9 @@ public struct Manifest: Sendable, Equatable {
     private static func parsePayload(_ object: inout StrictObject, totalChunks: inout Int) throws(FerryError) -> Payload
     {
         let type = try object.requiredString("type")
-        guard ["image", "delta", "app", "settings"].contains(type) else {
+        guard ["image", "delta", "app", "settings", "bootloader"].contains(type) else {
             throw object.invalid(
-                "type", "'\(type)' is not a payload type this Ferry knows (image, delta, app, settings)")
+                "type", "'\(type)' is not a payload type this Ferry knows (image, delta, app, settings, bootloader)")
         }
         let target = try object.requiredString("target")
         let member = try object.requiredString("member")
@@ -441,8 +471,23 @@ public struct Manifest: Sendable, Equatable {
         } else if type == "settings" {
             throw object.invalid("settings", "is required for a payload of type settings")
         }
+        var bootloader: BootloaderInfo? = nil
+        if var info = try object.object("bootloader") {
+            guard type == "bootloader" else {
+                throw object.invalid("bootloader", "belongs to payloads of type bootloader only")
+            }
+            let groups = try info.stringArray("bootsGroups")
+            guard !groups.isEmpty else {
+                throw info.invalid("bootsGroups", "is required: the groups the new bootloader boots (every group of the device)")
+            }
+            bootloader = BootloaderInfo(strategy: try info.requiredString("strategy"), bootsGroups: groups)
+            try info.finish()
+        } else if type == "bootloader" {
+            throw object.invalid("bootloader", "is required for a payload of type bootloader")
+        }
         let kind: Payload.Kind =
-            delta.map { .delta($0) } ?? app.map { .app($0) } ?? settings.map { .settings($0) } ?? .image
+            delta.map { .delta($0) } ?? app.map { .app($0) } ?? settings.map { .settings($0) }
+            ?? bootloader.map { .bootloader($0) } ?? .image
         return Payload(
             kind: kind, target: target, member: member, compression: compression, size: size, sha256: sha256,
             storedSize: storedSize, chunkSize: chunkSize, chunks: chunks)

@@ -1,3 +1,4 @@
+import FerryBootloader
 import FerryBundle
 import FerryCrypto
 import FerrySystem
@@ -13,6 +14,10 @@ public struct InstallPlan: Sendable {
         case applyDelta(Manifest.Payload, Manifest.DeltaInfo, slot: SlotConfiguration, source: SlotConfiguration)
         /// A full image written in place into a single-copy slot (its configuration opts in).
         case writeSingleCopy(Manifest.Payload, slot: SlotConfiguration)
+        /// A bootloader the device has once, updated with its slot's strategy: written where
+        /// nothing boots from it, read back, then selected with one atomic write (before any group
+        /// switch: it boots every group).
+        case updateBootloader(Manifest.Payload, Manifest.BootloaderInfo, slot: SlotConfiguration)
         /// An app's version written into the app store (activated later, all or none).
         case stageApp(Manifest.Payload, Manifest.AppInfo)
         /// A settings document checked and staged (activated later, all or none).
@@ -21,7 +26,7 @@ public struct InstallPlan: Sendable {
         public var payload: Manifest.Payload {
             switch self {
             case .writeImage(let payload, _), .applyDelta(let payload, _, _, _), .writeSingleCopy(let payload, _),
-                .stageApp(let payload, _), .stageSettings(let payload, _):
+                .updateBootloader(let payload, _, _), .stageApp(let payload, _), .stageSettings(let payload, _):
                 payload
             }
         }
@@ -29,7 +34,9 @@ public struct InstallPlan: Sendable {
         /// The slot the step writes, if it writes one.
         public var slot: SlotConfiguration? {
             switch self {
-            case .writeImage(_, let slot), .applyDelta(_, _, let slot, _), .writeSingleCopy(_, let slot): slot
+            case .writeImage(_, let slot), .applyDelta(_, _, let slot, _), .writeSingleCopy(_, let slot),
+                .updateBootloader(_, _, let slot):
+                slot
             case .stageApp, .stageSettings: nil
             }
         }
@@ -46,8 +53,18 @@ public struct InstallPlan: Sendable {
 
     /// The slots the steps write, in order.
     public var writtenSlots: [SlotConfiguration] { steps.compactMap(\.slot) }
-    /// Every slot opened for writing: the steps' and the copies'.
-    public var slotsToOpen: [SlotConfiguration] { writtenSlots + copies.map(\.slot) }
+    /// Every slot opened exclusively for writing: the steps' and the copies' (bootloader slots
+    /// are not: their disk is opened shared, see `bootloaderSlots`).
+    public var slotsToOpen: [SlotConfiguration] {
+        writtenSlots.filter { $0.update == nil } + copies.map(\.slot)
+    }
+    /// The bootloader slots updated with a strategy.
+    public var bootloaderSteps: [(Manifest.Payload, SlotConfiguration)] {
+        steps.compactMap { step in
+            guard case .updateBootloader(let payload, _, let slot) = step else { return nil }
+            return (payload, slot)
+        }
+    }
     /// Whether only the app and settings stores are written (no slot, no journal, no switch).
     public var writesStoresOnly: Bool { writtenSlots.isEmpty }
     /// The app and settings payloads (staged for the switched group, or activated at once).
@@ -109,13 +126,16 @@ public struct InstallPlanner {
             case .app(let info): steps.append(.stageApp(payload, info))
             case .settings(let info): steps.append(.stageSettings(payload, info))
             case .image, .delta: steps.append(try slotStep(payload, group: group, bootedGroup: bootedGroup))
+            case .bootloader(let info): steps.append(try bootloaderStep(payload, info))
             }
         }
         var plan = InstallPlan(steps: steps, copies: [], switchedGroup: nil)
         // A bundle of single-copy modules (or of apps and settings) alone switches no group.
         let groupSlots = steps.compactMap { step -> SlotConfiguration? in
-            if case .writeSingleCopy = step { return nil }
-            return step.slot
+            switch step {
+            case .writeSingleCopy, .updateBootloader: nil
+            default: step.slot
+            }
         }
         guard !groupSlots.isEmpty else { return plan }
         plan.switchedGroup = target
@@ -131,6 +151,13 @@ public struct InstallPlanner {
         -> InstallPlan.Step
     {
         if let single = configuration.singleCopySlot(ofClass: payload.target) {
+            if let strategy = single.update {
+                throw FerryError(
+                    code: .notCompatible,
+                    message:
+                        "payload '\(payload.member)' is a plain \(payload.type), but slot '\(single.name)' is a bootloader updated with \(strategy.name): it takes payloads of type bootloader only"
+                )
+            }
             guard payload.delta == nil else {
                 throw FerryError(
                     code: .notCompatible,
@@ -156,6 +183,43 @@ public struct InstallPlanner {
             )
         }
         return .applyDelta(payload, info, slot: slot, source: source)
+    }
+
+    /// A bootloader payload: for a single-copy slot of its class with the same strategy, naming
+    /// every group of the device (it is switched before the groups are, and must boot them all).
+    private func bootloaderStep(_ payload: Manifest.Payload, _ info: Manifest.BootloaderInfo) throws(FerryError)
+        -> InstallPlan.Step
+    {
+        guard let slot = configuration.singleCopySlot(ofClass: payload.target), let strategy = slot.update else {
+            throw FerryError(
+                code: .notCompatible,
+                message:
+                    "the bundle has a bootloader payload for slot class '\(payload.target)', but this device has no single-copy slot of that class with an update strategy"
+            )
+        }
+        guard info.strategy == strategy.name else {
+            throw FerryError(
+                code: .notCompatible,
+                message:
+                    "bootloader payload '\(payload.member)' is made for \(info.strategy), but slot '\(slot.name)' is updated with \(strategy.name)"
+            )
+        }
+        let missing = configuration.groups.map(\.bootname).filter { !info.bootsGroups.contains($0) }
+        guard missing.isEmpty else {
+            throw FerryError(
+                code: .notCompatible,
+                message:
+                    "bootloader payload '\(payload.member)' says it boots groups \(info.bootsGroups.joined(separator: ", ")), not \(missing.joined(separator: ", ")): a bootloader switched before the groups must boot every one"
+            )
+        }
+        guard payload.size <= strategy.capacity else {
+            throw FerryError(
+                code: .deviceTooSmall,
+                message:
+                    "bootloader payload '\(payload.member)' is \(payload.size) bytes, larger than the \(strategy.capacity)-byte regions of slot '\(slot.name)'"
+            )
+        }
+        return .updateBootloader(payload, info, slot: slot)
     }
 
     private func checkFits(_ payload: Manifest.Payload, into slot: SlotConfiguration) throws(FerryError) {

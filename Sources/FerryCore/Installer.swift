@@ -74,7 +74,7 @@ public struct Installer {
         // 3. Every refusal that can be known before writing; then the pre-install hook.
         let access = SlotAccess(
             configuration: configuration, booted: booted, mounts: try MountTable.current(), logger: logger)
-        try checkBeforeWriting(plan, access: access)
+        try checkBeforeWriting(plan, access: access, journal: try pendingJournal(bundle, target: target, store: store))
         let hooks = InstallHooks(
             configuration: configuration, manifest: bundle.manifest, bundle: bundleName, booted: current,
             target: target,
@@ -92,7 +92,8 @@ public struct Installer {
 
         // 5. The steps in stream order, the archive's end, then the members copied from the booted group.
         let context = StepContext(
-            reader: bundle.reader, access: access, store: store, parts: control.parts, group: plan.switchedGroup ?? "")
+            reader: bundle.reader, access: access, store: store, parts: control.parts, group: plan.switchedGroup ?? "",
+            version: bundle.manifest.version.description)
         var staged: [GroupParts.Part] = []
         for step in plan.steps { try run(step, context, journal: &journal, staged: &staged) }
         try bundle.reader.finish()
@@ -146,8 +147,15 @@ public struct Installer {
     /// Every check that needs no write: each slot to write opened exclusively (booted, mounted,
     /// held, missing: refused), and each delta's source ranges compared with the signed manifest,
     /// so that a device whose booted slot differs writes nothing at all.
-    private func checkBeforeWriting(_ plan: InstallPlan, access: SlotAccess) throws(FerryError) {
+    private func checkBeforeWriting(_ plan: InstallPlan, access: SlotAccess, journal: InstallJournal?)
+        throws(FerryError)
+    {
         for slot in plan.slotsToOpen { try access.checkCanOpenExclusively(slot) }
+        for (_, slot) in plan.bootloaderSteps {
+            try checkBootloader(
+                slot, access: access, inProgress: journal?.bootloaderPhases[slot.name] != nil,
+                store: StateStore(directory: configuration.stateDirectory))
+        }
         for step in plan.steps {
             guard case .applyDelta(_, let delta, _, let source) = step else { continue }
             progress(ProgressEvent(stage: .verify, slot: source.name, bytesDone: 0, bytesTotal: delta.sourceSize))
@@ -157,6 +165,14 @@ public struct Installer {
                 delta.sourceChecks, of: device, named: "booted slot '\(source.name)'", sourceSHA256: delta.sourceSHA256,
                 sourceSize: delta.sourceSize)
         }
+    }
+
+    /// The journal of an interrupted install of this very bundle into this group, if any (read only).
+    private func pendingJournal(_ bundle: VerifiedBundle, target: String, store: StateStore) throws(FerryError)
+        -> InstallJournal?
+    {
+        let manifestHash = SHA256Hasher.hash(bundle.reader.manifestBytes).hex
+        return store.installJournal().flatMap { $0.manifestSHA256 == manifestHash && $0.target == target ? $0 : nil }
     }
 
     /// Continues an interrupted install of this very bundle into this group, or starts fresh; a
@@ -190,7 +206,7 @@ public struct Installer {
             staged.append(
                 GroupParts.Part(kind: .settings, name: info.name, format: info.format, mergePatch: info.mergePatch))
         case .writeImage(let payload, let slot), .writeSingleCopy(let payload, let slot),
-            .applyDelta(let payload, _, let slot, _):
+            .applyDelta(let payload, _, let slot, _), .updateBootloader(let payload, _, let slot):
             if journal.completed.contains(slot.name) {
                 // Written and read back before the interruption: read past it in the stream.
                 try context.reader.readPayload(payload, resumeAt: payload.chunks.count) {
@@ -199,7 +215,11 @@ public struct Installer {
                 return
             }
             do {
-                if case .applyDelta(_, _, _, let source) = step {
+                if case .updateBootloader = step {
+                    try updateBootloader(
+                        payload, slot: slot, context: context, bundle: journal.bundle, version: context.version,
+                        journal: &journal)
+                } else if case .applyDelta(_, _, _, let source) = step {
                     try writeDelta(
                         payload, to: slot, from: source, reader: context.reader, access: context.access,
                         journal: &journal, store: context.store)
@@ -241,7 +261,8 @@ public struct Installer {
         let manifest = verified.manifest
         let now = WallClock.iso8601()
         for step in plan.steps {
-            guard let slot = step.slot else { continue }
+            // (A bootloader step records its slot itself, as soon as it is selected.)
+            guard let slot = step.slot, slot.update == nil else { continue }
             try store.setSlotRecord(
                 InstalledSlotRecord(
                     sha256: step.payload.imageSHA256.hex, size: step.payload.imageSize,
@@ -319,6 +340,8 @@ struct StepContext {
     let parts: GroupPartsControl
     /// The group the bundle's apps and settings follow ("": none switches, they are activated at once).
     let group: String
+    /// The bundle's version (for slot records).
+    let version: String
 
     /// Notes in the journal that `slot` is written and read back (a resumed install skips it).
     func complete(_ slot: SlotConfiguration, journal: inout InstallJournal) throws(FerryError) {

@@ -1,7 +1,7 @@
-internal import CXML2
 import FerryBundle
 import FerryJSON
 import FerrySystem
+import FerryXML
 import Logging
 import SystemPackage
 
@@ -156,52 +156,25 @@ public struct SettingsStore {
 
     /// Well-formed XML (no network access, no external entities), valid against `schema` if given.
     static func checkXML(_ bytes: [UInt8], name: String, schema: String?) throws(FerryError) {
-        let options = Int32(XML_PARSE_NONET.rawValue | XML_PARSE_NOERROR.rawValue | XML_PARSE_NOWARNING.rawValue)
-        let document = bytes.withUnsafeBufferPointer { buffer in
-            buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) {
-                xmlReadMemory($0, Int32(buffer.count), "settings.xml", nil, options)
-            }
-        }
-        guard let document else {
-            let detail =
-                xmlGetLastError().map { String(cString: $0.pointee.message).trimmingTrailingNewlines() }
-                ?? "not well-formed"
+        switch XMLCheck.problem(in: bytes, schema: schema) {
+        case nil: return
+        case .notWellFormed(let detail):
             throw FerryError(code: .bundleInvalid, message: "settings '\(name)' is not well-formed XML: \(detail)")
-        }
-        defer { xmlFreeDoc(document) }
-        guard let schema else { return }
-        guard let parser = xmlSchemaNewParserCtxt(schema) else {
+        case .schemaUnreadable:
             throw FerryError(
-                code: .configurationInvalid, message: "settings '\(name)': cannot read the XML schema '\(schema)'")
-        }
-        defer { xmlSchemaFreeParserCtxt(parser) }
-        xmlSchemaSetParserStructuredErrors(parser, { _, _ in }, nil)
-        guard let parsed = xmlSchemaParse(parser) else {
+                code: .configurationInvalid, message: "settings '\(name)': cannot read the XML schema '\(schema ?? "")'"
+            )
+        case .schemaInvalid:
             throw FerryError(
                 code: .configurationInvalid,
-                message: "settings '\(name)': the XML schema '\(schema)' is not a valid XSD")
-        }
-        defer { xmlSchemaFree(parsed) }
-        guard let validation = xmlSchemaNewValidCtxt(parsed) else {
+                message: "settings '\(name)': the XML schema '\(schema ?? "")' is not a valid XSD")
+        case .invalid(let detail):
+            throw FerryError(
+                code: .bundleInvalid,
+                message: "settings '\(name)' does not validate against '\(schema ?? "")': \(detail)")
+        case .resources:
             throw FerryError(code: .internal, message: "libxml2: no validation context")
         }
-        defer { xmlSchemaFreeValidCtxt(validation) }
-        // Errors are reported in Ferry's one line, not printed by libxml2 (it still records the last one).
-        xmlSchemaSetValidStructuredErrors(validation, { _, _ in }, nil)
-        guard xmlSchemaValidateDoc(validation, document) == 0 else {
-            let detail =
-                xmlGetLastError().map { String(cString: $0.pointee.message).trimmingTrailingNewlines() } ?? "invalid"
-            throw FerryError(
-                code: .bundleInvalid, message: "settings '\(name)' does not validate against '\(schema)': \(detail)")
-        }
-    }
-}
-
-extension String {
-    fileprivate func trimmingTrailingNewlines() -> String {
-        var text = self
-        while text.last == "\n" { text.removeLast() }
-        return text
     }
 }
 

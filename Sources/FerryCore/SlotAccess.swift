@@ -1,3 +1,4 @@
+import FerryBootloader
 import FerrySystem
 import Logging
 
@@ -65,7 +66,7 @@ public struct SlotAccess {
                 message: "refusing to write slot '\(slot.name)': it belongs to the booted group \(bootedName)")
         }
         // The only copy: a cut during the write leaves the module torn (docs/configuration.md).
-        guard !slot.singleCopy || slot.writeInPlace else {
+        guard !slot.singleCopy || slot.writeInPlace || slot.update != nil else {
             throw FerryError(
                 code: .deviceBooted,
                 message:
@@ -153,6 +154,48 @@ public struct SlotAccess {
                 try? loop.detach()
                 throw error
             }
+        }
+    }
+
+    /// Opens the boot disk of a bootloader slot updated with a strategy. Its partitions may be
+    /// mounted (the running system lives there), so the disk is not opened exclusively; instead
+    /// nothing mounted may overlap a bootloader region (the regions overlap no partition but the
+    /// one `gpt-switch` moves, which must not be mounted), and the disk itself must not be.
+    /// - Throws: `.deviceNotConfigured`, `.deviceBooted`, `.deviceInUse`, `.configurationInvalid`
+    ///   (a bootloader slot on a partition: its regions are byte ranges of the whole disk).
+    public func openBootDisk(_ slot: SlotConfiguration) throws(FerryError) -> BlockDevice {
+        try checkWritable(slot)
+        guard let strategy = slot.update else {
+            throw FerryError(code: .internal, message: "slot '\(slot.name)' has no update strategy")
+        }
+        var resolver = SlotResolver()
+        let resolved = try resolver.resolve(slot, configuration: configuration)
+        switch resolved.location {
+        case .blockDevice(let path, let number):
+            try refuseIfMounted(deviceNumber: number, what: "boot disk '\(path)' of slot '\(slot.name)'")
+            let name = String(path.split(separator: "/").last ?? "")
+            for entry in FileSystem.entries("/sys/class/block/\(name)") where entry.hasPrefix(name) {
+                let base = "/sys/class/block/\(name)/\(entry)"
+                guard let start = TextFile.attribute("\(base)/start").flatMap(Int64.init),
+                    let size = TextFile.attribute("\(base)/size").flatMap(Int64.init),
+                    strategy.regions.contains(where: { $0.range.overlaps((start * 512)..<((start + size) * 512)) }),
+                    let numbers = TextFile.attribute("\(base)/dev")?.split(separator: ":"), numbers.count == 2,
+                    let major = UInt32(numbers[0]), let minor = UInt32(numbers[1])
+                else { continue }
+                if let mount = mounts.mounts(ofDevice: major, minor).first {
+                    throw FerryError(
+                        code: .deviceInUse,
+                        message: "refusing to update bootloader slot '\(slot.name)': /dev/\(entry) over one of its regions is mounted at \(mount.mountPoint)")
+                }
+            }
+            return try BlockDevice.openSharedForWriting(path)
+        case .imageFile(let path):
+            for region in strategy.regions { try refuseIfLoopMounted(file: path, range: region.range, slot: slot) }
+            return try BlockDevice.openSharedForWriting(path)
+        case .diskPartition:
+            throw FerryError(
+                code: .configurationInvalid,
+                message: "slot '\(slot.name)': a bootloader updated with \(strategy.name) names the whole boot disk as its device, not a partition")
         }
     }
 

@@ -37,6 +37,9 @@ public struct SlotConfiguration: Sendable, Equatable {
     public var singleCopy: Bool = false
     /// The opt-in for writing a single-copy slot in place (a cut during the write leaves it torn).
     public var writeInPlace: Bool = false
+    /// A single-copy bootloader updated atomically (docs/bootloader-updates.md): `device` is then
+    /// the boot disk, and the strategy's regions are byte ranges of it.
+    public var update: BootloaderStrategy? = nil
 }
 
 /// A slot group: the slots booted together under one bootname (group A = rootfs_a + modem_a + tee_a).
@@ -420,12 +423,13 @@ public struct SystemConfiguration: Sendable {
             }
             let size = try entry.integer("size", in: 1...Int64.max)
             let device = try parseDevice(&entry, directory: directory)
+            let update = try parseUpdate(&entry, singleCopy: singleCopy, writeInPlace: writeInPlace)
             try entry.finish()
             slots.append(
                 SlotConfiguration(
                     name: name, slotClass: slotClass, bootname: bootname, device: device, declaredSize: size,
                     singleCopy: singleCopy,
-                    writeInPlace: writeInPlace))
+                    writeInPlace: writeInPlace, update: update))
         }
         try object.finish()
         guard !slots.isEmpty else { throw root.invalid("slots", "must name at least two slots (one per group)") }
@@ -440,6 +444,55 @@ public struct SystemConfiguration: Sendable {
             }
         }
         return slots.sorted { ($0.bootname, $0.slotClass) < ($1.bootname, $1.slotClass) }
+    }
+
+    /// A single-copy slot's atomic update strategy (`update`), checked for its layout.
+    private static func parseUpdate(_ entry: inout StrictObject, singleCopy: Bool, writeInPlace: Bool) throws(FerryError)
+        -> BootloaderStrategy?
+    {
+        guard var object = try entry.object("update") else { return nil }
+        guard singleCopy else { throw entry.invalid("update", "applies to single-copy slots only (a bootloader the device has once)") }
+        guard !writeInPlace else { throw entry.invalid("update", "a slot is either written in place or updated with a strategy, not both") }
+        let name = try object.requiredString("strategy")
+        guard case .array(let items)? = object.raw("regions") else {
+            throw object.invalid("regions", "is required: an array of two { \"offset\", \"size\" } byte ranges of the disk")
+        }
+        var regions: [BootRegion] = []
+        for (index, item) in items.enumerated() {
+            var region = try StrictObject(item, path: object.keyPath("regions[\(index)]"), file: object.file)
+            guard let offset = try region.integer("offset", in: 0...Int64.max), let size = try region.integer("size", in: 1...Int64.max) else {
+                throw object.invalid("regions[\(index)]", "needs \"offset\" and \"size\" in bytes")
+            }
+            try region.finish()
+            regions.append(BootRegion(offset: offset, size: size))
+        }
+        let strategy: BootloaderStrategy
+        switch name {
+        case "mbr-switch":
+            let pointer: BootloaderStrategy.MBRPointer
+            if let partition = try object.integer("partition", in: 1...4) {
+                pointer = .partition(Int(partition))
+            } else {
+                guard try object.string("pointer") == "grub-core" else {
+                    throw object.invalid("pointer", "must be \"grub-core\" (GRUB i386-pc's boot.img), or give \"partition\" (1–4) instead")
+                }
+                pointer = .grubCore
+            }
+            strategy = .mbrSwitch(regions: regions, pointer: pointer)
+        case "gpt-switch":
+            guard let partition = try object.integer("partition", in: 1...16_384) else {
+                throw object.invalid("partition", "is required: the number of the GPT partition moved between the regions")
+            }
+            strategy = .gptSwitch(regions: regions, partition: Int(partition))
+        case "raw-fallback":
+            let header = try object.integer("headerSize", in: 512...(1 << 24)) ?? 512
+            strategy = .rawFallback(copies: regions, headerSize: Int(header))
+        default:
+            throw object.invalid("strategy", "must be one of \(BootloaderStrategy.names.joined(separator: ", ")), not '\(name)'")
+        }
+        try object.finish()
+        if let problem = strategy.layoutProblem() { throw object.invalid("regions", problem) }
+        return strategy
     }
 
     /// A slot's device: `device` (a path or a tag such as PARTLABEL=), or `disk` and `partition`.

@@ -19,7 +19,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired,
                 limitExceeded, notIndexed
             case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
-            case healthCheckFailed, onTrial, hookFailed
+            case healthCheckFailed, onTrial, hookFailed, bootloaderForeign
             case stateInvalid, lockHeld
             case network, tlsHandshake, pinMismatch, httpStatus, timeout, contentChanged, insecureURL, tooSlow
             case `internal`
@@ -95,6 +95,9 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         public static let onTrial = Code(.onTrial)
         /// A pre- or post-install hook failed or timed out.
         public static let hookFailed = Code(.hookFailed)
+        /// A bootloader slot's selector (MBR sector, GPT) selects neither of its regions, changed
+        /// since Ferry recorded it, or is damaged in a way no update of Ferry's explains.
+        public static let bootloaderForeign = Code(.bootloaderForeign)
         /// A state file in the state directory is unreadable or malformed.
         public static let stateInvalid = Code(.stateInvalid)
         /// Another Ferry command holds the global lock.
@@ -157,6 +160,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .healthCheckFailed: 83
             case .onTrial: 84
             case .hookFailed: 85
+            case .bootloaderForeign: 86
             case .stateInvalid: 60
             case .lockHeld: 61
             case .network: 50

@@ -20,11 +20,13 @@ import Testing
             slots.append(.device(name, slotClass, group, "\(name).img"))
         }
         try makeFile("\(dir)/bootloader.img", size: 4096)
+        try makeFile("\(dir)/boot-disk.img", size: 4 << 20)
         var text = configurationText(slots: slots)
         text = text.replacing(
             "\n  }\n}",
             with:
-                ",\n    \"bootloader\": { \"class\": \"bootloader\", \"device\": \"bootloader.img\", \"singleCopy\": true, \"writeInPlace\": true }\n  }\n}"
+                ",\n    \"bootloader\": { \"class\": \"bootloader\", \"device\": \"bootloader.img\", \"singleCopy\": true, \"writeInPlace\": true },"
+                + "\n    \"spl\": { \"class\": \"spl\", \"device\": \"boot-disk.img\", \"singleCopy\": true, \"update\": { \"strategy\": \"raw-fallback\", \"regions\": [{ \"offset\": 1048576, \"size\": 1048576 }, { \"offset\": 2097152, \"size\": 1048576 }] } }\n  }\n}"
         )
         try makeFile("\(dir)/fw_env.config", bytes: Array("\(dir)/env 0 0x4000\n".utf8))
         let configuration = try writeConfiguration(text, in: dir)
@@ -55,6 +57,12 @@ import Testing
             keyring: nil, payloads: payloads)
     }
 
+    static func spl(_ strategy: String = "raw-fallback", groups: [String] = ["A", "B"], size: Int64 = 256 << 10)
+        -> Manifest.Payload
+    {
+        payload(.bootloader(Manifest.BootloaderInfo(strategy: strategy, bootsGroups: groups)), "spl", size: size)
+    }
+
     static let delta = Manifest.DeltaInfo(
         sourceSize: 4 << 20, sourceSHA256: digest("rootfs"), targetSize: 5 << 20, targetSHA256: digest("new"),
         sourceChecks: [])
@@ -66,6 +74,7 @@ import Testing
             case .writeImage(_, let slot): "image \(slot.name)"
             case .applyDelta(_, _, let slot, let source): "delta \(source.name)->\(slot.name)"
             case .writeSingleCopy(_, let slot): "in place \(slot.name)"
+            case .updateBootloader(_, let info, let slot): "\(info.strategy) \(slot.name)"
             case .stageApp(_, let info): "app \(info.name)"
             case .stageSettings(_, let info): "settings \(info.name)"
             }
@@ -105,6 +114,11 @@ import Testing
             "a single-copy bootloader and a rootfs", [payload(.image, "bootloader"), payload(.image, "rootfs")],
             ["in place bootloader", "image rootfs_b", "copy modem_a->modem_b", "copy tee_a->tee_b", "switch B"]
         ),
+        ("a bootloader with its strategy", [spl()], ["raw-fallback spl", "switch none"]),
+        (
+            "a bootloader and a rootfs", [spl(), payload(.image, "rootfs")],
+            ["raw-fallback spl", "image rootfs_b", "copy modem_a->modem_b", "copy tee_a->tee_b", "switch B"]
+        ),
     ])
     func plans(_ what: String, _ payloads: [Manifest.Payload], _ expected: [String]) async throws {
         try await withTemporaryDirectory { dir in
@@ -113,6 +127,7 @@ import Testing
             #expect(
                 plan.writesStoresOnly == !expected.contains {
                     $0.hasPrefix("image") || $0.hasPrefix("delta") || $0.hasPrefix("in place")
+                        || $0.hasPrefix("raw-fallback")
                 })
         }
     }
@@ -132,6 +147,18 @@ import Testing
             ], .deviceTooSmall
         ),
         ("an image larger than a single-copy slot", [payload(.image, "bootloader", size: 9 << 20)], .deviceTooSmall),
+        ("a bootloader payload for another strategy", [spl("gpt-switch")], .notCompatible),
+        ("a bootloader that does not boot every group", [spl(groups: ["A"])], .notCompatible),
+        ("a plain image for a bootloader with a strategy", [payload(.image, "spl")], .notCompatible),
+        (
+            "a bootloader payload for a slot without a strategy",
+            [
+                payload(
+                    .bootloader(Manifest.BootloaderInfo(strategy: "raw-fallback", bootsGroups: ["A", "B"])),
+                    "bootloader")
+            ], .notCompatible
+        ),
+        ("a bootloader larger than its regions", [spl(size: (1 << 20) + 1)], .deviceTooSmall),
     ])
     func refuses(_ what: String, _ payloads: [Manifest.Payload], _ code: FerryError.Code) async throws {
         try await withTemporaryDirectory { dir in

@@ -233,8 +233,85 @@ import Testing
         document(([compatible, bootloader, pair] + extra).joined(separator: ", "))
     }
 
+    /// A valid base with a single-copy `boot` slot whose entry ends with `update`.
+    static func withBootloader(_ entry: String) -> String {
+        document(
+            compatible, bootloader,
+            slots(
+                #""rootfs_a": { "class": "rootfs", "bootname": "A", "device": "a.img" }"#,
+                #""rootfs_b": { "class": "rootfs", "bootname": "B", "device": "b.img" }"#,
+                #""boot": { "class": "bootloader", "device": "disk.img", "# + entry + " }"))
+    }
+    static let twoRegions = #""regions": [{ "offset": 32768, "size": 491520 }, { "offset": 524288, "size": 491520 }]"#
+
     static let invalidDocuments: [(String, String)] = [
         ("invalid JSON", #"{ "compatible": "board", "#),
+        (
+            "an update strategy on an A/B-less slot that is not single-copy",
+            withBootloader(#""bootname": "A", "update": { "strategy": "raw-fallback", \#(twoRegions) }"#)
+        ),
+        (
+            "an update strategy with writeInPlace",
+            withBootloader(
+                #""singleCopy": true, "writeInPlace": true, "update": { "strategy": "raw-fallback", \#(twoRegions) }"#)
+        ),
+        (
+            "an unknown strategy",
+            withBootloader(#""singleCopy": true, "update": { "strategy": "emmc-magic", \#(twoRegions) }"#)
+        ),
+        (
+            "one region",
+            withBootloader(
+                #""singleCopy": true, "update": { "strategy": "raw-fallback", "regions": [{ "offset": 32768, "size": 491520 }] }"#
+            )
+        ),
+        (
+            "overlapping regions",
+            withBootloader(
+                #""singleCopy": true, "update": { "strategy": "raw-fallback", "regions": [{ "offset": 32768, "size": 491520 }, { "offset": 65536, "size": 491520 }] }"#
+            )
+        ),
+        (
+            "a region over the MBR",
+            withBootloader(
+                #""singleCopy": true, "update": { "strategy": "raw-fallback", "regions": [{ "offset": 0, "size": 4096 }, { "offset": 65536, "size": 4096 }] }"#
+            )
+        ),
+        (
+            "a region not in whole sectors",
+            withBootloader(
+                #""singleCopy": true, "update": { "strategy": "raw-fallback", "regions": [{ "offset": 32769, "size": 4096 }, { "offset": 65536, "size": 4096 }] }"#
+            )
+        ),
+        (
+            "mbr-switch without a pointer",
+            withBootloader(#""singleCopy": true, "update": { "strategy": "mbr-switch", \#(twoRegions) }"#)
+        ),
+        (
+            "mbr-switch with partition 5",
+            withBootloader(
+                #""singleCopy": true, "update": { "strategy": "mbr-switch", "partition": 5, \#(twoRegions) }"#)
+        ),
+        (
+            "gpt-switch without a partition",
+            withBootloader(#""singleCopy": true, "update": { "strategy": "gpt-switch", \#(twoRegions) }"#)
+        ),
+        (
+            "gpt-switch with regions of two sizes",
+            withBootloader(
+                #""singleCopy": true, "update": { "strategy": "gpt-switch", "partition": 1, "regions": [{ "offset": 32768, "size": 4096 }, { "offset": 524288, "size": 8192 }] }"#
+            )
+        ),
+        (
+            "raw-fallback with a header as large as a copy",
+            withBootloader(
+                #""singleCopy": true, "update": { "strategy": "raw-fallback", "headerSize": 491520, \#(twoRegions) }"#)
+        ),
+        (
+            "an unknown key in update",
+            withBootloader(
+                #""singleCopy": true, "update": { "strategy": "raw-fallback", "colour": 1, \#(twoRegions) }"#)
+        ),
         ("empty file", ""),
         ("trailing garbage", valid() + " }"),
         ("not an object", #"[ "compatible", "board" ]"#),
@@ -596,6 +673,40 @@ import Testing
         #expect(configuration.groups.map { $0.slots.map(\.name) } == [["rootfs_a"], ["rootfs_b"]])
         let single = try #require(configuration.singleCopySlot(ofClass: "bootloader"))
         #expect(single.name == "boot" && single.bootname.isEmpty && single.writeInPlace)
+    }
+
+    @Test func updateStrategiesParse() throws {
+        let cases: [(String, BootloaderStrategy)] = [
+            (
+                #""strategy": "mbr-switch", "pointer": "grub-core", \#(Self.twoRegions)"#,
+                .mbrSwitch(
+                    regions: [BootRegion(offset: 32768, size: 491520), BootRegion(offset: 524288, size: 491520)],
+                    pointer: .grubCore)
+            ),
+            (
+                #""strategy": "mbr-switch", "partition": 2, \#(Self.twoRegions)"#,
+                .mbrSwitch(
+                    regions: [BootRegion(offset: 32768, size: 491520), BootRegion(offset: 524288, size: 491520)],
+                    pointer: .partition(2))
+            ),
+            (
+                #""strategy": "gpt-switch", "partition": 1, \#(Self.twoRegions)"#,
+                .gptSwitch(
+                    regions: [BootRegion(offset: 32768, size: 491520), BootRegion(offset: 524288, size: 491520)],
+                    partition: 1)
+            ),
+            (
+                #""strategy": "raw-fallback", "headerSize": 1024, \#(Self.twoRegions)"#,
+                .rawFallback(
+                    copies: [BootRegion(offset: 32768, size: 491520), BootRegion(offset: 524288, size: 491520)],
+                    headerSize: 1024)
+            ),
+        ]
+        for (update, expected) in cases {
+            let text = Self.withBootloader(#""singleCopy": true, "update": { \#(update) }"#)
+            let configuration = try SystemConfiguration.parse(Array(text.utf8), path: "/tmp/ferry/system.json")
+            #expect(configuration.singleCopySlot(ofClass: "bootloader")?.update == expected)
+        }
     }
 
     @Test func aMissingFileIsConfigurationNotFound() async throws {

@@ -23,6 +23,9 @@ public struct InstallJournal: Sendable, Equatable, StateRecord {
     /// Slots whose zero chunks (``FerryBundle/Manifest/Payload/zeroChunks``) were all zeroed and
     /// synced before the rest was streamed: `chunksDone` then counts for the other chunks.
     public var zeroed: [String]
+    /// Per bootloader slot: the phases of its update that are durable (docs/bootloader-updates.md).
+    /// Its presence says an update of Ferry's was under way, which explains a torn table.
+    public var bootloaderPhases: [String: Int] = [:]
     public var startedAt: String
     /// Every key as read, those a newer Ferry wrote included: kept on rewrite (docs/state.md).
     var raw: [String: JSONValue] = [:]
@@ -36,6 +39,7 @@ public struct InstallJournal: Sendable, Equatable, StateRecord {
         object["completed"] = .array(completed.map(JSONValue.string))
         object["zeroed"] = .array(zeroed.map(JSONValue.string))
         object["startedAt"] = .string(startedAt)
+        object["bootloaderPhases"] = bootloaderPhases.isEmpty ? nil : .object(bootloaderPhases.mapValues { .integer($0) })
         object["deltaPositions"] = .object(
             deltaPositions.mapValues { position in
                 .object([
@@ -81,6 +85,7 @@ public struct InstallJournal: Sendable, Equatable, StateRecord {
         // (Journals of earlier versions have no such list: every zero chunk is then zeroed again.)
         if case .array(let items)? = json["zeroed"] { zeroed = items.compactMap(\.stringValue) } else { zeroed = [] }
         startedAt = json["startedAt"]?.stringValue ?? ""
+        bootloaderPhases = (json["bootloaderPhases"]?.objectValue ?? [:]).compactMapValues { $0.int64Value.map(Int.init) }
     }
 }
 

@@ -11,6 +11,20 @@ public struct InstalledSlotRecord: Sendable, Equatable {
     public var source: String?
     /// UTC ISO 8601 time of the install.
     public var installedAt: String?
+    /// Bootloader slots with a strategy: the region (0 or 1) selected, and the SHA-256 of the
+    /// selector states Ferry wrote or was about to write (docs/bootloader-updates.md): any other
+    /// selector changed behind Ferry's back.
+    public var activeRegion: Int? {
+        get { raw["activeRegion"]?.int64Value.map(Int.init) }
+        set { raw["activeRegion"] = newValue.map { .integer($0) } }
+    }
+    public var selectors: [String] {
+        get {
+            guard case .array(let items)? = raw["selectors"] else { return [] }
+            return items.compactMap(\.stringValue)
+        }
+        set { raw["selectors"] = newValue.isEmpty ? nil : .array(newValue.map(JSONValue.string)) }
+    }
     /// Every key as read, including those a newer Ferry wrote: kept on rewrite.
     public var raw: [String: JSONValue]
 
