@@ -478,7 +478,8 @@ public struct Manifest: Sendable, Equatable {
             }
             let groups = try info.stringArray("bootsGroups")
             guard !groups.isEmpty else {
-                throw info.invalid("bootsGroups", "is required: the groups the new bootloader boots (every group of the device)")
+                throw info.invalid(
+                    "bootsGroups", "is required: the groups the new bootloader boots (every group of the device)")
             }
             bootloader = BootloaderInfo(strategy: try info.requiredString("strategy"), bootsGroups: groups)
             try info.finish()

@@ -69,10 +69,11 @@ extension Installer {
                 try context.store.setInstallJournal(journal)
                 progress(
                     ProgressEvent(
-                        stage: .write, slot: slot.name, bytesDone: payload.size * Int64(index + 1) / Int64(phases.count),
+                        stage: .write, slot: slot.name,
+                        bytesDone: payload.size * Int64(index + 1) / Int64(phases.count),
                         bytesTotal: payload.size))
             }
-        } catch where error.code == .readBackMismatch {
+        } catch  where error.code == .readBackMismatch {
             try? context.store.removeInstallJournal()
             throw error
         }

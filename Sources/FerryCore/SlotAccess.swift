@@ -185,7 +185,9 @@ public struct SlotAccess {
                 if let mount = mounts.mounts(ofDevice: major, minor).first {
                     throw FerryError(
                         code: .deviceInUse,
-                        message: "refusing to update bootloader slot '\(slot.name)': /dev/\(entry) over one of its regions is mounted at \(mount.mountPoint)")
+                        message:
+                            "refusing to update bootloader slot '\(slot.name)': /dev/\(entry) over one of its regions is mounted at \(mount.mountPoint)"
+                    )
                 }
             }
             return try BlockDevice.openSharedForWriting(path)
@@ -195,7 +197,9 @@ public struct SlotAccess {
         case .diskPartition:
             throw FerryError(
                 code: .configurationInvalid,
-                message: "slot '\(slot.name)': a bootloader updated with \(strategy.name) names the whole boot disk as its device, not a partition")
+                message:
+                    "slot '\(slot.name)': a bootloader updated with \(strategy.name) names the whole boot disk as its device, not a partition"
+            )
         }
     }
 

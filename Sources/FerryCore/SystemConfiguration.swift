@@ -447,20 +447,28 @@ public struct SystemConfiguration: Sendable {
     }
 
     /// A single-copy slot's atomic update strategy (`update`), checked for its layout.
-    private static func parseUpdate(_ entry: inout StrictObject, singleCopy: Bool, writeInPlace: Bool) throws(FerryError)
+    private static func parseUpdate(_ entry: inout StrictObject, singleCopy: Bool, writeInPlace: Bool)
+        throws(FerryError)
         -> BootloaderStrategy?
     {
         guard var object = try entry.object("update") else { return nil }
-        guard singleCopy else { throw entry.invalid("update", "applies to single-copy slots only (a bootloader the device has once)") }
-        guard !writeInPlace else { throw entry.invalid("update", "a slot is either written in place or updated with a strategy, not both") }
+        guard singleCopy else {
+            throw entry.invalid("update", "applies to single-copy slots only (a bootloader the device has once)")
+        }
+        guard !writeInPlace else {
+            throw entry.invalid("update", "a slot is either written in place or updated with a strategy, not both")
+        }
         let name = try object.requiredString("strategy")
         guard case .array(let items)? = object.raw("regions") else {
-            throw object.invalid("regions", "is required: an array of two { \"offset\", \"size\" } byte ranges of the disk")
+            throw object.invalid(
+                "regions", "is required: an array of two { \"offset\", \"size\" } byte ranges of the disk")
         }
         var regions: [BootRegion] = []
         for (index, item) in items.enumerated() {
             var region = try StrictObject(item, path: object.keyPath("regions[\(index)]"), file: object.file)
-            guard let offset = try region.integer("offset", in: 0...Int64.max), let size = try region.integer("size", in: 1...Int64.max) else {
+            guard let offset = try region.integer("offset", in: 0...Int64.max),
+                let size = try region.integer("size", in: 1...Int64.max)
+            else {
                 throw object.invalid("regions[\(index)]", "needs \"offset\" and \"size\" in bytes")
             }
             try region.finish()
@@ -474,21 +482,25 @@ public struct SystemConfiguration: Sendable {
                 pointer = .partition(Int(partition))
             } else {
                 guard try object.string("pointer") == "grub-core" else {
-                    throw object.invalid("pointer", "must be \"grub-core\" (GRUB i386-pc's boot.img), or give \"partition\" (1–4) instead")
+                    throw object.invalid(
+                        "pointer",
+                        "must be \"grub-core\" (GRUB i386-pc's boot.img), or give \"partition\" (1–4) instead")
                 }
                 pointer = .grubCore
             }
             strategy = .mbrSwitch(regions: regions, pointer: pointer)
         case "gpt-switch":
             guard let partition = try object.integer("partition", in: 1...16_384) else {
-                throw object.invalid("partition", "is required: the number of the GPT partition moved between the regions")
+                throw object.invalid(
+                    "partition", "is required: the number of the GPT partition moved between the regions")
             }
             strategy = .gptSwitch(regions: regions, partition: Int(partition))
         case "raw-fallback":
             let header = try object.integer("headerSize", in: 512...(1 << 24)) ?? 512
             strategy = .rawFallback(copies: regions, headerSize: Int(header))
         default:
-            throw object.invalid("strategy", "must be one of \(BootloaderStrategy.names.joined(separator: ", ")), not '\(name)'")
+            throw object.invalid(
+                "strategy", "must be one of \(BootloaderStrategy.names.joined(separator: ", ")), not '\(name)'")
         }
         try object.finish()
         if let problem = strategy.layoutProblem() { throw object.invalid("regions", problem) }

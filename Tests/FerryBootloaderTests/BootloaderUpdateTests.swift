@@ -18,7 +18,9 @@ import Testing
             start=\(espStart), size=2048, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="esp"
             start=8192, size=4096, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="rootfs"
             """
-        let result = try Shell.run(["sh", "-c", "printf '%s\\n' \"$0\" | sfdisk -q --no-reread --no-tell-kernel \"$1\"", script, path])
+        let result = try Shell.run([
+            "sh", "-c", "printf '%s\\n' \"$0\" | sfdisk -q --no-reread --no-tell-kernel \"$1\"", script, path,
+        ])
         #expect(result.status == 0, "\(result.output)")
     }
 
@@ -43,7 +45,8 @@ import Testing
             let disk = try open(path)
             defer { try? disk.close() }
             let copies = try GPT.read(disk)
-            let primary = try copies.primary.get(), backup = try copies.backup.get()
+            let primary = try copies.primary.get()
+            let backup = try copies.backup.get()
             #expect(primary.isCopy(of: backup))
             #expect(primary.usedEntries.map(\.entry.name) == ["esp", "rootfs"])
             #expect(primary.entry(0).firstLBA == 2048 && primary.entry(0).lastLBA == 4095)
@@ -87,12 +90,15 @@ import Testing
     static func coreImage(_ dir: String, marker: String) throws -> [UInt8] {
         let path = "\(dir)/core-\(marker).img"
         _ = try Shell.check([
-            "grub-mkimage", "-O", "i386-pc", "-o", path, "-p", "(hd0,gpt2)/grub-\(marker)", "biosdisk", "part_gpt", "fat",
+            "grub-mkimage", "-O", "i386-pc", "-o", path, "-p", "(hd0,gpt2)/grub-\(marker)", "biosdisk", "part_gpt",
+            "fat",
         ])
         return try readFile(path)
     }
 
-    static let grubRegions = [BootRegion(offset: 64 * 512, size: 960 * 512), BootRegion(offset: 1024 * 512, size: 960 * 512)]
+    static let grubRegions = [
+        BootRegion(offset: 64 * 512, size: 960 * 512), BootRegion(offset: 1024 * 512, size: 960 * 512),
+    ]
 
     /// A GPT disk whose gap before the first partition holds two core.img regions; region 1 active.
     static func grubDisk(_ dir: String) throws -> (path: String, old: [UInt8]) {
@@ -107,7 +113,8 @@ import Testing
         sector.bytes.replaceSubrange(0..<440, with: bootImage[0..<440])
         sector.grubKernelSector = grubRegions[0].firstSector
         try disk.writeBytes(sector.bytes, at: 0)
-        try disk.writeBytes(try GRUBCoreImage.patched(old, toRunAt: grubRegions[0].firstSector), at: grubRegions[0].offset)
+        try disk.writeBytes(
+            try GRUBCoreImage.patched(old, toRunAt: grubRegions[0].firstSector), at: grubRegions[0].offset)
         try disk.synchronize()
         return (path, old)
     }
@@ -174,20 +181,25 @@ import Testing
             let foreign = #expect(throws: FerryError.self) { try updater.selection() }
             #expect(foreign?.code == .bootloaderForeign)
             #expect(foreign?.message.contains("neither bootloader region") == true, "\(foreign?.message ?? "")")
-            let large = #expect(throws: FerryError.self) { try updater.phases(for: [UInt8](repeating: 1, count: 961 * 512)) }
+            let large = #expect(throws: FerryError.self) {
+                try updater.phases(for: [UInt8](repeating: 1, count: 961 * 512))
+            }
             #expect(large?.code == .deviceTooSmall)
         }
     }
 
     // MARK: - gpt-switch
 
-    static let espRegions = [BootRegion(offset: 2048 * 512, size: 2048 * 512), BootRegion(offset: 4096 * 512, size: 2048 * 512)]
+    static let espRegions = [
+        BootRegion(offset: 2048 * 512, size: 2048 * 512), BootRegion(offset: 4096 * 512, size: 2048 * 512),
+    ]
 
     @Test func gptSwitchMovesTheEntryBackupFirstAndEveryCutResumes() async throws {
         try await withTemporaryDirectory { dir in
             let path = "\(dir)/disk.img"
             try Self.gptDisk(path)
-            let old = seededBytes(count: 1 << 20, seed: 1), new = seededBytes(count: 1 << 20, seed: 2)
+            let old = seededBytes(count: 1 << 20, seed: 1)
+            let new = seededBytes(count: 1 << 20, seed: 2)
             do {
                 let disk = try open(path)
                 try disk.writeBytes(old, at: Self.espRegions[0].offset)
@@ -199,7 +211,8 @@ import Testing
                 try makeFile(path, bytes: start)
                 let disk = try open(path)
                 defer { try? disk.close() }
-                let updater = BootloaderUpdater(strategy: .gptSwitch(regions: Self.espRegions, partition: 1), disk: disk, name: "esp")
+                let updater = BootloaderUpdater(
+                    strategy: .gptSwitch(regions: Self.espRegions, partition: 1), disk: disk, name: "esp")
                 try updater.checkLayout()
                 let phases = try updater.phases(for: new)
                 #expect(phases.count == 3)
@@ -211,7 +224,9 @@ import Testing
                     #expect(refused?.code == .bootloaderForeign)
                 }
                 let inProgress = cut > 0
-                #expect(try updater.selection(inProgress: inProgress).active == (cut == 3 ? 1 : 0), "cut after phase \(cut)")
+                #expect(
+                    try updater.selection(inProgress: inProgress).active == (cut == 3 ? 1 : 0), "cut after phase \(cut)"
+                )
                 try updater.run(try updater.phases(for: new, inProgress: inProgress))
                 let copies = try GPT.read(disk)
                 let primary = try copies.primary.get()
@@ -230,7 +245,8 @@ import Testing
             let new = seededBytes(count: 4096, seed: 2)
             let disk = try open(path)
             defer { try? disk.close() }
-            let updater = BootloaderUpdater(strategy: .gptSwitch(regions: Self.espRegions, partition: 1), disk: disk, name: "esp")
+            let updater = BootloaderUpdater(
+                strategy: .gptSwitch(regions: Self.espRegions, partition: 1), disk: disk, name: "esp")
             let lastLBA = 8 * Self.mib / 512 - 1
             // A damaged backup header that no update explains: refused, naming the backup.
             let saved = try disk.readBytes(count: 512, at: lastLBA * 512)
@@ -256,11 +272,13 @@ import Testing
             let disk = try open(path)
             defer { try? disk.close() }
             let regions = [Self.espRegions[0], BootRegion(offset: 8192 * 512, size: 2048 * 512)]
-            let updater = BootloaderUpdater(strategy: .gptSwitch(regions: regions, partition: 1), disk: disk, name: "esp")
+            let updater = BootloaderUpdater(
+                strategy: .gptSwitch(regions: regions, partition: 1), disk: disk, name: "esp")
             let error = #expect(throws: FerryError.self) { try updater.checkLayout() }
             #expect(error?.code == .configurationInvalid)
             #expect(error?.message.contains("overlaps GPT partition 2 ('rootfs')") == true, "\(error?.message ?? "")")
-            #expect(BootloaderStrategy.gptSwitch(regions: [regions[0], regions[0]], partition: 1).layoutProblem() != nil)
+            #expect(
+                BootloaderStrategy.gptSwitch(regions: [regions[0], regions[0]], partition: 1).layoutProblem() != nil)
         }
     }
 
@@ -284,8 +302,11 @@ import Testing
         try await withTemporaryDirectory { dir in
             let path = "\(dir)/disk.img"
             try makeFile(path, size: 4 * Self.mib)
-            let copies = [BootRegion(offset: Self.mib, size: Self.mib), BootRegion(offset: 2 * Self.mib, size: Self.mib)]
-            let old = seededBytes(count: 300_000, seed: 5), new = seededBytes(count: 310_000, seed: 6)
+            let copies = [
+                BootRegion(offset: Self.mib, size: Self.mib), BootRegion(offset: 2 * Self.mib, size: Self.mib),
+            ]
+            let old = seededBytes(count: 300_000, seed: 5)
+            let new = seededBytes(count: 310_000, seed: 6)
             do {
                 let disk = try open(path)
                 for copy in copies { try disk.writeBytes(old, at: copy.offset) }
@@ -312,7 +333,8 @@ import Testing
                     #expect(image != nil, "no complete copy boots after phase \(cut), torn at \(torn)")
                     states += 1
                     try updater.run(try updater.phases(for: new))
-                    #expect(Self.romBoots(try readFile(path), copies: copies, headerSize: 512, images: [old, new]) == new)
+                    #expect(
+                        Self.romBoots(try readFile(path), copies: copies, headerSize: 512, images: [old, new]) == new)
                 }
             }
             #expect(states == 24)

@@ -74,7 +74,8 @@ public enum BootloaderStrategy: Sendable, Equatable {
             // Sector 0 (MBR), and for GPT disks sectors 1–33 at least, hold the tables.
             guard region.offset >= 512 else { return "region \(region) overlaps the first sector (the MBR)" }
         }
-        guard regions[0].range.upperBound <= regions[1].offset || regions[1].range.upperBound <= regions[0].offset else {
+        guard regions[0].range.upperBound <= regions[1].offset || regions[1].range.upperBound <= regions[0].offset
+        else {
             return "regions \(regions[0]) and \(regions[1]) overlap"
         }
         switch self {
@@ -85,7 +86,9 @@ public enum BootloaderStrategy: Sendable, Equatable {
             }
         case .gptSwitch(let regions, let partition):
             guard partition >= 1 else { return "partition \(partition) is not a partition number" }
-            guard regions[0].size == regions[1].size else { return "both regions must have the same size (one GPT entry, moved)" }
+            guard regions[0].size == regions[1].size else {
+                return "both regions must have the same size (one GPT entry, moved)"
+            }
         case .rawFallback(_, let headerSize):
             guard headerSize > 0, headerSize % 512 == 0, Int64(headerSize) < capacity else {
                 return "headerSize \(headerSize) must be whole 512-byte sectors, smaller than a copy"

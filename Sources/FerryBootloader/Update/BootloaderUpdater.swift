@@ -33,7 +33,8 @@ public struct BootloaderUpdater {
         public var selects: String?
 
         init(
-            _ what: String, _ writes: [(offset: Int64, bytes: [UInt8])], present: [(offset: Int64, bytes: [UInt8])]? = nil,
+            _ what: String, _ writes: [(offset: Int64, bytes: [UInt8])],
+            present: [(offset: Int64, bytes: [UInt8])]? = nil,
             selects: String? = nil
         ) {
             self.what = what
@@ -70,7 +71,9 @@ public struct BootloaderUpdater {
             case .partition(let number): lba = UInt64(sector.partitionStart(number))
             }
             guard let active = regions.firstIndex(where: { $0.firstSector == lba }) else {
-                throw foreign("its MBR points at sector \(lba), which is neither bootloader region (\(regions[0].firstSector), \(regions[1].firstSector))")
+                throw foreign(
+                    "its MBR points at sector \(lba), which is neither bootloader region (\(regions[0].firstSector), \(regions[1].firstSector))"
+                )
             }
             return Selection(active: active, selectorDigest: SHA256Hasher.hash(sector.bytes).hex, damagedTable: "")
         case .gptSwitch(_, let partition):
@@ -82,7 +85,9 @@ public struct BootloaderUpdater {
             guard entry.isUsed, let active = regions.firstIndex(where: { $0.sectors.lowerBound == entry.firstLBA }),
                 entry.lastLBA + 1 == regions[active].sectors.upperBound
             else {
-                throw foreign("GPT partition \(partition) covers sectors \(entry.firstLBA)–\(entry.lastLBA), which is neither bootloader region")
+                throw foreign(
+                    "GPT partition \(partition) covers sectors \(entry.firstLBA)–\(entry.lastLBA), which is neither bootloader region"
+                )
             }
             return Selection(active: active, selectorDigest: Self.digest(table), damagedTable: damaged)
         case .rawFallback:
@@ -99,7 +104,9 @@ public struct BootloaderUpdater {
         switch (copies.primary, copies.backup) {
         case (.success(let primary), .success(let backup)):
             guard primary.isCopy(of: backup) || inProgress else {
-                throw foreign("its primary and backup GPT are both valid but differ, and no update of Ferry's explains it: repair the table first")
+                throw foreign(
+                    "its primary and backup GPT are both valid but differ, and no update of Ferry's explains it: repair the table first"
+                )
             }
             return (primary, "")
         case (.failure(let problem), .success(let backup)):
@@ -107,7 +114,9 @@ public struct BootloaderUpdater {
             return (backup, "primary GPT: \(problem)")
         case (.success(let primary), .failure(let problem)):
             guard inProgress else {
-                throw foreign("its backup GPT is not valid (\(problem)) and no update of Ferry's explains it: repair it first (for example 'sgdisk -e')")
+                throw foreign(
+                    "its backup GPT is not valid (\(problem)) and no update of Ferry's explains it: repair it first (for example 'sgdisk -e')"
+                )
             }
             return (primary, "backup GPT: \(problem)")
         case (.failure(let primary), .failure(let backup)):
@@ -142,14 +151,17 @@ public struct BootloaderUpdater {
         if isGPT, let table = try GPT.read(disk).effective {
             for (index, entry) in table.usedEntries {
                 if case .gptSwitch(_, let moved) = strategy, moved == index + 1 { continue }
-                partitions.append(("GPT partition \(index + 1) ('\(entry.name)')", entry.firstLBA..<(entry.lastLBA + 1)))
+                partitions.append(
+                    ("GPT partition \(index + 1) ('\(entry.name)')", entry.firstLBA..<(entry.lastLBA + 1)))
             }
             partitions.append(("the primary GPT", 0..<table.header.firstUsableLBA))
             partitions.append(("the backup GPT", (table.header.lastUsableLBA + 1)..<sectors))
         } else {
             for number in 1...4 {
                 if case .mbrSwitch(_, .partition(let moved)) = strategy, moved == number { continue }
-                if let range = mbr.partitionSectorRange(number) { partitions.append(("MBR partition \(number)", range)) }
+                if let range = mbr.partitionSectorRange(number) {
+                    partitions.append(("MBR partition \(number)", range))
+                }
             }
         }
         for (index, region) in strategy.regions.enumerated() {
@@ -175,7 +187,9 @@ public struct BootloaderUpdater {
         guard Int64(image.count) <= strategy.capacity else {
             throw FerryError(
                 code: .deviceTooSmall,
-                message: "the bootloader image is \(image.count) bytes, larger than the \(strategy.capacity)-byte regions of slot '\(name)'")
+                message:
+                    "the bootloader image is \(image.count) bytes, larger than the \(strategy.capacity)-byte regions of slot '\(name)'"
+            )
         }
         switch strategy {
         case .mbrSwitch(let regions, let pointer):
@@ -185,7 +199,8 @@ public struct BootloaderUpdater {
         case .rawFallback(let copies, let headerSize):
             guard image.count > headerSize else {
                 throw FerryError(
-                    code: .bundleInvalid, message: "the bootloader image is \(image.count) bytes: no more than its \(headerSize)-byte header")
+                    code: .bundleInvalid,
+                    message: "the bootloader image is \(image.count) bytes: no more than its \(headerSize)-byte header")
             }
             return rawPhases(image, copies: copies, headerSize: headerSize)
         }
@@ -197,7 +212,9 @@ public struct BootloaderUpdater {
         return try GRUBCoreImage.patched(image, toRunAt: regions[index].firstSector)
     }
 
-    private func mbrPhases(_ image: [UInt8], regions: [BootRegion], pointer: BootloaderStrategy.MBRPointer, inProgress: Bool)
+    private func mbrPhases(
+        _ image: [UInt8], regions: [BootRegion], pointer: BootloaderStrategy.MBRPointer, inProgress: Bool
+    )
         throws(FerryError) -> [Phase]
     {
         let current = try selection(inProgress: inProgress)
@@ -209,12 +226,18 @@ public struct BootloaderUpdater {
         case .partition(let number): sector.setPartitionStart(number, UInt32(regions[target].firstSector))
         }
         return [
-            Phase("the new bootloader into region \(target + 1) (\(regions[target]))", [(regions[target].offset, try regionImage(image, region: target))]),
-            Phase("the MBR switched to region \(target + 1)", [(0, sector.bytes)], selects: SHA256Hasher.hash(sector.bytes).hex),
+            Phase(
+                "the new bootloader into region \(target + 1) (\(regions[target]))",
+                [(regions[target].offset, try regionImage(image, region: target))]),
+            Phase(
+                "the MBR switched to region \(target + 1)", [(0, sector.bytes)],
+                selects: SHA256Hasher.hash(sector.bytes).hex),
         ]
     }
 
-    private func gptPhases(_ image: [UInt8], regions: [BootRegion], partition: Int, inProgress: Bool) throws(FerryError) -> [Phase] {
+    private func gptPhases(_ image: [UInt8], regions: [BootRegion], partition: Int, inProgress: Bool) throws(FerryError)
+        -> [Phase]
+    {
         let current = try selection(inProgress: inProgress)
         let copies = try GPT.read(disk)
         let (table, _) = try effectiveGPT(inProgress: inProgress)
@@ -225,15 +248,20 @@ public struct BootloaderUpdater {
             return tablePhases(table, copies: copies, selecting: current.active, entry: partition)
         }
         let target = 1 - current.active
-        let moved = table.moving(entry: partition - 1, to: regions[target].sectors.lowerBound...(regions[target].sectors.upperBound - 1))
-        return [Phase("the new bootloader into region \(target + 1) (\(regions[target]))", [(regions[target].offset, image)])]
+        let moved = table.moving(
+            entry: partition - 1, to: regions[target].sectors.lowerBound...(regions[target].sectors.upperBound - 1))
+        return [
+            Phase(
+                "the new bootloader into region \(target + 1) (\(regions[target]))", [(regions[target].offset, image)])
+        ]
             + tablePhases(moved, copies: copies, selecting: target, entry: partition)
     }
 
     /// The backup table, then the primary, each as `table` at its own place on the disk.
     private func tablePhases(_ table: GPT, copies: GPT.Copies, selecting region: Int, entry: Int) -> [Phase] {
         let lastLBA = UInt64(disk.byteCount / 512) - 1
-        var backup = table, primary = table
+        var backup = table
+        var primary = table
         let arraySectors = UInt64((table.entryArray.count + 511) / 512)
         // Each copy keeps its own place: the one read where it was valid, else the standard one.
         backup.header = (try? copies.backup.get())?.header ?? table.header
@@ -248,19 +276,26 @@ public struct BootloaderUpdater {
         primary.header.entriesCRC = table.header.entriesCRC
         let digest = Self.digest(table)
         return [
-            Phase("the backup GPT switched to region \(region + 1) (partition \(entry))", backup.writes(), selects: digest),
-            Phase("the primary GPT switched to region \(region + 1) (partition \(entry))", primary.writes(), selects: digest),
+            Phase(
+                "the backup GPT switched to region \(region + 1) (partition \(entry))", backup.writes(), selects: digest
+            ),
+            Phase(
+                "the primary GPT switched to region \(region + 1) (partition \(entry))", primary.writes(),
+                selects: digest),
         ]
     }
 
     private func isBothCopies(_ copies: GPT.Copies, of table: GPT) -> Bool {
-        guard case .success(let primary) = copies.primary, case .success(let backup) = copies.backup else { return false }
+        guard case .success(let primary) = copies.primary, case .success(let backup) = copies.backup else {
+            return false
+        }
         return primary.entryArray == table.entryArray && backup.entryArray == table.entryArray
     }
 
     /// For each copy, the secondary first: header invalidated, body, header; a copy already whole is left alone.
     private func rawPhases(_ image: [UInt8], copies: [BootRegion], headerSize: Int) -> [Phase] {
-        let header = Array(image[..<headerSize]), body = Array(image[headerSize...])
+        let header = Array(image[..<headerSize])
+        let body = Array(image[headerSize...])
         var phases: [Phase] = []
         for (index, copy) in zip([1, 0], [copies[1], copies[0]]) {
             let label = index == 0 ? "primary" : "secondary"
@@ -291,7 +326,9 @@ public struct BootloaderUpdater {
                 for write in phase.writes where try !holds(write.bytes, at: write.offset) {
                     throw FerryError(
                         code: .readBackMismatch,
-                        message: "bootloader slot '\(name)': \(phase.what) reads back differently from what was written: the device is failing")
+                        message:
+                            "bootloader slot '\(name)': \(phase.what) reads back differently from what was written: the device is failing"
+                    )
                 }
             }
             try done(index)

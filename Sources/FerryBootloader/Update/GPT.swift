@@ -47,7 +47,8 @@ public struct GPT: Sendable, Equatable {
             return .success(
                 Header(
                     revision: sector.littleEndian(UInt32.self, at: 8), headerSize: size,
-                    myLBA: sector.littleEndian(UInt64.self, at: 24), alternateLBA: sector.littleEndian(UInt64.self, at: 32),
+                    myLBA: sector.littleEndian(UInt64.self, at: 24),
+                    alternateLBA: sector.littleEndian(UInt64.self, at: 32),
                     firstUsableLBA: sector.littleEndian(UInt64.self, at: 40),
                     lastUsableLBA: sector.littleEndian(UInt64.self, at: 48), diskGUID: Array(sector[56..<72]),
                     entriesLBA: sector.littleEndian(UInt64.self, at: 72), entryCount: entryCount, entrySize: entrySize,
@@ -215,7 +216,8 @@ public struct GPT: Sendable, Equatable {
     public func isCopy(of other: GPT) -> Bool {
         header.diskGUID == other.header.diskGUID && entryArray == other.entryArray
             && header.alternateLBA == other.header.myLBA && other.header.alternateLBA == header.myLBA
-            && header.firstUsableLBA == other.header.firstUsableLBA && header.lastUsableLBA == other.header.lastUsableLBA
+            && header.firstUsableLBA == other.header.firstUsableLBA
+            && header.lastUsableLBA == other.header.lastUsableLBA
     }
 }
 

@@ -72,7 +72,8 @@ public enum GRUBCoreImage {
     public static func check(_ image: [UInt8]) throws(FerryError) {
         guard image.count > 512 else {
             throw FerryError(
-                code: .bundleInvalid, message: "the bootloader image is \(image.count) bytes: not a GRUB i386-pc core.img")
+                code: .bundleInvalid,
+                message: "the bootloader image is \(image.count) bytes: not a GRUB i386-pc core.img")
         }
         let sectors = Int(image.littleEndian(UInt16.self, at: blocklistLengthOffset))
         let rest = (image.count - 512 + 511) / 512

@@ -39,7 +39,8 @@ public struct InstallJournal: Sendable, Equatable, StateRecord {
         object["completed"] = .array(completed.map(JSONValue.string))
         object["zeroed"] = .array(zeroed.map(JSONValue.string))
         object["startedAt"] = .string(startedAt)
-        object["bootloaderPhases"] = bootloaderPhases.isEmpty ? nil : .object(bootloaderPhases.mapValues { .integer($0) })
+        object["bootloaderPhases"] =
+            bootloaderPhases.isEmpty ? nil : .object(bootloaderPhases.mapValues { .integer($0) })
         object["deltaPositions"] = .object(
             deltaPositions.mapValues { position in
                 .object([
@@ -85,7 +86,9 @@ public struct InstallJournal: Sendable, Equatable, StateRecord {
         // (Journals of earlier versions have no such list: every zero chunk is then zeroed again.)
         if case .array(let items)? = json["zeroed"] { zeroed = items.compactMap(\.stringValue) } else { zeroed = [] }
         startedAt = json["startedAt"]?.stringValue ?? ""
-        bootloaderPhases = (json["bootloaderPhases"]?.objectValue ?? [:]).compactMapValues { $0.int64Value.map(Int.init) }
+        bootloaderPhases = (json["bootloaderPhases"]?.objectValue ?? [:]).compactMapValues {
+            $0.int64Value.map(Int.init)
+        }
     }
 }
 
