@@ -22,16 +22,19 @@ public enum BundleWriter {
         public var app: Manifest.AppInfo?
         /// Set when `path` is a settings document; `slotClass` is then the settings name.
         public var settings: Manifest.SettingsInfo?
+        /// Set when `path` is a bootloader image for a slot updated with a strategy.
+        public var bootloader: Manifest.BootloaderInfo?
 
         public init(
             slotClass: String, path: String, delta: Manifest.DeltaInfo? = nil, app: Manifest.AppInfo? = nil,
-            settings: Manifest.SettingsInfo? = nil
+            settings: Manifest.SettingsInfo? = nil, bootloader: Manifest.BootloaderInfo? = nil
         ) {
             self.slotClass = slotClass
             self.path = path
             self.delta = delta
             self.app = app
             self.settings = settings
+            self.bootloader = bootloader
         }
     }
 
@@ -196,8 +199,8 @@ public enum BundleWriter {
         let slotClass = image.slotClass
         let kind: Manifest.Payload.Kind =
             image.delta.map { .delta($0) } ?? image.app.map { .app($0) } ?? image.settings.map { .settings($0) }
-            ?? .image
-        let suffix = ["app": "app", "settings": "settings"][kind.name] ?? "img"
+            ?? image.bootloader.map { .bootloader($0) } ?? .image
+        let suffix = ["app": "app", "settings": "settings", "bootloader": "bootloader"][kind.name] ?? "img"
         return Manifest.Payload(
             kind: kind, target: slotClass,
             member: isDelta ? "\(slotClass).delta" : "\(slotClass).\(suffix)\(compress ? ".xz" : "")",

@@ -47,6 +47,24 @@ extension FerryCommand.Bundle {
             help: ArgumentHelp("An image for a slot class: <class>=<file>; repeat.", valueName: "class=file"))
         var images: [String] = []
         @Option(
+            name: .customLong("bootloader"),
+            help: ArgumentHelp(
+                "A bootloader image for a single-copy slot updated atomically: <class>=<file> (docs/bootloader-updates.md).",
+                valueName: "class=file"))
+        var bootloaders: [String] = []
+        @Option(
+            name: .customLong("bootloader-strategy"),
+            help: ArgumentHelp(
+                "The strategy of the devices' bootloader slot: mbr-switch, gpt-switch or raw-fallback.",
+                valueName: "strategy"))
+        var bootloaderStrategy: String?
+        @Option(
+            name: .customLong("boots-groups"),
+            help: ArgumentHelp(
+                "The slot groups the --bootloader image boots, comma-separated (every group of the devices: it is switched before them).",
+                valueName: "A,B"))
+        var bootsGroups: String?
+        @Option(
             name: .customLong("app"),
             help: ArgumentHelp(
                 "An app-only update: <name>=<file> (an app package or container image archive); repeat.",
@@ -108,12 +126,27 @@ extension FerryCommand.Bundle {
             guard !certificates.isEmpty, certificates.count == keys.count else {
                 throw ValidationError("give --cert and --key in pairs, at least one pair")
             }
-            guard !images.isEmpty || !apps.isEmpty || !settings.isEmpty else {
+            guard !images.isEmpty || !apps.isEmpty || !settings.isEmpty || !bootloaders.isEmpty else {
                 throw ValidationError(
-                    "give at least one --image <class>=<file>, --app <name>=<file> or --settings <name>=<file>")
+                    "give at least one --image <class>=<file>, --bootloader <class>=<file>, --app <name>=<file> or --settings <name>=<file>"
+                )
+            }
+            if !bootloaders.isEmpty {
+                guard let strategy = bootloaderStrategy,
+                    ["mbr-switch", "gpt-switch", "raw-fallback"].contains(strategy)
+                else {
+                    throw ValidationError(
+                        "--bootloader needs --bootloader-strategy mbr-switch, gpt-switch or raw-fallback")
+                }
+                guard let groups = bootsGroups, !groups.split(separator: ",").isEmpty else {
+                    throw ValidationError(
+                        "--bootloader needs --boots-groups: the slot groups the new bootloader boots (for example A,B)")
+                }
+            } else if bootloaderStrategy != nil || bootsGroups != nil {
+                throw ValidationError("--bootloader-strategy and --boots-groups go with --bootloader")
             }
             if mergePatch && settings.isEmpty { throw ValidationError("--merge-patch goes with --settings") }
-            for image in images + apps + settings
+            for image in images + apps + settings + bootloaders
             where !image.contains("=") || image.hasPrefix("=") || image.hasSuffix("=") {
                 throw ValidationError("'\(image)' is not <name>=<file>")
             }
@@ -210,7 +243,15 @@ extension FerryCommand.Bundle {
         func run() async throws {
             try checkAsDevicesWould()
             let output = Paths.absolute(self.output)
-            var bundleImages: [BundleWriter.Image] = []
+            // Bootloaders first: a device switches them before anything else (docs/bootloader-updates.md).
+            var bundleImages: [BundleWriter.Image] = bootloaders.map { pair in
+                let (slotClass, path) = Self.split(pair)
+                let groups = (bootsGroups ?? "").split(separator: ",").map { String($0).trimmingPrefix(" ") }.map(
+                    String.init)
+                return BundleWriter.Image(
+                    slotClass: slotClass, path: path,
+                    bootloader: Manifest.BootloaderInfo(strategy: bootloaderStrategy ?? "", bootsGroups: groups))
+            }
             var temporaries: [String] = []
             defer { for path in temporaries { FileSystem.removeIfPossible(path) } }
             for image in images {

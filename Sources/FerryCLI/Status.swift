@@ -36,7 +36,13 @@ extension FerryCommand {
             } else {
                 installed = "nothing recorded"
             }
-            return [slot.name, slot.slotClass, slot.location, ByteFormat.string(slot.size), slot.state, installed]
+            var state = slot.state
+            if let strategy = slot.strategy {
+                state =
+                    "\(strategy), "
+                    + (slot.activeRegion.map { "region \($0) selected" } ?? "unreadable: \(slot.strategyError ?? "?")")
+            }
+            return [slot.name, slot.slotClass, slot.location, ByteFormat.string(slot.size), state, installed]
         }
 
         static func render(_ report: StatusReport) -> String {

@@ -26,6 +26,11 @@ public struct StatusReport: Sendable, Equatable {
         /// `booted`, `inactive`, or `unknown` when the booted group cannot be told.
         public var state: String
         public var installed: Installed?
+        /// A bootloader slot updated with a strategy: its name, the region (1 or 2) the disk
+        /// selects now, or why that cannot be told.
+        public var strategy: String? = nil
+        public var activeRegion: Int? = nil
+        public var strategyError: String? = nil
     }
 
     public struct Group: Sendable, Equatable {
@@ -126,7 +131,7 @@ public struct StatusReport: Sendable, Equatable {
                 member.singleCopy
                 ? "single-copy"
                 : booted.bootname == nil ? "unknown" : (member.bootname == booted.bootname ? "booted" : "inactive")
-            return Slot(
+            var slot = Slot(
                 name: member.name, slotClass: member.slotClass,
                 device: Self.display(member.device, configuration),
                 location: Paths.display(resolved.locationDescription, relativeTo: configuration.directory),
@@ -136,6 +141,8 @@ public struct StatusReport: Sendable, Equatable {
                         version: $0.version, sha256: $0.sha256, size: $0.size, source: $0.source,
                         installedAt: $0.installedAt)
                 })
+            if let strategy = member.update { Self.describeBootloader(strategy, resolved, slot: &slot) }
+            return slot
         }
         let singleCopySlots = configuration.slots.filter(\.singleCopy).compactMap(slotStatus)
         let groups = configuration.groups.map { group in
@@ -162,6 +169,25 @@ public struct StatusReport: Sendable, Equatable {
             groups: groups, singleCopySlots: singleCopySlots, apps: apps(configuration),
             settings: settings(configuration),
             groupParts: try store.groupParts())
+    }
+
+    /// A bootloader slot's strategy and the region its disk selects (read only).
+    static func describeBootloader(_ strategy: BootloaderStrategy, _ resolved: ResolvedSlot, slot: inout Slot) {
+        slot.strategy = strategy.name
+        switch resolved.location {
+        case .imageFile(let path), .blockDevice(let path, _):
+            do { slot.activeRegion = try region(strategy, path: path, name: slot.name) } catch {
+                slot.strategyError = error.message
+            }
+        case .diskPartition:
+            slot.strategyError = "its device is a partition, not the boot disk"
+        }
+    }
+
+    private static func region(_ strategy: BootloaderStrategy, path: String, name: String) throws(FerryError) -> Int {
+        let disk = try BlockDevice.openForReading(path)
+        defer { try? disk.close() }
+        return try BootloaderUpdater(strategy: strategy, disk: disk, name: name).selection(inProgress: true).active + 1
     }
 
     /// Which bootloader environment the device uses, and where.
@@ -226,6 +252,8 @@ public struct StatusReport: Sendable, Equatable {
                         ])
                     }
                 ),
+                ("strategy", string(slot.strategy)), ("activeRegion", number(slot.activeRegion.map(Int64.init))),
+                ("strategyError", string(slot.strategyError)),
             ])
         }
         let groups = self.groups.map { group in
