@@ -96,19 +96,31 @@ import Glibc
     }
 
     /// Copies the device's files (and its state directory) from `from` to `to`.
-    static func copyDevice(from: String, to: String) throws {
+    static func copyDevice(from: String, to: String, extra: [String] = []) throws {
         try DurableFile.createDirectory("\(to)/state")
         // What an earlier state left in the state directory goes first.
         for name in FileSystem.entries("\(to)/state") where name != "lock" { unlink("\(to)/state/\(name)") }
-        for name in files + ["system.json"] { try makeFile("\(to)/\(name)", bytes: try readFile("\(from)/\(name)")) }
+        for name in files + extra + ["system.json"] {
+            try makeFile("\(to)/\(name)", bytes: try readFile("\(from)/\(name)"))
+        }
         for name in FileSystem.entries("\(from)/state") where !name.hasPrefix(".") && name != "lock" {
             try makeFile("\(to)/state/\(name)", bytes: try readFile("\(from)/state/\(name)"))
         }
     }
 
+    /// What a cut leaves of a write that was not synced.
+    enum Fate: Sendable, Equatable {
+        case lost
+        /// A sector-aligned prefix of this many bytes.
+        case torn(Int)
+        case whole
+    }
+
     /// Builds the state a power cut after `cut` events leaves, in `dir` (a copy of the snapshot).
+    /// - Parameter fates: the fate of some unsynced writes, by event index (the others are drawn).
     static func materialize(
-        _ events: [IOEvent], cut: Int, device: String, into dir: String, random: inout SeededGenerator
+        _ events: [IOEvent], cut: Int, device: String, into dir: String, random: inout SeededGenerator,
+        fates: [Int: Fate] = [:]
     ) throws {
         func local(_ path: String) -> String {
             path.hasPrefix(device + "/") ? dir + path.dropFirst(device.count) : path
@@ -128,10 +140,16 @@ import Glibc
                 var count = bytes.count
                 if (lastSync[path] ?? -1) < index {
                     // Not synced: lost, torn or whole.
-                    switch random.below(3) {
-                    case 0: continue
-                    case 1: count = min(count, random.below(count / 512 + 1) * 512)
-                    default: break
+                    switch fates[index] {
+                    case .lost?: continue
+                    case .torn(let bytes)?: count = min(count, bytes / 512 * 512)
+                    case .whole?: break
+                    case nil:
+                        switch random.below(3) {
+                        case 0: continue
+                        case 1: count = min(count, random.below(count / 512 + 1) * 512)
+                        default: break
+                        }
                     }
                 }
                 let file = try BlockDevice.openSharedForWriting(local(path))

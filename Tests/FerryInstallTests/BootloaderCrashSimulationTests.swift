@@ -1,0 +1,237 @@
+import FerryBootloader
+import FerryBundle
+import FerryCore
+import FerryCrypto
+import FerryJSON
+import FerrySystem
+import FerryTestSupport
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Crash simulation of bootloader updates (docs/reliability.md, docs/bootloader-updates.md): an
+/// install of a bundle with a bootloader and a rootfs is recorded (`IOTrace`), then every state a
+/// power cut could leave is built: a cut after every write and sync; where at most 8 writes are
+/// unsynced at the cut (the switch), every subset of them survives in turn; elsewhere seeded
+/// choices (whole, torn, lost). Each state is booted by a model of the firmware:
+///
+/// * BIOS + GRUB (`mbr-switch`): sector 0 must carry 0x55aa; its kernel sector names core.img's
+///   first sector, whose block list must name the sector after it; what it loads must be a whole
+///   core.img (old or new) patched for that place;
+/// * UEFI (`gpt-switch`): the primary GPT if valid, else the backup, which the firmware then
+///   writes over the primary (OVMF does); the partition's entry selects a region, which must hold
+///   a whole ESP image (old or new);
+/// * a ROM with two copies (`raw-fallback`): the first copy, else the second, whose header is a
+///   valid header; it runs that copy's body unchecked, so the body must be the header's own.
+///
+/// Required of each state: the firmware finds a complete old or new bootloader; then the same
+/// install run again finishes, and the firmware boots the new one. 0 states may fail.
+@Suite struct BootloaderCrashSimulationTests {
+    typealias Device = CrashSimulationTests
+    typealias Install = BootloaderInstallTests
+
+    /// What the firmware finds on a boot disk: the image it runs, or nil (no complete bootloader).
+    static func firmwareBoots(
+        _ diskPath: String, strategy: BootloaderStrategy, images: [[UInt8]]
+    ) throws -> [UInt8]? {
+        let disk = try BlockDevice.openSharedForWriting(diskPath)
+        defer { try? disk.close() }
+        switch strategy {
+        case .mbrSwitch(let regions, _):
+            let sector = MBRSector(try disk.readBytes(count: 512, at: 0))
+            guard sector.hasBootSignature else { return nil }
+            let lba = sector.grubKernelSector
+            guard let region = regions.firstIndex(where: { $0.firstSector == lba }) else { return nil }
+            for image in images {
+                let patched = try GRUBCoreImage.patched(image, toRunAt: regions[region].firstSector)
+                if try disk.readBytes(count: patched.count, at: Int64(lba) * 512) == patched { return image }
+            }
+            return nil
+        case .gptSwitch(let regions, let partition):
+            let copies = try GPT.read(disk)
+            guard let table = copies.effective else { return nil }
+            if case .failure = copies.primary {
+                // OVMF rewrites the primary from the backup (header and entries at their places).
+                var primary = table
+                primary.header.myLBA = 1
+                primary.header.alternateLBA = table.header.myLBA
+                primary.header.entriesLBA = 2
+                for (offset, bytes) in primary.writes() { try disk.writeBytes(bytes, at: offset) }
+                try disk.synchronize()
+            }
+            let entry = table.entry(partition - 1)
+            guard let region = regions.first(where: { $0.sectors.lowerBound == entry.firstLBA }) else { return nil }
+            for image in images where try disk.readBytes(count: image.count, at: region.offset) == image {
+                return image
+            }
+            return nil
+        case .rawFallback(let copies, let headerSize):
+            for copy in copies {
+                let header = try disk.readBytes(count: headerSize, at: copy.offset)
+                guard let image = images.first(where: { Array($0[..<headerSize]) == header }) else { continue }
+                return try disk.readBytes(count: image.count, at: copy.offset) == image ? image : nil
+            }
+            return nil
+        }
+    }
+
+    final class Recorder: IORecorder {
+        let events = Mutex<[IOEvent]>([])
+        func record(_ event: IOEvent) { events.withLock { $0.append(event) } }
+    }
+
+    struct Setup {
+        var strategy: BootloaderStrategy
+        var old: [UInt8]
+        var new: [UInt8]
+    }
+
+    static func setup(_ name: String, dir: String) throws -> Setup? {
+        switch name {
+        case "mbr-switch":
+            guard Install.hasGRUB else { return nil }
+            return Setup(
+                strategy: .mbrSwitch(regions: Install.grubRegions, pointer: .grubCore),
+                old: try Install.coreImage(dir, "old"), new: try Install.coreImage(dir, "new"))
+        case "gpt-switch":
+            return Setup(
+                strategy: .gptSwitch(regions: Install.espRegions, partition: 1),
+                old: seededBytes(count: 1 << 20, seed: 50), new: seededBytes(count: 768 << 10, seed: 51))
+        default:
+            // Outside the partitions of Install.device's disk (ESP 1–2 MiB, data 4–6 MiB).
+            let copies = [BootRegion(offset: 3 << 20, size: 1 << 20), BootRegion(offset: 2 << 20, size: 1 << 20)]
+            return Setup(
+                strategy: .rawFallback(copies: copies, headerSize: 512),
+                old: seededBytes(count: 300 << 10, seed: 52), new: seededBytes(count: 310 << 10, seed: 53))
+        }
+    }
+
+    @Test(arguments: ["mbr-switch", "gpt-switch", "raw-fallback"])
+    func everyCrashStateOfABootloaderUpdateBootsACompleteBootloader(strategyName: String) async throws {
+        let seed = UInt64(ProcessEnvironment.variables["FERRY_RELIABILITY_SEED"] ?? "") ?? 1
+        let seededPerCut = ReliabilityProfile.isLong ? 12 : 3
+        try await withTemporaryDirectory { dir in
+            guard let setup = try Self.setup(strategyName, dir: dir) else {
+                print("skipped: \(strategyName) needs grub-pc-bin")
+                return
+            }
+            let pki = try TestPKI.make(in: "\(dir)/pki", signers: ["signer1"])
+            let device = try Install.device(
+                dir, strategy: strategyName == "mbr-switch" ? "mbr-switch" : "gpt-switch", old: setup.old, pki: pki)
+            if case .rawFallback(let copies, _) = setup.strategy {
+                // The same disk, with both copies of the old image in place and the configuration
+                // saying raw-fallback.
+                let disk = try BlockDevice.openSharedForWriting("\(device)/boot-disk.img")
+                for copy in copies { try disk.writeBytes(setup.old, at: copy.offset) }
+                try disk.close()
+                var text = String(decoding: try readFile("\(device)/system.json"), as: UTF8.self)
+                text = text.replacing(
+                    #""strategy": "gpt-switch", "partition": 1, "regions": [{ "offset": 1048576, "size": 1048576 }, { "offset": 2097152, "size": 1048576 }]"#,
+                    with:
+                        #""strategy": "raw-fallback", "regions": [{ "offset": 3145728, "size": 1048576 }, { "offset": 2097152, "size": 1048576 }]"#
+                )
+                try DurableFile.write(text, to: "\(device)/system.json")
+            }
+            let strategy = try #require(
+                try SystemConfiguration.load("\(device)/system.json").singleCopySlot(ofClass: "bootloader")?.update)
+            let bundle = try Install.bundle(dir, pki: pki, image: setup.new, strategy: strategyName)
+            let snapshot = "\(dir)/snapshot"
+            try Device.copyDevice(from: device, to: snapshot, extra: ["boot-disk.img"])
+            #expect(strategy == setup.strategy)
+            #expect(
+                try Self.firmwareBoots("\(snapshot)/boot-disk.img", strategy: strategy, images: [setup.old])
+                    == setup.old)
+
+            // The recording.
+            let recorder = Recorder()
+            try CrashSimulationTests.recording.withLock { _ in
+                IOTrace.recorder = recorder
+                defer { IOTrace.recorder = nil }
+                _ = try Install.install(device, bundle)
+            }
+            let events = recorder.events.withLock { $0 }.filter {
+                switch $0 {
+                case .write(let path, _, _), .zero(let path, _, _), .sync(let path), .replace(let path, _),
+                    .remove(let path), .directorySync(let path):
+                    return path.hasPrefix(device)
+                }
+            }
+            let diskPath = "\(device)/boot-disk.img"
+            #expect(
+                events.contains {
+                    if case .write(let path, _, _) = $0 { path == diskPath } else { false }
+                })
+
+            // The replay.
+            var random = SeededGenerator(seed: seed &* 0x1000 &+ UInt64(strategyName.count))
+            var states = 0
+            var subsetStates = 0
+            var violations: [String] = []
+            let scratch =
+                (TextFile.isDirectory("/dev/shm") ? "/dev/shm" : dir)
+                + "/ferry-test-boot-crash-\(getpid())-\(strategyName)"
+            defer { _ = try? Shell.check(["rm", "-rf", scratch]) }
+            for cut in 0...events.count {
+                // The boot disk's writes not synced at this cut.
+                var lastSync = -1
+                for (index, event) in events[..<cut].enumerated() {
+                    if case .sync(let path) = event, path == diskPath { lastSync = index }
+                }
+                var unsynced: [Int] = []
+                for index in (lastSync + 1)..<max(cut, lastSync + 1) {
+                    if case .write(let path, _, _) = events[index], path == diskPath { unsynced.append(index) }
+                }
+                var choices: [[Int: CrashSimulationTests.Fate]] = []
+                if !unsynced.isEmpty && unsynced.count <= 8 {
+                    for mask in 0..<(1 << unsynced.count) {
+                        var fates: [Int: CrashSimulationTests.Fate] = [:]
+                        for (bit, index) in unsynced.enumerated() {
+                            fates[index] = mask & (1 << bit) != 0 ? .whole : .lost
+                        }
+                        choices.append(fates)
+                    }
+                    subsetStates += choices.count
+                }
+                choices += Array(repeating: [:], count: seededPerCut)
+                for fates in choices {
+                    try Device.copyDevice(from: snapshot, to: scratch, extra: ["boot-disk.img"])
+                    try Device.materialize(
+                        events, cut: cut, device: device, into: scratch, random: &random, fates: fates)
+                    states += 1
+                    let boots = try Self.firmwareBoots(
+                        "\(scratch)/boot-disk.img", strategy: strategy, images: [setup.old, setup.new])
+                    var problems: [String] = []
+                    if boots == nil { problems.append("no complete bootloader is selected") }
+                    do {
+                        _ = try Install.install(scratch, bundle)
+                        let after = try Self.firmwareBoots(
+                            "\(scratch)/boot-disk.img", strategy: strategy, images: [setup.old, setup.new])
+                        if after != setup.new {
+                            problems.append("after the install ran again, the new bootloader is not selected")
+                        }
+                    } catch {
+                        problems.append("the install run again failed: \(error)")
+                    }
+                    if !problems.isEmpty {
+                        violations.append(
+                            "cut after event \(cut) (state \(states)): \(problems.joined(separator: "; "))")
+                    }
+                }
+            }
+            let summary =
+                "bootloader-crash-simulation \(strategyName): \(events.count) events, \(states) states (\(subsetStates) of them every subset of the unsynced switch writes), \(violations.count) violations, seed \(seed)"
+            try ReliabilityProfile.report(
+                summary,
+                [
+                    "kind": .string("bootloader-crash-simulation"), "strategy": .string(strategyName),
+                    "events": .number(Double(events.count)), "states": .number(Double(states)),
+                    "subsetStates": .number(Double(subsetStates)), "violations": .number(Double(violations.count)),
+                    "seed": .number(Double(seed)),
+                ])
+            #expect(violations.isEmpty, "\(violations.prefix(5).joined(separator: "\n"))")
+        }
+    }
+}
