@@ -78,6 +78,21 @@ import Glibc
         }
     }
 
+    /// Which states are exported for real firmware: about 20 spread over the whole update, and
+    /// every state with a table write lost or torn.
+    static func exports(cut: Int, of count: Int, states: Int, tornTable: Bool) -> Bool {
+        tornTable || states % max(1, (count + 1) * 3 / 20) == 0
+    }
+
+    /// Whether the state has a table write (a GPT header or entry array, the MBR sector) unsynced
+    /// and lost or torn at the cut: the states that matter most to the firmware.
+    static func tornTable(_ events: [IOEvent], _ cut: Int, _ fates: [Int: CrashSimulationTests.Fate]) -> Bool {
+        fates.contains { index, fate in
+            guard fate != .whole, case .write(_, let offset, _) = events[index] else { return false }
+            return offset < 34 * 512 || offset >= (8 << 20) - 33 * 512
+        }
+    }
+
     final class Recorder: IORecorder {
         let events = Mutex<[IOEvent]>([])
         func record(_ event: IOEvent) { events.withLock { $0.append(event) } }
@@ -89,13 +104,27 @@ import Glibc
         var new: [UInt8]
     }
 
+    /// The images: `FERRY_BOOT_IMAGES=<dir>` names a folder with `<strategy>.old` and
+    /// `<strategy>.new` (tools/qemu-test's real GRUB core.img and ESP images, which print a marker);
+    /// otherwise GRUB core.img files made here, and seeded bytes.
     static func setup(_ name: String, dir: String) throws -> Setup? {
+        if let folder = ProcessEnvironment.variables["FERRY_BOOT_IMAGES"], TextFile.exists("\(folder)/\(name).old") {
+            guard var setup = try setup(name, dir: dir, generated: false) else { return nil }
+            setup.old = try readFile("\(folder)/\(name).old")
+            setup.new = try readFile("\(folder)/\(name).new")
+            return setup
+        }
+        return try setup(name, dir: dir, generated: true)
+    }
+
+    private static func setup(_ name: String, dir: String, generated: Bool) throws -> Setup? {
         switch name {
         case "mbr-switch":
             guard Install.hasGRUB else { return nil }
             return Setup(
                 strategy: .mbrSwitch(regions: Install.grubRegions, pointer: .grubCore),
-                old: try Install.coreImage(dir, "old"), new: try Install.coreImage(dir, "new"))
+                old: generated ? try Install.coreImage(dir, "old") : [],
+                new: generated ? try Install.coreImage(dir, "new") : [])
         case "gpt-switch":
             return Setup(
                 strategy: .gptSwitch(regions: Install.espRegions, partition: 1),
@@ -166,6 +195,7 @@ import Glibc
                 })
 
             // The replay.
+            let exportFolder = ProcessEnvironment.variables["FERRY_BOOT_STATES_OUT"]
             var random = SeededGenerator(seed: seed &* 0x1000 &+ UInt64(strategyName.count))
             var states = 0
             var subsetStates = 0
@@ -200,11 +230,27 @@ import Glibc
                     try Device.copyDevice(from: snapshot, to: scratch, extra: ["boot-disk.img"])
                     try Device.materialize(
                         events, cut: cut, device: device, into: scratch, random: &random, fates: fates)
+                    // Exported for real firmware (tools/qemu-boot-states): the disk as the cut left it.
+                    let export = exportFolder.flatMap { folder in
+                        Self.exports(
+                            cut: cut, of: events.count, states: states, tornTable: Self.tornTable(events, cut, fates))
+                            ? "\(folder)/\(strategyName)/state-\(String(String(states + 10001).dropFirst()))" : nil
+                    }
+                    if let export {
+                        try DurableFile.createDirectory(Paths.directory(of: export))
+                        try makeFile("\(export).img", bytes: try readFile("\(scratch)/boot-disk.img"))
+                    }
                     states += 1
                     let boots = try Self.firmwareBoots(
                         "\(scratch)/boot-disk.img", strategy: strategy, images: [setup.old, setup.new])
                     var problems: [String] = []
                     if boots == nil { problems.append("no complete bootloader is selected") }
+                    if let export {
+                        let expected = boots == nil ? "none" : boots == setup.new ? "new" : "old"
+                        let torn = Self.tornTable(events, cut, fates) ? ", a table write lost" : ""
+                        try DurableFile.write(
+                            "\(expected) cut after event \(cut) of \(events.count)\(torn)\n", to: "\(export).expected")
+                    }
                     do {
                         _ = try Install.install(scratch, bundle)
                         let after = try Self.firmwareBoots(
