@@ -52,11 +52,11 @@ import Testing
             #expect(primary.entry(0).firstLBA == 2048 && primary.entry(0).lastLBA == 4095)
             // Moved and written back, backup first: sfdisk sees the move, both copies valid.
             let moved = primary.moving(entry: 0, to: 4096...6143)
-            for (offset, bytes) in moved.writes() { try disk.writeBytes(bytes, at: offset) }
+            for (offset, bytes) in moved.writes() { try disk.write(bytes, at: offset) }
             var movedBackup = backup
             movedBackup.entryArray = moved.entryArray
             movedBackup.header.entriesCRC = moved.header.entriesCRC
-            for (offset, bytes) in movedBackup.writes() { try disk.writeBytes(bytes, at: offset) }
+            for (offset, bytes) in movedBackup.writes() { try disk.write(bytes, at: offset) }
             try disk.synchronize()
             #expect(try Self.sfdiskStart(path, 1) == 4096)
             let again = try GPT.read(disk)
@@ -73,13 +73,13 @@ import Testing
             let disk = try open(path)
             defer { try? disk.close() }
             // A byte of the primary entry array: its CRC no longer matches.
-            try disk.writeBytes([0x5a], at: 2 * 512 + 40)
+            try disk.write([0x5a], at: 2 * 512 + 40)
             let copies = try GPT.read(disk)
             #expect(throws: GPT.Problem.entriesChecksum) { try copies.primary.get() }
             #expect(try copies.backup.get().entry(0).name == "esp")
             #expect(copies.effective?.header.myLBA == UInt64(8 * Self.mib / 512) - 1)
             // The primary header's CRC.
-            try disk.writeBytes([0x01], at: 512 + 60)
+            try disk.write([0x01], at: 512 + 60)
             #expect(throws: GPT.Problem.headerChecksum) { try GPT.read(disk).primary.get() }
         }
     }
@@ -107,13 +107,13 @@ import Testing
         let old = try coreImage(dir, marker: "old")
         let disk = try BlockDevice.openSharedForWriting(path)
         defer { try? disk.close() }
-        var sector = MBRSector(try disk.readBytes(count: 512, at: 0))
+        var sector = MBRSector(try disk.read(at: 0, count: 512))
         // boot.img's code in the first 440 bytes (the partition table kept), as grub-bios-setup does.
         let bootImage = try readFile("/usr/lib/grub/i386-pc/boot.img")
         sector.bytes.replaceSubrange(0..<440, with: bootImage[0..<440])
         sector.grubKernelSector = grubRegions[0].firstSector
-        try disk.writeBytes(sector.bytes, at: 0)
-        try disk.writeBytes(
+        try disk.write(sector.bytes, at: 0)
+        try disk.write(
             try GRUBCoreImage.patched(old, toRunAt: grubRegions[0].firstSector), at: grubRegions[0].offset)
         try disk.synchronize()
         return (path, old)
@@ -202,7 +202,7 @@ import Testing
             let new = seededBytes(count: 1 << 20, seed: 2)
             do {
                 let disk = try open(path)
-                try disk.writeBytes(old, at: Self.espRegions[0].offset)
+                try disk.write(old, at: Self.espRegions[0].offset)
                 try disk.close()
             }
             let start = try readFile(path)
@@ -249,14 +249,14 @@ import Testing
                 strategy: .gptSwitch(regions: Self.espRegions, partition: 1), disk: disk, name: "esp")
             let lastLBA = 8 * Self.mib / 512 - 1
             // A damaged backup header that no update explains: refused, naming the backup.
-            let saved = try disk.readBytes(count: 512, at: lastLBA * 512)
-            try disk.writeBytes([0x77], at: lastLBA * 512 + 60)
+            let saved = try disk.read(at: lastLBA * 512, count: 512)
+            try disk.write([0x77], at: lastLBA * 512 + 60)
             let refused = #expect(throws: FerryError.self) { try updater.phases(for: new) }
             #expect(refused?.code == .bootloaderForeign)
             #expect(refused?.message.contains("backup GPT") == true, "\(refused?.message ?? "")")
-            try disk.writeBytes(saved, at: lastLBA * 512)
+            try disk.write(saved, at: lastLBA * 512)
             // A damaged primary: the firmware boots from the backup; so does Ferry, and rewrites both.
-            try disk.writeBytes([0x77], at: 512 + 60)
+            try disk.write([0x77], at: 512 + 60)
             #expect(try updater.selection().damagedTable.hasPrefix("primary GPT"))
             try updater.run(try updater.phases(for: new))
             let copies = try GPT.read(disk)
@@ -309,7 +309,7 @@ import Testing
             let new = seededBytes(count: 310_000, seed: 6)
             do {
                 let disk = try open(path)
-                for copy in copies { try disk.writeBytes(old, at: copy.offset) }
+                for copy in copies { try disk.write(old, at: copy.offset) }
                 try disk.close()
             }
             let start = try readFile(path)
@@ -327,7 +327,7 @@ import Testing
                     let updater = BootloaderUpdater(strategy: strategy, disk: disk, name: "spl")
                     try updater.run(Array(phases.prefix(cut)))
                     if torn > 0, let write = phases[cut].writes.first, torn < write.bytes.count {
-                        try disk.writeBytes(Array(write.bytes[..<torn]), at: write.offset)
+                        try disk.write(Array(write.bytes[..<torn]), at: write.offset)
                     }
                     let image = Self.romBoots(try readFile(path), copies: copies, headerSize: 512, images: [old, new])
                     #expect(image != nil, "no complete copy boots after phase \(cut), torn at \(torn)")

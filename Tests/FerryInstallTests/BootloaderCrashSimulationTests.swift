@@ -41,13 +41,13 @@ import Glibc
         defer { try? disk.close() }
         switch strategy {
         case .mbrSwitch(let regions, _):
-            let sector = MBRSector(try disk.readBytes(count: 512, at: 0))
+            let sector = MBRSector(try disk.read(at: 0, count: 512))
             guard sector.hasBootSignature else { return nil }
             let lba = sector.grubKernelSector
             guard let region = regions.firstIndex(where: { $0.firstSector == lba }) else { return nil }
             for image in images {
                 let patched = try GRUBCoreImage.patched(image, toRunAt: regions[region].firstSector)
-                if try disk.readBytes(count: patched.count, at: Int64(lba) * 512) == patched { return image }
+                if try disk.read(at: Int64(lba) * 512, count: patched.count) == patched { return image }
             }
             return nil
         case .gptSwitch(let regions, let partition):
@@ -59,20 +59,20 @@ import Glibc
                 primary.header.myLBA = 1
                 primary.header.alternateLBA = table.header.myLBA
                 primary.header.entriesLBA = 2
-                for (offset, bytes) in primary.writes() { try disk.writeBytes(bytes, at: offset) }
+                for (offset, bytes) in primary.writes() { try disk.write(bytes, at: offset) }
                 try disk.synchronize()
             }
             let entry = table.entry(partition - 1)
             guard let region = regions.first(where: { $0.sectors.lowerBound == entry.firstLBA }) else { return nil }
-            for image in images where try disk.readBytes(count: image.count, at: region.offset) == image {
+            for image in images where try disk.read(at: region.offset, count: image.count) == image {
                 return image
             }
             return nil
         case .rawFallback(let copies, let headerSize):
             for copy in copies {
-                let header = try disk.readBytes(count: headerSize, at: copy.offset)
+                let header = try disk.read(at: copy.offset, count: headerSize)
                 guard let image = images.first(where: { Array($0[..<headerSize]) == header }) else { continue }
-                return try disk.readBytes(count: image.count, at: copy.offset) == image ? image : nil
+                return try disk.read(at: copy.offset, count: image.count) == image ? image : nil
             }
             return nil
         }
@@ -154,7 +154,7 @@ import Glibc
                 // The same disk, with both copies of the old image in place and the configuration
                 // saying raw-fallback.
                 let disk = try BlockDevice.openSharedForWriting("\(device)/boot-disk.img")
-                for copy in copies { try disk.writeBytes(setup.old, at: copy.offset) }
+                for copy in copies { try disk.write(setup.old, at: copy.offset) }
                 try disk.close()
                 var text = String(decoding: try readFile("\(device)/system.json"), as: UTF8.self)
                 text = text.replacing(

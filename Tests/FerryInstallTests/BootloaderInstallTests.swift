@@ -38,17 +38,17 @@ import Testing
         defer { try? handle.close() }
         let update: String
         if strategy == "mbr-switch" {
-            var sector = MBRSector(try handle.readBytes(count: 512, at: 0))
+            var sector = MBRSector(try handle.read(at: 0, count: 512))
             let bootImage = try readFile("/usr/lib/grub/i386-pc/boot.img")
             sector.bytes.replaceSubrange(0..<440, with: bootImage[0..<440])
             sector.grubKernelSector = grubRegions[0].firstSector
-            try handle.writeBytes(sector.bytes, at: 0)
-            try handle.writeBytes(
+            try handle.write(sector.bytes, at: 0)
+            try handle.write(
                 try GRUBCoreImage.patched(old, toRunAt: grubRegions[0].firstSector), at: grubRegions[0].offset)
             update =
                 #"{ "strategy": "mbr-switch", "pointer": "grub-core", "regions": [{ "offset": 32768, "size": 491520 }, { "offset": 524288, "size": 491520 }] }"#
         } else {
-            try handle.writeBytes(old, at: espRegions[0].offset)
+            try handle.write(old, at: espRegions[0].offset)
             update =
                 #"{ "strategy": "gpt-switch", "partition": 1, "regions": [{ "offset": 1048576, "size": 1048576 }, { "offset": 2097152, "size": 1048576 }] }"#
         }
@@ -87,14 +87,17 @@ import Testing
         return path
     }
 
-    static func install(_ device: String, _ bundle: String) throws(FerryError) -> Installer.Result {
+    static func install(
+        _ device: String, _ bundle: String, wrap: ((BlockDevice) -> any BlockTarget)? = nil
+    ) throws(FerryError) -> Installer.Result {
         let configuration: SystemConfiguration
         do { configuration = try SystemConfiguration.load("\(device)/system.json") } catch { throw error }
         let store = StateStore(directory: configuration.stateDirectory)
         let lock = try store.acquireWriteLock(command: "test")
         defer { lock.release() }
-        let installer = Installer(
+        var installer = Installer(
             configuration: configuration, booted: BootedGroup(bootname: "A", source: "test"), logger: quietLogger)
+        if let wrap { installer.wrapDevice = wrap }
         return try installer.install(
             from: try FileByteSource(path: bundle), bundleName: "update.ferry", allowDowngrade: false, force: false)
     }
@@ -154,7 +157,7 @@ import Testing
             #expect(try Self.selection(device, strategy).active == 0)
             let disk = try BlockDevice.openForReading("\(device)/boot-disk.img")
             defer { try? disk.close() }
-            #expect(try disk.readBytes(count: second.count, at: Self.espRegions[0].offset) == second)
+            #expect(try disk.read(at: Self.espRegions[0].offset, count: second.count) == second)
             let copies = try GPT.read(disk)
             #expect(try copies.primary.get().isCopy(of: try copies.backup.get()))
         }
@@ -195,18 +198,18 @@ import Testing
                     dir, pki: pki, image: new, strategy: strategy, groups: ["B"], name: "other.ferry")
                 expected = .notCompatible
             case "a foreign MBR":
-                var sector = MBRSector(try disk.readBytes(count: 512, at: 0))
+                var sector = MBRSector(try disk.read(at: 0, count: 512))
                 sector.grubKernelSector = 2048
-                try disk.writeBytes(sector.bytes, at: 0)
+                try disk.write(sector.bytes, at: 0)
                 expected = .bootloaderForeign
             case "an MBR changed since it was recorded":
-                let digest = SHA256Hasher.hash(try disk.readBytes(count: 512, at: 0)).hex
+                let digest = SHA256Hasher.hash(try disk.read(at: 0, count: 512)).hex
                 try StateStore(directory: "\(device)/state").setSlotRecord(
                     InstalledSlotRecord(raw: ["selectors": .array([.string(digest)])]), for: "bootloader")
-                try disk.writeBytes([0x90], at: 0x70)  // boot code, not the pointer
+                try disk.write([0x90], at: 0x70)  // boot code, not the pointer
                 expected = .bootloaderForeign
             default:
-                try disk.writeBytes([0x77], at: (8 << 20) - 512 + 60)
+                try disk.write([0x77], at: (8 << 20) - 512 + 60)
                 expected = .bootloaderForeign
             }
             try disk.synchronize()
@@ -224,6 +227,41 @@ import Testing
             let after = try Self.snapshot(device)
             #expect(after.keys.sorted() == before.keys.sorted())
             for (name, bytes) in before where after[name] != bytes { Issue.record("\(what): \(name) changed") }
+        }
+    }
+
+    /// A device that fails under the bootloader update: one clean error, the selector (and so
+    /// the bootloader the firmware runs) unchanged, and the next install on a healthy device
+    /// finishes.
+    @Test(arguments: ["a byte silently corrupted in the new region", "EIO on the switch", "EIO on every sync"])
+    func aDeviceFaultLeavesTheOldBootloaderSelected(_ fault: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let pki = try TestPKI.make(in: "\(dir)/pki", signers: ["signer1"])
+            let device = try Self.device(
+                dir, strategy: "gpt-switch", old: seededBytes(count: 1 << 20, seed: 40), pki: pki)
+            let strategy = BootloaderStrategy.gptSwitch(regions: Self.espRegions, partition: 1)
+            let bundle = try Self.bundle(
+                dir, pki: pki, image: seededBytes(count: 1 << 20, seed: 41), strategy: "gpt-switch")
+            let expected: FerryError.Code = fault.hasPrefix("a byte") ? .readBackMismatch : .io
+            let error = #expect(throws: FerryError.self) {
+                try Self.install(device, bundle) { disk in
+                    // Only the boot disk: the slot writers open image files of their own.
+                    guard disk.path.hasSuffix("boot-disk.img") else { return disk }
+                    switch fault {
+                    case "a byte silently corrupted in the new region":
+                        return FaultyBlockTarget(disk, corruptByteAt: Self.espRegions[1].offset + 4097)
+                    case "EIO on the switch":
+                        return FaultyBlockTarget(disk, failAfterBytes: 1 << 20)
+                    default:
+                        return FaultyBlockTarget(disk, failSynchronize: true)
+                    }
+                }
+            }
+            #expect(error?.code == expected, "\(error?.message ?? "")")
+            #expect(error?.message.contains("\n") == false)
+            #expect(try Self.selection(device, strategy).active == 0, "the old ESP stays selected")
+            _ = try Self.install(device, bundle)
+            #expect(try Self.selection(device, strategy).active == 1)
         }
     }
 }

@@ -64,7 +64,7 @@ public struct BootloaderUpdater {
         let regions = strategy.regions
         switch strategy {
         case .mbrSwitch(_, let pointer):
-            let sector = MBRSector(try disk.readBytes(count: 512, at: 0))
+            let sector = MBRSector(try disk.read(at: 0, count: 512))
             let lba: UInt64
             switch pointer {
             case .grubCore: lba = sector.grubKernelSector
@@ -146,7 +146,7 @@ public struct BootloaderUpdater {
     public func checkLayout() throws(FerryError) {
         let sectors = UInt64(disk.byteCount / 512)
         var partitions: [(String, Range<UInt64>)] = []
-        let mbr = MBRSector(try disk.readBytes(count: 512, at: 0))
+        let mbr = MBRSector(try disk.read(at: 0, count: 512))
         let isGPT = (1...4).contains { mbr.partitionType($0) == 0xee }
         if isGPT, let table = try GPT.read(disk).effective {
             for (index, entry) in table.usedEntries {
@@ -220,7 +220,7 @@ public struct BootloaderUpdater {
         let current = try selection(inProgress: inProgress)
         if try holds(try regionImage(image, region: current.active), at: regions[current.active].offset) { return [] }
         let target = 1 - current.active
-        var sector = MBRSector(try disk.readBytes(count: 512, at: 0))
+        var sector = MBRSector(try disk.read(at: 0, count: 512))
         switch pointer {
         case .grubCore: sector.grubKernelSector = regions[target].firstSector
         case .partition(let number): sector.setPartitionStart(number, UInt32(regions[target].firstSector))
@@ -321,7 +321,7 @@ public struct BootloaderUpdater {
             var present = true
             for write in phase.present where present { present = try holds(write.bytes, at: write.offset) }
             if !present {
-                for write in phase.writes { try disk.writeBytes(write.bytes, at: write.offset) }
+                for write in phase.writes { try disk.write(write.bytes, at: write.offset) }
                 try disk.synchronize()
                 for write in phase.writes where try !holds(write.bytes, at: write.offset) {
                     throw FerryError(
@@ -338,6 +338,6 @@ public struct BootloaderUpdater {
     /// Whether the disk holds `bytes` at `offset`.
     func holds(_ bytes: [UInt8], at offset: Int64) throws(FerryError) -> Bool {
         guard offset + Int64(bytes.count) <= disk.byteCount else { return false }
-        return try disk.readBytes(count: bytes.count, at: offset) == bytes
+        return try disk.read(at: offset, count: bytes.count) == bytes
     }
 }

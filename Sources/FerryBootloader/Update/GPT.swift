@@ -182,7 +182,7 @@ public struct GPT: Sendable, Equatable {
     static func readCopy(_ disk: some BlockTarget, headerLBA: UInt64, sectorSize: Int, lastLBA: UInt64)
         throws(FerryError) -> Result<GPT, Problem>
     {
-        let sector = try disk.readBytes(count: sectorSize, at: Int64(headerLBA) * Int64(sectorSize))
+        let sector = try disk.read(at: Int64(headerLBA) * Int64(sectorSize), count: sectorSize)
         let header: Header
         switch Header.parse(sector) {
         case .failure(let problem): return .failure(problem)
@@ -194,7 +194,7 @@ public struct GPT: Sendable, Equatable {
         guard header.entriesLBA >= 1, header.entriesLBA + arraySectors - 1 <= lastLBA else {
             return .failure(.outsideDisk)
         }
-        let array = try disk.readBytes(count: arrayBytes, at: Int64(header.entriesLBA) * Int64(sectorSize))
+        let array = try disk.read(at: Int64(header.entriesLBA) * Int64(sectorSize), count: arrayBytes)
         guard CRC32.checksum(array) == header.entriesCRC else { return .failure(.entriesChecksum) }
         return .success(GPT(header: header, entryArray: array, sectorSize: sectorSize))
     }
@@ -218,23 +218,5 @@ public struct GPT: Sendable, Equatable {
             && header.alternateLBA == other.header.myLBA && other.header.alternateLBA == header.myLBA
             && header.firstUsableLBA == other.header.firstUsableLBA
             && header.lastUsableLBA == other.header.lastUsableLBA
-    }
-}
-
-extension BlockTarget {
-    /// Reads exactly `count` bytes at `offset`.
-    public func readBytes(count: Int, at offset: Int64) throws(FerryError) -> [UInt8] {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 4096)
-        defer { buffer.deallocate() }
-        try read(into: buffer, at: offset)
-        return Array(buffer)
-    }
-
-    /// Writes all of `bytes` at `offset`.
-    public func writeBytes(_ bytes: [UInt8], at offset: Int64) throws(FerryError) {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 4096)
-        defer { buffer.deallocate() }
-        buffer.copyBytes(from: bytes)
-        try write(UnsafeRawBufferPointer(buffer), at: offset)
     }
 }
