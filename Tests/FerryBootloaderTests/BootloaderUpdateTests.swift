@@ -188,6 +188,53 @@ import Testing
         }
     }
 
+    /// mbr-switch with an MBR partition as the pointer (a DOS disk, as ROMs that follow entry 1 read it).
+    @Test func mbrSwitchMovesAPartitionEntryAndNothingElse() async throws {
+        try await withTemporaryDirectory { dir in
+            let path = "\(dir)/disk.img"
+            try makeFile(path, size: 8 * Self.mib)
+            let script = "label: dos\nstart=2048, size=2048, type=c\nstart=8192, size=4096, type=83\n"
+            let result = try Shell.run([
+                "sh", "-c", "printf '\(script)' | sfdisk -q --no-reread --no-tell-kernel \"$0\"", path,
+            ])
+            #expect(result.status == 0, "\(result.output)")
+            let regions = [
+                BootRegion(offset: 2048 * 512, size: 2048 * 512), BootRegion(offset: 4096 * 512, size: 2048 * 512),
+            ]
+            let strategy = BootloaderStrategy.mbrSwitch(regions: regions, pointer: .partition(1))
+            #expect(strategy.layoutProblem() == nil)
+            let disk = try open(path)
+            defer { try? disk.close() }
+            let old = seededBytes(count: 1 << 20, seed: 7)
+            let new = seededBytes(count: 900 << 10, seed: 8)
+            try disk.write(old, at: regions[0].offset)
+            let before = try disk.read(at: 0, count: 512)
+            let updater = BootloaderUpdater(strategy: strategy, disk: disk, name: "boot")
+            try updater.checkLayout()
+            #expect(try updater.selection().active == 0)
+            for cut in 0...2 {
+                try disk.write(before, at: 0)
+                try updater.run(Array(try updater.phases(for: new).prefix(cut)))
+                #expect(try updater.selection().active == (cut == 2 ? 1 : 0), "cut after phase \(cut)")
+                try updater.run(try updater.phases(for: new))
+            }
+            #expect(try updater.selection().active == 1)
+            #expect(try Self.sfdiskStart(path, 1) == 4096)
+            let after = try disk.read(at: 0, count: 512)
+            let changed = (0..<512).filter { before[$0] != after[$0] }
+            // Only the entry's start LBA (0x1be + 8 ..< +12): its size, type and CHS bytes stay.
+            #expect(!changed.isEmpty && changed.allSatisfy { (0x1c6..<0x1ca).contains($0) }, "\(changed)")
+            #expect(try disk.read(at: regions[1].offset, count: new.count) == new)
+            // A region over partition 2 is refused.
+            let overlapping = BootloaderUpdater(
+                strategy: .mbrSwitch(
+                    regions: [regions[0], BootRegion(offset: 8192 * 512, size: 2048 * 512)], pointer: .partition(1)),
+                disk: disk, name: "boot")
+            let error = #expect(throws: FerryError.self) { try overlapping.checkLayout() }
+            #expect(error?.message.contains("overlaps MBR partition 2") == true, "\(error?.message ?? "")")
+        }
+    }
+
     // MARK: - gpt-switch
 
     static let espRegions = [
