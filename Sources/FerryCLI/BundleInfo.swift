@@ -52,6 +52,11 @@ extension FerryCommand.Bundle {
                         "  delta:          from \(delta.sourceSize) bytes sha256 \(delta.sourceSHA256.hex) to \(delta.targetSize) bytes sha256 "
                             + "\(delta.targetSHA256.hex), \(delta.sourceChecks.count) source checks")
                 }
+                if let bootloader = payload.bootloader {
+                    lines.append(
+                        "  bootloader:     strategy \(bootloader.strategy), boots groups \(bootloader.bootsGroups.joined(separator: ", "))"
+                    )
+                }
             }
             Terminal.writeOutput(lines.joined(separator: "\n") + "\n")
         }

@@ -92,14 +92,20 @@ extension FerryCommand {
             if !result.apps.isEmpty && result.slots.isEmpty {
                 return installed + "and activated \(result.apps.joined(separator: ", ")) (no reboot needed).\n"
             }
+            let bootloaders =
+                result.bootloaders.isEmpty
+                ? "" : "; bootloader \(result.bootloaders.joined(separator: ", ")) switched after its read-back"
+            let inPlace = result.slots.filter { slot in !result.bootloaders.contains { $0.hasPrefix(slot + " (") } }
             if result.target.isEmpty {
-                return installed + "\(result.version) in place into single-copy \(result.slots.joined(separator: ", "))"
-                    + (result.apps.isEmpty ? "" : "; activated \(result.apps.joined(separator: ", "))")
+                return installed + "\(result.version)"
+                    + (inPlace.isEmpty ? "" : " in place into single-copy \(inPlace.joined(separator: ", "))")
+                    + bootloaders + (result.apps.isEmpty ? "" : "; activated \(result.apps.joined(separator: ", "))")
                     + "; no group switch.\n"
             }
             return installed + "\(result.version) into group \(result.target) (\(result.slots.joined(separator: ", ")))"
                 + (result.copied.isEmpty
                     ? "" : "; \(result.copied.joined(separator: ", ")) made consistent with the booted group")
+                + bootloaders
                 + (result.apps.isEmpty
                     ? "" : "; staged \(result.apps.joined(separator: ", ")) until the group is confirmed")
                 + "\(result.adoptedKeyring ? "; adopted the bundle's new keyring" : "")"

@@ -1,3 +1,4 @@
+import FerryBootloader
 import FerryBundle
 import FerryCrypto
 import FerryDelta
@@ -42,6 +43,8 @@ public struct Installer {
         /// Apps installed and activated (an app-only bundle: no group switch).
         public var apps: [String] = []
         public var adoptedKeyring: Bool
+        /// Bootloader slots updated with their strategy (`esp (gpt-switch)`); also in `slots`.
+        public var bootloaders: [String] = []
     }
 
     /// Verifies and installs the bundle read from `source`, as the safe sequence of
@@ -107,10 +110,7 @@ public struct Installer {
         try record(plan, bundle, name: bundleName, staged: staged, store: store)
         try switchOver(
             plan, staged: staged, control: control, bundle: bundleName, version: bundle.manifest.version.description)
-        return Result(
-            resumed: resumed, target: plan.switchedGroup ?? "", version: bundle.manifest.version.description,
-            slots: plan.writtenSlots.map(\.name), copied: plan.copies.map(\.slot.name), apps: staged.map(\.summary),
-            adoptedKeyring: bundle.keyring != nil)
+        return Result(plan, bundle, resumed: resumed, staged: staged)
     }
 
     // MARK: - The sequence's parts
@@ -311,6 +311,17 @@ public struct Installer {
             "Bundle verified",
             metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])
         return VerifiedBundle(reader: reader, manifest: manifest, keyring: keyring, trustedTime: policy.trustedTime)
+    }
+}
+
+extension Installer.Result {
+    /// What an install of `bundle` by `plan` did.
+    init(_ plan: InstallPlan, _ bundle: Installer.VerifiedBundle, resumed: Bool, staged: [GroupParts.Part]) {
+        self.init(
+            resumed: resumed, target: plan.switchedGroup ?? "", version: bundle.manifest.version.description,
+            slots: plan.writtenSlots.map(\.name), copied: plan.copies.map(\.slot.name), apps: staged.map(\.summary),
+            adoptedKeyring: bundle.keyring != nil,
+            bootloaders: plan.bootloaderSteps.map { "\($0.1.name) (\($0.1.update?.name ?? ""))" })
     }
 }
 

@@ -52,6 +52,12 @@ public struct SlotAccess {
     /// Refuses unless `slot` may be written: configured, and not in the booted (or an unknown) group.
     /// - Throws: `.deviceNotConfigured`, `.deviceBooted`.
     public func checkWritable(_ slot: SlotConfiguration) throws(FerryError) {
+        try checkWritable(slot, withStrategy: false)
+    }
+
+    /// `withStrategy`: the bootloader step's own open (`openBootDisk`); every other open of a
+    /// slot with an update strategy is refused (its device is the whole boot disk).
+    private func checkWritable(_ slot: SlotConfiguration, withStrategy: Bool) throws(FerryError) {
         guard configuration.slot(named: slot.name) == slot else {
             throw FerryError(code: .deviceNotConfigured, message: "slot '\(slot.name)' is not in \(configuration.path)")
         }
@@ -64,6 +70,13 @@ public struct SlotAccess {
             throw FerryError(
                 code: .deviceBooted,
                 message: "refusing to write slot '\(slot.name)': it belongs to the booted group \(bootedName)")
+        }
+        if let strategy = slot.update, !withStrategy {
+            throw FerryError(
+                code: .deviceBooted,
+                message:
+                    "refusing to write slot '\(slot.name)' directly: it is a bootloader updated with \(strategy.name) (its device is the whole boot disk); install a bundle made with --bootloader"
+            )
         }
         // The only copy: a cut during the write leaves the module torn (docs/configuration.md).
         guard !slot.singleCopy || slot.writeInPlace || slot.update != nil else {
@@ -164,7 +177,7 @@ public struct SlotAccess {
     /// - Throws: `.deviceNotConfigured`, `.deviceBooted`, `.deviceInUse`, `.configurationInvalid`
     ///   (a bootloader slot on a partition: its regions are byte ranges of the whole disk).
     public func openBootDisk(_ slot: SlotConfiguration) throws(FerryError) -> BlockDevice {
-        try checkWritable(slot)
+        try checkWritable(slot, withStrategy: true)
         guard let strategy = slot.update else {
             throw FerryError(code: .internal, message: "slot '\(slot.name)' has no update strategy")
         }

@@ -264,4 +264,30 @@ import Testing
             #expect(try Self.selection(device, strategy).active == 1)
         }
     }
+
+    /// A bootloader slot with a strategy is written only by its strategy: `write-slot` and any
+    /// other plain open are refused (its device is the whole boot disk).
+    @Test func aBootloaderSlotIsNeverOpenedAsAPlainSlot() async throws {
+        try await withTemporaryDirectory { dir in
+            let pki = try TestPKI.make(in: "\(dir)/pki", signers: ["signer1"])
+            let device = try Self.device(dir, strategy: "gpt-switch", old: seededBytes(count: 4096, seed: 40), pki: pki)
+            let configuration = try SystemConfiguration.load("\(device)/system.json")
+            let slot = try #require(configuration.singleCopySlot(ofClass: "bootloader"))
+            let access = SlotAccess(
+                configuration: configuration, booted: BootedGroup(bootname: "A", source: "test"),
+                mounts: MountTable(mounts: []),
+                logger: quietLogger)
+            let before = try readFile("\(device)/boot-disk.img")
+            let error = #expect(throws: FerryError.self) { try access.openForWriting(slot) }
+            #expect(error?.code == .deviceBooted)
+            #expect(
+                error?.message.contains("install a bundle made with --bootloader") == true, "\(error?.message ?? "")")
+            let result = try Shell.run([
+                TestEnvironment.ferryBinary, "write-slot", "bootloader", "\(dir)/pki/ca.pem", "--config",
+                "\(device)/system.json",
+            ])
+            #expect(result.status == 22, "\(result.output)")
+            #expect(try readFile("\(device)/boot-disk.img") == before)
+        }
+    }
 }
