@@ -235,6 +235,26 @@ import Testing
         }
     }
 
+    /// grub-core: an image that is not an i386-pc core.img (its block list does not cover it) is
+    /// refused before anything is written.
+    @Test(.enabled(if: TextFile.exists("/usr/lib/grub/i386-pc/boot.img"), "needs grub-pc-bin"))
+    func mbrSwitchRefusesAnImageThatIsNotACoreImage() async throws {
+        try await withTemporaryDirectory { dir in
+            let (path, _) = try Self.grubDisk(dir)
+            let before = try readFile(path)
+            let disk = try open(path)
+            defer { try? disk.close() }
+            let updater = BootloaderUpdater(
+                strategy: .mbrSwitch(regions: Self.grubRegions, pointer: .grubCore), disk: disk, name: "bootloader")
+            let error = #expect(throws: FerryError.self) {
+                try updater.phases(for: seededBytes(count: 64 << 10, seed: 3))
+            }
+            #expect(error?.code == .bundleInvalid)
+            #expect(error?.message.contains("not a GRUB i386-pc core.img") == true, "\(error?.message ?? "")")
+            #expect(try readFile(path) == before)
+        }
+    }
+
     // MARK: - gpt-switch
 
     static let espRegions = [

@@ -58,6 +58,8 @@ public enum GRUBCoreImage {
     public static let blocklistStartOffset = 0x1f4
     /// The entry's length in sectors, 2 bytes LE.
     public static let blocklistLengthOffset = 0x1fc
+    /// The segment it is loaded at, 2 bytes LE (0x820 in every core.img grub-mkimage makes).
+    public static let blocklistSegmentOffset = 0x1fe
 
     /// `image` patched to run from `lba`: its block list points at `lba + 1`.
     /// - Throws: `.bundleInvalid` when the image is too short, or its block list does not cover the rest of it.
@@ -76,12 +78,14 @@ public enum GRUBCoreImage {
                 message: "the bootloader image is \(image.count) bytes: not a GRUB i386-pc core.img")
         }
         let sectors = Int(image.littleEndian(UInt16.self, at: blocklistLengthOffset))
+        let segment = image.littleEndian(UInt16.self, at: blocklistSegmentOffset)
         let rest = (image.count - 512 + 511) / 512
-        guard sectors >= rest else {
+        // grub-mkimage writes one entry covering exactly the rest, loaded at segment 0x820.
+        guard sectors == rest, segment == 0x820 else {
             throw FerryError(
                 code: .bundleInvalid,
                 message:
-                    "the bootloader image is not a GRUB i386-pc core.img: its first sector's block list covers \(sectors) sectors, the image has \(rest) more"
+                    "the bootloader image is not a GRUB i386-pc core.img: its first sector's block list names \(sectors) sectors at segment 0x\(String(segment, radix: 16)), not the \(rest) more it has at 0x820"
             )
         }
     }
