@@ -10,11 +10,11 @@ import Testing
     static let mib: Int64 = 1 << 20
 
     /// A GPT disk of 8 MiB made by sfdisk: partition 1 ("esp", 1 MiB) at `espStart` sectors, partition 2 after 4 MiB.
-    static func gptDisk(_ path: String, espStart: Int = 2048) throws {
+    static func gptDisk(_ path: String, espStart: Int = 2048, firstLBA: Int = 34) throws {
         try makeFile(path, size: 8 * mib)
         let script = """
             label: gpt
-            first-lba: 34
+            first-lba: \(firstLBA)
             start=\(espStart), size=2048, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="esp"
             start=8192, size=4096, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="rootfs"
             """
@@ -329,6 +329,38 @@ import Testing
             let copies = try GPT.read(disk)
             #expect(try copies.primary.get().isCopy(of: try copies.backup.get()))
             #expect(try updater.selection().active == 1)
+        }
+    }
+
+    /// sfdisk's default for a new disk puts the first usable LBA at 2048: the gap after the
+    /// entry array is no partition's, and GRUB's regions there are accepted; a region over the
+    /// entry array is not.
+    @Test func regionsInTheGapAfterTheGPTAreAcceptedNotOverTheTable() async throws {
+        try await withTemporaryDirectory { dir in
+            let path = "\(dir)/disk.img"
+            try Self.gptDisk(path, espStart: 4096, firstLBA: 2048)
+            let disk = try open(path)
+            defer { try? disk.close() }
+            #expect(try GPT.read(disk).effective?.header.firstUsableLBA == 2048)
+            try BootloaderUpdater(
+                strategy: .mbrSwitch(regions: Self.grubRegions, pointer: .grubCore), disk: disk, name: "bootloader"
+            ).checkLayout()
+            let overTable = [BootRegion(offset: 16 * 512, size: 48 * 512), Self.grubRegions[1]]
+            let error = #expect(throws: FerryError.self) {
+                try BootloaderUpdater(
+                    strategy: .mbrSwitch(regions: overTable, pointer: .grubCore), disk: disk, name: "bootloader"
+                ).checkLayout()
+            }
+            #expect(error?.code == .configurationInvalid)
+            #expect(error?.message.contains("overlaps the primary GPT") == true, "\(error?.message ?? "")")
+            let lastSectors = BootRegion(offset: 8 * Self.mib - 16 * 512, size: 8 * 512)
+            let atEnd = #expect(throws: FerryError.self) {
+                try BootloaderUpdater(
+                    strategy: .mbrSwitch(regions: [Self.grubRegions[0], lastSectors], pointer: .grubCore), disk: disk,
+                    name: "bootloader"
+                ).checkLayout()
+            }
+            #expect(atEnd?.message.contains("overlaps the backup GPT") == true, "\(atEnd?.message ?? "")")
         }
     }
 

@@ -154,8 +154,13 @@ public struct BootloaderUpdater {
                 partitions.append(
                     ("GPT partition \(index + 1) ('\(entry.name)')", entry.firstLBA..<(entry.lastLBA + 1)))
             }
-            partitions.append(("the primary GPT", 0..<table.header.firstUsableLBA))
-            partitions.append(("the backup GPT", (table.header.lastUsableLBA + 1)..<sectors))
+            // The tables themselves: header and entry array of each copy. The space between the
+            // primary's entries and the first usable LBA belongs to no partition (GRUB's core.img
+            // regions of a GPT disk without a BIOS boot partition live there).
+            let arraySectors = (UInt64(table.header.entryCount) * UInt64(table.header.entrySize) + 511) / 512
+            partitions.append(("the primary GPT", 0..<(2 + arraySectors)))
+            let backupStart = min(table.header.lastUsableLBA + 1, sectors - min(sectors, 1 + arraySectors))
+            partitions.append(("the backup GPT", backupStart..<sectors))
         } else {
             for number in 1...4 {
                 if case .mbrSwitch(_, .partition(let moved)) = strategy, moved == number { continue }
