@@ -22,6 +22,8 @@ const unsigned long CFerryShims_LOOP_CLR_FD = LOOP_CLR_FD;
 const unsigned long CFerryShims_LOOP_SET_STATUS64 = LOOP_SET_STATUS64;
 const unsigned long CFerryShims_LOOP_GET_STATUS64 = LOOP_GET_STATUS64;
 
+const unsigned long CFerryShims_MMC_IOC_CMD = MMC_IOC_CMD;
+
 const int CFerryShims_O_DIRECT = O_DIRECT;
 const int CFerryShims_FALLOC_FL_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
 const int CFerryShims_FALLOC_FL_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;

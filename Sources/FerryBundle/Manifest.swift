@@ -87,7 +87,7 @@ public struct Manifest: Sendable, Equatable {
     /// What a `bootloader` payload is: the image of a bootloader the device has once, for a slot
     /// updated with `strategy` (docs/bootloader-updates.md), and the groups it boots.
     public struct BootloaderInfo: Sendable, Equatable {
-        /// `mbr-switch`, `gpt-switch` or `raw-fallback`: the device refuses a payload made for
+        /// `mbr-switch`, `gpt-switch`, `raw-fallback` or `emmc-boot`: the device refuses a payload made for
         /// another strategy than its slot's.
         public var strategy: String
         /// The bootnames of the groups this bootloader boots. It is switched before the group

@@ -55,7 +55,7 @@ extension FerryCommand.Bundle {
         @Option(
             name: .customLong("bootloader-strategy"),
             help: ArgumentHelp(
-                "The strategy of the devices' bootloader slot: mbr-switch, gpt-switch or raw-fallback.",
+                "The strategy of the devices' bootloader slot: mbr-switch, gpt-switch, raw-fallback or emmc-boot.",
                 valueName: "strategy"))
         var bootloaderStrategy: String?
         @Option(
@@ -133,10 +133,10 @@ extension FerryCommand.Bundle {
             }
             if !bootloaders.isEmpty {
                 guard let strategy = bootloaderStrategy,
-                    ["mbr-switch", "gpt-switch", "raw-fallback"].contains(strategy)
+                    ["mbr-switch", "gpt-switch", "raw-fallback", "emmc-boot"].contains(strategy)
                 else {
                     throw ValidationError(
-                        "--bootloader needs --bootloader-strategy mbr-switch, gpt-switch or raw-fallback")
+                        "--bootloader needs --bootloader-strategy mbr-switch, gpt-switch, raw-fallback or emmc-boot")
                 }
                 guard let groups = bootsGroups, !groups.split(separator: ",").isEmpty else {
                     throw ValidationError(

@@ -14,9 +14,10 @@ extension Installer {
     func checkBootloader(_ slot: SlotConfiguration, access: SlotAccess, inProgress: Bool, store: StateStore)
         throws(FerryError)
     {
-        let disk = try access.openBootDisk(slot)
-        defer { try? disk.close() }
-        let updater = try bootloaderUpdater(slot, disk: disk)
+        guard let strategy = slot.update else { throw FerryError(code: .internal, message: "no strategy") }
+        let devices = try access.openBootloader(slot)
+        defer { devices.close() }
+        let updater = devices.updater(strategy, name: slot.name)
         try updater.checkLayout()
         let selection = try updater.selection(inProgress: inProgress)
         try Self.checkRecorded(selection, slot: slot, strategy: updater.strategy, store: store, inProgress: inProgress)
@@ -31,7 +32,12 @@ extension Installer {
         let recorded = try store.slotRecords()[slot.name]?.selectors ?? []
         guard !inProgress, !recorded.isEmpty, !selection.selectorDigest.isEmpty else { return }
         guard recorded.contains(selection.selectorDigest) else {
-            let what = if case .gptSwitch = strategy { "GPT" } else { "MBR sector" }
+            let what =
+                switch strategy {
+                case .gptSwitch: "GPT"
+                case .emmcBoot: "EXT_CSD PARTITION_CONFIG"
+                default: "MBR sector"
+                }
             throw FerryError(
                 code: .bootloaderForeign,
                 message:
@@ -49,9 +55,9 @@ extension Installer {
         var image: [UInt8] = []
         image.reserveCapacity(Int(payload.size))
         try context.reader.readPayload(payload) { (_, _, bytes) throws(FerryError) in image.append(contentsOf: bytes) }
-        let disk = try context.access.openBootDisk(slot)
-        defer { try? disk.close() }
-        let updater = BootloaderUpdater(strategy: strategy, disk: wrapDevice(disk), name: slot.name)
+        let devices = try context.access.openBootloader(slot)
+        defer { devices.close() }
+        let updater = devices.updater(strategy, name: slot.name, wrap: wrapDevice)
         let inProgress = journal.bootloaderPhases[slot.name] != nil
         let before = try updater.selection(inProgress: inProgress)
         let phases = try updater.phases(for: image, inProgress: inProgress)
@@ -84,12 +90,5 @@ extension Installer {
         record.activeRegion = after.active
         record.selectors = after.selectorDigest.isEmpty ? [] : [after.selectorDigest]
         try context.store.setSlotRecord(record, for: slot.name)
-    }
-
-    func bootloaderUpdater(_ slot: SlotConfiguration, disk: BlockDevice) throws(FerryError) -> BootloaderUpdater {
-        guard let strategy = slot.update else {
-            throw FerryError(code: .internal, message: "slot '\(slot.name)' has no update strategy")
-        }
-        return BootloaderUpdater(strategy: strategy, disk: disk, name: slot.name)
     }
 }

@@ -212,11 +212,13 @@ public struct InstallPlanner {
                     "bootloader payload '\(payload.member)' says it boots groups \(info.bootsGroups.joined(separator: ", ")), not \(missing.joined(separator: ", ")): a bootloader switched before the groups must boot every one"
             )
         }
-        guard payload.size <= strategy.capacity else {
+        let limit: Int64
+        if let fixed = strategy.capacity { limit = fixed } else { limit = try capacity(slot) }
+        guard payload.size <= limit else {
             throw FerryError(
                 code: .deviceTooSmall,
                 message:
-                    "bootloader payload '\(payload.member)' is \(payload.size) bytes, larger than the \(strategy.capacity)-byte regions of slot '\(slot.name)'"
+                    "bootloader payload '\(payload.member)' is \(payload.size) bytes, larger than the \(limit)-byte \(strategy.capacity == nil ? "boot partitions" : "regions") of slot '\(slot.name)'"
             )
         }
         return .updateBootloader(payload, info, slot: slot)

@@ -140,7 +140,14 @@ public struct Installer {
         var resolver = SlotResolver()
         return InstallPlanner(
             configuration: configuration, booted: current, target: target, records: try store.slotRecords(),
-            capacity: { (slot) throws(FerryError) in try resolver.resolve(slot, configuration: configuration).byteCount
+            capacity: { (slot) throws(FerryError) in
+                guard case .emmcBoot = slot.update else {
+                    return try resolver.resolve(slot, configuration: configuration).byteCount
+                }
+                // An eMMC's boot partitions: the smaller one bounds a bootloader.
+                let area = try EMMCBootArea.open(try SlotAccess.emmcPath(slot, configuration), forWriting: false)
+                defer { area.close() }
+                return area.capacity
             })
     }
 

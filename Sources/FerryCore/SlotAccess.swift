@@ -55,7 +55,7 @@ public struct SlotAccess {
         try checkWritable(slot, withStrategy: false)
     }
 
-    /// `withStrategy`: the bootloader step's own open (`openBootDisk`); every other open of a
+    /// `withStrategy`: the bootloader step's own open (`openBootloader`); every other open of a
     /// slot with an update strategy is refused (its device is the whole boot disk).
     private func checkWritable(_ slot: SlotConfiguration, withStrategy: Bool) throws(FerryError) {
         guard configuration.slot(named: slot.name) == slot else {
@@ -170,13 +170,37 @@ public struct SlotAccess {
         }
     }
 
+    /// Opens what a bootloader slot's strategy writes: its boot disk (`openBootDisk`), or for
+    /// `emmc-boot` the eMMC's boot area (boot0 and boot1 exclusively, force_ro cleared until
+    /// closed, and the EXT_CSD register). The user area's partitions may be mounted.
+    /// - Throws: as `openBootDisk`; `.deviceNotFound` for an eMMC without boot partitions.
+    public func openBootloader(_ slot: SlotConfiguration) throws(FerryError) -> BootloaderDevices {
+        guard case .emmcBoot = slot.update else { return BootloaderDevices(.disk(try openBootDisk(slot))) }
+        try checkWritable(slot, withStrategy: true)
+        return BootloaderDevices(.emmc(try EMMCBootArea.open(try Self.emmcPath(slot, configuration), forWriting: true)))
+    }
+
+    /// The user area of an `emmc-boot` slot's eMMC: its device, the whole eMMC.
+    static func emmcPath(_ slot: SlotConfiguration, _ configuration: SystemConfiguration) throws(FerryError) -> String {
+        var resolver = SlotResolver()
+        switch try resolver.resolve(slot, configuration: configuration).location {
+        case .blockDevice(let path, _), .imageFile(let path): return path
+        case .diskPartition:
+            throw FerryError(
+                code: .configurationInvalid,
+                message:
+                    "slot '\(slot.name)': a bootloader updated with emmc-boot names the whole eMMC as its device, not a partition"
+            )
+        }
+    }
+
     /// Opens the boot disk of a bootloader slot updated with a strategy. Its partitions may be
     /// mounted (the running system lives there), so the disk is not opened exclusively; instead
     /// nothing mounted may overlap a bootloader region (the regions overlap no partition but the
     /// one `gpt-switch` moves, which must not be mounted), and the disk itself must not be.
     /// - Throws: `.deviceNotConfigured`, `.deviceBooted`, `.deviceInUse`, `.configurationInvalid`
     ///   (a bootloader slot on a partition: its regions are byte ranges of the whole disk).
-    public func openBootDisk(_ slot: SlotConfiguration) throws(FerryError) -> BlockDevice {
+    func openBootDisk(_ slot: SlotConfiguration) throws(FerryError) -> BlockDevice {
         try checkWritable(slot, withStrategy: true)
         guard let strategy = slot.update else {
             throw FerryError(code: .internal, message: "slot '\(slot.name)' has no update strategy")
@@ -292,6 +316,40 @@ public struct SlotAccess {
                     )
                 }
             }
+        }
+    }
+}
+
+/// A bootloader slot's devices, open for its `BootloaderUpdater`: the boot disk, or an eMMC's
+/// boot area.
+public struct BootloaderDevices {
+    public enum Devices {
+        case disk(BlockDevice)
+        case emmc(EMMCBootArea)
+    }
+    public let devices: Devices
+
+    init(_ devices: Devices) { self.devices = devices }
+
+    /// The updater over these devices, each image-file or block device passed through `wrap`
+    /// (the fault tests' seam).
+    public func updater(
+        _ strategy: BootloaderStrategy, name: String, wrap: (BlockDevice) -> any BlockTarget = { $0 }
+    ) -> BootloaderUpdater {
+        switch devices {
+        case .disk(let disk):
+            return BootloaderUpdater(strategy: strategy, disk: wrap(disk), name: name)
+        case .emmc(let area):
+            return BootloaderUpdater(
+                strategy: strategy, disk: area.registerFile.map(wrap) ?? area.register,
+                partitions: area.partitions.map(wrap), name: name)
+        }
+    }
+
+    public func close() {
+        switch devices {
+        case .disk(let disk): try? disk.close()
+        case .emmc(let area): area.close()
         }
     }
 }

@@ -185,6 +185,14 @@ public struct StatusReport: Sendable, Equatable {
     }
 
     private static func region(_ strategy: BootloaderStrategy, path: String, name: String) throws(FerryError) -> Int {
+        if case .emmcBoot = strategy {
+            let area = try EMMCBootArea.open(path, forWriting: false)
+            defer { area.close() }
+            return try BootloaderUpdater(
+                strategy: strategy, disk: area.register, partitions: area.partitions, name: name
+            )
+            .selection(inProgress: true).active + 1
+        }
         let disk = try BlockDevice.openForReading(path)
         defer { try? disk.close() }
         return try BootloaderUpdater(strategy: strategy, disk: disk, name: name).selection(inProgress: true).active + 1

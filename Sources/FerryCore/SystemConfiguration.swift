@@ -459,6 +459,14 @@ public struct SystemConfiguration: Sendable {
             throw entry.invalid("update", "a slot is either written in place or updated with a strategy, not both")
         }
         let name = try object.requiredString("strategy")
+        if name == "emmc-boot" {
+            // The boot partitions are whole devices: nothing to lay out.
+            guard object.raw("regions") == nil else {
+                throw object.invalid("regions", "does not apply to emmc-boot (boot0 and boot1 are whole devices)")
+            }
+            try object.finish()
+            return .emmcBoot
+        }
         guard case .array(let items)? = object.raw("regions") else {
             throw object.invalid(
                 "regions", "is required: an array of two { \"offset\", \"size\" } byte ranges of the disk")

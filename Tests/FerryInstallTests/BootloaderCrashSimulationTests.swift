@@ -25,7 +25,9 @@ import Glibc
 ///   writes over the primary (OVMF does); the partition's entry selects a region, which must hold
 ///   a whole ESP image (old or new);
 /// * a ROM with two copies (`raw-fallback`): the first copy, else the second, whose header is a
-///   valid header; it runs that copy's body unchecked, so the body must be the header's own.
+///   valid header; it runs that copy's body unchecked, so the body must be the header's own;
+/// * an eMMC ROM (`emmc-boot`, the simulated eMMC): the boot partition EXT_CSD PARTITION_CONFIG
+///   enables must hold a whole image (a CMD6 switch writes its byte atomically).
 ///
 /// Required of each state: the firmware finds a complete old or new bootloader; then the same
 /// install run again finishes, and the firmware boots the new one. 0 states may fail.
@@ -33,11 +35,24 @@ import Glibc
     typealias Device = CrashSimulationTests
     typealias Install = BootloaderInstallTests
 
-    /// What the firmware finds on a boot disk: the image it runs, or nil (no complete bootloader).
+    /// The files of a device the bootloader update writes.
+    static func bootFiles(_ strategy: BootloaderStrategy) -> [String] {
+        if case .emmcBoot = strategy { return Install.emmcFiles }
+        return ["boot-disk.img"]
+    }
+
+    /// What the firmware finds on a device's boot disk (or eMMC): the image it runs, or nil (no
+    /// complete bootloader).
     static func firmwareBoots(
-        _ diskPath: String, strategy: BootloaderStrategy, images: [[UInt8]]
+        device: String, strategy: BootloaderStrategy, images: [[UInt8]]
     ) throws -> [UInt8]? {
-        let disk = try BlockDevice.openSharedForWriting(diskPath)
+        if case .emmcBoot = strategy {
+            let value = try readFile("\(device)/mmc.ext_csd")[EMMCBootArea.partitionConfigIndex]
+            guard let partition = EMMCBootArea.bootPartition(enabledBy: value) else { return nil }
+            let bytes = try readFile("\(device)/mmcboot\(partition)")
+            return images.first { Array(bytes.prefix($0.count)) == $0 }
+        }
+        let disk = try BlockDevice.openSharedForWriting("\(device)/boot-disk.img")
         defer { try? disk.close() }
         switch strategy {
         case .mbrSwitch(let regions, _):
@@ -75,6 +90,8 @@ import Glibc
                 return try disk.read(at: copy.offset, count: image.count) == image ? image : nil
             }
             return nil
+        case .emmcBoot:
+            return nil
         }
     }
 
@@ -88,7 +105,8 @@ import Glibc
     /// and lost or torn at the cut: the states that matter most to the firmware.
     static func tornTable(_ events: [IOEvent], _ cut: Int, _ fates: [Int: CrashSimulationTests.Fate]) -> Bool {
         fates.contains { index, fate in
-            guard fate != .whole, case .write(_, let offset, _) = events[index] else { return false }
+            guard fate != .whole, case .write(let path, let offset, _) = events[index], path.hasSuffix("/boot-disk.img")
+            else { return false }
             return offset < 34 * 512 || offset >= (8 << 20) - 33 * 512
         }
     }
@@ -125,6 +143,10 @@ import Glibc
                 strategy: .mbrSwitch(regions: Install.grubRegions, pointer: .grubCore),
                 old: generated ? try Install.coreImage(dir, "old") : [],
                 new: generated ? try Install.coreImage(dir, "new") : [])
+        case "emmc-boot":
+            return Setup(
+                strategy: .emmcBoot, old: seededBytes(count: 300 << 10, seed: 54),
+                new: seededBytes(count: 310 << 10, seed: 55))
         case "gpt-switch":
             return Setup(
                 strategy: .gptSwitch(regions: Install.espRegions, partition: 1),
@@ -138,7 +160,7 @@ import Glibc
         }
     }
 
-    @Test(arguments: ["mbr-switch", "gpt-switch", "raw-fallback"])
+    @Test(arguments: ["mbr-switch", "gpt-switch", "raw-fallback", "emmc-boot"])
     func everyCrashStateOfABootloaderUpdateBootsACompleteBootloader(strategyName: String) async throws {
         let seed = UInt64(ProcessEnvironment.variables["FERRY_RELIABILITY_SEED"] ?? "") ?? 1
         let seededPerCut = ReliabilityProfile.isLong ? 12 : 3
@@ -149,7 +171,7 @@ import Glibc
             }
             let pki = try TestPKI.make(in: "\(dir)/pki", signers: ["signer1"])
             let device = try Install.device(
-                dir, strategy: strategyName == "mbr-switch" ? "mbr-switch" : "gpt-switch", old: setup.old, pki: pki)
+                dir, strategy: strategyName == "raw-fallback" ? "gpt-switch" : strategyName, old: setup.old, pki: pki)
             if case .rawFallback(let copies, _) = setup.strategy {
                 // The same disk, with both copies of the old image in place and the configuration
                 // saying raw-fallback.
@@ -168,11 +190,10 @@ import Glibc
                 try SystemConfiguration.load("\(device)/system.json").singleCopySlot(ofClass: "bootloader")?.update)
             let bundle = try Install.bundle(dir, pki: pki, image: setup.new, strategy: strategyName)
             let snapshot = "\(dir)/snapshot"
-            try Device.copyDevice(from: device, to: snapshot, extra: ["boot-disk.img"])
+            let bootFiles = Self.bootFiles(strategy)
+            try Device.copyDevice(from: device, to: snapshot, extra: bootFiles)
             #expect(strategy == setup.strategy)
-            #expect(
-                try Self.firmwareBoots("\(snapshot)/boot-disk.img", strategy: strategy, images: [setup.old])
-                    == setup.old)
+            #expect(try Self.firmwareBoots(device: snapshot, strategy: strategy, images: [setup.old]) == setup.old)
 
             // The recording.
             let recorder = Recorder()
@@ -188,14 +209,15 @@ import Glibc
                     return path.hasPrefix(device)
                 }
             }
-            let diskPath = "\(device)/boot-disk.img"
+            let bootPaths = Set(bootFiles.map { "\(device)/\($0)" })
             #expect(
                 events.contains {
-                    if case .write(let path, _, _) = $0 { path == diskPath } else { false }
+                    if case .write(let path, _, _) = $0 { bootPaths.contains(path) } else { false }
                 })
 
             // The replay.
-            let exportFolder = ProcessEnvironment.variables["FERRY_BOOT_STATES_OUT"]
+            let exportFolder =
+                bootFiles == ["boot-disk.img"] ? ProcessEnvironment.variables["FERRY_BOOT_STATES_OUT"] : nil
             var random = SeededGenerator(seed: seed &* 0x1000 &+ UInt64(strategyName.count))
             var states = 0
             var subsetStates = 0
@@ -205,14 +227,17 @@ import Glibc
                 + "/ferry-test-boot-crash-\(getpid())-\(strategyName)"
             defer { _ = try? Shell.check(["rm", "-rf", scratch]) }
             for cut in 0...events.count {
-                // The boot disk's writes not synced at this cut.
-                var lastSync = -1
-                for (index, event) in events[..<cut].enumerated() {
-                    if case .sync(let path) = event, path == diskPath { lastSync = index }
-                }
+                // The boot disk's (the eMMC's) writes not synced at this cut, each file by its own syncs.
                 var unsynced: [Int] = []
-                for index in (lastSync + 1)..<max(cut, lastSync + 1) {
-                    if case .write(let path, _, _) = events[index], path == diskPath { unsynced.append(index) }
+                for (index, event) in events[..<cut].enumerated() {
+                    switch event {
+                    case .write(let path, _, _) where bootPaths.contains(path): unsynced.append(index)
+                    case .sync(let path) where bootPaths.contains(path):
+                        unsynced.removeAll {
+                            if case .write(let written, _, _) = events[$0] { written == path } else { false }
+                        }
+                    default: break
+                    }
                 }
                 var choices: [[Int: CrashSimulationTests.Fate]] = []
                 if !unsynced.isEmpty && unsynced.count <= 8 {
@@ -227,7 +252,7 @@ import Glibc
                 }
                 choices += Array(repeating: [:], count: seededPerCut)
                 for fates in choices {
-                    try Device.copyDevice(from: snapshot, to: scratch, extra: ["boot-disk.img"])
+                    try Device.copyDevice(from: snapshot, to: scratch, extra: bootFiles)
                     try Device.materialize(
                         events, cut: cut, device: device, into: scratch, random: &random, fates: fates)
                     // Exported for real firmware (tools/qemu-boot-states): the disk as the cut left it.
@@ -242,7 +267,7 @@ import Glibc
                     }
                     states += 1
                     let boots = try Self.firmwareBoots(
-                        "\(scratch)/boot-disk.img", strategy: strategy, images: [setup.old, setup.new])
+                        device: scratch, strategy: strategy, images: [setup.old, setup.new])
                     var problems: [String] = []
                     if boots == nil { problems.append("no complete bootloader is selected") }
                     if let export {
@@ -254,7 +279,7 @@ import Glibc
                     do {
                         _ = try Install.install(scratch, bundle)
                         let after = try Self.firmwareBoots(
-                            "\(scratch)/boot-disk.img", strategy: strategy, images: [setup.old, setup.new])
+                            device: scratch, strategy: strategy, images: [setup.old, setup.new])
                         if after != setup.new {
                             problems.append("after the install ran again, the new bootloader is not selected")
                         }

@@ -27,6 +27,7 @@ import Testing
     static func device(_ dir: String, strategy: String, old: [UInt8], pki: TestPKI) throws -> String {
         let device = "\(dir)/device"
         try Device.makeDevice(device, bootloader: "uboot", pki: pki)
+        if strategy == "emmc-boot" { return try emmcDevice(device, old: old) }
         let disk = "\(device)/boot-disk.img"
         try makeFile(disk, size: 8 << 20)
         _ = try Shell.check([
@@ -53,14 +54,38 @@ import Testing
                 #"{ "strategy": "gpt-switch", "partition": 1, "regions": [{ "offset": 1048576, "size": 1048576 }, { "offset": 2097152, "size": 1048576 }] }"#
         }
         try handle.synchronize()
+        try addBootloaderSlot(device, disk: "boot-disk.img", update: update)
+        return device
+    }
+
+    static func addBootloaderSlot(_ device: String, disk: String, update: String) throws {
         var text = String(decoding: try readFile("\(device)/system.json"), as: UTF8.self)
         text = text.replacing(
             #""modem_b": { "class": "modem", "bootname": "B", "device": "modem_b.img" } }"#,
             with:
                 #""modem_b": { "class": "modem", "bootname": "B", "device": "modem_b.img" },"#
-                + #" "bootloader": { "class": "bootloader", "singleCopy": true, "device": "boot-disk.img", "update": \#(update) } }"#
+                + #" "bootloader": { "class": "bootloader", "singleCopy": true, "device": "\#(disk)", "update": \#(update) } }"#
         )
         try DurableFile.write(text, to: "\(device)/system.json")
+    }
+
+    /// The simulated eMMC (`EMMCBootArea`): the user area `mmc` (2 MiB), boot partitions
+    /// `mmcboot0` and `mmcboot1` (1 MiB each), and `mmc.ext_csd` with PARTITION_CONFIG 0x48
+    /// (BOOT_ACK, boot0 enabled); boot0 holds `old`.
+    static let emmcFiles = ["mmc", "mmcboot0", "mmcboot1", "mmc.ext_csd"]
+    static func emmcDevice(_ device: String, old: [UInt8]) throws -> String {
+        try makeFile("\(device)/mmc", size: 2 << 20)
+        try makeFile("\(device)/mmcboot0", size: 1 << 20)
+        try makeFile("\(device)/mmcboot1", size: 1 << 20)
+        var register = [UInt8](repeating: 0, count: 512)
+        register[EMMCBootArea.partitionConfigIndex] = 0x48
+        register[192] = 8  // EXT_CSD_REV: 1.8 (eMMC 5.1); not read by Ferry
+        try makeFile("\(device)/mmc.ext_csd", bytes: register)
+        let boot0 = try BlockDevice.openSharedForWriting("\(device)/mmcboot0")
+        try boot0.write(old, at: 0)
+        try boot0.synchronize()
+        try boot0.close()
+        try addBootloaderSlot(device, disk: "mmc", update: #"{ "strategy": "emmc-boot" }"#)
         return device
     }
 

@@ -3,7 +3,8 @@
 // It exists only for what Swift cannot import on its own:
 //  - ioctl request numbers built with the _IO*() macros ("macro unavailable" in Swift);
 //  - O_DIRECT, fallocate() and syncfs(), which glibc declares only under _GNU_SOURCE;
-//  - kernel structs from <linux/loop.h> and <linux/blkpg.h>, which import once included here.
+//  - kernel structs from <linux/loop.h>, <linux/blkpg.h> and <linux/mmc/ioctl.h>, which import
+//    once included here.
 // Everything here is a one-line forwarder, with one exception: the TLS pin check (tls.c), which
 // must run inside OpenSSL's certificate verification as a C callback. FerrySystem imports this
 // module for the system calls, FerryNet for the pin check; both with `internal import`.
@@ -18,6 +19,7 @@
 #include <linux/fs.h>
 #include <linux/loop.h>
 #include <linux/blkpg.h>
+#include <linux/mmc/ioctl.h>
 
 // Block device ioctls (linux/fs.h, _IO/_IOR macros).
 extern const unsigned long CFerryShims_BLKGETSIZE64;
@@ -35,6 +37,10 @@ extern const unsigned long CFerryShims_LOOP_SET_FD;
 extern const unsigned long CFerryShims_LOOP_CLR_FD;
 extern const unsigned long CFerryShims_LOOP_SET_STATUS64;
 extern const unsigned long CFerryShims_LOOP_GET_STATUS64;
+
+// MMC_IOC_CMD (linux/mmc/ioctl.h): one command to an eMMC through its block device
+// (struct mmc_ioc_cmd), for the EXT_CSD register (emmc-boot bootloader updates).
+extern const unsigned long CFerryShims_MMC_IOC_CMD;
 
 // Only visible with _GNU_SOURCE, which the Swift importer never sees.
 extern const int CFerryShims_O_DIRECT;

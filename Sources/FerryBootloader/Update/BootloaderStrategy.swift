@@ -30,6 +30,9 @@ public enum BootloaderStrategy: Sendable, Equatable {
     /// Two copies the ROM tries in order (`copies[0]` first); each rewritten body first, header
     /// (`headerSize` bytes at its start) last, the secondary before the primary.
     case rawFallback(copies: [BootRegion], headerSize: Int)
+    /// The eMMC's two boot partitions (boot0, boot1: whole devices beside the user area); the
+    /// EXT_CSD PARTITION_CONFIG byte selects the one the ROM boots, switched with one CMD6.
+    case emmcBoot
 
     /// What the MBR sector's selecting field is.
     public enum MBRPointer: Sendable, Equatable {
@@ -45,26 +48,33 @@ public enum BootloaderStrategy: Sendable, Equatable {
         case .mbrSwitch: "mbr-switch"
         case .gptSwitch: "gpt-switch"
         case .rawFallback: "raw-fallback"
+        case .emmcBoot: "emmc-boot"
         }
     }
 
     /// The names the configuration and the bundle use.
-    public static let names = ["mbr-switch", "gpt-switch", "raw-fallback"]
+    public static let names = ["mbr-switch", "gpt-switch", "raw-fallback", "emmc-boot"]
 
     public var regions: [BootRegion] {
         switch self {
         case .mbrSwitch(let regions, _), .gptSwitch(let regions, _): regions
         case .rawFallback(let copies, _): copies
+        case .emmcBoot: []
         }
     }
 
-    /// The largest image a region takes.
-    public var capacity: Int64 { regions.map(\.size).min() ?? 0 }
+    /// The largest image a region takes; nil for `emmcBoot`, whose boot partitions' size only the
+    /// device knows.
+    public var capacity: Int64? {
+        if case .emmcBoot = self { return nil }
+        return regions.map(\.size).min() ?? 0
+    }
 
     /// Checks the layout (the configuration calls it): two regions, sector-aligned, not
     /// overlapping each other or the sectors the selector lives in.
     /// - Returns: what is wrong, or nil.
     public func layoutProblem() -> String? {
+        if case .emmcBoot = self { return nil }
         let regions = regions
         guard regions.count == 2 else { return "needs exactly two regions, not \(regions.count)" }
         for region in regions {
@@ -90,10 +100,10 @@ public enum BootloaderStrategy: Sendable, Equatable {
                 return "both regions must have the same size (one GPT entry, moved)"
             }
         case .rawFallback(_, let headerSize):
-            guard headerSize > 0, headerSize % 512 == 0, Int64(headerSize) < capacity else {
+            guard headerSize > 0, headerSize % 512 == 0, Int64(headerSize) < capacity ?? 0 else {
                 return "headerSize \(headerSize) must be whole 512-byte sectors, smaller than a copy"
             }
-        case .mbrSwitch(_, .grubCore): break
+        case .mbrSwitch(_, .grubCore), .emmcBoot: break
         }
         return nil
     }

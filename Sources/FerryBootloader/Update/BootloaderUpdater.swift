@@ -11,15 +11,22 @@ import FerrySystem
 /// is Ferry's own doing (`inProgress`).
 public struct BootloaderUpdater {
     public let strategy: BootloaderStrategy
+    /// The boot disk; for `emmcBoot`, the EXT_CSD register (`EMMCBootArea.register`).
     public let disk: any BlockTarget
+    /// For `emmcBoot`: boot0 and boot1, the phases' `device` 0 and 1.
+    public let partitions: [any BlockTarget]
     /// The slot's name, for messages.
     public let name: String
 
-    public init(strategy: BootloaderStrategy, disk: any BlockTarget, name: String) {
+    public init(strategy: BootloaderStrategy, disk: any BlockTarget, partitions: [any BlockTarget] = [], name: String) {
         self.strategy = strategy
         self.disk = disk
+        self.partitions = partitions
         self.name = name
     }
+
+    /// The largest image the strategy takes (for `emmcBoot`, the smaller boot partition).
+    public var capacity: Int64 { strategy.capacity ?? partitions.map(\.byteCount).min() ?? 0 }
 
     /// One step of an update: writes, then a sync, then (when `readBack`) the written bytes read
     /// back and compared.
@@ -31,16 +38,19 @@ public struct BootloaderUpdater {
         /// The selector digest (`Selection.selectorDigest`) once this phase is on the disk, for
         /// the phases that change the selector.
         public var selects: String?
+        /// Where its writes go: nil, the disk; k, `partitions[k]` (emmc-boot's boot partitions).
+        public var device: Int?
 
         init(
             _ what: String, _ writes: [(offset: Int64, bytes: [UInt8])],
             present: [(offset: Int64, bytes: [UInt8])]? = nil,
-            selects: String? = nil
+            selects: String? = nil, device: Int? = nil
         ) {
             self.what = what
             self.writes = writes
             self.present = present ?? writes
             self.selects = selects
+            self.device = device
         }
     }
 
@@ -92,6 +102,16 @@ public struct BootloaderUpdater {
             return Selection(active: active, selectorDigest: Self.digest(table), damagedTable: damaged)
         case .rawFallback:
             return Selection(active: 0, selectorDigest: "", damagedTable: "")
+        case .emmcBoot:
+            let value = try disk.read(at: Int64(EMMCBootArea.partitionConfigIndex), count: 1)[0]
+            guard let active = EMMCBootArea.bootPartition(enabledBy: value) else {
+                let enabled = (value >> 3) & 7
+                throw foreign(
+                    "its EXT_CSD PARTITION_CONFIG is 0x\(String(value, radix: 16)): BOOT_PARTITION_ENABLE \(enabled) (\(enabled == 7 ? "the user area" : "none")) is neither boot partition"
+                )
+            }
+            // Boot enable and BOOT_ACK: what selects; the access bits change with every command.
+            return Selection(active: active, selectorDigest: SHA256Hasher.hash([value & 0x78]).hex, damagedTable: "")
         }
     }
 
@@ -144,6 +164,7 @@ public struct BootloaderUpdater {
     /// a switch moves between them).
     /// - Throws: `.configurationInvalid` naming the partition a region overlaps.
     public func checkLayout() throws(FerryError) {
+        if case .emmcBoot = strategy { return }  // whole devices of their own
         let sectors = UInt64(disk.byteCount / 512)
         var partitions: [(String, Range<UInt64>)] = []
         let mbr = MBRSector(try disk.read(at: 0, count: 512))
@@ -189,11 +210,11 @@ public struct BootloaderUpdater {
     /// - Throws: `.deviceTooSmall` when the image does not fit a region; `.bundleInvalid` when it
     ///   is not what the strategy needs (a GRUB core.img for `grubCore`); `.bootloaderForeign`.
     public func phases(for image: [UInt8], inProgress: Bool = false) throws(FerryError) -> [Phase] {
-        guard Int64(image.count) <= strategy.capacity else {
+        guard Int64(image.count) <= capacity else {
             throw FerryError(
                 code: .deviceTooSmall,
                 message:
-                    "the bootloader image is \(image.count) bytes, larger than the \(strategy.capacity)-byte regions of slot '\(name)'"
+                    "the bootloader image is \(image.count) bytes, larger than the \(capacity)-byte regions of slot '\(name)'"
             )
         }
         switch strategy {
@@ -208,7 +229,25 @@ public struct BootloaderUpdater {
                     message: "the bootloader image is \(image.count) bytes: no more than its \(headerSize)-byte header")
             }
             return rawPhases(image, copies: copies, headerSize: headerSize)
+        case .emmcBoot:
+            return try emmcPhases(image, inProgress: inProgress)
         }
+    }
+
+    /// The image into the boot partition not enabled; then PARTITION_CONFIG switched to it.
+    private func emmcPhases(_ image: [UInt8], inProgress: Bool) throws(FerryError) -> [Phase] {
+        let current = try selection(inProgress: inProgress)
+        if try holds(image, at: 0, on: current.active) { return [] }
+        let target = 1 - current.active
+        let index = Int64(EMMCBootArea.partitionConfigIndex)
+        let value = EMMCBootArea.partitionConfig(try disk.read(at: index, count: 1)[0], enabling: target)
+        return [
+            Phase("the new bootloader into boot\(target)", [(0, image)], device: target),
+            Phase(
+                "EXT_CSD PARTITION_CONFIG switched to boot\(target) (0x\(String(value, radix: 16)))",
+                [(index, [value])],
+                selects: SHA256Hasher.hash([value & 0x78]).hex),
+        ]
     }
 
     /// The bytes region `index` holds for `image` (a GRUB core.img patched to run from there).
@@ -323,12 +362,15 @@ public struct BootloaderUpdater {
     /// - Throws: `.readBackMismatch` when the disk does not hold what was written; I/O errors.
     public func run(_ phases: [Phase], done: (Int) throws(FerryError) -> Void = { _ in }) throws(FerryError) {
         for (index, phase) in phases.enumerated() {
+            let target = phase.device.map { partitions[$0] } ?? disk
             var present = true
-            for write in phase.present where present { present = try holds(write.bytes, at: write.offset) }
+            for write in phase.present where present {
+                present = try holds(write.bytes, at: write.offset, on: phase.device)
+            }
             if !present {
-                for write in phase.writes { try disk.write(write.bytes, at: write.offset) }
-                try disk.synchronize()
-                for write in phase.writes where try !holds(write.bytes, at: write.offset) {
+                for write in phase.writes { try target.write(write.bytes, at: write.offset) }
+                try target.synchronize()
+                for write in phase.writes where try !holds(write.bytes, at: write.offset, on: phase.device) {
                     throw FerryError(
                         code: .readBackMismatch,
                         message:
@@ -340,9 +382,10 @@ public struct BootloaderUpdater {
         }
     }
 
-    /// Whether the disk holds `bytes` at `offset`.
-    func holds(_ bytes: [UInt8], at offset: Int64) throws(FerryError) -> Bool {
-        guard offset + Int64(bytes.count) <= disk.byteCount else { return false }
-        return try disk.read(at: offset, count: bytes.count) == bytes
+    /// Whether the disk (or `partitions[device]`) holds `bytes` at `offset`.
+    func holds(_ bytes: [UInt8], at offset: Int64, on device: Int? = nil) throws(FerryError) -> Bool {
+        let target = device.map { partitions[$0] } ?? disk
+        guard offset + Int64(bytes.count) <= target.byteCount else { return false }
+        return try target.read(at: offset, count: bytes.count) == bytes
     }
 }
