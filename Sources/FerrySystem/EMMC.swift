@@ -66,7 +66,9 @@ public final class EMMCBootArea {
         for index in 0...1 where !TextFile.exists(bootPartitionPath(path, index)) {
             throw FerryError(
                 code: .deviceNotFound,
-                message: "'\(path)' has no boot partition '\(bootPartitionPath(path, index))': not an eMMC with boot partitions")
+                message:
+                    "'\(path)' has no boot partition '\(bootPartitionPath(path, index))': not an eMMC with boot partitions"
+            )
         }
         var cleared: [String] = []
         do throws(FerryError) {
@@ -79,10 +81,13 @@ public final class EMMCBootArea {
             } else {
                 guard TextFile.exists("\(path).ext_csd") else {
                     throw FerryError(
-                        code: .deviceNotFound, message: "the simulated eMMC '\(path)' has no register file '\(path).ext_csd'")
+                        code: .deviceNotFound,
+                        message: "the simulated eMMC '\(path)' has no register file '\(path).ext_csd'")
                 }
-                let file = forWriting
-                    ? try BlockDevice.openSharedForWriting("\(path).ext_csd") : try BlockDevice.openForReading("\(path).ext_csd")
+                let file =
+                    forWriting
+                    ? try BlockDevice.openSharedForWriting("\(path).ext_csd")
+                    : try BlockDevice.openForReading("\(path).ext_csd")
                 registerFile = file
                 register = file
             }
@@ -142,7 +147,8 @@ public final class EMMCBootArea {
         guard TextFile.attribute(attribute) == "1" else { return false }
         guard setReadOnly(partition, false) else {
             throw FerryError(
-                code: .permissionDenied, message: "cannot clear '\(attribute)': the boot partition stays write-protected")
+                code: .permissionDenied,
+                message: "cannot clear '\(attribute)': the boot partition stays write-protected")
         }
         return true
     }
@@ -150,7 +156,8 @@ public final class EMMCBootArea {
     @discardableResult
     private static func setReadOnly(_ partition: String, _ readOnly: Bool) -> Bool {
         do {
-            let fd = try FileDescriptor.open(FilePath(forceReadOnlyPath(partition)), .writeOnly, options: [.closeOnExec])
+            let fd = try FileDescriptor.open(
+                FilePath(forceReadOnlyPath(partition)), .writeOnly, options: [.closeOnExec])
             defer { try? fd.close() }
             let text = readOnly ? "1" : "0"
             return try fd.writeAll(text.utf8) == 1

@@ -29,7 +29,8 @@ import Testing
             let new = seededBytes(count: 310 << 10, seed: 61)
             let device = try Install.device(dir, strategy: "emmc-boot", old: old, pki: pki)
             let registerBefore = try readFile("\(device)/mmc.ext_csd")
-            let result = try Install.install(device, try Install.bundle(dir, pki: pki, image: new, strategy: "emmc-boot"))
+            let result = try Install.install(
+                device, try Install.bundle(dir, pki: pki, image: new, strategy: "emmc-boot"))
             #expect(result.bootloaders == ["bootloader (emmc-boot)"])
             // boot1 holds the new image; boot0 the old, untouched; PARTITION_CONFIG enables boot1
             // with BOOT_ACK kept; no other byte of the register changed.
@@ -41,7 +42,8 @@ import Testing
             let record = try #require(try StateStore(directory: "\(device)/state").slotRecords()["bootloader"])
             #expect(record.activeRegion == 1 && record.sha256 == SHA256Hasher.hash(new).hex)
             let status = try StatusReport.gather(
-                configuration: try SystemConfiguration.load("\(device)/system.json"), commandLine: KernelCommandLine(""),
+                configuration: try SystemConfiguration.load("\(device)/system.json"),
+                commandLine: KernelCommandLine(""),
                 mounts: MountTable(mounts: []))
             let slot = try #require(status.singleCopySlots.first { $0.name == "bootloader" })
             #expect(slot.strategy == "emmc-boot" && slot.activeRegion == 2 && slot.strategyError == nil)
@@ -61,8 +63,10 @@ import Testing
     func aRefusalKnownBeforeWritingChangesNothing(_ what: String) async throws {
         try await withTemporaryDirectory { dir in
             let pki = try TestPKI.make(in: "\(dir)/pki", signers: ["signer1"])
-            let device = try Install.device(dir, strategy: "emmc-boot", old: seededBytes(count: 4096, seed: 60), pki: pki)
-            var bundle = try Install.bundle(dir, pki: pki, image: seededBytes(count: 8192, seed: 61), strategy: "emmc-boot")
+            let device = try Install.device(
+                dir, strategy: "emmc-boot", old: seededBytes(count: 4096, seed: 60), pki: pki)
+            var bundle = try Install.bundle(
+                dir, pki: pki, image: seededBytes(count: 8192, seed: 61), strategy: "emmc-boot")
             let expected: FerryError.Code
             let says: String
             switch what {
@@ -70,7 +74,9 @@ import Testing
                 var register = try readFile("\(device)/mmc.ext_csd")
                 register[EMMCBootArea.partitionConfigIndex] = 0x78
                 try makeFile("\(device)/mmc.ext_csd", bytes: register)
-                (expected, says) = (.bootloaderForeign, "BOOT_PARTITION_ENABLE 7 (the user area) is neither boot partition")
+                (expected, says) = (
+                    .bootloaderForeign, "BOOT_PARTITION_ENABLE 7 (the user area) is neither boot partition"
+                )
             case "larger than a boot partition":
                 bundle = try Install.bundle(
                     dir, pki: pki, image: seededBytes(count: (1 << 20) + 512, seed: 61), strategy: "emmc-boot",
@@ -81,7 +87,9 @@ import Testing
                 try StateStore(directory: "\(device)/state").setSlotRecord(
                     InstalledSlotRecord(raw: ["selectors": .array([.string(SHA256Hasher.hash([0x50]).hex)])]),
                     for: "bootloader")
-                (expected, says) = (.bootloaderForeign, "the EXT_CSD PARTITION_CONFIG changed since Ferry last wrote it")
+                (expected, says) = (
+                    .bootloaderForeign, "the EXT_CSD PARTITION_CONFIG changed since Ferry last wrote it"
+                )
             case "no boot partitions":
                 try FileSystem.remove("\(device)/mmcboot1")
                 (expected, says) = (.deviceNotFound, "has no boot partition")
