@@ -290,6 +290,33 @@ import Testing
         }
     }
 
+    /// A strategy works on the whole boot disk (or eMMC): a slot naming a partition of it is
+    /// refused before anything is written.
+    @Test(arguments: ["gpt-switch", "emmc-boot"])
+    func aBootloaderSlotOnAPartitionIsRefused(_ strategy: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let pki = try TestPKI.make(in: "\(dir)/pki", signers: ["signer1"])
+            let device = try Self.device(dir, strategy: "gpt-switch", old: seededBytes(count: 4096, seed: 40), pki: pki)
+            var text = String(decoding: try readFile("\(device)/system.json"), as: UTF8.self)
+            let update = strategy == "emmc-boot" ? #"{ "strategy": "emmc-boot" }"# : #"{ "strategy": "gpt-switch""#
+            text = text.replacing(
+                #""device": "boot-disk.img", "update": { "strategy": "gpt-switch""#,
+                with: #""disk": "boot-disk.img", "partition": "2", "update": \#(update)"#)
+            if strategy == "emmc-boot" {
+                text = text.replacing(
+                    #", "partition": 1, "regions": [{ "offset": 1048576, "size": 1048576 }, { "offset": 2097152, "size": 1048576 }] }"#,
+                    with: "")
+            }
+            try DurableFile.write(text, to: "\(device)/system.json")
+            let bundle = try Self.bundle(dir, pki: pki, image: seededBytes(count: 4096, seed: 41), strategy: strategy)
+            let before = try Self.snapshot(device)
+            let error = #expect(throws: FerryError.self) { try Self.install(device, bundle) }
+            #expect(error?.code == .configurationInvalid, "\(error?.message ?? "")")
+            #expect(error?.message.contains("not a partition") == true, "\(error?.message ?? "")")
+            #expect(try Self.snapshot(device) == before)
+        }
+    }
+
     /// A bootloader slot with a strategy is written only by its strategy: `write-slot` and any
     /// other plain open are refused (its device is the whole boot disk).
     @Test func aBootloaderSlotIsNeverOpenedAsAPlainSlot() async throws {
