@@ -79,7 +79,7 @@ import Testing
             #expect(try copies.backup.get().entry(0).name == "esp")
             #expect(copies.effective?.header.myLBA == UInt64(8 * Self.mib / 512) - 1)
             // The primary header's CRC.
-            try disk.write([0x01], at: 512 + 60)
+            try disk.write([~(try disk.read(at: 512 + 60, count: 1)[0])], at: 512 + 60)
             #expect(throws: GPT.Problem.headerChecksum) { try GPT.read(disk).primary.get() }
         }
     }
@@ -317,13 +317,13 @@ import Testing
             let lastLBA = 8 * Self.mib / 512 - 1
             // A damaged backup header that no update explains: refused, naming the backup.
             let saved = try disk.read(at: lastLBA * 512, count: 512)
-            try disk.write([0x77], at: lastLBA * 512 + 60)
+            try disk.write([~(try disk.read(at: lastLBA * 512 + 60, count: 1)[0])], at: lastLBA * 512 + 60)
             let refused = #expect(throws: FerryError.self) { try updater.phases(for: new) }
             #expect(refused?.code == .bootloaderForeign)
             #expect(refused?.message.contains("backup GPT") == true, "\(refused?.message ?? "")")
             try disk.write(saved, at: lastLBA * 512)
             // A damaged primary: the firmware boots from the backup; so does Ferry, and rewrites both.
-            try disk.write([0x77], at: 512 + 60)
+            try disk.write([~(try disk.read(at: 512 + 60, count: 1)[0])], at: 512 + 60)
             #expect(try updater.selection().damagedTable.hasPrefix("primary GPT"))
             try updater.run(try updater.phases(for: new))
             let copies = try GPT.read(disk)

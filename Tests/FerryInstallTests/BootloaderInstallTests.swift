@@ -234,7 +234,7 @@ import Testing
                 try disk.write([0x90], at: 0x70)  // boot code, not the pointer
                 expected = .bootloaderForeign
             default:
-                try disk.write([0x77], at: (8 << 20) - 512 + 60)
+                try disk.write([~(try disk.read(at: (8 << 20) - 512 + 60, count: 1)[0])], at: (8 << 20) - 512 + 60)
                 expected = .bootloaderForeign
             }
             try disk.synchronize()
