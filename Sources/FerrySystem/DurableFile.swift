@@ -9,8 +9,8 @@ import Musl
 /// Crash-safe replacement of small files (state files, file boot environments).
 ///
 /// The new contents go to a temporary file in the same directory, which is synced, renamed over
-/// the target, and then the directory is synced: a power cut at any instant leaves either the
-/// complete old file or the complete new one (ARCHITECTURE.md invariant 4).
+/// the target; then the renamed file and the directory are synced: a power cut at any instant
+/// leaves either the complete old file or the complete new one (ARCHITECTURE.md invariant 4).
 public enum DurableFile {
     /// Atomically replaces (or creates) `path` with `bytes`.
     ///
@@ -52,7 +52,27 @@ public enum DurableFile {
         }
         renamed = true
         IOTrace.record(.replace(path: path, bytes: Array(bytes)))
+        // The renamed file itself is synced before its folder. On FAT (vfat) the folder entry of
+        // a renamed file is only rewritten with its new first cluster when the file's own inode is
+        // written back, while the old file's clusters are freed at once; syncing the folder alone
+        // made the freed clusters durable but not the entry, so a power cut in the next seconds
+        // left the entry pointing at free clusters (found by a real power cut in QEMU:
+        // docs/reliability.md, "Power cuts on a real machine").
+        try synchronizeFile(path)
         try synchronizeDirectory(directory.string.isEmpty ? "." : directory.string)
+    }
+
+    /// Syncs a file (data and metadata) by path.
+    ///
+    /// The corresponding C function is `fsync(2)`.
+    static func synchronizeFile(_ path: String) throws(FerryError) {
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec]) } catch {
+            throw .syscall("opening", errno: error as? Errno ?? .ioError, path: path)
+        }
+        defer { try? fd.closeOnce() }
+        do { try fd.synchronize() } catch { throw .syscall("synchronizing", errno: error, path: path) }
+        IOTrace.record(.sync(path: path))
     }
 
     /// Atomically replaces `path` with the UTF-8 bytes of `text`.

@@ -161,7 +161,25 @@ import Glibc
                 try file.write([UInt8](repeating: 0, count: Int(count)), at: offset)
                 try file.close()
             case .replace(let path, let bytes):
-                if (lastDirectorySync[Paths.directory(of: path)] ?? -1) < index && random.below(2) == 0 { continue }
+                // A rename is durable once its folder is synced. On FAT the renamed file must be
+                // synced first: vfat writes the folder entry's new first cluster only with the
+                // file's inode, but frees the replaced file's clusters at once, and a folder sync
+                // makes the freed clusters durable without the entry (a file fsck truncates to
+                // nothing). So a folder sync that comes before the file's own sync may leave the
+                // file empty.
+                let folder = Paths.directory(of: path)
+                let firstSync = events[(index + 1)..<cut].first {
+                    switch $0 {
+                    case .sync(let synced): synced == path
+                    case .directorySync(let synced): synced == folder
+                    default: false
+                    }
+                }
+                if case .directorySync? = firstSync, random.below(3) == 0 {
+                    try makeFile(local(path), bytes: [])
+                    continue
+                }
+                if (lastDirectorySync[folder] ?? -1) < index && random.below(2) == 0 { continue }
                 try makeFile(local(path), bytes: bytes)
             case .remove(let path):
                 if (lastDirectorySync[Paths.directory(of: path)] ?? -1) < index && random.below(2) == 0 { continue }
