@@ -55,7 +55,7 @@ cut_stages() { # KIND BOOTLOADER-SLOT
 # How long after the chosen progress line the power goes, at most (ms): progress lines come every
 # 250 ms within a stage; the start and the switch have one line each.
 cut_delay_bound() { # STAGE
-    case $1 in start) echo 6000 ;; switch) echo 1500 ;; *) echo 250 ;; esac
+    case $1 in start) echo 2500 ;; switch) echo 1500 ;; *) echo 250 ;; esac
 }
 # A number in [0, MODULUS) from the seed and a field name: the same seed gives the same cut.
 seed_number() { # SEED FIELD MODULUS

@@ -1,6 +1,6 @@
 import FerrySystem
-import Synchronization
 import FerryTestSupport
+import Synchronization
 import Testing
 
 /// The order of the durable-storage operations of one file replacement (ARCHITECTURE.md
