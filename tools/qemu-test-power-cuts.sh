@@ -32,12 +32,14 @@ readonly CONTENTS=(1.0.0 1.1.0 1.3.0)
 readonly MODEMS=(m0 m1 m2)
 
 # The kinds of update each bootloader's chain cycles through (seed modulo their number), so that
-# a short run of two cuts per bootloader (seeds 1 and 2) covers every kind.
+# the short profile (seeds 1 and 2 on grub and uboot, seed 1 on bios-switch and uefi-switch)
+# covers every kind.
 cut_kinds() { # TARGET
     case $1 in
         grub) echo full delta module mixed update ;;
         uboot) echo full mixed update delta module ;;
-        *) echo full bootloader ;;
+        bios-switch) echo full bootloader ;;
+        uefi-switch) echo bootloader full ;;
     esac
 }
 # The stages of each kind's progress, in order (stage:slot class, from `--progress json`); the
@@ -338,11 +340,12 @@ expect_confirmation() { # when the booted group was on trial: it confirmed, with
 
 cut_scenario() { # TARGET
     local target=$1 t0=$EPOCHREALTIME bl="" seed i cycle=0 trial=0 pending_settings="" primary=A gsel=1
+    local cuts=${CUTS[$1]:-$cuts_default}
     [[ $target == bios-switch ]] && bl=bootloader
     [[ $target == uefi-switch ]] && bl=esp
     mkdir -p "$out/$target" "$work/server/www/$target"
     build_disk "$target" "$work/$target/disk.img"
-    echo "== $target: $power_cuts power cut(s), seeds $first_seed-$((first_seed + power_cuts - 1)), $(disk_mib "$target") MiB disk ($(elapsed "$t0") s to build)"
+    echo "== $target: $cuts power cut(s), seeds $first_seed-$((first_seed + cuts - 1)), $(disk_mib "$target") MiB disk ($(elapsed "$t0") s to build)"
     boot_number=0 failures_before=$failures
     ROOT=([A]=1.0.0 [B]=none) MODEM=([A]=m0 [B]=m0) GRUB_IN=([1]=1.0.0 [2]=none)
     ((control == 0)) || cut_control || return 1
@@ -361,7 +364,7 @@ cut_scenario() { # TARGET
     ROOT[B]=$root MODEM[B]=$modem primary=B trial=1
     rm -rf "${work:?}/server/www/$target/$version"
 
-    for ((i = 0; i < power_cuts; i++)); do
+    for ((i = 0; i < cuts; i++)); do
         cut_once $((first_seed + i)) || return 1
     done
 
@@ -369,7 +372,7 @@ cut_scenario() { # TARGET
     pc_boot "$target" "last" "powercut check"
     pc_check "$primary" "$(grubs)" 0 && expect_confirmation || true
     report "$primary boots and confirms the last update" || return 1
-    echo "== $target: $power_cuts cut(s), $boot_number boots in $(elapsed "$t0") s, $failures check(s) failed; console logs in $out/$target/"
+    echo "== $target: $cuts cut(s), $boot_number boots in $(elapsed "$t0") s, $failures check(s) failed; console logs in $out/$target/"
     ((failures == 0))
 }
 
