@@ -164,8 +164,10 @@ pc_boot() {
             elif [[ $line == "FERRY-QEMU: control written" && $CUT_SCRATCH == both ]]; then
                 last="control" at=$now
             elif ((armed)) && [[ $line == "FERRY-QEMU: update exit="* ]]; then
+                # The update ended before the point chosen (a delay past its last line): the power
+                # goes now, before the guest powers off by itself.
                 last="after-exit"
-                ((at)) || at=$now
+                ((at && at <= now)) || at=$now
             fi
             line=""
         elif ((status > 128)); then
