@@ -9,6 +9,9 @@ import FerryXZ
 public final class PayloadStream: ByteSource {
     public let payload: Manifest.Payload
     private let reader: BundleReader
+    /// The content cipher of an encrypted bundle, and the payload's index (its chunks' nonces).
+    private let cipher: ChunkCipher?
+    private let payloadIndex: Int
     private let stored: UnsafeMutableRawBufferPointer
     private let decoded: UnsafeMutableRawBufferPointer
     /// The next chunk to read from the member.
@@ -24,6 +27,7 @@ public final class PayloadStream: ByteSource {
     /// - Throws: `.bundleInvalid` / `.truncated` when the member is not next or has the wrong size.
     public init(reader: BundleReader, payload: Manifest.Payload) throws(FerryError) {
         _ = try reader.nextMember(named: payload.member, size: payload.storedSize)
+        (cipher, payloadIndex) = try reader.sealing(of: payload)
         self.reader = reader
         self.payload = payload
         let chunkSize = Int(payload.chunkSize)
@@ -100,7 +104,9 @@ public final class PayloadStream: ByteSource {
             return
         }
         do throws(FerryError) {
-            try ChunkCheck.decode(UnsafeRawBufferPointer(input), into: output, compression: payload.compression)
+            try ChunkCheck.decode(
+                input, into: output, compression: payload.compression, cipher: cipher,
+                place: ChunkCheck.Place(payload: payloadIndex, chunk: index))
         } catch {
             throw error.prefixed("payload '\(payload.member)' chunk \(index)")
         }
@@ -155,12 +161,26 @@ enum ChunkCheck {
         }
     }
 
-    /// Decodes (or copies) one chunk to exactly `output.count` bytes.
+    /// Where a chunk is, for the nonce of an encrypted bundle: the payload's index in the
+    /// manifest and the chunk's in the payload.
+    struct Place: Sendable {
+        var payload: Int
+        var chunk: Int
+    }
+
+    /// Opens (an encrypted bundle's chunk, in place), then decodes (or copies) one chunk to
+    /// exactly `output.count` bytes.
     static func decode(
-        _ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, compression: Manifest.Compression
+        _ stored: UnsafeMutableRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
+        compression: Manifest.Compression, cipher: ChunkCipher?, place: Place
     )
         throws(FerryError)
     {
+        var input = UnsafeRawBufferPointer(stored)
+        if let cipher {
+            let count = try cipher.open(stored, payload: place.payload, chunk: place.chunk)
+            input = UnsafeRawBufferPointer(rebasing: stored[..<count])
+        }
         switch compression {
         case .xz:
             // The stream's CRC64 is not checked: every caller compares the decoded bytes with the

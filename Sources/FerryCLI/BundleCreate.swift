@@ -114,6 +114,18 @@ extension FerryCommand.Bundle {
             help: ArgumentHelp(
                 "A signer certificate fingerprint to deny from then on (with --new-keyring).", valueName: "sha256"))
         var denyList: [String] = []
+        @Option(
+            name: .customLong("encrypt-to"),
+            help: ArgumentHelp(
+                "Encrypt the payloads to a recipient certificate (PEM, RSA or EC key: a device's, or a fleet's); repeat (docs/encryption.md).",
+                valueName: "pem"))
+        var encryptTo: [String] = []
+        @Option(
+            name: .customLong("rsa-padding"),
+            help: ArgumentHelp(
+                "How the content key is encrypted to RSA recipients: oaep (RSA-OAEP, SHA-256), or pkcs1 (PKCS #1 v1.5) for key providers that decrypt nothing else, such as tpm2-openssl 1.1.1.",
+                valueName: "oaep|pkcs1"))
+        var rsaPadding: Envelope.RSAPadding = .oaep
         @Option(name: .shortAndLong, help: "The bundle file to write.")
         var output: String
         @Flag(help: "Log debug messages.")
@@ -295,12 +307,15 @@ extension FerryCommand.Bundle {
             options.compress = !noCompress
             options.newKeyring = newKeyring
             options.denyList = denyList
+            options.recipients = encryptTo.map(Paths.absolute)
+            options.rsaPadding = rsaPadding
             let manifest = try BundleWriter.create(options, output: output, logger: Logger(label: "ferry.bundle"))
             let stored = manifest.payloads.reduce(Int64(0)) { $0 + $1.storedSize }
             let decoded = manifest.payloads.reduce(Int64(0)) { $0 + $1.size }
             Terminal.writeOutput(
                 "Wrote \(self.output): \(manifest.compatible) \(manifest.version), \(manifest.payloads.count) payload(s), "
-                    + "\(decoded) bytes stored as \(stored), \(certificates.count) signature(s).\n")
+                    + "\(decoded) bytes stored as \(stored), \(certificates.count) signature(s)"
+                    + (encryptTo.isEmpty ? "" : ", encrypted to \(encryptTo.count) recipient certificate file(s)") + ".\n")
         }
     }
 }
