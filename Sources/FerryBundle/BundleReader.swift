@@ -182,7 +182,8 @@ public final class BundleReader {
         for (index, chunk) in payload.chunks.enumerated() {
             let stored = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(chunk.size)])
             try readStored(into: stored, payload: payload, index: index)
-            try ChunkCheck.compressed(UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
+            try ChunkCheck.compressed(
+                UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
         }
     }
 
@@ -220,7 +221,8 @@ public final class BundleReader {
             throw FerryError(
                 code: .bundleInvalid,
                 message:
-                    "the bundle carries a key envelope ('\(member.name)'), but its signed manifest says it is not encrypted")
+                    "the bundle carries a key envelope ('\(member.name)'), but its signed manifest says it is not encrypted"
+            )
         }
         guard member.name == name else {
             throw FerryError(

@@ -201,7 +201,9 @@ public enum BundleWriter {
         let tar = TarWriter(sink: sink)
         let mtime = manifest.buildTime
         try tar.addMember(name: "manifest.json", bytes: reader.manifestBytes, mtime: mtime)
-        for signature in reader.signatures { try tar.addMember(name: signature.name, bytes: signature.bytes, mtime: mtime) }
+        for signature in reader.signatures {
+            try tar.addMember(name: signature.name, bytes: signature.bytes, mtime: mtime)
+        }
         if let update = manifest.keyring, let keyring {
             try tar.addMember(name: update.member, bytes: keyring, mtime: mtime)
         }

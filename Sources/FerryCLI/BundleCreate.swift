@@ -315,7 +315,8 @@ extension FerryCommand.Bundle {
             Terminal.writeOutput(
                 "Wrote \(self.output): \(manifest.compatible) \(manifest.version), \(manifest.payloads.count) payload(s), "
                     + "\(decoded) bytes stored as \(stored), \(certificates.count) signature(s)"
-                    + (encryptTo.isEmpty ? "" : ", encrypted to \(encryptTo.count) recipient certificate file(s)") + ".\n")
+                    + (encryptTo.isEmpty ? "" : ", encrypted to \(encryptTo.count) recipient certificate file(s)")
+                    + ".\n")
         }
     }
 }

@@ -42,7 +42,8 @@ extension FerryCommand.Bundle {
         func run() async throws {
             guard let key = try decryption.load() else { return }
             let manifest = try BundleWriter.readdress(
-                try FerryCommand.Bundle.source(bundle), recipients: encryptTo.map(Paths.absolute), rsaPadding: rsaPadding, key: key,
+                try FerryCommand.Bundle.source(bundle), recipients: encryptTo.map(Paths.absolute),
+                rsaPadding: rsaPadding, key: key,
                 output: Paths.absolute(output))
             Terminal.writeOutput(
                 "Wrote \(output): \(manifest.compatible) \(manifest.version), the same signed bundle, its content key addressed to \(encryptTo.count) recipient certificate file(s).\n"

@@ -47,7 +47,8 @@ extension FerryCommand.Bundle {
             }
             if let encryption = manifest.encryption, let recipients {
                 lines.append(
-                    "Encrypted:        \(encryption.cipher), content key in \(encryption.envelope) for \(recipients.count) recipient(s)")
+                    "Encrypted:        \(encryption.cipher), content key in \(encryption.envelope) for \(recipients.count) recipient(s)"
+                )
                 for recipient in recipients { lines.append("  recipient:      \(recipient)") }
             }
             for payload in manifest.payloads {

@@ -45,7 +45,8 @@ public enum DeviceTrust {
 
     /// The device key of the configuration, loaded (through its provider, if any).
     /// - Throws: `.deviceKeyInvalid`; when none is configured, naming `what` needs one.
-    public static func deviceKey(_ configuration: SystemConfiguration, for what: String) throws(FerryError) -> DeviceKey {
+    public static func deviceKey(_ configuration: SystemConfiguration, for what: String) throws(FerryError) -> DeviceKey
+    {
         guard let key = configuration.deviceKey else {
             throw FerryError(
                 code: .deviceKeyInvalid, message: "\(what), and \(configuration.path) names no deviceKey to open it")
@@ -64,7 +65,8 @@ public enum DeviceTrust {
                 throw FerryError(
                     code: .notEncrypted,
                     message:
-                        "the bundle is not encrypted, and \(configuration.path) requires encryption (requireEncryption)")
+                        "the bundle is not encrypted, and \(configuration.path) requires encryption (requireEncryption)"
+                )
             }
             return
         }

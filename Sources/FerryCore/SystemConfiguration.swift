@@ -283,7 +283,8 @@ public struct SystemConfiguration: Sendable {
         guard var object = try root.object("deviceKey") else { return nil }
         let key = try object.requiredString("key")
         let configuration = DeviceKeyConfiguration(
-            key: resolveKey(key), certificate: try object.string("certificate").map { Paths.resolve($0, against: directory) },
+            key: resolveKey(key),
+            certificate: try object.string("certificate").map { Paths.resolve($0, against: directory) },
             providers: try object.stringArray("providers"),
             opensslConfig: try object.string("opensslConfig").map { Paths.resolve($0, against: directory) })
         for (index, name) in configuration.providers.enumerated() where name.isEmpty || name.contains("/") {

@@ -53,7 +53,8 @@ public enum Envelope {
                 else {
                     throw FerryError(
                         code: .usage,
-                        message: "recipient certificate '\(path)': its key is neither RSA nor EC, it cannot receive a key")
+                        message:
+                            "recipient certificate '\(path)': its key is neither RSA nor EC, it cannot receive a key")
                 }
                 let isRSA = EVP_PKEY_is_a(publicKey, "RSA") == 1
                 guard let info = CMS_add1_recipient_cert(cms, x509, UInt32(CMS_KEY_PARAM)) else {
@@ -189,7 +190,8 @@ public enum Envelope {
         throw FerryError(
             code: .bundleInvalid,
             message:
-                "\(name) is corrupt: the device's recipient entry does not open to the content key the signed manifest names")
+                "\(name) is corrupt: the device's recipient entry does not open to the content key the signed manifest names"
+        )
     }
 
     /// Parses a DER EnvelopedData, into the device key's library context when given.

@@ -132,7 +132,8 @@ import Testing
             for recipient in ["rsa-device", "ec-device"] {
                 for certificate in [true, false] {
                     let result = try fixture.verify("\(dir)/e.ferry", key: recipient, certificate: certificate)
-                    #expect(result.status == 0 && result.output.contains("(decrypted)"), "\(recipient): \(result.output)")
+                    #expect(
+                        result.status == 0 && result.output.contains("(decrypted)"), "\(recipient): \(result.output)")
                 }
                 // openssl opens Ferry's envelope to the key the manifest names.
                 let key = try fixture.opensslContentKey("\(dir)/e.ferry", recipient: recipient)
@@ -241,7 +242,8 @@ import Testing
                 "-out", "\(dir)/other-key.p7m", "-recip", fixture.pem("rsa-device"),
             ])
             for (what, bytes) in [
-                ("garbage", seededBytes(count: 500, seed: 1)), ("cut short", Array(envelope.prefix(envelope.count / 2))),
+                ("garbage", seededBytes(count: 500, seed: 1)),
+                ("cut short", Array(envelope.prefix(envelope.count / 2))),
                 ("a byte flipped", flipped), ("another key", try readFile("\(dir)/other-key.p7m")),
             ] {
                 try fixture.replacing("\(dir)/e.ferry", "content-key.p7m", with: bytes, to: "\(dir)/bad.ferry")
@@ -269,7 +271,8 @@ import Testing
             var plain = try fixture.members("\(dir)/p.ferry")
             plain.insert(("content-key.p7m", envelope), at: 2)
             try fixture.write(plain, to: "\(dir)/bad.ferry")
-            try fixture.expectRefused("\(dir)/bad.ferry", key: "rsa-device", .bundleInvalid, "an envelope in a plain bundle")
+            try fixture.expectRefused(
+                "\(dir)/bad.ferry", key: "rsa-device", .bundleInvalid, "an envelope in a plain bundle")
         }
     }
 

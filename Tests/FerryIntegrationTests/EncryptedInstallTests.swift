@@ -111,13 +111,16 @@ struct EncryptedInstallTests {
             }
             try RefusalsChangeNothingTests.expectNothingChanged(
                 sandbox,
-                Case(what: "a key not its certificate's", arguments: ["install", "\(dir)/e.ferry"], code: .deviceKeyInvalid))
+                Case(
+                    what: "a key not its certificate's", arguments: ["install", "\(dir)/e.ferry"],
+                    code: .deviceKeyInvalid))
             // The right key from here on.
             try sandbox.editConfiguration {
                 $0["deviceKey"] = .object(["key": .string("device.key"), "certificate": .string("device.pem")])
             }
             for refusal in [
-                Case(what: "another device's bundle", arguments: ["install", "\(dir)/other.ferry"], code: .notAddressed),
+                Case(
+                    what: "another device's bundle", arguments: ["install", "\(dir)/other.ferry"], code: .notAddressed),
                 Case(what: "a corrupt envelope", arguments: ["install", "\(dir)/corrupt.ferry"], code: .bundleInvalid),
                 Case(
                     what: "encrypted without an envelope", arguments: ["install", "\(dir)/no-envelope.ferry"],
@@ -129,7 +132,9 @@ struct EncryptedInstallTests {
             try sandbox.editConfiguration { $0["requireEncryption"] = .bool(true) }
             try RefusalsChangeNothingTests.expectNothingChanged(
                 sandbox,
-                Case(what: "a plain bundle, encryption required", arguments: ["install", "\(dir)/plain.ferry"], code: .notEncrypted))
+                Case(
+                    what: "a plain bundle, encryption required", arguments: ["install", "\(dir)/plain.ferry"],
+                    code: .notEncrypted))
             // And the good one still installs.
             #expect(try Self.ferry(sandbox, ["install", "\(dir)/e.ferry"]).status == 0)
         }
@@ -137,7 +142,8 @@ struct EncryptedInstallTests {
 
     /// A ciphertext byte flipped in the first, a middle or the last chunk: refused before that
     /// chunk is written, nothing switched; the next install of the good bundle finishes.
-    @Test(arguments: ["first", "middle", "last"]) func aFlippedCiphertextByteSwitchesNothing(chunk: String) async throws {
+    @Test(arguments: ["first", "middle", "last"]) func aFlippedCiphertextByteSwitchesNothing(chunk: String) async throws
+    {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
             try sandbox.makeDeviceKey("device")
@@ -152,7 +158,9 @@ struct EncryptedInstallTests {
             }
             let member = try #require(rootfs)
             let offset =
-                chunk == "first" ? member.offset + 20 : chunk == "middle" ? member.offset + member.size / 2 : member.offset + member.size - 3
+                chunk == "first"
+                ? member.offset + 20
+                : chunk == "middle" ? member.offset + member.size / 2 : member.offset + member.size - 3
             var bytes = try readFile("\(dir)/e.ferry")
             bytes[Int(offset)] ^= 0x10
             try makeFile("\(dir)/bad.ferry", bytes: bytes)
@@ -227,7 +235,8 @@ struct EncryptedInstallTests {
             let result = try Shell.run([
                 TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version",
                 "1.1.0", "--cert", "\(dir)/pki/signer1.pem", "--key", "\(dir)/pki/signer1.key", "--image",
-                "rootfs=\(dir)/new-rootfs.img", "--delta-from", "rootfs=\(factory)", "--app", "viewer=\(dir)/viewer.pkg",
+                "rootfs=\(dir)/new-rootfs.img", "--delta-from", "rootfs=\(factory)", "--app",
+                "viewer=\(dir)/viewer.pkg",
                 "--settings", "carrier=\(dir)/carrier.json", "--chunk-size", "1M", "--encrypt-to", "\(dir)/device.pem",
                 "-o", "\(dir)/e.ferry",
             ])

@@ -66,16 +66,21 @@ extension Sandbox {
     /// Changes the sandbox's system.json: `change` edits its top-level object.
     func editConfiguration(_ change: (inout [String: JSONValue]) throws -> Void) throws {
         var object =
-            try JSONValue.parse(try readFile(configurationPath), what: "system.json", code: .internal).objectValue ?? [:]
+            try JSONValue.parse(try readFile(configurationPath), what: "system.json", code: .internal).objectValue
+            ?? [:]
         try change(&object)
-        try DurableFile.write(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: configurationPath)
+        try DurableFile.write(
+            String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: configurationPath)
     }
 
     /// Makes a device key and certificate (`<name>.key`, `<name>.pem` in the sandbox's folder):
     /// RSA 2048 or EC P-256.
     func makeDeviceKey(_ name: String, ec: Bool = false) throws {
         try Shell.check(
-            ["openssl", "req", "-x509", "-nodes", "-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).pem"]
+            [
+                "openssl", "req", "-x509", "-nodes", "-keyout", "\(directory)/\(name).key", "-out",
+                "\(directory)/\(name).pem",
+            ]
                 + (ec ? ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] : ["-newkey", "rsa:2048"])
                 + ["-subj", "/CN=\(name)", "-days", "30"])
     }

@@ -46,7 +46,8 @@ struct TPMKeyTests {
                 object["requireEncryption"] = .bool(true)
             }
             let environment = ["TPM2OPENSSL_TCTI": tpm.tcti]
-            let result = try EncryptedInstallTests.ferry(sandbox, ["install", "\(dir)/e.ferry"], environment: environment)
+            let result = try EncryptedInstallTests.ferry(
+                sandbox, ["install", "\(dir)/e.ferry"], environment: environment)
             try EncryptedInstallTests.expectInstalled(sandbox, result, images)
             // Without the TPM there is no key: the same command is refused before anything is written.
             tpm.stop()
@@ -67,7 +68,7 @@ struct SoftwareTPM {
     static var available: Bool {
         ["swtpm", "tpm2_createprimary", "tpm2_evictcontrol"].allSatisfy(TestEnvironment.hasCommand)
             && ["/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so", "/usr/lib/aarch64-linux-gnu/ossl-modules/tpm2.so"]
-            .contains(where: TextFile.exists)
+                .contains(where: TextFile.exists)
     }
 
     /// Starts swtpm with a new state in `directory`.
