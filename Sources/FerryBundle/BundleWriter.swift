@@ -1,6 +1,7 @@
 import FerryCrypto
 import FerrySystem
 import FerryXZ
+import FerryZstd
 import Logging
 import SystemPackage
 
@@ -63,6 +64,10 @@ public enum BundleWriter {
         /// Decoded bytes per chunk (one xz stream each).
         public var chunkSize: Int = 4 << 20
         public var compress: Bool = true
+        /// The codec of compressed payloads: `.xz` (the default) or `.zstd`.
+        public var codec: Manifest.Compression = .xz
+        /// The zstd level (``ZstdChunkCodec/levels``), when the codec is zstd.
+        public var zstdLevel: Int = ZstdChunkCodec.defaultLevel
         public var threads: Int = ProcessEnvironment.processorCount
         public var preset: Int = 6
         /// A new keyring (PEM) for keyring rotation, and fingerprints to deny from then on.
@@ -237,10 +242,13 @@ public enum BundleWriter {
     ) throws(FerryError) -> Manifest.Payload {
         let input: any ByteSource
         let isDelta = image.delta != nil
-        let compress = options.compress && !isDelta
+        let compression: Manifest.Compression = options.compress && !isDelta ? options.codec : .none
         let chunkSize = isDelta ? min(options.chunkSize, deltaChunkSize) : options.chunkSize
-        if !isDelta && image.app == nil && image.settings == nil && image.path.hasSuffix(".xz") {
+        let isImage = !isDelta && image.app == nil && image.settings == nil
+        if isImage && image.path.hasSuffix(".xz") {
             input = try XZStreamSource(source: FileByteSource(path: image.path))
+        } else if isImage && image.path.hasSuffix(".zst") {
+            input = try ZstdStreamSource(source: FileByteSource(path: image.path))
         } else {
             input = try FileByteSource(path: image.path)
         }
@@ -261,13 +269,20 @@ public enum BundleWriter {
                     decodedSHA256: hashing.chunkDigests[index]))
             offset += Int64(bytes.count)
         }
-        if compress {
+        switch compression {
+        case .xz:
             try XZChunkCodec.encodeChunks(
                 source: hashing, chunkSize: chunkSize, threads: options.threads, preset: options.preset
             ) { (chunk) throws(FerryError) in
                 try record(chunk.bytes, index: chunk.index)
             }
-        } else {
+        case .zstd:
+            try ZstdChunkCodec.encodeChunks(
+                source: hashing, chunkSize: chunkSize, threads: options.threads, level: options.zstdLevel
+            ) { (chunk) throws(FerryError) in
+                try record(chunk.bytes, index: chunk.index)
+            }
+        case .none:
             var index = 0
             while true {
                 let bytes = try readUpTo(hashing, count: chunkSize)
@@ -284,12 +299,15 @@ public enum BundleWriter {
         let suffix = ["app": "app", "settings": "settings", "bootloader": "bootloader"][kind.name] ?? "img"
         return Manifest.Payload(
             kind: kind, target: slotClass,
-            member: (isDelta ? "\(slotClass).delta" : "\(slotClass).\(suffix)\(compress ? ".xz" : "")")
+            member: (isDelta ? "\(slotClass).delta" : "\(slotClass).\(suffix)\(Self.suffix[compression] ?? "")")
                 + (cipher == nil ? "" : ".enc"),
-            compression: compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(),
+            compression: compression, size: hashing.byteCount, sha256: hashing.finalize(),
             storedSize: offset,
             chunkSize: Int64(chunkSize), chunks: chunks)
     }
+
+    /// The member name's suffix for each codec.
+    static let suffix: [Manifest.Compression: String] = [.xz: ".xz", .zstd: ".zst"]
 
     /// Reads until `count` bytes or the end of the stream.
     static func readUpTo(_ source: any ByteSource, count: Int) throws(FerryError) -> [UInt8] {

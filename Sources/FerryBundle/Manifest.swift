@@ -13,7 +13,8 @@ public struct Manifest: Sendable, Equatable {
     public static let chunkSizeRange: ClosedRange<Int64> = (64 << 10)...(64 << 20)
     public static let maximumPayloadSize: Int64 = 1 << 50
 
-    public enum Compression: String, Sendable { case xz, none }
+    /// How each chunk of a payload is stored: an .xz stream, a zstd frame, or the bytes as they are.
+    public enum Compression: String, Sendable, CaseIterable { case xz, zstd, none }
 
     /// One chunk of a payload: a fixed decoded size (the last may be shorter), one xz stream.
     public struct Chunk: Sendable, Equatable {
@@ -422,7 +423,7 @@ public struct Manifest: Sendable, Equatable {
         try checkMemberName(member, object: object, key: "member")
         let compressionName = try object.requiredString("compression")
         guard let compression = Compression(rawValue: compressionName) else {
-            throw object.invalid("compression", "must be xz or none, not '\(compressionName)'")
+            throw object.invalid("compression", "must be xz, zstd or none, not '\(compressionName)'")
         }
         guard let size = try object.integer("size", in: 0...maximumPayloadSize) else {
             throw object.invalid("size", "is required")

@@ -1,6 +1,7 @@
 import FerryCrypto
 import FerrySystem
 import FerryXZ
+import FerryZstd
 
 /// A payload read as a stream (a delta, which its applier pulls), chunk by chunk: each chunk's
 /// compressed SHA-256, decoded size and decoded SHA-256 are checked before any of its bytes are
@@ -119,8 +120,9 @@ public final class PayloadStream: ByteSource {
 }
 
 extension Manifest.Payload {
-    /// The most stored (compressed) bytes a chunk of `chunkSize` decoded bytes may take: xz's
-    /// worst case for incompressible data is well within an eighth plus 4 KiB. The manifest
+    /// The most stored (compressed) bytes a chunk of `chunkSize` decoded bytes may take: xz's and
+    /// zstd's worst cases for incompressible data (and an encrypted chunk's 16-byte tag) are well
+    /// within an eighth plus 4 KiB. The manifest
     /// refuses larger chunks, and readers size their buffers by it.
     public static func storedBound(ofChunkSize chunkSize: Int) -> Int { chunkSize + chunkSize / 8 + 4096 }
 
@@ -186,6 +188,8 @@ enum ChunkCheck {
             // The stream's CRC64 is not checked: every caller compares the decoded bytes with the
             // chunk's signed decoded SHA-256 before using them (about 7 % less decoding time).
             try XZChunkCodec.decode(input, into: output, expectedSize: output.count, checkIntegrity: false)
+        case .zstd:
+            try ZstdChunkCodec.decode(input, into: output)
         case .none:
             guard input.count == output.count else {
                 throw FerryError(code: .bundleInvalid, message: "a stored chunk has the wrong size")
