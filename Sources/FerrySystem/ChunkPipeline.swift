@@ -24,7 +24,8 @@ public enum ChunkPipeline {
 
     /// Compresses one chunk into the output buffer (at least `bound(chunk.count)` bytes) and
     /// returns the compressed size. Called from several threads at once.
-    public typealias Encoder = @Sendable (UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer) throws(FerryError)
+    public typealias Encoder =
+        @Sendable (UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer) throws(FerryError)
         -> Int
 
     /// Reads `source` to its end in chunks of `chunkSize` bytes, compresses them on `threads` threads,
@@ -70,7 +71,9 @@ public enum ChunkPipeline {
 
             // Compress the batch, one chunk per worker.
             let decodedSizes = sizes
-            let compress = { @Sendable (slot: Int) in batch.compress(slot: slot, decodedSize: decodedSizes[slot], encode) }
+            let compress = { @Sendable (slot: Int) in
+                batch.compress(slot: slot, decodedSize: decodedSizes[slot], encode)
+            }
             if sizes.count == 1 {
                 compress(0)
             } else {

@@ -112,7 +112,8 @@ public enum ZstdChunkCodec {
         precondition(levels.contains(level), "Ferry bug: zstd level \(level) is not \(levels)")
         try ChunkPipeline.encode(
             source: source, chunkSize: chunkSize, threads: threads, bound: maximumEncodedSize,
-            encode: { (chunk, output) throws(FerryError) in try ZstdChunkCodec.encode(chunk, level: level, into: output) },
+            encode: { (chunk, output) throws(FerryError) in try ZstdChunkCodec.encode(chunk, level: level, into: output)
+            },
             body: body)
     }
 

@@ -51,7 +51,8 @@ public final class ZstdStreamSource: ByteSource {
             guard ZSTD_isError(result) == 0 else {
                 throw FerryError(
                     code: .bundleInvalid,
-                    message: "\(inner.sourceName) is not valid zstd data: \(String(cString: ZSTD_getErrorName(result)))")
+                    message: "\(inner.sourceName) is not valid zstd data: \(String(cString: ZSTD_getErrorName(result)))"
+                )
             }
             pending = (pending.lowerBound + source.pos)..<pending.upperBound
             frameEnded = result == 0

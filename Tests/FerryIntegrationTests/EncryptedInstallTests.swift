@@ -154,7 +154,7 @@ struct EncryptedInstallTests {
             let reader = TarReader(source: try FileByteSource(path: "\(dir)/e.ferry"))
             var rootfs: TarMember? = nil
             while rootfs == nil, let member = try reader.nextMember() {
-                if member.name == "rootfs.img.xz.enc" { rootfs = member }
+                if member.name == "rootfs.img\(TestEnvironment.payloadSuffix).enc" { rootfs = member }
             }
             let member = try #require(rootfs)
             let offset =
@@ -232,17 +232,22 @@ struct EncryptedInstallTests {
             try makeFile("\(dir)/viewer.pkg", bytes: app)
             let settings = "{\"apn\": \"internet.example\", \"secret\": \"carrier-value-91f3\"}\n"
             try DurableFile.write(settings, to: "\(dir)/carrier.json")
-            let result = try Shell.run([
-                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version",
-                "1.1.0", "--cert", "\(dir)/pki/signer1.pem", "--key", "\(dir)/pki/signer1.key", "--image",
-                "rootfs=\(dir)/new-rootfs.img", "--delta-from", "rootfs=\(factory)", "--app",
-                "viewer=\(dir)/viewer.pkg",
-                "--settings", "carrier=\(dir)/carrier.json", "--chunk-size", "1M", "--encrypt-to", "\(dir)/device.pem",
-                "-o", "\(dir)/e.ferry",
-            ])
+            let result = try Shell.run(
+                [
+                    TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version",
+                    "1.1.0", "--cert", "\(dir)/pki/signer1.pem", "--key", "\(dir)/pki/signer1.key", "--image",
+                    "rootfs=\(dir)/new-rootfs.img", "--delta-from", "rootfs=\(factory)", "--app",
+                    "viewer=\(dir)/viewer.pkg",
+                    "--settings", "carrier=\(dir)/carrier.json", "--chunk-size", "1M", "--encrypt-to",
+                    "\(dir)/device.pem",
+                ] + TestEnvironment.codecArguments + [
+                    "-o", "\(dir)/e.ferry",
+                ])
             #expect(result.status == 0, "\(result.output)")
             let info = try Shell.check([TestEnvironment.ferryBinary, "bundle", "info", "\(dir)/e.ferry"])
-            #expect(info.contains("rootfs.delta.enc") && info.contains("viewer.app.xz.enc"), "\(info)")
+            #expect(
+                info.contains("rootfs.delta.enc") && info.contains("viewer.app\(TestEnvironment.payloadSuffix).enc"),
+                "\(info)")
             let install = try Self.ferry(sandbox, ["install", "\(dir)/e.ferry"])
             try Self.expectInstalled(sandbox, install, [("rootfs", rootfs)])
             let boot = try Shell.run(
@@ -272,7 +277,7 @@ struct EncryptedInstallTests {
             try makeFile("\(dir)/viewer.pkg", bytes: app)
             let settings = Array("{\"secret\": \"plaintext-marker-5d2e9a71c4b8f036\"}\n".utf8)
             try makeFile("\(dir)/carrier.json", bytes: settings)
-            var options = BundleWriter.Options(
+            var options = BundleWriter.Options.forTests(
                 compatible: "ferry-demo-x86_64", version: SemanticVersion("1.1.0")!,
                 images: ["rootfs", "modem", "tee"].map { BundleWriter.Image(slotClass: $0, path: "\(dir)/\($0).img") }
                     + [

@@ -28,7 +28,7 @@ extension Sandbox {
             try makeFile("\(directory)/\(slotClass).img", bytes: bytes)
             images.append((slotClass, bytes))
         }
-        var options = BundleWriter.Options(
+        var options = BundleWriter.Options.forTests(
             compatible: "ferry-demo-x86_64", version: SemanticVersion(version)!,
             images: sizes.map { BundleWriter.Image(slotClass: $0.slotClass, path: "\(directory)/\($0.slotClass).img") },
             signers: [
@@ -83,5 +83,18 @@ extension Sandbox {
             ]
                 + (ec ? ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] : ["-newkey", "rsa:2048"])
                 + ["-subj", "/CN=\(name)", "-days", "30"])
+    }
+}
+
+extension BundleWriter.Options {
+    /// Options whose payloads use ``TestEnvironment/payloadCodec`` (xz, or zstd at level 3 when
+    /// tools/test runs the install suites a second time with FERRY_TEST_CODEC=zstd).
+    static func forTests(
+        compatible: String, version: SemanticVersion, images: [BundleWriter.Image], signers: [BundleWriter.Signer]
+    ) -> Self {
+        var options = Self(compatible: compatible, version: version, images: images, signers: signers)
+        options.codec = Manifest.Compression(rawValue: TestEnvironment.payloadCodec) ?? .xz
+        options.zstdLevel = 3
+        return options
     }
 }

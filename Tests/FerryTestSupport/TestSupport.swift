@@ -153,6 +153,18 @@ public enum TestEnvironment {
         return "\(folder)/ferry"
     }
 
+    /// The codec of the payloads the install tests make: `xz` (the default) or `zstd`, from
+    /// `FERRY_TEST_CODEC`. tools/test runs the install suites once with each.
+    public static var payloadCodec: String {
+        ProcessEnvironment.variables["FERRY_TEST_CODEC"] == "zstd" ? "zstd" : "xz"
+    }
+
+    /// The member-name suffix of a compressed payload of ``payloadCodec``.
+    public static var payloadSuffix: String { payloadCodec == "zstd" ? ".zst" : ".xz" }
+
+    /// `ferry bundle create` arguments for ``payloadCodec``.
+    public static var codecArguments: [String] { ["--codec", payloadCodec] }
+
     /// Whether a command is on PATH.
     public static func hasCommand(_ name: String) -> Bool {
         (try? Shell.run(["sh", "-c", "command -v \(name)"]))?.status == 0

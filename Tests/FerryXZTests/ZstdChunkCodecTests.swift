@@ -8,7 +8,8 @@ import Testing
 @Suite struct ZstdChunkCodecTests {
     static let inputs: [(String, [UInt8])] = [
         ("empty", []), ("one byte", [0x42]), ("text 4 MiB", seededText(count: 4 << 20, seed: 1)),
-        ("random 1 MiB", seededBytes(count: 1 << 20, seed: 2)), ("text 100 KiB", seededText(count: 100 << 10 + 7, seed: 3)),
+        ("random 1 MiB", seededBytes(count: 1 << 20, seed: 2)),
+        ("text 100 KiB", seededText(count: 100 << 10 + 7, seed: 3)),
         ("zeros 2 MiB", [UInt8](repeating: 0, count: 2 << 20)),
     ]
 
