@@ -36,6 +36,7 @@ let package = Package(
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
         .systemLibrary(name: "CLzma", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
@@ -58,6 +59,10 @@ let package = Package(
             dependencies: ["CLzma", "FerrySystem"]
         ),
         .target(
+            name: "FerryZstd",
+            dependencies: ["CZstd", "FerrySystem"]
+        ),
+        .target(
             name: "FerryXML",
             dependencies: ["CXML2"]
         ),
@@ -75,7 +80,7 @@ let package = Package(
         ),
         .target(
             name: "FerryBundle",
-            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryXZ", systemPackage, logging]
+            dependencies: ["FerrySystem", "FerryJSON", "FerryCrypto", "FerryXZ", "FerryZstd", systemPackage, logging]
         ),
         .target(
             name: "FerryBootloader",
@@ -85,14 +90,14 @@ let package = Package(
             name: "FerryCore",
             dependencies: [
                 "FerryXML", "FerrySystem", "FerryJSON", "FerryCrypto", "FerryBootloader", "FerryBundle", "FerryDelta",
-                "FerryNet", logging,
+                "FerryNet", "FerryZstd", logging,
             ]
         ),
         .target(
             name: "FerryCLI",
             dependencies: [
                 "FerryCore", "FerryJSON", "FerryBootloader", "FerryBundle", "FerryCrypto", "FerryDelta", "FerryNet",
-                "FerrySystem",
+                "FerrySystem", "FerryZstd",
                 argumentParser, logging,
             ]
         ),
@@ -136,7 +141,7 @@ let package = Package(
         .testTarget(
             name: "FerryBundleTests",
             dependencies: ["FerryBundle", "FerryCore", "FerryCrypto", "FerryXZ", "FerryJSON", "FerryTestSupport"]),
-        .testTarget(name: "FerryXZTests", dependencies: ["FerryXZ", "FerryTestSupport"]),
+        .testTarget(name: "FerryXZTests", dependencies: ["FerryXZ", "FerryZstd", "FerryTestSupport"]),
         .testTarget(name: "FerryJSONTests", dependencies: ["FerryJSON", "FerryTestSupport"]),
         .testTarget(name: "FerryBootloaderTests", dependencies: ["FerryBootloader", "FerryXZ", "FerryTestSupport"]),
         .testTarget(

@@ -306,6 +306,8 @@ cut_bundle() {
             fi
             args+=(--boots-groups A,B --image rootfs="${SLOT_IMAGE[$3]}") ;;
     esac
+    # The HTTPS update and the delta are encrypted to the guest's device key (docs/encryption.md).
+    if [[ $(cut_encrypted "$kind") == true ]]; then args+=(--encrypt-to "$work/device.pem"); fi
     "$ferry" bundle create --compatible ferry-qemu-x86_64 --version "$version" --cert "$pki/signer1.pem" \
         --key "$pki/signer1.key" "${args[@]}" --no-compress --output "$dir/ferry-qemu-$version.ferry" >/dev/null ||
         die "ferry bundle create ($kind $version) failed"
@@ -316,6 +318,9 @@ cut_bundle() {
     else
         echo "$guest_url/$target/$version/ferry-qemu-$version.ferry"
     fi
+}
+cut_encrypted() { # KIND: whether its bundles are encrypted
+    case $1 in update|delta) echo true ;; *) echo false ;; esac
 }
 pick() { # CANDIDATES… -- TAKEN…: the first candidate not taken
     local candidates=() taken=" " c
@@ -450,7 +455,8 @@ record_cut() { # RESULT: the cut's JSON line (variables of cut_once)
         --arg planned "$planned" --arg stage "$stage" --argjson bytes "${bytes:-0}" --arg at "$at" \
         --arg old "$booted" --arg new "$target_group" --arg after "$after" --arg rerun "$rerun" \
         --arg resumed "$resumed" --arg result "$1" --arg commit "$commit" --arg log "${log#"$root"/}" \
-        '{kind: "power-cut", target: $target, seed: $seed, update: $kind, version: $version, planned: $planned,
+        --argjson encrypted "$(cut_encrypted "$kind")" \
+        '{kind: "power-cut", target: $target, seed: $seed, update: $kind, encrypted: $encrypted, version: $version, planned: $planned,
           cut: {stage: $stage, bytes: $bytes, seconds: ($at | tonumber)}, oldGroup: $old, newGroup: $new,
           bootedAfter: $after, ranAgain: ($rerun == "yes"), resumed: ($resumed == "yes"),
           result: $result, commit: $commit, log: $log}' >>"$results"

@@ -20,6 +20,12 @@ public final class BundleReader {
     private var pendingMember: TarMember?
     public private(set) var manifestBytes: [UInt8] = []
     public private(set) var signatures: [(name: String, bytes: [UInt8])] = []
+    /// The manifest, once verified.
+    public private(set) var manifest: Manifest?
+    /// An encrypted bundle's key envelope (read by `verify`, not yet opened).
+    public private(set) var envelope: [UInt8]?
+    /// The content cipher, once ``unlock(with:)`` opened the envelope.
+    public private(set) var cipher: ChunkCipher?
 
     public init(source: any ByteSource) {
         tar = TarReader(source: source)
@@ -81,6 +87,19 @@ public final class BundleReader {
         let manifest = try Manifest.parse(manifestBytes)
         try indexed?.checkManifest(manifest, bundle: tar.source.sourceName)
         try policy.checkManifest(manifest, allowDowngradeOverride: allowDowngrade)
+        return (manifest, signers, try readHead(manifest))
+    }
+
+    /// Reads the manifest and the members before the payloads without checking a signature (for
+    /// `bundle info` and re-addressing a bundle, whose signatures are kept as they are).
+    public func readUnverified() throws(FerryError) -> (Manifest, keyring: [UInt8]?) {
+        try readSignedManifest()
+        let manifest = try Manifest.parse(manifestBytes)
+        return (manifest, try readHead(manifest))
+    }
+
+    /// After the manifest: the new keyring (hash-checked) and an encrypted bundle's envelope.
+    private func readHead(_ manifest: Manifest) throws(FerryError) -> [UInt8]? {
         var keyring: [UInt8]? = nil
         if let update = manifest.keyring {
             let member = try nextMember(named: update.member, size: update.size)
@@ -92,24 +111,98 @@ public final class BundleReader {
             }
             keyring = bytes
         }
-        return (manifest, signers, keyring)
+        self.manifest = manifest
+        if let encryption = manifest.encryption {
+            let member = try nextMember(named: encryption.envelope, size: nil)
+            guard member.size <= Int64(Envelope.maximumSize) else {
+                throw FerryError(
+                    code: .limitExceeded,
+                    message: "\(member.name) is \(member.size) bytes, more than \(Envelope.maximumSize)")
+            }
+            envelope = try tar.readRemainingContent(maximumCount: Envelope.maximumSize)
+        }
+        return keyring
+    }
+
+    /// Opens an encrypted bundle's envelope with the device's key, after `verify`: the content
+    /// key must be the one the signed manifest names.
+    /// - Throws: `.notAddressed`, `.bundleInvalid` (a corrupt envelope, or one that holds another key).
+    public func unlock(with key: DeviceKey) throws(FerryError) {
+        guard let encryption = manifest?.encryption, let envelope else { return }
+        cipher = try Envelope.open(envelope, with: key, name: encryption.envelope, keyCheck: encryption.keyCheck)
+    }
+
+    /// The cipher and the payload's index for its chunks' nonces (nil for a plain bundle).
+    /// - Throws: `.deviceKeyInvalid` for an encrypted bundle not unlocked.
+    func sealing(of payload: Manifest.Payload) throws(FerryError) -> (ChunkCipher?, Int) {
+        let index = manifest?.payloads.firstIndex { $0.member == payload.member } ?? 0
+        guard let encryption = manifest?.encryption else { return (nil, index) }
+        guard let cipher else {
+            throw FerryError(
+                code: .deviceKeyInvalid,
+                message: "the bundle is encrypted ('\(encryption.envelope)'), and no device key opened it")
+        }
+        return (cipher, index)
     }
 
     /// Verifies the whole bundle, writing nothing: the manifest as ``verify(policy:allowDowngrade:indexed:)``
     /// does, then every chunk of every payload, then the archive's end.
-    public func verifyWhole(policy: TrustPolicy, allowDowngrade: Bool = false) throws(FerryError) -> (
-        Manifest, [Certificate]
-    ) {
+    ///
+    /// An encrypted bundle is opened with `key`; without one, only what needs no key is checked
+    /// (every stored chunk's SHA-256, which the signature covers), and `contentChecked` says so.
+    /// `checkManifest` runs after the manifest is verified, before any payload is read.
+    public func verifyWhole(
+        policy: TrustPolicy, allowDowngrade: Bool = false, key: DeviceKey? = nil,
+        checkManifest: (BundleReader) throws(FerryError) -> Void = { _ in }
+    )
+        throws(FerryError) -> (Manifest, [Certificate], contentChecked: Bool)
+    {
         let (manifest, signers, _) = try verify(policy: policy, allowDowngrade: allowDowngrade)
+        try checkManifest(self)
+        if let key { try unlock(with: key) }
+        let contentChecked = manifest.encryption == nil || cipher != nil
         for payload in manifest.payloads {
-            try readPayload(payload) { (_, _, _) throws(FerryError) in }
+            if contentChecked {
+                try readPayload(payload) { (_, _, _) throws(FerryError) in }
+            } else {
+                try readStoredChunks(payload)
+            }
         }
         try finish()
-        return (manifest, signers)
+        return (manifest, signers, contentChecked)
     }
 
-    /// Moves to the next member, which must be `name` with exactly `size` bytes.
-    public func nextMember(named name: String, size: Int64) throws(FerryError) -> TarMember {
+    /// Reads one payload's stored chunks, checking each one's SHA-256 only (an encrypted
+    /// payload without its key).
+    func readStoredChunks(_ payload: Manifest.Payload) throws(FerryError) {
+        _ = try nextMember(named: payload.member, size: payload.storedSize)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: Manifest.Payload.storedBound(ofChunkSize: Int(payload.chunkSize)), alignment: 16)
+        defer { buffer.deallocate() }
+        for (index, chunk) in payload.chunks.enumerated() {
+            let stored = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(chunk.size)])
+            try readStored(into: stored, payload: payload, index: index)
+            try ChunkCheck.compressed(
+                UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
+        }
+    }
+
+    /// Fills `stored` with the next stored bytes of `payload`'s member (chunk `index`).
+    private func readStored(into stored: UnsafeMutableRawBufferPointer, payload: Manifest.Payload, index: Int)
+        throws(FerryError)
+    {
+        var done = 0
+        while done < stored.count {
+            let read = try tar.readContent(into: UnsafeMutableRawBufferPointer(rebasing: stored[done...]))
+            guard read > 0 else {
+                throw FerryError(code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
+            }
+            done += read
+        }
+    }
+
+    /// Moves to the next member, which must be `name` with exactly `size` bytes (any size when nil).
+    public func nextMember(named name: String, size: Int64?) throws(FerryError) -> TarMember {
         let member: TarMember?
         if let pending = pendingMember {
             pendingMember = nil
@@ -120,6 +213,17 @@ public final class BundleReader {
         guard let member else {
             throw FerryError(code: .truncated, message: "the bundle ends before member '\(name)'")
         }
+        if let envelope = manifest?.encryption?.envelope, name != envelope, member.name == envelope {
+            throw FerryError(
+                code: .bundleInvalid, message: "bundle member '\(envelope)' comes after the payloads it unlocks")
+        }
+        if manifest?.encryption == nil, member.name == "content-key.p7m" {
+            throw FerryError(
+                code: .bundleInvalid,
+                message:
+                    "the bundle carries a key envelope ('\(member.name)'), but its signed manifest says it is not encrypted"
+            )
+        }
         guard member.name == name else {
             throw FerryError(
                 code: .bundleInvalid,
@@ -127,10 +231,10 @@ public final class BundleReader {
                     "bundle member '\(member.name)' where '\(name)' was expected (members must follow the manifest's order)"
             )
         }
-        guard member.size == size else {
+        guard size == nil || member.size == size else {
             throw FerryError(
                 code: .bundleInvalid,
-                message: "bundle member '\(name)' is \(member.size) bytes, the manifest says \(size)")
+                message: "bundle member '\(name)' is \(member.size) bytes, the manifest says \(size ?? 0)")
         }
         return member
     }
@@ -152,6 +256,7 @@ public final class BundleReader {
         body: (_ index: Int, _ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws(FerryError) -> Void
     ) throws(FerryError) {
         _ = try nextMember(named: payload.member, size: payload.storedSize)
+        let (cipher, payloadIndex) = try sealing(of: payload)
         let chunkSize = Int(payload.chunkSize)
         // A ring of chunk buffers: this thread reads each chunk (checking its compressed SHA-256)
         // into a free slot and hands it to a decoder; decoders run on every core at once, each
@@ -173,15 +278,7 @@ public final class BundleReader {
             let chunk = payload.chunks[index]
             let slot = index % ring.slots
             let stored = ring.stored(slot, size: Int(chunk.size))
-            var done = 0
-            while done < stored.count {
-                let read = try tar.readContent(into: UnsafeMutableRawBufferPointer(rebasing: stored[done...]))
-                guard read > 0 else {
-                    throw FerryError(
-                        code: .truncated, message: "payload '\(payload.member)' ends inside chunk \(index)")
-                }
-                done += read
-            }
+            try readStored(into: stored, payload: payload, index: index)
             try ChunkCheck.compressed(
                 UnsafeRawBufferPointer(stored), chunk: chunk, index: index, member: payload.member)
             let decodedSize = payload.decodedSize(ofChunk: index)
@@ -189,7 +286,8 @@ public final class BundleReader {
                 slot,
                 DecodeRing.Job(
                     storedSize: Int(chunk.size), decodedSize: decodedSize, compression: payload.compression,
-                    zeros: ChunkCheck.isZeros(chunk, decodedSize: decodedSize)))
+                    zeros: ChunkCheck.isZeros(chunk, decodedSize: decodedSize), cipher: cipher,
+                    place: ChunkCheck.Place(payload: payloadIndex, chunk: index)))
         }
 
         // Chunks already written by an interrupted install are skipped unread (a seek in a file, a
@@ -245,6 +343,9 @@ private final class DecodeRing: @unchecked Sendable {
         var compression = Manifest.Compression.xz
         /// The signed decoded hash is that of zeros: not decoded (``ChunkCheck/isZeros(_:decodedSize:)``).
         var zeros = false
+        /// An encrypted bundle's content cipher, and where the chunk is (its nonce).
+        var cipher: ChunkCipher? = nil
+        var place = ChunkCheck.Place(payload: 0, chunk: 0)
     }
 
     let slots: Int
@@ -334,7 +435,7 @@ private final class DecodeRing: @unchecked Sendable {
         let job = jobs[slot]
         errors[slot] = nil
         digests[slot] = nil
-        let input = UnsafeRawBufferPointer(stored(slot, size: job.storedSize))
+        let input = stored(slot, size: job.storedSize)
         let output = decoded(slot, size: job.decodedSize)
         if job.zeros {
             output.initializeMemory(as: UInt8.self, repeating: 0)
@@ -342,7 +443,8 @@ private final class DecodeRing: @unchecked Sendable {
             return
         }
         do throws(FerryError) {
-            try ChunkCheck.decode(input, into: output, compression: job.compression)
+            try ChunkCheck.decode(
+                input, into: output, compression: job.compression, cipher: job.cipher, place: job.place)
             digests[slot] = SHA256Hasher.hashNotingZeros(UnsafeRawBufferPointer(output))
         } catch {
             errors[slot] = error

@@ -1,6 +1,7 @@
 import FerryCrypto
 import FerrySystem
 import FerryXZ
+import FerryZstd
 import Logging
 import SystemPackage
 
@@ -63,12 +64,20 @@ public enum BundleWriter {
         /// Decoded bytes per chunk (one xz stream each).
         public var chunkSize: Int = 4 << 20
         public var compress: Bool = true
+        /// The codec of compressed payloads: `.xz` (the default) or `.zstd`.
+        public var codec: Manifest.Compression = .xz
+        /// The zstd level (``ZstdChunkCodec/levels``), when the codec is zstd.
+        public var zstdLevel: Int = ZstdChunkCodec.defaultLevel
         public var threads: Int = ProcessEnvironment.processorCount
         public var preset: Int = 6
         /// A new keyring (PEM) for keyring rotation, and fingerprints to deny from then on.
         public var newKeyring: String?
         public var denyList: [String] = []
         public var buildTime: Int64 = WallClock.now()
+        /// Recipient certificates (PEM files, RSA or EC keys): when set, the bundle is encrypted
+        /// with a random content key wrapped for each of them (docs/encryption.md).
+        public var recipients: [String] = []
+        public var rsaPadding: Envelope.RSAPadding = .oaep
 
         public init(compatible: String, version: SemanticVersion, images: [Image], signers: [Signer]) {
             self.compatible = compatible
@@ -95,6 +104,15 @@ public enum BundleWriter {
         }
         var temporaries: [String] = []
         defer { for path in temporaries { FileSystem.removeIfPossible(path) } }
+        // The envelope first: an unusable recipient is refused before any payload is encoded.
+        let cipher = options.recipients.isEmpty ? nil : try ChunkCipher.random()
+        var envelope: [UInt8] = []
+        if let cipher {
+            var key = cipher.keyBytes
+            defer { for index in key.indices { key[index] = 0 } }
+            envelope = try Envelope.seal(key, recipients: options.recipients, rsaPadding: options.rsaPadding)
+        }
+        let encryption = cipher.map { Manifest.Encryption(keyCheck: $0.keyCheck) }
         var payloads: [Manifest.Payload] = []
         for (index, image) in options.images.enumerated() {
             guard !payloads.contains(where: { $0.target == image.slotClass }) else {
@@ -102,7 +120,8 @@ public enum BundleWriter {
             }
             let temporary = "\(output).payload\(index).tmp-\(FileSystem.processID)"
             temporaries.append(temporary)
-            let payload = try encodePayload(image, into: temporary, options: options)
+            let payload = try encodePayload(
+                image, into: temporary, options: options, cipher: cipher.map { ($0, index) })
             logger.info(
                 "Encoded payload",
                 metadata: [
@@ -123,7 +142,7 @@ public enum BundleWriter {
         let manifest = Manifest(
             compatible: options.compatible, version: options.version, securityVersion: options.securityVersion,
             buildTime: options.buildTime, expires: options.expires, description: options.description,
-            keyring: keyringUpdate,
+            keyring: keyringUpdate, encryption: encryption,
             payloads: payloads)
         let manifestBytes = manifest.serialized()
         var signatures: [[UInt8]] = []
@@ -142,6 +161,7 @@ public enum BundleWriter {
             try tar.addMember(name: "manifest.json.\(index + 1).p7s", bytes: signature, mtime: mtime)
         }
         if let keyringUpdate { try tar.addMember(name: keyringUpdate.member, bytes: keyringBytes, mtime: mtime) }
+        if let encryption { try tar.addMember(name: encryption.envelope, bytes: envelope, mtime: mtime) }
         for (index, payload) in payloads.enumerated() {
             try tar.beginMember(name: payload.member, size: payload.storedSize, mtime: mtime)
             let source = try FileByteSource(path: temporaries[index])
@@ -155,15 +175,80 @@ public enum BundleWriter {
         return manifest
     }
 
-    private static func encodePayload(_ image: Image, into temporary: String, options: Options) throws(FerryError)
-        -> Manifest.Payload
-    {
+    /// - Parameter cipher: for an encrypted bundle, the content cipher and the payload's index.
+    /// Addresses an encrypted bundle to other recipients without signing it again: the same
+    /// manifest, signatures, keyring and sealed payloads, byte for byte, and a new envelope of the
+    /// same content key. `key` must open the bundle's envelope.
+    /// - Returns: the manifest.
+    /// - Throws: `.usage` for a bundle that is not encrypted; everything opening the envelope throws.
+    @discardableResult
+    public static func readdress(
+        _ source: any ByteSource, recipients: [String], rsaPadding: Envelope.RSAPadding = .oaep, key: DeviceKey,
+        output: String
+    ) throws(FerryError) -> Manifest {
+        let reader = BundleReader(source: source)
+        let (manifest, keyring) = try reader.readUnverified()
+        guard let encryption = manifest.encryption, let envelope = reader.envelope else {
+            throw FerryError(
+                code: .usage,
+                message:
+                    "\(source.sourceName) is not encrypted: encrypt a bundle when it is made (ferry bundle create --encrypt-to), since its signed manifest changes"
+            )
+        }
+        let cipher = try Envelope.open(envelope, with: key, name: encryption.envelope, keyCheck: encryption.keyCheck)
+        var contentKey = cipher.keyBytes
+        defer { for index in contentKey.indices { contentKey[index] = 0 } }
+        let newEnvelope = try Envelope.seal(contentKey, recipients: recipients, rsaPadding: rsaPadding)
+
+        let partial = "\(output).tmp-\(FileSystem.processID)"
+        defer { FileSystem.removeIfPossible(partial) }
+        let sink = try FileByteSink(path: partial)
+        let tar = TarWriter(sink: sink)
+        let mtime = manifest.buildTime
+        try tar.addMember(name: "manifest.json", bytes: reader.manifestBytes, mtime: mtime)
+        for signature in reader.signatures {
+            try tar.addMember(name: signature.name, bytes: signature.bytes, mtime: mtime)
+        }
+        if let update = manifest.keyring, let keyring {
+            try tar.addMember(name: update.member, bytes: keyring, mtime: mtime)
+        }
+        try tar.addMember(name: encryption.envelope, bytes: newEnvelope, mtime: mtime)
+        for payload in manifest.payloads {
+            _ = try reader.nextMember(named: payload.member, size: payload.storedSize)
+            try tar.beginMember(name: payload.member, size: payload.storedSize, mtime: mtime)
+            try copy(ContentSource(reader.tar), into: tar, count: payload.storedSize)
+            try tar.endMember()
+        }
+        try reader.finish()
+        try tar.finish()
+        try sink.finish()
+        try FileSystem.rename(partial, to: output)
+        try DurableFile.synchronizeDirectory(Paths.directory(of: output))
+        return manifest
+    }
+
+    /// The current member's content as a byte source.
+    private final class ContentSource: ByteSource {
+        let tar: TarReader
+        init(_ tar: TarReader) { self.tar = tar }
+        var sourceName: String { tar.source.sourceName }
+        func read(into buffer: UnsafeMutableRawBufferPointer) throws(FerryError) -> Int {
+            try tar.readContent(into: buffer)
+        }
+    }
+
+    private static func encodePayload(
+        _ image: Image, into temporary: String, options: Options, cipher: (ChunkCipher, Int)?
+    ) throws(FerryError) -> Manifest.Payload {
         let input: any ByteSource
         let isDelta = image.delta != nil
-        let compress = options.compress && !isDelta
+        let compression: Manifest.Compression = options.compress && !isDelta ? options.codec : .none
         let chunkSize = isDelta ? min(options.chunkSize, deltaChunkSize) : options.chunkSize
-        if !isDelta && image.app == nil && image.settings == nil && image.path.hasSuffix(".xz") {
+        let isImage = !isDelta && image.app == nil && image.settings == nil
+        if isImage && image.path.hasSuffix(".xz") {
             input = try XZStreamSource(source: FileByteSource(path: image.path))
+        } else if isImage && image.path.hasSuffix(".zst") {
+            input = try ZstdStreamSource(source: FileByteSource(path: image.path))
         } else {
             input = try FileByteSource(path: image.path)
         }
@@ -171,7 +256,11 @@ public enum BundleWriter {
         let sink = try FileByteSink(path: temporary)
         var chunks: [Manifest.Chunk] = []
         var offset: Int64 = 0
-        func record(_ bytes: [UInt8], index: Int) throws(FerryError) {
+        func record(_ encoded: [UInt8], index: Int) throws(FerryError) {
+            var bytes = encoded
+            if let (cipher, payload) = cipher {
+                bytes = try cipher.seal(encoded, payload: payload, chunk: index)
+            }
             try sink.write(bytes)
             // The reader hashed chunk `index` before handing it out: its digest is known.
             chunks.append(
@@ -180,13 +269,20 @@ public enum BundleWriter {
                     decodedSHA256: hashing.chunkDigests[index]))
             offset += Int64(bytes.count)
         }
-        if compress {
+        switch compression {
+        case .xz:
             try XZChunkCodec.encodeChunks(
                 source: hashing, chunkSize: chunkSize, threads: options.threads, preset: options.preset
             ) { (chunk) throws(FerryError) in
                 try record(chunk.bytes, index: chunk.index)
             }
-        } else {
+        case .zstd:
+            try ZstdChunkCodec.encodeChunks(
+                source: hashing, chunkSize: chunkSize, threads: options.threads, level: options.zstdLevel
+            ) { (chunk) throws(FerryError) in
+                try record(chunk.bytes, index: chunk.index)
+            }
+        case .none:
             var index = 0
             while true {
                 let bytes = try readUpTo(hashing, count: chunkSize)
@@ -203,11 +299,15 @@ public enum BundleWriter {
         let suffix = ["app": "app", "settings": "settings", "bootloader": "bootloader"][kind.name] ?? "img"
         return Manifest.Payload(
             kind: kind, target: slotClass,
-            member: isDelta ? "\(slotClass).delta" : "\(slotClass).\(suffix)\(compress ? ".xz" : "")",
-            compression: compress ? .xz : .none, size: hashing.byteCount, sha256: hashing.finalize(),
+            member: (isDelta ? "\(slotClass).delta" : "\(slotClass).\(suffix)\(Self.suffix[compression] ?? "")")
+                + (cipher == nil ? "" : ".enc"),
+            compression: compression, size: hashing.byteCount, sha256: hashing.finalize(),
             storedSize: offset,
             chunkSize: Int64(chunkSize), chunks: chunks)
     }
+
+    /// The member name's suffix for each codec.
+    static let suffix: [Manifest.Compression: String] = [.xz: ".xz", .zstd: ".zst"]
 
     /// Reads until `count` bytes or the end of the stream.
     static func readUpTo(_ source: any ByteSource, count: Int) throws(FerryError) -> [UInt8] {

@@ -13,7 +13,8 @@ public struct Manifest: Sendable, Equatable {
     public static let chunkSizeRange: ClosedRange<Int64> = (64 << 10)...(64 << 20)
     public static let maximumPayloadSize: Int64 = 1 << 50
 
-    public enum Compression: String, Sendable { case xz, none }
+    /// How each chunk of a payload is stored: an .xz stream, a zstd frame, or the bytes as they are.
+    public enum Compression: String, Sendable, CaseIterable { case xz, zstd, none }
 
     /// One chunk of a payload: a fixed decoded size (the last may be shorter), one xz stream.
     public struct Chunk: Sendable, Equatable {
@@ -206,6 +207,24 @@ public struct Manifest: Sendable, Equatable {
         public var denyList: [String]
     }
 
+    /// How an encrypted bundle's payloads are encrypted (docs/bundle-format.md, "Encryption").
+    public struct Encryption: Sendable, Equatable {
+        /// `aes-256-gcm`, the only cipher so far.
+        public var cipher: String
+        /// The member holding the content key's envelope (CMS EnvelopedData, DER). Not covered
+        /// by the signature, so that a bundle can be addressed to other devices without being
+        /// signed again: the key check below binds it.
+        public var envelope: String
+        /// ``ChunkCipher/keyCheck`` of the content key.
+        public var keyCheck: SHA256Digest
+
+        public init(cipher: String = ChunkCipher.name, envelope: String = "content-key.p7m", keyCheck: SHA256Digest) {
+            self.cipher = cipher
+            self.envelope = envelope
+            self.keyCheck = keyCheck
+        }
+    }
+
     public var compatible: String
     public var version: SemanticVersion
     public var securityVersion: Int64
@@ -214,12 +233,15 @@ public struct Manifest: Sendable, Equatable {
     public var expires: Int64?
     public var description: String?
     public var keyring: KeyringUpdate?
+    /// Set for an encrypted bundle: every payload's stored chunks are sealed with the content key.
+    public var encryption: Encryption?
     public var payloads: [Payload]
 
     public init(
         compatible: String, version: SemanticVersion, securityVersion: Int64, buildTime: Int64, expires: Int64?,
-        description: String?, keyring: KeyringUpdate?, payloads: [Payload]
+        description: String?, keyring: KeyringUpdate?, encryption: Encryption? = nil, payloads: [Payload]
     ) {
+        self.encryption = encryption
         self.compatible = compatible
         self.version = version
         self.securityVersion = securityVersion
@@ -297,6 +319,12 @@ public struct Manifest: Sendable, Equatable {
         ]
         if let expires { object["expires"] = .string(WallClock.iso8601(expires)) }
         if let description { object["description"] = .string(description) }
+        if let encryption {
+            object["encryption"] = .object([
+                "cipher": .string(encryption.cipher), "envelope": .string(encryption.envelope),
+                "keyCheck": digest(encryption.keyCheck),
+            ])
+        }
         if let keyring {
             object["keyring"] = .object([
                 "member": .string(keyring.member), "size": number(keyring.size), "sha256": digest(keyring.sha256),
@@ -344,6 +372,18 @@ public struct Manifest: Sendable, Equatable {
             }
             try object.finish()
         }
+        var encryption: Encryption? = nil
+        if var object = try root.object("encryption") {
+            let cipher = try object.requiredString("cipher")
+            guard cipher == ChunkCipher.name else {
+                throw object.invalid("cipher", "'\(cipher)' is not a cipher this Ferry knows (\(ChunkCipher.name))")
+            }
+            let envelope = try object.requiredString("envelope")
+            try checkMemberName(envelope, object: object, key: "envelope")
+            guard envelope != keyring?.member else { throw object.invalid("envelope", "'\(envelope)' is used twice") }
+            encryption = Encryption(cipher: cipher, envelope: envelope, keyCheck: try object.digest("keyCheck"))
+            try object.finish()
+        }
         guard case .array(let items)? = root.raw("payloads") else { throw root.invalid("payloads", "must be an array") }
         guard items.count <= maximumPayloads else {
             throw FerryError(
@@ -353,9 +393,11 @@ public struct Manifest: Sendable, Equatable {
         var totalChunks = 0
         for (index, item) in items.enumerated() {
             var object = try StrictObject(item, path: "payloads[\(index)]", file: file, code: .bundleInvalid)
-            let payload = try parsePayload(&object, totalChunks: &totalChunks)
+            let payload = try parsePayload(&object, totalChunks: &totalChunks, sealed: encryption != nil)
             try object.finish()
-            if payloads.contains(where: { $0.member == payload.member }) || payload.member == keyring?.member {
+            if payloads.contains(where: { $0.member == payload.member }) || payload.member == keyring?.member
+                || payload.member == encryption?.envelope
+            {
                 throw object.invalid("member", "'\(payload.member)' is used twice")
             }
             payloads.append(payload)
@@ -364,10 +406,12 @@ public struct Manifest: Sendable, Equatable {
         return Manifest(
             compatible: compatible, version: semver, securityVersion: securityVersion, buildTime: buildTime,
             expires: expires,
-            description: description, keyring: keyring, payloads: payloads)
+            description: description, keyring: keyring, encryption: encryption, payloads: payloads)
     }
 
-    private static func parsePayload(_ object: inout StrictObject, totalChunks: inout Int) throws(FerryError) -> Payload
+    /// - Parameter sealed: the bundle is encrypted (every stored chunk carries a tag).
+    private static func parsePayload(_ object: inout StrictObject, totalChunks: inout Int, sealed: Bool)
+        throws(FerryError) -> Payload
     {
         let type = try object.requiredString("type")
         guard ["image", "delta", "app", "settings", "bootloader"].contains(type) else {
@@ -379,7 +423,7 @@ public struct Manifest: Sendable, Equatable {
         try checkMemberName(member, object: object, key: "member")
         let compressionName = try object.requiredString("compression")
         guard let compression = Compression(rawValue: compressionName) else {
-            throw object.invalid("compression", "must be xz or none, not '\(compressionName)'")
+            throw object.invalid("compression", "must be xz, zstd or none, not '\(compressionName)'")
         }
         guard let size = try object.integer("size", in: 0...maximumPayloadSize) else {
             throw object.invalid("size", "is required")
@@ -417,8 +461,12 @@ public struct Manifest: Sendable, Equatable {
             }
             if compression == .none {
                 let decoded = index == items.count - 1 ? size - chunkSize * Int64(index) : chunkSize
-                guard chunkStored == decoded else {
-                    throw entry.invalid("size", "must equal the decoded size for compression none")
+                guard chunkStored == decoded + (sealed ? Int64(ChunkCipher.tagSize) : 0) else {
+                    throw entry.invalid(
+                        "size",
+                        sealed
+                            ? "must equal the decoded size and the 16-byte tag for compression none"
+                            : "must equal the decoded size for compression none")
                 }
             } else if chunkStored > Int64(Payload.storedBound(ofChunkSize: Int(chunkSize))) {
                 throw entry.invalid("size", "\(chunkStored) bytes is absurd for a chunk of \(chunkSize) decoded bytes")

@@ -1,6 +1,7 @@
 import FerryCrypto
 import FerrySystem
 import FerryXZ
+import FerryZstd
 
 /// A payload read as a stream (a delta, which its applier pulls), chunk by chunk: each chunk's
 /// compressed SHA-256, decoded size and decoded SHA-256 are checked before any of its bytes are
@@ -9,6 +10,9 @@ import FerryXZ
 public final class PayloadStream: ByteSource {
     public let payload: Manifest.Payload
     private let reader: BundleReader
+    /// The content cipher of an encrypted bundle, and the payload's index (its chunks' nonces).
+    private let cipher: ChunkCipher?
+    private let payloadIndex: Int
     private let stored: UnsafeMutableRawBufferPointer
     private let decoded: UnsafeMutableRawBufferPointer
     /// The next chunk to read from the member.
@@ -24,6 +28,7 @@ public final class PayloadStream: ByteSource {
     /// - Throws: `.bundleInvalid` / `.truncated` when the member is not next or has the wrong size.
     public init(reader: BundleReader, payload: Manifest.Payload) throws(FerryError) {
         _ = try reader.nextMember(named: payload.member, size: payload.storedSize)
+        (cipher, payloadIndex) = try reader.sealing(of: payload)
         self.reader = reader
         self.payload = payload
         let chunkSize = Int(payload.chunkSize)
@@ -100,7 +105,9 @@ public final class PayloadStream: ByteSource {
             return
         }
         do throws(FerryError) {
-            try ChunkCheck.decode(UnsafeRawBufferPointer(input), into: output, compression: payload.compression)
+            try ChunkCheck.decode(
+                input, into: output, compression: payload.compression, cipher: cipher,
+                place: ChunkCheck.Place(payload: payloadIndex, chunk: index))
         } catch {
             throw error.prefixed("payload '\(payload.member)' chunk \(index)")
         }
@@ -113,8 +120,9 @@ public final class PayloadStream: ByteSource {
 }
 
 extension Manifest.Payload {
-    /// The most stored (compressed) bytes a chunk of `chunkSize` decoded bytes may take: xz's
-    /// worst case for incompressible data is well within an eighth plus 4 KiB. The manifest
+    /// The most stored (compressed) bytes a chunk of `chunkSize` decoded bytes may take: xz's and
+    /// zstd's worst cases for incompressible data (and an encrypted chunk's 16-byte tag) are well
+    /// within an eighth plus 4 KiB. The manifest
     /// refuses larger chunks, and readers size their buffers by it.
     public static func storedBound(ofChunkSize chunkSize: Int) -> Int { chunkSize + chunkSize / 8 + 4096 }
 
@@ -155,17 +163,33 @@ enum ChunkCheck {
         }
     }
 
-    /// Decodes (or copies) one chunk to exactly `output.count` bytes.
+    /// Where a chunk is, for the nonce of an encrypted bundle: the payload's index in the
+    /// manifest and the chunk's in the payload.
+    struct Place: Sendable {
+        var payload: Int
+        var chunk: Int
+    }
+
+    /// Opens (an encrypted bundle's chunk, in place), then decodes (or copies) one chunk to
+    /// exactly `output.count` bytes.
     static func decode(
-        _ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, compression: Manifest.Compression
+        _ stored: UnsafeMutableRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
+        compression: Manifest.Compression, cipher: ChunkCipher?, place: Place
     )
         throws(FerryError)
     {
+        var input = UnsafeRawBufferPointer(stored)
+        if let cipher {
+            let count = try cipher.open(stored, payload: place.payload, chunk: place.chunk)
+            input = UnsafeRawBufferPointer(rebasing: stored[..<count])
+        }
         switch compression {
         case .xz:
             // The stream's CRC64 is not checked: every caller compares the decoded bytes with the
             // chunk's signed decoded SHA-256 before using them (about 7 % less decoding time).
             try XZChunkCodec.decode(input, into: output, expectedSize: output.count, checkIntegrity: false)
+        case .zstd:
+            try ZstdChunkCodec.decode(input, into: output)
         case .none:
             guard input.count == output.count else {
                 throw FerryError(code: .bundleInvalid, message: "a stored chunk has the wrong size")

@@ -5,6 +5,7 @@ import FerryCrypto
 import FerryDelta
 import FerryJSON
 import FerrySystem
+import FerryZstd
 import Logging
 
 #if canImport(Glibc)
@@ -17,8 +18,9 @@ extension FerryCommand.Bundle {
         static let configuration = CommandConfiguration(
             abstract: "Make a signed bundle from build outputs (host side).",
             discussion: """
-                Images may be raw or .xz; Ferry (re)compresses them into chunks of a fixed decoded \
-                size, each one xz stream, on all cores. Give --cert and --key once per signer, in pairs.
+                Images may be raw, .xz or .zst; Ferry (re)compresses them into chunks of a fixed \
+                decoded size, each one xz stream (or zstd frame, --codec zstd), on all cores. Give \
+                --cert and --key once per signer, in pairs.
                 """)
 
         @Option(help: "The device type the bundle is for (matches system.json's compatible).")
@@ -100,8 +102,18 @@ extension FerryCommand.Bundle {
         var chunkSize: String = "4M"
         @Option(help: "Compression threads (default: all cores).")
         var threads: Int = ProcessEnvironment.processorCount
-        @Option(name: .customLong("xz-preset"), help: "xz compression level 0-9.")
+        @Option(name: .customLong("xz-preset"), help: "xz compression level 0-9 (the same as --level with --codec xz).")
         var preset: Int = 6
+        @Option(
+            help: ArgumentHelp(
+                "The payload codec: xz (smallest; decodes at tens of MB/s on a Cortex-A core) or zstd (decodes several times faster, slightly larger) — docs/install.md.",
+                valueName: "xz|zstd"))
+        var codec: Manifest.Compression = .xz
+        @Option(
+            help: ArgumentHelp(
+                "The codec's level: xz 0-9 (default 6), zstd 1-19 (default 19; decoding speed does not depend on it).",
+                valueName: "n"))
+        var level: Int?
         @Flag(name: .customLong("no-compress"), help: "Store the images uncompressed (still chunked and hashed).")
         var noCompress = false
         @Option(
@@ -114,6 +126,18 @@ extension FerryCommand.Bundle {
             help: ArgumentHelp(
                 "A signer certificate fingerprint to deny from then on (with --new-keyring).", valueName: "sha256"))
         var denyList: [String] = []
+        @Option(
+            name: .customLong("encrypt-to"),
+            help: ArgumentHelp(
+                "Encrypt the payloads to a recipient certificate (PEM, RSA or EC key: a device's, or a fleet's); repeat (docs/encryption.md).",
+                valueName: "pem"))
+        var encryptTo: [String] = []
+        @Option(
+            name: .customLong("rsa-padding"),
+            help: ArgumentHelp(
+                "How the content key is encrypted to RSA recipients: oaep (RSA-OAEP, SHA-256), or pkcs1 (PKCS #1 v1.5) for key providers that decrypt nothing else, such as tpm2-openssl 1.1.1.",
+                valueName: "oaep|pkcs1"))
+        var rsaPadding: Envelope.RSAPadding = .oaep
         @Option(name: .shortAndLong, help: "The bundle file to write.")
         var output: String
         @Flag(help: "Log debug messages.")
@@ -170,6 +194,13 @@ extension FerryCommand.Bundle {
                 throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 4M")
             }
             guard (0...9).contains(preset) else { throw ValidationError("--xz-preset must be 0 to 9") }
+            guard codec != .none else { throw ValidationError("--codec is xz or zstd (--no-compress stores as is)") }
+            if let level {
+                if codec == .zstd && !ZstdChunkCodec.levels.contains(level) {
+                    throw ValidationError("--level must be 1 to 19 for zstd")
+                }
+                if codec == .xz && !(0...9).contains(level) { throw ValidationError("--level must be 0 to 9 for xz") }
+            }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             if let expires, WallClock.parseISO8601(expires) == nil {
                 throw ValidationError("--expires '\(expires)' is not a UTC time like 2027-01-01T00:00:00Z")
@@ -291,16 +322,24 @@ extension FerryCommand.Bundle {
             options.description = description
             options.chunkSize = Self.parseSize(chunkSize)!
             options.threads = threads
-            options.preset = preset
+            options.preset = codec == .xz ? level ?? preset : preset
+            options.codec = codec
+            options.zstdLevel = codec == .zstd ? level ?? ZstdChunkCodec.defaultLevel : ZstdChunkCodec.defaultLevel
             options.compress = !noCompress
             options.newKeyring = newKeyring
             options.denyList = denyList
+            options.recipients = encryptTo.map(Paths.absolute)
+            options.rsaPadding = rsaPadding
             let manifest = try BundleWriter.create(options, output: output, logger: Logger(label: "ferry.bundle"))
             let stored = manifest.payloads.reduce(Int64(0)) { $0 + $1.storedSize }
             let decoded = manifest.payloads.reduce(Int64(0)) { $0 + $1.size }
             Terminal.writeOutput(
                 "Wrote \(self.output): \(manifest.compatible) \(manifest.version), \(manifest.payloads.count) payload(s), "
-                    + "\(decoded) bytes stored as \(stored), \(certificates.count) signature(s).\n")
+                    + "\(decoded) bytes stored as \(stored), \(certificates.count) signature(s)"
+                    + (encryptTo.isEmpty ? "" : ", encrypted to \(encryptTo.count) recipient certificate file(s)")
+                    + ".\n")
         }
     }
 }
+
+extension Manifest.Compression: ExpressibleByArgument {}

@@ -23,11 +23,14 @@ extension FerryCommand.Bundle {
 
         func run() async throws {
             let reader = BundleReader(source: try FerryCommand.Bundle.source(bundle))
-            try reader.readSignedManifest()
-            let manifest = try Manifest.parse(reader.manifestBytes)
+            let (manifest, _) = try reader.readUnverified()
+            let recipients = try reader.envelope.map { (envelope) throws(FerryError) in
+                try Envelope.recipients(envelope, name: manifest.encryption?.envelope ?? "")
+            }
             if json {
                 var object = manifest.json.objectValue ?? [:]
                 object["signatures"] = .array(reader.signatures.map { .string($0.name) })
+                if let recipients { object["recipients"] = .array(recipients.map(JSONValue.string)) }
                 Terminal.writeOutput(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self))
                 return
             }
@@ -41,6 +44,12 @@ extension FerryCommand.Bundle {
             if let description = manifest.description { lines.append("Description:      \(description)") }
             if let keyring = manifest.keyring {
                 lines.append("New keyring:      \(keyring.member), \(keyring.denyList.count) denied signer(s)")
+            }
+            if let encryption = manifest.encryption, let recipients {
+                lines.append(
+                    "Encrypted:        \(encryption.cipher), content key in \(encryption.envelope) for \(recipients.count) recipient(s)"
+                )
+                for recipient in recipients { lines.append("  recipient:      \(recipient)") }
             }
             for payload in manifest.payloads {
                 lines.append(

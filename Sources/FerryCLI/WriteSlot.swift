@@ -20,7 +20,7 @@ extension FerryCommand {
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The slot name (rootfs_b).") var slot: String
-        @Argument(help: "A raw image, or an .xz-compressed one.") var image: String
+        @Argument(help: "A raw image, or an .xz- or .zst-compressed one.") var image: String
         @Option(help: "Progress: auto, bar, lines or json.") var progress: ProgressMode = .auto
 
         func run() async throws {

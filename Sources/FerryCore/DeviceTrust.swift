@@ -42,4 +42,35 @@ public enum DeviceTrust {
                 compatible: configuration.compatible, bootedVersion: bootedVersion, allowDowngrade: allowDowngrade,
                 securityFloor: try store.securityFloor()))
     }
+
+    /// The device key of the configuration, loaded (through its provider, if any).
+    /// - Throws: `.deviceKeyInvalid`; when none is configured, naming `what` needs one.
+    public static func deviceKey(_ configuration: SystemConfiguration, for what: String) throws(FerryError) -> DeviceKey
+    {
+        guard let key = configuration.deviceKey else {
+            throw FerryError(
+                code: .deviceKeyInvalid, message: "\(what), and \(configuration.path) names no deviceKey to open it")
+        }
+        return try DeviceKey(
+            uri: key.key, certificatePath: key.certificate, providers: key.providers,
+            opensslConfig: key.opensslConfig)
+    }
+
+    /// After a bundle's manifest is verified: an encrypted bundle is opened with the device key
+    /// (before anything is written); a plain one is refused where `requireEncryption` is set.
+    /// - Throws: `.notEncrypted`, `.deviceKeyInvalid`, `.notAddressed`, `.bundleInvalid`.
+    public static func unlock(_ reader: BundleReader, configuration: SystemConfiguration) throws(FerryError) {
+        guard let encryption = reader.manifest?.encryption else {
+            if configuration.requireEncryption {
+                throw FerryError(
+                    code: .notEncrypted,
+                    message:
+                        "the bundle is not encrypted, and \(configuration.path) requires encryption (requireEncryption)"
+                )
+            }
+            return
+        }
+        let key = try deviceKey(configuration, for: "the bundle is encrypted ('\(encryption.envelope)')")
+        try reader.unlock(with: key)
+    }
 }

@@ -314,6 +314,7 @@ public struct Installer {
         let reader = BundleReader(source: source)
         let (manifest, signers, keyring) = try reader.verify(
             policy: policy, allowDowngrade: allowDowngrade, indexed: indexed)
+        try DeviceTrust.unlock(reader, configuration: configuration)
         logger.info(
             "Bundle verified",
             metadata: ["bundle.version": "\(manifest.version)", "bundle.signers": "\(signers.count)"])

@@ -1,6 +1,7 @@
 import FerryCrypto
 import FerrySystem
 import FerryXZ
+import FerryZstd
 import Logging
 
 /// `ferry write-slot`: an operator action that writes an image straight into one slot (recovery,
@@ -33,13 +34,20 @@ public struct SlotWriter {
         try access.checkWritable(slot)
         var resolver = SlotResolver()
         let capacity = try resolver.resolve(slot, configuration: configuration).byteCount
-        let compressed = image.hasSuffix(".xz")
+        let compressed = image.hasSuffix(".xz") || image.hasSuffix(".zst")
         let file = try FileByteSource(path: image)
         if !compressed, let size = try? BlockDevice.openForReading(image).byteCount, size > capacity {
             throw FerryError(
                 code: .deviceTooSmall, message: "'\(image)' is \(size) bytes but slot '\(slot.name)' holds \(capacity)")
         }
-        let source: any ByteSource = compressed ? try XZStreamSource(source: file) : file
+        let source: any ByteSource
+        if image.hasSuffix(".zst") {
+            source = try ZstdStreamSource(source: file)
+        } else if compressed {
+            source = try XZStreamSource(source: file)
+        } else {
+            source = file
+        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
         defer { buffer.deallocate() }
         /// Fills the buffer from the image; returns how many bytes (less at its end).

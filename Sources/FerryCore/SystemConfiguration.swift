@@ -104,6 +104,18 @@ public struct HooksConfiguration: Sendable, Equatable {
     public var timeoutSeconds: Int
 }
 
+/// The device's key for encrypted bundles (`deviceKey`, docs/encryption.md).
+public struct DeviceKeyConfiguration: Sendable, Equatable {
+    /// A PEM file's path, or a URI of a key an OpenSSL provider holds (`handle:0x81000001`).
+    public var key: String
+    /// The device certificate (PEM): which of an envelope's recipients is this device.
+    public var certificate: String?
+    /// OpenSSL providers to load for the key (`tpm2`, `pkcs11`); the default provider always is.
+    public var providers: [String]
+    /// An OpenSSL configuration file loaded for the key first (a provider's settings).
+    public var opensslConfig: String?
+}
+
 /// The device's system configuration (`/etc/ferry/system.json`): what the slots are and how the
 /// device trusts, boots and stores state. See docs/configuration.md for every key.
 ///
@@ -126,6 +138,10 @@ public struct SystemConfiguration: Sendable {
     public var signatureThreshold: Int
     /// Signer certificate fingerprints (SHA-256 of the DER certificate, hex) that never count.
     public var denyList: [String]
+    /// The key that opens bundles encrypted to this device.
+    public var deviceKey: DeviceKeyConfiguration?
+    /// Refuse bundles that are not encrypted.
+    public var requireEncryption: Bool
     /// TLS pins, CA file, client identity, timeouts and retries for every download (`tlsPins`, `network`).
     public var transport: TransportOptions
     public var updateURL: String?
@@ -192,6 +208,11 @@ public struct SystemConfiguration: Sendable {
         for (index, entry) in denyList.enumerated() where entry.count != 64 || !entry.allSatisfy(\.isHexDigit) {
             throw root.invalid("denyList[\(index)]", "must be a SHA-256 certificate fingerprint (64 hex digits)")
         }
+        let deviceKey = try parseDeviceKey(&root, directory: directory)
+        let requireEncryption = try root.bool("requireEncryption") ?? false
+        if requireEncryption && deviceKey == nil {
+            throw root.invalid("requireEncryption", "needs a deviceKey to open the encrypted bundles it requires")
+        }
         let transport = try parseTransport(&root, directory: directory)
         let updateURL = try root.string("updateURL")
         if let updateURL, !updateURL.hasPrefix("https://") {
@@ -240,9 +261,37 @@ public struct SystemConfiguration: Sendable {
         return SystemConfiguration(
             path: file, directory: directory, compatible: compatible, sandbox: sandbox, stateDirectory: stateDirectory,
             bootloader: bootloader, keyring: keyring, signatureThreshold: threshold, denyList: denyList,
-            transport: transport, updateURL: updateURL,
+            deviceKey: deviceKey, requireEncryption: requireEncryption, transport: transport, updateURL: updateURL,
             appStore: appStore, apps: apps, settingsStore: settingsStore, settings: settings, hooks: hooks,
             slots: slots, groups: groups)
+    }
+
+    /// `deviceKey`: a key file's path, or an object with `key` (a path or a provider's URI),
+    /// `certificate`, `providers` and `opensslConfig`.
+    private static func parseDeviceKey(_ root: inout StrictObject, directory: String) throws(FerryError)
+        -> DeviceKeyConfiguration?
+    {
+        func resolveKey(_ text: String) -> String {
+            // A provider's URI (`handle:…`, `pkcs11:…`, `file:…`) stays as it is; a path is resolved.
+            if let colon = text.firstIndex(of: ":"), !text[..<colon].contains("/") { return text }
+            return Paths.resolve(text, against: directory)
+        }
+        if case .string? = root.raw("deviceKey") {
+            let text = try root.requiredString("deviceKey")
+            return DeviceKeyConfiguration(key: resolveKey(text), certificate: nil, providers: [], opensslConfig: nil)
+        }
+        guard var object = try root.object("deviceKey") else { return nil }
+        let key = try object.requiredString("key")
+        let configuration = DeviceKeyConfiguration(
+            key: resolveKey(key),
+            certificate: try object.string("certificate").map { Paths.resolve($0, against: directory) },
+            providers: try object.stringArray("providers"),
+            opensslConfig: try object.string("opensslConfig").map { Paths.resolve($0, against: directory) })
+        for (index, name) in configuration.providers.enumerated() where name.isEmpty || name.contains("/") {
+            throw object.invalid("providers[\(index)]", "must be a provider's name (tpm2, pkcs11)")
+        }
+        try object.finish()
+        return configuration
     }
 
     /// `tlsPins` (an array for every host, or an object of arrays by host with `*` for the others)

@@ -99,9 +99,16 @@ public enum CMS {
         guard i2d_CMS_bio(output, cms) == 1 else {
             throw FerryError(code: .signatureInvalid, message: "encoding the signature failed: \(OpenSSLError.drain())")
         }
+        let signature = memoryContents(output)
+        guard !signature.isEmpty else { throw FerryError(code: .internal, message: "empty signature") }
+        return signature
+    }
+
+    /// What a memory BIO holds.
+    static func memoryContents(_ bio: OpaquePointer) -> [UInt8] {
         var pointer: UnsafeMutablePointer<CChar>? = nil
-        let length = COpenSSL_BIO_get_mem_data(output, &pointer)
-        guard length > 0, let pointer else { throw FerryError(code: .internal, message: "empty signature") }
+        let length = COpenSSL_BIO_get_mem_data(bio, &pointer)
+        guard length > 0, let pointer else { return [] }
         return Array(UnsafeRawBufferPointer(start: pointer, count: length))
     }
 

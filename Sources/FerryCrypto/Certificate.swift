@@ -38,15 +38,17 @@ public struct Certificate: Sendable, Hashable {
         }
         publicKeyFingerprint = SHA256Hasher.hash(Array(UnsafeBufferPointer(start: key, count: Int(keyLength))))
         CRYPTO_free(key, #fileID, #line)
-        func oneLine(_ name: OpaquePointer?) -> String {
-            var text = [CChar](repeating: 0, count: 512)
-            X509_NAME_oneline(name, &text, Int32(text.count))
-            return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        }
-        subject = oneLine(X509_get_subject_name(x509))
-        issuer = oneLine(X509_get_issuer_name(x509))
+        subject = Self.oneLine(X509_get_subject_name(x509))
+        issuer = Self.oneLine(X509_get_issuer_name(x509))
         notBefore = Self.seconds(X509_get0_notBefore(x509))
         notAfter = Self.seconds(X509_get0_notAfter(x509))
+    }
+
+    /// An X.509 name as one line (`/CN=Ferry Demo Signer 1`).
+    static func oneLine(_ name: OpaquePointer?) -> String {
+        var text = [CChar](repeating: 0, count: 512)
+        X509_NAME_oneline(name, &text, Int32(text.count))
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     private static func seconds(_ time: UnsafePointer<ASN1_TIME>?) -> Int64 {

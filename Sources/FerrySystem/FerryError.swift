@@ -18,6 +18,7 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case readBackMismatch
             case truncated, bundleInvalid, signatureInvalid, untrusted, notCompatible, downgrade, expired,
                 limitExceeded, notIndexed
+            case notAddressed, deviceKeyInvalid, notEncrypted
             case bootEnvironmentInvalid, bootEnvironmentTooSmall, bootEnvironmentUnsupported
             case healthCheckFailed, onTrial, hookFailed, bootloaderForeign
             case stateInvalid, lockHeld
@@ -81,6 +82,14 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
         /// The bundle is not the one the signed update index names: its manifest, version,
         /// compatible, payloads, size or SHA-256 differ from the index entry (a swapped bundle).
         public static let notIndexed = Code(.notIndexed)
+        /// The bundle is encrypted, but not to this device: no recipient of its key envelope opens
+        /// with the device's key (or matches its certificate).
+        public static let notAddressed = Code(.notAddressed)
+        /// The device key cannot be used: not configured while the bundle is encrypted, unreadable,
+        /// not loadable from its OpenSSL provider, or not the key of its certificate.
+        public static let deviceKeyInvalid = Code(.deviceKeyInvalid)
+        /// The device requires encrypted bundles (`requireEncryption`) and this one is not.
+        public static let notEncrypted = Code(.notEncrypted)
         /// A slot, group or bootname given on the command line is not in the configuration.
         public static let unknownSlot = Code(.unknownSlot)
         /// A boot environment is missing, corrupt (no valid copy) or malformed, or its location is.
@@ -144,6 +153,9 @@ public struct FerryError: Error, CustomStringConvertible, Sendable {
             case .unknownSlot: 12
             case .nothingToRollBack: 13
             case .sourceMismatch: 30
+            case .notAddressed: 31
+            case .deviceKeyInvalid: 32
+            case .notEncrypted: 33
             case .truncated: 40
             case .readBackMismatch: 48
             case .bundleInvalid: 41

@@ -1,5 +1,4 @@
 internal import CLzma
-import Dispatch
 import FerrySystem
 
 /// Compresses and decompresses payload chunks: each chunk is one complete, single-block .xz stream.
@@ -21,23 +20,7 @@ public enum XZChunkCodec {
 
     /// One compressed chunk of a payload, as produced by
     /// ``encodeChunks(source:chunkSize:threads:preset:extreme:body:)``.
-    public struct EncodedChunk: Sendable, Equatable {
-        /// The position of the chunk in the payload, from 0.
-        public let index: Int
-        /// Where the chunk's decoded bytes start in the payload.
-        public let decodedOffset: Int64
-        /// The number of decoded bytes (the chunk size, except for the last chunk).
-        public let decodedSize: Int
-        /// The chunk as a complete .xz stream.
-        public let bytes: [UInt8]
-
-        public init(index: Int, decodedOffset: Int64, decodedSize: Int, bytes: [UInt8]) {
-            self.index = index
-            self.decodedOffset = decodedOffset
-            self.decodedSize = decodedSize
-            self.bytes = bytes
-        }
-    }
+    public typealias EncodedChunk = ChunkPipeline.EncodedChunk
 
     // MARK: - One chunk
 
@@ -188,113 +171,12 @@ public enum XZChunkCodec {
         source: ByteSource, chunkSize: Int, threads: Int = ProcessEnvironment.processorCount, preset: Int = 6,
         extreme: Bool = false, body: (EncodedChunk) throws(FerryError) -> Void
     ) throws(FerryError) {
-        precondition(chunkSize > 0, "Ferry bug: xz chunk size \(chunkSize)")
-        precondition(threads > 0, "Ferry bug: \(threads) compression threads")
         precondition((0...9).contains(preset), "Ferry bug: xz preset \(preset) is not 0...9")
-
-        let batch = Batch(slots: threads, chunkSize: chunkSize)
-        defer { batch.deallocate() }
-
-        var index = 0
-        var decodedOffset: Int64 = 0
-        var atEnd = false
-        while !atEnd {
-            // Read the next batch: up to `threads` chunks, stopping at the end of the source.
-            var sizes: [Int] = []
-            while sizes.count < threads {
-                let count = try fill(batch.decodedBuffer(sizes.count), from: source)
-                if count == 0 && index + sizes.count > 0 {
-                    atEnd = true
-                    break
-                }
-                sizes.append(count)
-                if count < chunkSize {
-                    atEnd = true
-                    break
-                }
-            }
-            if sizes.isEmpty { break }
-
-            // Compress the batch, one chunk per worker.
-            let decodedSizes = sizes
-            let compress = { @Sendable (slot: Int) in
-                batch.compress(slot: slot, decodedSize: decodedSizes[slot], preset: preset, extreme: extreme)
-            }
-            if sizes.count == 1 {
-                compress(0)
-            } else {
-                DispatchQueue.concurrentPerform(iterations: sizes.count, execute: compress)
-            }
-
-            // Hand the chunks over in order.
-            for slot in sizes.indices {
-                let bytes: [UInt8]
-                switch batch.takeResult(slot) {
-                case .success(let encoded): bytes = encoded
-                case .failure(let error):
-                    throw error.prefixed("compressing chunk \(index) of \(source.sourceName)")
-                }
-                try body(
-                    EncodedChunk(index: index, decodedOffset: decodedOffset, decodedSize: sizes[slot], bytes: bytes))
-                index += 1
-                decodedOffset += Int64(sizes[slot])
-            }
-        }
-    }
-
-    /// The buffers of one batch of ``encodeChunks(source:chunkSize:threads:preset:extreme:body:)``: a
-    /// decoded and an encoded buffer and a result per slot, allocated once and reused for every batch.
-    ///
-    /// It is `@unchecked Sendable` because the workers share it: each worker touches only its own slot,
-    /// and the calling thread touches the slots only before `concurrentPerform` starts the workers and
-    /// after it has returned, which is after every worker finished.
-    private struct Batch: @unchecked Sendable {
-        let chunkSize: Int
-        let encodedBound: Int
-        let decoded: UnsafeMutableRawBufferPointer
-        let encoded: UnsafeMutableRawBufferPointer
-        let results: UnsafeMutableBufferPointer<Result<Int, FerryError>?>
-
-        init(slots: Int, chunkSize: Int) {
-            self.chunkSize = chunkSize
-            encodedBound = maximumEncodedSize(chunkSize)
-            decoded = .allocate(byteCount: slots * chunkSize, alignment: 16)
-            encoded = .allocate(byteCount: slots * encodedBound, alignment: 16)
-            results = .allocate(capacity: slots)
-            results.initialize(repeating: nil)
-        }
-
-        func deallocate() {
-            decoded.deallocate()
-            encoded.deallocate()
-            results.deinitialize().deallocate()
-        }
-
-        /// Where slot `slot`'s decoded chunk is read to.
-        func decodedBuffer(_ slot: Int) -> UnsafeMutableRawBufferPointer {
-            UnsafeMutableRawBufferPointer(rebasing: decoded[(slot * chunkSize)..<((slot + 1) * chunkSize)])
-        }
-
-        /// Compresses slot `slot`'s first `decodedSize` bytes into its encoded buffer (a worker).
-        func compress(slot: Int, decodedSize: Int, preset: Int, extreme: Bool) {
-            let input = UnsafeRawBufferPointer(rebasing: decoded[(slot * chunkSize)..<(slot * chunkSize + decodedSize)])
-            let output = UnsafeMutableRawBufferPointer(
-                rebasing: encoded[(slot * encodedBound)..<((slot + 1) * encodedBound)])
-            do throws(FerryError) {
-                results[slot] = .success(try XZChunkCodec.encode(input, preset: preset, extreme: extreme, into: output))
-            } catch {
-                results[slot] = .failure(error)
-            }
-        }
-
-        /// Slot `slot`'s stream, copied out, or the error compressing it; clears the slot.
-        func takeResult(_ slot: Int) -> Result<[UInt8], FerryError> {
-            guard let result = results[slot] else { preconditionFailure("Ferry bug: slot \(slot) was not compressed") }
-            results[slot] = nil
-            return result.map { count in
-                Array(UnsafeRawBufferPointer(rebasing: encoded[(slot * encodedBound)..<(slot * encodedBound + count)]))
-            }
-        }
+        try ChunkPipeline.encode(
+            source: source, chunkSize: chunkSize, threads: threads, bound: maximumEncodedSize,
+            encode: { (chunk, output) throws(FerryError) in
+                try XZChunkCodec.encode(chunk, preset: preset, extreme: extreme, into: output)
+            }, body: body)
     }
 
     // MARK: - Internals
@@ -338,19 +220,6 @@ public enum XZChunkCodec {
             throw error
         }
         return outputPosition
-    }
-
-    /// Reads until `buffer` is full or the source ends; returns the number of bytes read.
-    private static func fill(_ buffer: UnsafeMutableRawBufferPointer, from source: ByteSource) throws(FerryError)
-        -> Int
-    {
-        var done = 0
-        while done < buffer.count {
-            let count = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
-            if count == 0 { break }
-            done += count
-        }
-        return done
     }
 
     /// What a liblzma return code means, in words.

@@ -13,6 +13,7 @@ import Testing
         [], ["status"], ["install"], ["write-slot"], ["mark"], ["boot-check"], ["env"], ["env", "list"],
         ["env", "get"], ["env", "set"],
         ["env", "unset"], ["bundle"], ["bundle", "create"], ["bundle", "info"], ["bundle", "verify"],
+        ["bundle", "encrypt"],
         ["bundle", "index"], ["check"], ["update"], ["apps"], ["apps", "list"], ["apps", "rollback"], ["settings"],
         ["settings", "list"], ["settings", "rollback"], ["pin"], ["delta"], ["delta", "create"], ["delta", "apply"],
     ]

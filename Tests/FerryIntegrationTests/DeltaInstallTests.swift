@@ -47,13 +47,17 @@ struct DeltaInstallTests {
             "modem": seededBytes(count: 2 << 20, seed: 2), "tee": seededBytes(count: 1 << 20, seed: 3),
         ]
         for (name, bytes) in images { try makeFile("\(sandbox.directory)/new-\(name).img", bytes: bytes) }
-        let result = try ferry([
-            "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", version,
-            "--cert", "\(sandbox.directory)/pki/signer1.pem", "--key", "\(sandbox.directory)/pki/signer1.key",
-            "--image", "rootfs=\(sandbox.directory)/new-rootfs.img", "--delta-from", "rootfs=\(factory)",
-            "--image", "modem=\(sandbox.directory)/new-modem.img", "--image", "tee=\(sandbox.directory)/new-tee.img",
-            "--chunk-size", "1M", "-o", output,
-        ])
+        let result = try ferry(
+            [
+                "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", version,
+                "--cert", "\(sandbox.directory)/pki/signer1.pem", "--key", "\(sandbox.directory)/pki/signer1.key",
+                "--image", "rootfs=\(sandbox.directory)/new-rootfs.img", "--delta-from", "rootfs=\(factory)",
+                "--image", "modem=\(sandbox.directory)/new-modem.img", "--image",
+                "tee=\(sandbox.directory)/new-tee.img",
+                "--chunk-size", "1M",
+            ] + TestEnvironment.codecArguments + [
+                "-o", output,
+            ])
         #expect(result.status == 0, "\(result.output)")
         return images
     }

@@ -26,14 +26,16 @@ struct HTTPSInstallTests {
 
         /// A sandbox whose configuration pins `pinned` (a certificate of `tls`), with a 16 MiB
         /// bundle `update.ferry` (incompressible, so the download is as large as the images) in `www/`.
-        init(_ directory: String, pinned: String = "server", retries: Int = 5) throws {
+        /// - Parameter encrypted: the bundle is encrypted to a device key the configuration names.
+        init(_ directory: String, pinned: String = "server", retries: Int = 5, encrypted: Bool = false) throws {
             sandbox = try Sandbox.make(in: directory)
             tls = try TestTLS.make(in: "\(directory)/tls")
             www = "\(directory)/www"
             try DurableFile.createDirectory(www)
+            if encrypted { try sandbox.makeDeviceKey("device") }
             images = try sandbox.makeUpdate(
                 [("rootfs", 12 << 20), ("modem", 3 << 20), ("tee", 1 << 20)], output: "\(www)/update.ferry", preset: 0,
-                seed: 31)
+                seed: 31, encryptTo: encrypted ? ["\(sandbox.directory)/device.pem"] : [])
             var object =
                 try JSONValue.parse(try readFile(sandbox.configurationPath), what: "system.json", code: .internal)
                 .objectValue ?? [:]
@@ -43,6 +45,10 @@ struct HTTPSInstallTests {
                 "connectTimeoutSeconds": .number(5),
                 "retries": .number(Double(retries)),
             ])
+            if encrypted {
+                object["deviceKey"] = .object(["key": .string("device.key"), "certificate": .string("device.pem")])
+                object["requireEncryption"] = .bool(true)
+            }
             try DurableFile.write(
                 String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: sandbox.configurationPath)
         }
@@ -152,9 +158,10 @@ struct HTTPSInstallTests {
         }
     }
 
-    @Test func aConnectionCutMidPayloadResumesAndVerifies() async throws {
+    /// Plain and encrypted (the chunks of an encrypted bundle are as independent as plain ones).
+    @Test(arguments: [false, true]) func aConnectionCutMidPayloadResumesAndVerifies(encrypted: Bool) async throws {
         try await withTemporaryDirectory { dir in
-            let device = try Device(dir)
+            let device = try Device(dir, encrypted: encrypted)
             let server = try HTTPSServer.nginx(root: device.www, tls: device.tls, state: "\(dir)/nginx")
             defer { server.stop() }
             let proxy = try TCPProxy(
@@ -206,9 +213,10 @@ struct HTTPSInstallTests {
         }
     }
 
-    @Test func aKilledInstallResumesWithARangeRequest() async throws {
+    /// Plain and encrypted (the chunks of an encrypted bundle are as independent as plain ones).
+    @Test(arguments: [false, true]) func aKilledInstallResumesWithARangeRequest(encrypted: Bool) async throws {
         try await withTemporaryDirectory { dir in
-            let device = try Device(dir)
+            let device = try Device(dir, encrypted: encrypted)
             let server = try HTTPSServer.nginx(root: device.www, tls: device.tls, state: "\(dir)/nginx")
             defer { server.stop() }
             let store = StateStore(directory: try device.sandbox.configuration().stateDirectory)

@@ -74,7 +74,7 @@ struct InstallBadInputTests {
             let fixture = try Fixture(dir)
             let good = try readFile(fixture.bundle)
             let members = try fixture.members()
-            let rootfs = try #require(members.first { $0.name == "rootfs.img.xz" })
+            let rootfs = try #require(members.first { $0.name == "rootfs.img\(TestEnvironment.payloadSuffix)" })
             // A byte flipped in the first, a middle and the last chunk of a payload.
             for (where_, offset) in [
                 ("first", rootfs.offset + 100), ("middle", rootfs.offset + rootfs.size / 2),
@@ -113,7 +113,7 @@ struct InstallBadInputTests {
             // Corrupt the xz data of the first rootfs chunk, then fix the chunk's compressed hash in
             // the manifest and sign it again: only the decoder can notice now.
             var manifest = try Manifest.parse(contents["manifest.json"]!)
-            var payload = contents["rootfs.img.xz"]!
+            var payload = contents["rootfs.img\(TestEnvironment.payloadSuffix)"]!
             let chunk = manifest.payloads.firstIndex { $0.target == "rootfs" }!
             let first = manifest.payloads[chunk].chunks[0]
             payload[Int(first.offset + first.size / 2)] ^= 0x55
@@ -128,7 +128,9 @@ struct InstallBadInputTests {
             try tar.addMember(name: "manifest.json.1.p7s", bytes: signature)
             for member in members where !member.name.hasPrefix("manifest.json") {
                 try tar.addMember(
-                    name: member.name, bytes: member.name == "rootfs.img.xz" ? payload : contents[member.name]!)
+                    name: member.name,
+                    bytes: member.name == "rootfs.img\(TestEnvironment.payloadSuffix)"
+                        ? payload : contents[member.name]!)
             }
             try tar.finish()
             try fixture.expectRefused(sink.bytes, status: 41, "corrupt xz stream")

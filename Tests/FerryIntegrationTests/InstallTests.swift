@@ -32,7 +32,7 @@ struct InstallTests {
             "modem": seededBytes(count: 2 << 20, seed: 2), "tee": seededBytes(count: 1 << 20, seed: 3),
         ]
         for (name, bytes) in images { try makeFile("\(sandbox.directory)/new-\(name).img", bytes: bytes) }
-        var options = BundleWriter.Options(
+        var options = BundleWriter.Options.forTests(
             compatible: "ferry-demo-x86_64", version: SemanticVersion(version)!,
             images: images.keys.sorted().map {
                 BundleWriter.Image(slotClass: $0, path: "\(sandbox.directory)/new-\($0).img")

@@ -1,4 +1,5 @@
 import FerryBundle
+import FerryCrypto
 import FerryJSON
 import FerrySystem
 import FerryTestSupport
@@ -14,7 +15,8 @@ extension Sandbox {
     func makeUpdate(
         _ sizes: [(slotClass: String, bytes: Int)], output: String, version: String = "1.1.0",
         signer: String = "signer1",
-        preset: Int = 6, seed: UInt64 = 0, zeroChunks: [String: [Int]] = [:]
+        preset: Int = 6, seed: UInt64 = 0, zeroChunks: [String: [Int]] = [:], encryptTo recipients: [String] = [],
+        rsaPadding: Envelope.RSAPadding = .oaep
     ) throws -> [(String, [UInt8])] {
         var images: [(String, [UInt8])] = []
         for (slotClass, count) in sizes {
@@ -26,7 +28,7 @@ extension Sandbox {
             try makeFile("\(directory)/\(slotClass).img", bytes: bytes)
             images.append((slotClass, bytes))
         }
-        var options = BundleWriter.Options(
+        var options = BundleWriter.Options.forTests(
             compatible: "ferry-demo-x86_64", version: SemanticVersion(version)!,
             images: sizes.map { BundleWriter.Image(slotClass: $0.slotClass, path: "\(directory)/\($0.slotClass).img") },
             signers: [
@@ -35,6 +37,8 @@ extension Sandbox {
             ])
         options.chunkSize = 1 << 20
         options.preset = preset
+        options.recipients = recipients
+        options.rsaPadding = rsaPadding
         try BundleWriter.create(options, output: output, logger: quietLogger)
         return images
     }
@@ -55,5 +59,42 @@ extension Sandbox {
             defer { _ = try? Shell.run(["umount", mountPoint]) }
             return try body(node)
         }
+    }
+}
+
+extension Sandbox {
+    /// Changes the sandbox's system.json: `change` edits its top-level object.
+    func editConfiguration(_ change: (inout [String: JSONValue]) throws -> Void) throws {
+        var object =
+            try JSONValue.parse(try readFile(configurationPath), what: "system.json", code: .internal).objectValue
+            ?? [:]
+        try change(&object)
+        try DurableFile.write(
+            String(decoding: JSONValue.object(object).serialized(), as: UTF8.self), to: configurationPath)
+    }
+
+    /// Makes a device key and certificate (`<name>.key`, `<name>.pem` in the sandbox's folder):
+    /// RSA 2048 or EC P-256.
+    func makeDeviceKey(_ name: String, ec: Bool = false) throws {
+        try Shell.check(
+            [
+                "openssl", "req", "-x509", "-nodes", "-keyout", "\(directory)/\(name).key", "-out",
+                "\(directory)/\(name).pem",
+            ]
+                + (ec ? ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] : ["-newkey", "rsa:2048"])
+                + ["-subj", "/CN=\(name)", "-days", "30"])
+    }
+}
+
+extension BundleWriter.Options {
+    /// Options whose payloads use ``TestEnvironment/payloadCodec`` (xz, or zstd at level 3 when
+    /// tools/test runs the install suites a second time with FERRY_TEST_CODEC=zstd).
+    static func forTests(
+        compatible: String, version: SemanticVersion, images: [BundleWriter.Image], signers: [BundleWriter.Signer]
+    ) -> Self {
+        var options = Self(compatible: compatible, version: version, images: images, signers: signers)
+        options.codec = Manifest.Compression(rawValue: TestEnvironment.payloadCodec) ?? .xz
+        options.zstdLevel = 3
+        return options
     }
 }

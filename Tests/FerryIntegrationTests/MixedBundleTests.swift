@@ -70,7 +70,7 @@ struct MixedBundleTests {
                         slotClass: name, path: "\(sandbox.directory)/settings-\(version)-\(name)",
                         settings: Manifest.SettingsInfo(name: name, format: "json", mergePatch: mergePatch)))
             }
-            var options = BundleWriter.Options(
+            var options = BundleWriter.Options.forTests(
                 compatible: "ferry-demo-x86_64", version: SemanticVersion(version)!, images: images,
                 signers: [
                     BundleWriter.Signer(

@@ -26,7 +26,7 @@ struct ModuleUpdateTests {
 
     func moduleBundle(_ sandbox: Sandbox, slotClass: String, bytes: [UInt8], version: String, output: String) throws {
         try makeFile("\(sandbox.directory)/\(slotClass)-\(version).img", bytes: bytes)
-        var options = BundleWriter.Options(
+        var options = BundleWriter.Options.forTests(
             compatible: "ferry-demo-x86_64", version: SemanticVersion(version)!,
             images: [
                 BundleWriter.Image(slotClass: slotClass, path: "\(sandbox.directory)/\(slotClass)-\(version).img")
@@ -172,7 +172,7 @@ struct ModuleUpdateTests {
             let tee2 = seededBytes(count: 1 << 20, seed: 59)
             try makeFile("\(dir)/tee2.img", bytes: tee2)
             try makeFile("\(dir)/modem2.img", bytes: seededBytes(count: 1 << 20, seed: 60))
-            var options = BundleWriter.Options(
+            var options = BundleWriter.Options.forTests(
                 compatible: "ferry-demo-x86_64", version: SemanticVersion("1.0.4")!,
                 images: [
                     BundleWriter.Image(slotClass: "modem", path: "\(dir)/modem2.img"),

@@ -106,13 +106,15 @@ struct UpdateTests {
             "modem": seededBytes(count: 2 << 20, seed: 2), "tee": seededBytes(count: 1 << 20, seed: 3),
         ]
         for (name, bytes) in images { try makeFile("\(dir)/new-\(name).img", bytes: bytes) }
-        let common = [
-            TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version", "1.1.0",
-            "--cert", "\(sandbox.directory)/pki/signer1.pem", "--key", "\(sandbox.directory)/pki/signer1.key",
-            "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image",
-            "tee=\(dir)/new-tee.img",
-            "--chunk-size", "1M",
-        ]
+        let common =
+            [
+                TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version",
+                "1.1.0",
+                "--cert", "\(sandbox.directory)/pki/signer1.pem", "--key", "\(sandbox.directory)/pki/signer1.key",
+                "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image",
+                "tee=\(dir)/new-tee.img",
+                "--chunk-size", "1M",
+            ] + TestEnvironment.codecArguments
         _ = try Shell.check(common + ["-o", "\(www)/full-1.1.0.ferry"])
         _ = try Shell.check(common + ["--delta-from", "rootfs=\(factory)", "-o", "\(www)/delta-1.1.0.ferry"])
         let server = try HTTPSServer.nginx(root: www, tls: tls, state: "\(dir)/nginx")
@@ -263,15 +265,18 @@ struct UpdateTests {
             try Self.withServer(dir) { server in
                 // A 2.0.0 for another compatible, and a 1.0.0 (the booted version) for this one.
                 for (version, compatible) in [("2.0.0", "other-board"), ("1.0.0", "ferry-demo-x86_64")] {
-                    _ = try Shell.check([
-                        TestEnvironment.ferryBinary, "bundle", "create", "--compatible", compatible, "--version",
-                        version,
-                        "--cert", "\(server.sandbox.directory)/pki/signer1.pem", "--key",
-                        "\(server.sandbox.directory)/pki/signer1.key",
-                        "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image",
-                        "tee=\(dir)/new-tee.img",
-                        "-o", "\(server.www)/\(compatible)-\(version).ferry",
-                    ])
+                    _ = try Shell.check(
+                        [
+                            TestEnvironment.ferryBinary, "bundle", "create", "--compatible", compatible, "--version",
+                            version,
+                            "--cert", "\(server.sandbox.directory)/pki/signer1.pem", "--key",
+                            "\(server.sandbox.directory)/pki/signer1.key",
+                            "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img",
+                            "--image",
+                            "tee=\(dir)/new-tee.img",
+                        ] + TestEnvironment.codecArguments + [
+                            "-o", "\(server.www)/\(compatible)-\(version).ferry",
+                        ])
                 }
                 try server.publish(serial: 7, bundles: ["other-board-2.0.0.ferry", "ferry-demo-x86_64-1.0.0.ferry"])
                 let check = try server.ferry(["check", server.index])
@@ -295,15 +300,19 @@ struct UpdateTests {
             try Self.withServer(dir) { server in
                 try server.publish(serial: 2, bundles: ["full-1.1.0.ferry"])
                 // The same images as 1.1.0, signed as 1.0.9: the same size, another manifest.
-                _ = try Shell.check([
-                    TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64", "--version",
-                    "1.0.9",
-                    "--cert", "\(server.sandbox.directory)/pki/signer1.pem", "--key",
-                    "\(server.sandbox.directory)/pki/signer1.key",
-                    "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image",
-                    "tee=\(dir)/new-tee.img",
-                    "--chunk-size", "1M", "-o", "\(dir)/older.ferry",
-                ])
+                _ = try Shell.check(
+                    [
+                        TestEnvironment.ferryBinary, "bundle", "create", "--compatible", "ferry-demo-x86_64",
+                        "--version",
+                        "1.0.9",
+                        "--cert", "\(server.sandbox.directory)/pki/signer1.pem", "--key",
+                        "\(server.sandbox.directory)/pki/signer1.key",
+                        "--image", "rootfs=\(dir)/new-rootfs.img", "--image", "modem=\(dir)/new-modem.img", "--image",
+                        "tee=\(dir)/new-tee.img",
+                        "--chunk-size", "1M",
+                    ] + TestEnvironment.codecArguments + [
+                        "-o", "\(dir)/older.ferry",
+                    ])
                 let original = try readFile("\(server.www)/full-1.1.0.ferry")
                 let older = try readFile("\(dir)/older.ferry")
                 try #require(

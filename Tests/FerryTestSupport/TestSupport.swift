@@ -153,6 +153,18 @@ public enum TestEnvironment {
         return "\(folder)/ferry"
     }
 
+    /// The codec of the payloads the install tests make: `xz` (the default) or `zstd`, from
+    /// `FERRY_TEST_CODEC`. tools/test runs the install suites once with each.
+    public static var payloadCodec: String {
+        ProcessEnvironment.variables["FERRY_TEST_CODEC"] == "zstd" ? "zstd" : "xz"
+    }
+
+    /// The member-name suffix of a compressed payload of ``payloadCodec``.
+    public static var payloadSuffix: String { payloadCodec == "zstd" ? ".zst" : ".xz" }
+
+    /// `ferry bundle create` arguments for ``payloadCodec``.
+    public static var codecArguments: [String] { ["--codec", payloadCodec] }
+
     /// Whether a command is on PATH.
     public static func hasCommand(_ name: String) -> Bool {
         (try? Shell.run(["sh", "-c", "command -v \(name)"]))?.status == 0
@@ -310,8 +322,9 @@ public final class SpawnedProcess {
     public let pid: pid_t
     private var reaped = false
 
-    /// Starts `arguments` with output sent to /dev/null.
-    public init(_ arguments: [String]) throws {
+    /// Starts `arguments` with output sent to /dev/null, with `environment` added to this
+    /// process's environment.
+    public init(_ arguments: [String], environment: [String: String] = [:]) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -320,7 +333,19 @@ public final class SpawnedProcess {
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, arguments[0], &actions, nil, argv, environ)
+        var variables: [String: String] = [:]
+        var entry = environ
+        while let pointer = entry.pointee {
+            let text = String(cString: pointer)
+            if let equals = text.firstIndex(of: "=") {
+                variables[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
+            entry += 1
+        }
+        variables.merge(environment) { $1 }
+        let environmentList = variables.map { strdup("\($0)=\($1)") } + [nil]
+        defer { environmentList.forEach { free($0) } }
+        let result = posix_spawn(&pid, arguments[0], &actions, nil, argv, environmentList)
         guard result == 0 else { throw FerryError(code: .io, message: "cannot start \(arguments[0]): \(result)") }
         self.pid = pid
     }
@@ -330,6 +355,15 @@ public final class SpawnedProcess {
     public func kill() -> Int32? {
         Glibc.kill(pid, SIGKILL)
         return wait()
+    }
+
+    /// Whether it still runs (once it ended, `wait()` gives its status).
+    public var isRunning: Bool {
+        guard !reaped else { return false }
+        // waitid with WNOWAIT: looks without reaping, so `wait()` still gets the status.
+        var info = siginfo_t()
+        guard waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 else { return false }
+        return info._sifields._sigchld.si_pid == 0
     }
 
     /// Waits for the process; its exit status, or nil when a signal ended it.
