@@ -33,11 +33,12 @@ readonly MODEMS=(m0 m1 m2)
 
 # The kinds of update each bootloader's chain cycles through (seed modulo their number), so that
 # the short profile (seeds 1 and 2 on grub and uboot, seed 1 on bios-switch and uefi-switch)
-# covers every kind.
+# covers every kind. Half of the grub and uboot cuts are `update`: `ferry update` over HTTPS of a
+# bundle encrypted to the guest's device key with zstd payloads (cut_bundle).
 cut_kinds() { # TARGET
     case $1 in
-        grub) echo full delta module mixed update ;;
-        uboot) echo full mixed update delta module ;;
+        grub) echo update delta module update mixed update full update ;;
+        uboot) echo update mixed update delta update module full update ;;
         bios-switch) echo full bootloader ;;
         uefi-switch) echo bootloader full ;;
     esac
@@ -308,8 +309,10 @@ cut_bundle() {
     esac
     # The HTTPS update and the delta are encrypted to the guest's device key (docs/encryption.md).
     if [[ $(cut_encrypted "$kind") == true ]]; then args+=(--encrypt-to "$work/device.pem"); fi
+    # The HTTPS update has zstd payloads, the others are stored uncompressed (quick to make).
+    if [[ $(cut_codec "$kind") == zstd ]]; then args+=(--codec zstd --level 3); else args+=(--no-compress); fi
     "$ferry" bundle create --compatible ferry-qemu-x86_64 --version "$version" --cert "$pki/signer1.pem" \
-        --key "$pki/signer1.key" "${args[@]}" --no-compress --output "$dir/ferry-qemu-$version.ferry" >/dev/null ||
+        --key "$pki/signer1.key" "${args[@]}" --output "$dir/ferry-qemu-$version.ferry" >/dev/null ||
         die "ferry bundle create ($kind $version) failed"
     if [[ $kind == update ]]; then
         "$ferry" bundle index -o "$dir/index.json" --serial "${version##*.}" --cert "$pki/signer1.pem" \
@@ -321,6 +324,9 @@ cut_bundle() {
 }
 cut_encrypted() { # KIND: whether its bundles are encrypted
     case $1 in update|delta) echo true ;; *) echo false ;; esac
+}
+cut_codec() { # KIND: the codec of its payloads (none: stored as they are)
+    case $1 in update) echo zstd ;; *) echo none ;; esac
 }
 pick() { # CANDIDATES… -- TAKEN…: the first candidate not taken
     local candidates=() taken=" " c
@@ -455,8 +461,8 @@ record_cut() { # RESULT: the cut's JSON line (variables of cut_once)
         --arg planned "$planned" --arg stage "$stage" --argjson bytes "${bytes:-0}" --arg at "$at" \
         --arg old "$booted" --arg new "$target_group" --arg after "$after" --arg rerun "$rerun" \
         --arg resumed "$resumed" --arg result "$1" --arg commit "$commit" --arg log "${log#"$root"/}" \
-        --argjson encrypted "$(cut_encrypted "$kind")" \
-        '{kind: "power-cut", target: $target, seed: $seed, update: $kind, encrypted: $encrypted, version: $version, planned: $planned,
+        --argjson encrypted "$(cut_encrypted "$kind")" --arg codec "$(cut_codec "$kind")" \
+        '{kind: "power-cut", target: $target, seed: $seed, update: $kind, encrypted: $encrypted, codec: $codec, version: $version, planned: $planned,
           cut: {stage: $stage, bytes: $bytes, seconds: ($at | tonumber)}, oldGroup: $old, newGroup: $new,
           bootedAfter: $after, ranAgain: ($rerun == "yes"), resumed: ($resumed == "yes"),
           result: $result, commit: $commit, log: $log}' >>"$results"

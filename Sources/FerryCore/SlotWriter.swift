@@ -34,20 +34,7 @@ public struct SlotWriter {
         try access.checkWritable(slot)
         var resolver = SlotResolver()
         let capacity = try resolver.resolve(slot, configuration: configuration).byteCount
-        let compressed = image.hasSuffix(".xz") || image.hasSuffix(".zst")
-        let file = try FileByteSource(path: image)
-        if !compressed, let size = try? BlockDevice.openForReading(image).byteCount, size > capacity {
-            throw FerryError(
-                code: .deviceTooSmall, message: "'\(image)' is \(size) bytes but slot '\(slot.name)' holds \(capacity)")
-        }
-        let source: any ByteSource
-        if image.hasSuffix(".zst") {
-            source = try ZstdStreamSource(source: file)
-        } else if compressed {
-            source = try XZStreamSource(source: file)
-        } else {
-            source = file
-        }
+        let source = try Self.openImage(image, slot: slot, capacity: capacity)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
         defer { buffer.deallocate() }
         /// Fills the buffer from the image; returns how many bytes (less at its end).
@@ -103,5 +90,21 @@ public struct SlotWriter {
                 source: "write-slot \(image.split(separator: "/").last ?? "")",
                 installedAt: WallClock.iso8601()), for: slot.name)
         return (digest, offset)
+    }
+
+    /// Opens `image` for reading its decoded bytes: an .xz or .zst image through its decoder, a raw
+    /// one (file or device) as it is, refused at once when it is larger than the slot.
+    static func openImage(_ image: String, slot: SlotConfiguration, capacity: Int64) throws(FerryError)
+        -> any ByteSource
+    {
+        let file = try FileByteSource(path: image)
+        // 2^27 (128 MiB): zstd's own limit for frames made without --long, so the device's memory stays bounded.
+        if image.hasSuffix(".zst") { return try ZstdStreamSource(source: file, windowLogMax: 27) }
+        if image.hasSuffix(".xz") { return try XZStreamSource(source: file) }
+        if let size = try? BlockDevice.openForReading(image).byteCount, size > capacity {
+            throw FerryError(
+                code: .deviceTooSmall, message: "'\(image)' is \(size) bytes but slot '\(slot.name)' holds \(capacity)")
+        }
+        return file
     }
 }

@@ -14,6 +14,7 @@ public final class ZstdStreamSource: ByteSource {
     /// Whether the last frame read ended (so the end of the input is a clean end).
     private var frameEnded = true
     private var finished = false
+    private let windowLogMax: Int32
 
     /// - Parameter windowLogMax: the largest window accepted (2^31: what `zstd --long=31` makes).
     public init(source: any ByteSource, windowLogMax: Int32 = 31) throws(FerryError) {
@@ -22,6 +23,7 @@ public final class ZstdStreamSource: ByteSource {
         }
         inner = source
         self.context = context
+        self.windowLogMax = windowLogMax
         _ = ZSTD_DCtx_setParameter(context, ZSTD_d_windowLogMax, windowLogMax)
         input = UnsafeMutableRawBufferPointer.allocate(byteCount: ZSTD_DStreamInSize(), alignment: 16)
     }
@@ -49,6 +51,11 @@ public final class ZstdStreamSource: ByteSource {
             var source = ZSTD_inBuffer(src: input.baseAddress! + pending.lowerBound, size: pending.count, pos: 0)
             let result = ZSTD_decompressStream(context, &output, &source)
             guard ZSTD_isError(result) == 0 else {
+                if ZSTD_getErrorCode(result) == ZSTD_error_frameParameter_windowTooLarge {
+                    throw FerryError(
+                        code: .limitExceeded,
+                        message: "\(inner.sourceName) needs a window larger than 2^\(windowLogMax) bytes to decode")
+                }
                 throw FerryError(
                     code: .bundleInvalid,
                     message: "\(inner.sourceName) is not valid zstd data: \(String(cString: ZSTD_getErrorName(result)))"

@@ -248,20 +248,28 @@ struct InstallTests {
         }
     }
 
-    @Test func writeSlotRawAndXZ() async throws {
+    @Test func writeSlotRawXZAndZstd() async throws {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
             let config = ["--config", sandbox.configurationPath]
             let image = seededBytes(count: 3 << 20, seed: 9) + [UInt8](repeating: 0, count: 2 << 20)
+            let other = [UInt8](repeating: 0, count: 1 << 20) + seededBytes(count: 4 << 20, seed: 11)
             try makeFile("\(dir)/image.img", bytes: image)
+            try makeFile("\(dir)/other.img", bytes: other)
             try Shell.check(["sh", "-c", "xz -k -c \(dir)/image.img > \(dir)/image.img.xz"])
-            for (slot, file) in [("rootfs_b", "image.img"), ("modem_b", "image.img.xz")] {
+            try Shell.check(["zstd", "-q", "-f", "\(dir)/other.img", "-o", "\(dir)/other.img.zst"])
+            // The zstd image goes into the slot the xz image filled, with different bytes.
+            for (slot, file, bytes) in [
+                ("rootfs_b", "image.img", image), ("modem_b", "image.img.xz", image),
+                ("modem_b", "other.img.zst", other),
+            ] {
                 let result = try ferry(["write-slot", slot, "\(dir)/\(file)", "--progress", "lines"] + config)
                 #expect(result.status == 0, "\(result.output)")
-                #expect(try slotBytes(sandbox, slot, count: image.count) == image)
+                #expect(try slotBytes(sandbox, slot, count: bytes.count) == bytes, "\(file)")
             }
             let records = try StateStore(directory: try sandbox.configuration().stateDirectory).slotRecords()
-            #expect(records["modem_b"]?.sha256 == SHA256Hasher.hash(image).hex)
+            #expect(records["modem_b"]?.sha256 == SHA256Hasher.hash(other).hex)
+            #expect(records["modem_b"]?.source == "write-slot other.img.zst")
             #expect(try ferry(["env", "list"] + config).output.contains("BOOT_B_LEFT=0"))
             // Refused: the booted group, an unknown slot, an image larger than the slot.
             #expect(try ferry(["write-slot", "rootfs_a", "\(dir)/image.img"] + config).status == 22)

@@ -64,6 +64,9 @@ struct RefusalsChangeNothingTests {
             try makeFile("\(dir)/small.img", bytes: seededBytes(count: 1 << 20, seed: 8))
             try makeFile("\(dir)/large.img", bytes: seededBytes(count: 17 << 20, seed: 9))
             try makeFile("\(dir)/not-xz.img.xz", bytes: Array("this is not an xz stream".utf8))
+            try makeFile("\(dir)/not-zstd.img.zst", bytes: Array("this is not a zstd frame".utf8))
+            // A zstd frame of unknown size made with --long=28 declares a 256 MiB window: over the bound.
+            try Shell.check(["sh", "-c", "zstd -q --long=28 -c < \(dir)/small.img > \(dir)/wide.img.zst"])
             try makeFile("\(dir)/empty.img", bytes: [])
             try sandbox.makeUpdate([("rootfs", 20 << 20)], output: "\(dir)/too-large.ferry", seed: 10)
 
@@ -78,6 +81,12 @@ struct RefusalsChangeNothingTests {
                 Case(
                     what: "write-slot of a file that is not xz",
                     arguments: ["write-slot", "tee_b", "\(dir)/not-xz.img.xz"], code: .bundleInvalid),
+                Case(
+                    what: "write-slot of a file that is not zstd",
+                    arguments: ["write-slot", "tee_b", "\(dir)/not-zstd.img.zst"], code: .bundleInvalid),
+                Case(
+                    what: "write-slot of a zstd image whose window is over the memory bound",
+                    arguments: ["write-slot", "tee_b", "\(dir)/wide.img.zst"], code: .limitExceeded),
                 Case(
                     what: "write-slot of an empty image", arguments: ["write-slot", "tee_b", "\(dir)/empty.img"],
                     code: .bundleInvalid),
