@@ -35,7 +35,8 @@ readonly MODEMS=(m0 m1 m2)
 # the short profile (seeds 1 and 2 on grub and uboot, seed 1 on bios-switch and uefi-switch)
 # covers every kind. Half of the grub and uboot cuts are `update`: `ferry update` over HTTPS of a
 # bundle encrypted to the guest's device key with zstd payloads (cut_bundle).
-cut_kinds() { # TARGET
+cut_kinds() { # TARGET (--kinds: those given, checked by qemu-test)
+    [[ -z ${only_kinds:-} ]] || { echo "$only_kinds"; return; }
     case $1 in
         grub) echo update delta module update mixed update full update ;;
         uboot) echo update mixed update delta update module full update ;;
