@@ -40,11 +40,19 @@ public struct Manifest: Sendable, Equatable {
         public var targetSize: Int64
         public var targetSHA256: SHA256Digest
         public var sourceChecks: [SourceCheck]
+        /// The delta's formatVersion (docs/delta-format.md): 2 when the manifest names none, which
+        /// keeps such bundles readable by every Ferry that applies deltas. A version-3 delta names
+        /// it, so that a Ferry that cannot read it refuses the manifest before writing anything.
+        public var formatVersion: Int64
+
+        /// The delta formatVersions this Ferry applies (FerryDelta's `DeltaFormat.readableVersions`).
+        public static let formatVersions: ClosedRange<Int64> = 2...3
 
         public init(
             sourceSize: Int64, sourceSHA256: SHA256Digest, targetSize: Int64, targetSHA256: SHA256Digest,
-            sourceChecks: [SourceCheck]
+            sourceChecks: [SourceCheck], formatVersion: Int64 = 2
         ) {
+            self.formatVersion = formatVersion
             self.sourceSize = sourceSize
             self.sourceSHA256 = sourceSHA256
             self.targetSize = targetSize
@@ -282,7 +290,7 @@ public struct Manifest: Sendable, Equatable {
                             }),
                     ]
                     if let delta = payload.delta {
-                        entry["delta"] = .object([
+                        var fields: [String: JSONValue] = [
                             "sourceSize": number(delta.sourceSize), "sourceSha256": digest(delta.sourceSHA256),
                             "targetSize": number(delta.targetSize), "targetSha256": digest(delta.targetSHA256),
                             "sourceChecks": .array(
@@ -293,7 +301,9 @@ public struct Manifest: Sendable, Equatable {
                                         "sha256": digest(check.sha256),
                                     ])
                                 }),
-                        ])
+                        ]
+                        if delta.formatVersion != 2 { fields["formatVersion"] = number(delta.formatVersion) }
+                        entry["delta"] = .object(fields)
                     }
                     if let settings = payload.settings {
                         entry["settings"] = .object([
@@ -548,6 +558,13 @@ public struct Manifest: Sendable, Equatable {
         else { throw object.invalid("sourceSize", "sourceSize and targetSize are required") }
         let sourceHash = try object.digest("sourceSha256")
         let targetHash = try object.digest("targetSha256")
+        let version = try object.integer("formatVersion", in: 0...Int64(UInt32.max)) ?? 2
+        guard DeltaInfo.formatVersions.contains(version) else {
+            throw object.invalid(
+                "formatVersion",
+                "is \(version), a delta format this Ferry does not read (it reads \(DeltaInfo.formatVersions.lowerBound) to \(DeltaInfo.formatVersions.upperBound))"
+            )
+        }
         guard case .array(let items)? = object.raw("sourceChecks") else {
             throw object.invalid("sourceChecks", "must be an array")
         }
@@ -574,7 +591,7 @@ public struct Manifest: Sendable, Equatable {
         }
         return DeltaInfo(
             sourceSize: sourceSize, sourceSHA256: sourceHash, targetSize: targetSize, targetSHA256: targetHash,
-            sourceChecks: checks)
+            sourceChecks: checks, formatVersion: version)
     }
 
     private static func time(_ object: inout StrictObject, _ key: String, required: Bool) throws(FerryError) -> Int64? {

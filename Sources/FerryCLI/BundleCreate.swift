@@ -97,6 +97,12 @@ extension FerryCommand.Bundle {
                 valueName: "class=file"))
         var deltaFrom: [String] = []
         @Option(
+            name: .customLong("delta-format-version"),
+            help: ArgumentHelp(
+                "The deltas' format: 3 (approximate matches), or 2 for devices whose Ferry predates it.",
+                valueName: "2|3"))
+        var deltaFormatVersion = Int(DeltaFormat.formatVersion)
+        @Option(
             name: .customLong("chunk-size"),
             help: ArgumentHelp("Decoded bytes per chunk (K/M suffix).", valueName: "size"))
         var chunkSize: String = "4M"
@@ -190,6 +196,12 @@ extension FerryCommand.Bundle {
                     throw ValidationError("--delta-from names slot class '\(slotClass)' twice")
                 }
             }
+            guard DeltaFormat.readableVersions.contains(UInt32(clamping: deltaFormatVersion)) else {
+                throw ValidationError("--delta-format-version must be 2 or 3")
+            }
+            if deltaFormatVersion != Int(DeltaFormat.formatVersion) && deltaFrom.isEmpty {
+                throw ValidationError("--delta-format-version goes with --delta-from")
+            }
             guard Self.parseSize(chunkSize) != nil else {
                 throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 4M")
             }
@@ -230,12 +242,15 @@ extension FerryCommand.Bundle {
         }
 
         /// Writes the delta from image `from` to image `to` into `path`, and describes it for the manifest.
-        static func makeDelta(slotClass: String, from: String, to: String, into path: String) throws(FerryError)
-            -> BundleWriter.Image
-        {
+        static func makeDelta(
+            slotClass: String, from: String, to: String, into path: String, formatVersion: Int
+        ) throws(FerryError) -> BundleWriter.Image {
             let sink = try FileByteSink(path: path)
+            var options = DeltaGenerator.Options()
+            options.formatVersion = UInt32(formatVersion)
             let statistics = try DeltaGenerator(
-                source: try BlockDevice.openForReading(from), target: try BlockDevice.openForReading(to)
+                source: try BlockDevice.openForReading(from), target: try BlockDevice.openForReading(to),
+                options: options
             )
             .create { (bytes) throws(FerryError) in try sink.write(bytes) }
             try sink.finish()
@@ -245,7 +260,7 @@ extension FerryCommand.Bundle {
             let info = Manifest.DeltaInfo(
                 sourceSize: header.sourceSize, sourceSHA256: header.sourceSHA256, targetSize: header.targetSize,
                 targetSHA256: header.targetSHA256,
-                sourceChecks: checks)
+                sourceChecks: checks, formatVersion: Int64(header.formatVersion))
             return BundleWriter.Image(slotClass: slotClass, path: path, delta: info)
         }
 
@@ -294,7 +309,9 @@ extension FerryCommand.Bundle {
                 }
                 let deltaPath = "\(output).\(slotClass).delta.tmp-\(FileSystem.processID)"
                 temporaries.append(deltaPath)
-                bundleImages.append(try Self.makeDelta(slotClass: slotClass, from: from, to: path, into: deltaPath))
+                bundleImages.append(
+                    try Self.makeDelta(
+                        slotClass: slotClass, from: from, to: path, into: deltaPath, formatVersion: deltaFormatVersion))
             }
             for app in apps {
                 let (name, path) = Self.split(app)

@@ -20,9 +20,11 @@ extension FerryCommand {
             static let configuration = CommandConfiguration(
                 abstract: "Make a delta that turns image OLD into image NEW.",
                 discussion: """
-                    Blocks of NEW found anywhere in OLD become copies (moved data costs nothing); zero \
-                    blocks cost nothing; changed runs are compressed with LZMA2 against the regions of \
-                    OLD they resemble, on all cores. Prints what the delta holds and the peak memory.
+                    Blocks of NEW found anywhere in OLD become copies (moved data costs nothing); long \
+                    runs of zeros cost nothing; stretches of changed files are matched approximately \
+                    against the regions of OLD they resemble (their byte-wise differences and the bytes \
+                    between matches each compressed with LZMA2), on all cores. Prints what the delta \
+                    holds and the peak memory.
                     """)
             @Option(help: ArgumentHelp("The image the delta starts from.", valueName: "image"))
             var from: String
@@ -32,9 +34,17 @@ extension FerryCommand {
             var output: String
             @Option(help: "xz level for changed data, 0 to 9.")
             var preset = 9
+            @Option(
+                help: ArgumentHelp(
+                    "The delta format version: 3 (approximate matches), or 2 for devices whose Ferry predates it.",
+                    valueName: "2|3"))
+            var formatVersion = Int(DeltaFormat.formatVersion)
 
             func validate() throws {
                 guard (0...9).contains(preset) else { throw ValidationError("--preset must be 0 to 9") }
+                guard DeltaFormat.readableVersions.contains(UInt32(clamping: formatVersion)) else {
+                    throw ValidationError("--format-version must be 2 or 3")
+                }
             }
 
             func run() async throws {
@@ -42,6 +52,7 @@ extension FerryCommand {
                 let target = try BlockDevice.openForReading(to)
                 var options = DeltaGenerator.Options()
                 options.preset = preset
+                options.formatVersion = UInt32(formatVersion)
                 let sink = try FileByteSink(path: output + ".partial")
                 let statistics: DeltaGenerator.Statistics
                 do {
@@ -56,7 +67,7 @@ extension FerryCommand {
                     throw error
                 }
                 var lines = ["Wrote \(output): \(statistics.deltaBytes) bytes for a \(target.byteCount)-byte image."]
-                for kind in [DeltaFormat.Kind.zero, .copy, .literal, .diff] {
+                for kind in [DeltaFormat.Kind.zero, .copy, .literal, .diff, .patch] {
                     let count = statistics.operations[kind] ?? 0
                     guard count > 0 else { continue }
                     lines.append(

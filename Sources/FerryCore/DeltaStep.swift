@@ -27,7 +27,7 @@ extension Installer {
         // verified against the booted slot before anything was written).
         guard applier.header.sourceSHA256 == info.sourceSHA256, applier.header.sourceSize == info.sourceSize,
             applier.header.targetSHA256 == info.targetSHA256, applier.header.targetSize == info.targetSize,
-            applier.sourceChecks == info.sourceChecks
+            applier.sourceChecks == info.sourceChecks, Int64(applier.header.formatVersion) == info.formatVersion
         else {
             throw FerryError(
                 code: .bundleInvalid,

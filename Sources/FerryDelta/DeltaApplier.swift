@@ -6,7 +6,7 @@ import FerryXZ
 ///
 /// Every operation is checked before its bytes are handed out: it must start where the previous
 /// one ended (no gap, overlap or reordering), stay inside the target, read only inside the source,
-/// and respect ``DeltaFormat``'s size limits (so memory is bounded, about 32 MiB at most). The
+/// and respect ``DeltaFormat``'s size limits (so memory is bounded: 4 MiB of target, 8 MiB of source, 8 MiB of a patch's decoded streams and one LZMA2 window of at most 12 MiB). The
 /// source extents it reads are hashed and compared with the operation's source SHA-256 before
 /// they are used; the bytes it produces are compared with its target SHA-256 before `body`
 /// sees them. The whole target's SHA-256 is compared at the end.
@@ -121,9 +121,12 @@ public struct DeltaApplier {
             byteCount: DeltaFormat.maximumTargetLength, alignment: 4096)
         let sourceBuffer = UnsafeMutableRawBufferPointer.allocate(
             byteCount: DeltaFormat.maximumSourceLength, alignment: 4096)
+        // Patch operations' decoded streams; allocated at the first one (formatVersion 3).
+        var scratch: UnsafeMutableRawBufferPointer?
         defer {
             targetBuffer.deallocate()
             sourceBuffer.deallocate()
+            scratch?.deallocate()
         }
         let start = start ?? firstOperation
         guard start.operation >= 0, start.operation <= header.operationCount, start.targetOffset >= 0,
@@ -161,6 +164,17 @@ public struct DeltaApplier {
                     } catch {
                         throw error.prefixed("delta operation \(index) (target bytes \(operation.target))")
                     }
+                }
+            case .patch:
+                let data = try delta.readExactly(
+                    Int(operation.dataLength), what: "the data of delta operation \(index)")
+                let buffer =
+                    scratch ?? UnsafeMutableRawBufferPointer.allocate(byteCount: DeltaPatch.scratchSize, alignment: 16)
+                scratch = buffer
+                try data.withTypedUnsafeBytes { (data) throws(FerryError) in
+                    try DeltaPatch.decode(
+                        data, source: UnsafeRawBufferPointer(sourceBytes), into: target, scratch: buffer,
+                        operation: index)
                 }
             }
             // A copy whose source hash is its target hash was checked when its source was read.
@@ -227,7 +241,7 @@ public struct DeltaApplier {
         guard targetOffset + targetLength <= UInt64(header.targetSize) else {
             throw DeltaFormat.invalid("operation \(index) writes past the end of the \(header.targetSize)-byte target")
         }
-        guard dataLength <= UInt64(DeltaFormat.maximumTargetLength + DeltaFormat.maximumTargetLength / 8 + 4096) else {
+        guard dataLength <= UInt64(DeltaFormat.maximumDataLength) else {
             throw FerryError(
                 code: .limitExceeded, message: "delta: operation \(index) carries \(dataLength) bytes of data")
         }
@@ -272,13 +286,17 @@ public struct DeltaApplier {
             guard !sources.isEmpty, dataLength == 0 else {
                 throw DeltaFormat.invalid("operation \(index) (copy) is malformed")
             }
-        case .diff:
+        case .diff, .patch:
             guard !sources.isEmpty else {
-                throw DeltaFormat.invalid("operation \(index) (diff) names no source extent")
+                throw DeltaFormat.invalid("operation \(index) (\(kind)) names no source extent")
             }
         }
+        if kind == .patch && header.formatVersion < 3 {
+            throw DeltaFormat.invalid(
+                "operation \(index) is a patch, which formatVersion \(header.formatVersion) lacks")
+        }
         if kind == .zero, dataLength != 0 { throw DeltaFormat.invalid("operation \(index) (zero) carries data") }
-        if (kind == .literal || kind == .diff) && dataLength == 0 {
+        if (kind == .literal || kind == .diff || kind == .patch) && dataLength == 0 {
             throw DeltaFormat.invalid("operation \(index) carries no data")
         }
         return operation

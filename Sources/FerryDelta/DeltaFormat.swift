@@ -6,7 +6,7 @@ import FerrySystem
 ///
 /// All integers are little-endian. Header (112 bytes), then `checkCount` source checks:
 ///
-///     magic "FERRYDLT" · formatVersion u32 (2) · blockSize u32 (4096)
+///     magic "FERRYDLT" · formatVersion u32 (3; 2 is read too) · blockSize u32 (4096)
 ///     sourceSize u64 · sourceSha256 [32] · targetSize u64 · targetSha256 [32]
 ///     operationCount u64 · checkCount u64
 ///     checkCount × (offset u64 · length u64 · sha256 [32])   — 48 bytes each
@@ -21,9 +21,14 @@ import FerrySystem
 ///     targetOffset u64 · targetLength u64 · dataLength u64
 ///     sourceExtentCount × (offset u64 · length u64)
 ///     targetSha256 [32] · sourceSha256 [32] (of the source extents' bytes, concatenated; zero when none)
+///
+/// A `patch` operation's data is laid out as ``DeltaPatch`` describes.
 public enum DeltaFormat {
     public static let magic = Array("FERRYDLT".utf8)
-    public static let formatVersion: UInt32 = 2
+    /// The version this Ferry writes; it reads this one and ``readableVersions``.
+    public static let formatVersion: UInt32 = 3
+    /// Version 2 lacks the `patch` kind; otherwise it is the same format.
+    public static let readableVersions: ClosedRange<UInt32> = 2...3
     public static let blockSize = 4096
     public static let headerSize = 112
 
@@ -31,6 +36,8 @@ public enum DeltaFormat {
     public static let maximumTargetLength = 4 << 20
     public static let maximumSourceLength = 8 << 20
     public static let maximumSourceExtents = 64
+    /// The most data one operation carries (LZMA2's worst case for incompressible target bytes).
+    public static let maximumDataLength = maximumTargetLength + maximumTargetLength / 8 + 4096
     /// Source checks: at most this many, each inside one grid cell of at least 4 MiB.
     public static let maximumChecks = 1024
     public static let minimumCheckCell = 4 << 20
@@ -45,9 +52,14 @@ public enum DeltaFormat {
         case literal = 2
         /// The target extent is the data: a raw LZMA2 stream whose preset dictionary is the source extents' bytes.
         case diff = 3
+        /// The target extent is the source extents' bytes with approximate matches: control,
+        /// difference and literal streams (``DeltaPatch``). formatVersion 3 on.
+        case patch = 4
     }
 
     public struct Header: Sendable, Equatable {
+        /// The version the delta was written in (decoded), or is written in.
+        public var formatVersion: UInt32 = DeltaFormat.formatVersion
         public var sourceSize: Int64
         public var sourceSHA256: SHA256Digest
         public var targetSize: Int64
@@ -71,7 +83,7 @@ public enum DeltaFormat {
 
         public func encoded() -> [UInt8] {
             var bytes = DeltaFormat.magic
-            bytes.appendLittleEndian(DeltaFormat.formatVersion)
+            bytes.appendLittleEndian(formatVersion)
             bytes.appendLittleEndian(UInt32(DeltaFormat.blockSize))
             bytes.appendLittleEndian(UInt64(sourceSize))
             bytes += sourceSHA256.bytes
@@ -89,9 +101,10 @@ public enum DeltaFormat {
             }
             var reader = LittleEndianReader(bytes, at: 8)
             let version = reader.u32()
-            guard version == DeltaFormat.formatVersion else {
+            guard DeltaFormat.readableVersions.contains(version) else {
                 throw DeltaFormat.invalid(
-                    "formatVersion \(version) is not supported (this Ferry reads \(DeltaFormat.formatVersion))")
+                    "formatVersion \(version) is not supported (this Ferry reads \(DeltaFormat.readableVersions.lowerBound) to \(DeltaFormat.readableVersions.upperBound))"
+                )
             }
             let blockSize = reader.u32()
             guard blockSize == DeltaFormat.blockSize else {
@@ -115,10 +128,12 @@ public enum DeltaFormat {
                 throw FerryError(
                     code: .limitExceeded, message: "delta: \(checks) source checks for a \(sourceSize)-byte source")
             }
-            return Header(
+            var header = Header(
                 sourceSize: Int64(sourceSize), sourceSHA256: sourceHash, targetSize: Int64(targetSize),
                 targetSHA256: targetHash,
                 operationCount: Int64(count), checkCount: Int64(checks))
+            header.formatVersion = version
+            return header
         }
     }
 

@@ -13,12 +13,17 @@ import Glibc
 ///    (a rolling hash over every byte, sampled where its low bits are zero) go into a second one.
 /// 2. Every block of the target is a zero block, a copy of a source block with the same content
 ///    wherever it lies (moved data: ext4 rarely keeps a file's blocks where they were), or changed.
-/// 3. Runs of changed blocks are compressed with LZMA2 against a dictionary of the source regions
-///    their anchors point to (a changed file's old version, wherever it lies now), plus the
-///    neighbourhood of the copies around them; on all cores.
+/// 3. Each run of changed blocks gets the source regions its anchors point to (a changed file's
+///    old version, wherever it lies now).
+/// 4. formatVersion 3: neighbouring runs (all but long zeros and long copies) merge into segments
+///    of up to 4 MiB whose source regions fit the operation limits, and each segment becomes a
+///    `patch`: approximate matches against its regions (``PatchMatcher``), as difference, literal
+///    and control streams, each LZMA2. formatVersion 2: each changed run is compressed with LZMA2
+///    against a dictionary of its regions (a `diff`), or alone (a `literal`). On all cores.
 ///
-/// Memory: both indexes (about 40 bytes per source block and per anchor) and one batch of runs per
-/// core (each up to 1 MiB of target and 8 MiB of dictionary, and liblzma's encoder).
+/// Memory: both indexes (about 40 bytes per source block and per anchor) and one batch of
+/// operations per core (each up to 4 MiB of target and 8 MiB of source, the matcher's hash chains
+/// over the source, and liblzma's encoder).
 ///
 /// `@unchecked Sendable`: the workers only read the two images with positional reads and the
 /// index after it was built.
@@ -31,6 +36,14 @@ public struct DeltaGenerator: @unchecked Sendable {
         public var threads = ProcessEnvironment.processorCount
         /// The longest run of changed target bytes compressed as one operation.
         public var changedRunLength = 1 << 20
+        /// The format version to write: 3, or 2 (no `patch` operations) for devices whose Ferry
+        /// reads only that.
+        public var formatVersion = DeltaFormat.formatVersion {
+            didSet {
+                precondition(
+                    DeltaFormat.readableVersions.contains(formatVersion), "Ferry bug: delta format \(formatVersion)")
+            }
+        }
 
         public init() {}
     }
@@ -65,10 +78,12 @@ public struct DeltaGenerator: @unchecked Sendable {
         let index = try SourceIndex(source, anchorMask: Self.anchorMask(for: sourceSize))
         var (runs, targetHash) = try plan(index)
         try chooseDictionaries(&runs, index: index)
+        if options.formatVersion >= 3 { runs = Self.segments(runs) }
         let checks = try sourceChecks(for: runs, sourceSize: sourceSize)
-        let header = DeltaFormat.Header(
+        var header = DeltaFormat.Header(
             sourceSize: sourceSize, sourceSHA256: index.wholeHash, targetSize: targetSize, targetSHA256: targetHash,
             operationCount: Int64(runs.count), checkCount: Int64(checks.count))
+        header.formatVersion = options.formatVersion
         var statistics = Statistics()
         var headerBytes = header.encoded()
         for check in checks { headerBytes += DeltaFormat.encoded(check) }
@@ -178,7 +193,7 @@ public struct DeltaGenerator: @unchecked Sendable {
                     runs[runs.count - 1] = last
                     return
                 }
-            case .diff:
+            case .diff, .patch:
                 break
             }
         }
@@ -187,7 +202,8 @@ public struct DeltaGenerator: @unchecked Sendable {
 
     // MARK: - Encoding one run
 
-    /// The operation and its data for one run: zeros and copies as they are; changed data
+    /// The operation and its data for one run: zeros and copies as they are; a segment as a
+    /// patch (or, were its control stream over the limit, a diff); formatVersion 2's changed data
     /// compressed against the source regions it resembles (a diff) or alone (a literal).
     func encode(_ run: Run, index: SourceIndex) throws(FerryError) -> (DeltaFormat.Operation, [UInt8]) {
         let bytes = try target.read(at: run.target.lowerBound, count: run.target.count)
@@ -201,9 +217,18 @@ public struct DeltaGenerator: @unchecked Sendable {
                     kind: .copy, target: run.target, sources: run.sources, targetSHA256: targetHash,
                     sourceSHA256: targetHash), []
             )
-        case .literal, .diff:
+        case .literal, .diff, .patch:
             var dictionary: [UInt8] = []
             for region in run.sources { dictionary += try source.read(at: region.lowerBound, count: region.count) }
+            if run.kind == .patch || (run.kind == .diff && options.formatVersion >= 3),
+                let patch = try patch(bytes, dictionary: dictionary)
+            {
+                return (
+                    DeltaFormat.Operation(
+                        kind: .patch, target: run.target, sources: run.sources, dataLength: Int64(patch.count),
+                        targetSHA256: targetHash, sourceSHA256: SHA256Hasher.hash(dictionary)), patch
+                )
+            }
             let data = try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
                 try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) in
                     try XZDictionaryCodec.encode(
@@ -212,10 +237,91 @@ public struct DeltaGenerator: @unchecked Sendable {
             }
             return (
                 DeltaFormat.Operation(
-                    kind: run.kind, target: run.target, sources: run.sources, dataLength: Int64(data.count),
+                    kind: run.kind == .patch ? .diff : run.kind, target: run.target, sources: run.sources,
+                    dataLength: Int64(data.count),
                     targetSHA256: targetHash,
                     sourceSHA256: run.sources.isEmpty ? nil : SHA256Hasher.hash(dictionary)), data
             )
+        }
+    }
+
+    // MARK: - Segments (formatVersion 3)
+
+    /// Zeros at least this long stay operations of their own.
+    static let standaloneZeros: Int64 = 64 << 10
+    /// Copies at least this long stay operations of their own.
+    static let standaloneCopy: Int64 = 1 << 20
+
+    /// Merges neighbouring runs into `patch` segments of up to `maximumTargetLength` target bytes
+    /// whose source extents (the runs' own, merged) stay within the operation limits: one set of
+    /// compression contexts for a whole stretch of changed files, and one operation record instead
+    /// of many. Long zero and copy runs stay as they are.
+    static func segments(_ runs: [Run]) -> [Run] {
+        var merged: [Run] = []
+        var current: [Run] = []
+        var sources: [Range<Int64>] = []
+        func flush() {
+            defer {
+                current = []
+                sources = []
+            }
+            guard let first = current.first, let last = current.last else { return }
+            if current.count == 1 && first.kind != .diff {
+                merged.append(first)
+            } else if current.count == 1 || !sources.isEmpty {
+                merged.append(
+                    Run(kind: .patch, target: first.target.lowerBound..<last.target.upperBound, sources: sources))
+            } else {
+                merged.append(Run(kind: .literal, target: first.target.lowerBound..<last.target.upperBound))
+            }
+        }
+        for run in runs {
+            let length = Int64(run.target.count)
+            if (run.kind == .zero && length >= standaloneZeros) || (run.kind == .copy && length >= standaloneCopy) {
+                flush()
+                merged.append(run)
+                continue
+            }
+            let union = mergedExtents(sources + run.sources)
+            let total = union.reduce(0) { $0 + $1.count }
+            let span = current.first.map { run.target.upperBound - $0.target.lowerBound } ?? length
+            if !current.isEmpty
+                && (span > Int64(DeltaFormat.maximumTargetLength) || total > DeltaFormat.maximumSourceLength
+                    || union.count > DeltaFormat.maximumSourceExtents)
+            {
+                flush()
+                sources = mergedExtents(run.sources)
+            } else {
+                sources = union
+            }
+            current.append(run)
+        }
+        flush()
+        return merged
+    }
+
+    /// Extents sorted, with overlapping and touching ones merged.
+    static func mergedExtents(_ extents: [Range<Int64>]) -> [Range<Int64>] {
+        extents.sorted { $0.lowerBound < $1.lowerBound }.reduce(into: []) { merged, extent in
+            if let last = merged.last, last.upperBound >= extent.lowerBound {
+                merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, extent.upperBound)
+            } else {
+                merged.append(extent)
+            }
+        }
+    }
+
+    /// A `patch` operation's data for `bytes` against `dictionary`, or nil when its control
+    /// stream or its data would be over the limits.
+    func patch(_ bytes: [UInt8], dictionary: [UInt8]) throws(FerryError) -> [UInt8]? {
+        try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) -> [UInt8]? in
+            let matched = bytes.withUnsafeBytes { PatchMatcher(source: dictionary).match($0) }
+            let control = DeltaPatch.control(matched.records)
+            guard control.count <= DeltaPatch.maximumControlLength else { return nil }
+            let data = try DeltaPatch.encode(
+                control: control, diff: matched.diff, literal: matched.literal, preset: options.preset,
+                extreme: options.extreme)
+            return data.count <= DeltaFormat.maximumDataLength ? data : nil
         }
     }
 

@@ -50,16 +50,23 @@ public enum SeedWriter {
         var grown = source + [UInt8](repeating: 0, count: 8 << 10)
         for index in 0..<(4 << 10) { grown.append(UInt8(truncatingIfNeeded: index &* 31 &+ 7)) }
         let shrunk = Array(source[..<(20 << 10)])
+        // Shifted: 5 bytes inserted into the random region, and a byte in every 16 after it grown by
+        // 5, as references in compiled code do (a patch operation, formatVersion 3).
+        var shifted = Array(source[..<3000]) + [1, 2, 3, 4, 5] + Array(source[3000..<(64 << 10) - 5])
+        for index in stride(from: 3008, to: 16 << 10, by: 16) { shifted[index] &+= 5 }
         var made: [(String, [UInt8])] = []
-        for (name, target) in [
-            ("same", source), ("changed", changed), ("moved", moved), ("grown", grown), ("shrunk", shrunk),
+        // The version-2 seed: what a build host with an older Ferry (or `--format-version 2`) makes.
+        for (name, target, version) in [
+            ("same", source, 3), ("changed", changed, 3), ("moved", moved, 3), ("grown", grown, 3),
+            ("shrunk", shrunk, 3), ("shifted", shifted, 3), ("version2-shifted", shifted, 2),
         ] {
             var options = DeltaGenerator.Options()
+            options.formatVersion = UInt32(version)
             options.threads = 1
             options.preset = 1
             options.extreme = false
             var delta: [UInt8] = []
-            _ = try DeltaGenerator(
+            let statistics = try DeltaGenerator(
                 source: MemoryBlockTarget(source), target: MemoryBlockTarget(target), options: options
             ).create {
                 (bytes) throws(FerryError) in delta += bytes
@@ -71,6 +78,7 @@ public enum SeedWriter {
             var output: [UInt8] = []
             try applier.apply(from: stream) { (_, bytes, _) throws(FerryError) in output += bytes }
             precondition(output == target, "the \(name) seed delta does not reproduce its target")
+            precondition(name != "shifted" || statistics.operations[.patch] != nil, "the shifted seed has no patch")
             made.append((name, delta))
             try seeds.put("delta", "valid-\(name).delta", delta)
         }

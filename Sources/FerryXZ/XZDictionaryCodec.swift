@@ -15,12 +15,18 @@ public enum XZDictionaryCodec {
     /// Compresses `input` against `dictionary`.
     /// - Parameter preset: the xz level, 0 to 9; `extreme` as `xz --extreme`.
     /// - Throws: `.io` when liblzma cannot allocate memory; `.internal` otherwise.
+    /// - Parameter literalContextBits, literalPositionBits, positionBits: LZMA's `lc`, `lp` and `pb`
+    ///   (default 3, 0, 2); the stream records them, so decoding needs nothing else.
     public static func encode(
-        _ input: UnsafeRawBufferPointer, dictionary: UnsafeRawBufferPointer, preset: Int = 9, extreme: Bool = true
+        _ input: UnsafeRawBufferPointer, dictionary: UnsafeRawBufferPointer, preset: Int = 9, extreme: Bool = true,
+        literalContextBits: Int = 3, literalPositionBits: Int = 0, positionBits: Int = 2
     ) throws(FerryError) -> [UInt8] {
         precondition((0...9).contains(preset), "Ferry bug: xz preset \(preset) is not 0...9")
         var options = lzma_options_lzma()
         precondition(lzma_lzma_preset(&options, UInt32(preset) | (extreme ? CLzma_PRESET_EXTREME : 0)) == 0)
+        options.lc = UInt32(literalContextBits)
+        options.lp = UInt32(literalPositionBits)
+        options.pb = UInt32(positionBits)
         options.dict_size = windowSize(dictionary: dictionary.count, output: input.count)
         options.preset_dict = dictionary.count > 0 ? dictionary.baseAddress?.assumingMemoryBound(to: UInt8.self) : nil
         options.preset_dict_size = UInt32(dictionary.count)

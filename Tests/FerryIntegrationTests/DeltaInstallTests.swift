@@ -37,7 +37,9 @@ struct DeltaInstallTests {
 
     /// A bundle carrying a rootfs delta from the sandbox's factory image, and full modem and tee images.
     @discardableResult
-    func makeDeltaBundle(_ sandbox: Sandbox, output: String, version: String = "1.1.0", rootfs: [UInt8]? = nil) throws
+    func makeDeltaBundle(
+        _ sandbox: Sandbox, output: String, version: String = "1.1.0", rootfs: [UInt8]? = nil, extra: [String] = []
+    ) throws
         -> [String: [UInt8]]
     {
         let factory = "\(sandbox.directory)/images/factory-rootfs.img"
@@ -55,7 +57,7 @@ struct DeltaInstallTests {
                 "--image", "modem=\(sandbox.directory)/new-modem.img", "--image",
                 "tee=\(sandbox.directory)/new-tee.img",
                 "--chunk-size", "1M",
-            ] + TestEnvironment.codecArguments + [
+            ] + TestEnvironment.codecArguments + extra + [
                 "-o", output,
             ])
         #expect(result.status == 0, "\(result.output)")
@@ -236,6 +238,40 @@ struct DeltaInstallTests {
 
     /// An install cut in the middle of the delta (an I/O error after 6 MiB, checkpoints every
     /// 2 MiB) resumes from its last checkpoint with the same bundle and ends with a verified slot.
+    /// A fleet whose Ferry predates formatVersion 3 gets version-2 deltas on request; the manifest
+    /// names version 3 (an older Ferry refuses the manifest for its unknown key before writing) and
+    /// leaves version 2 unnamed; an unknown version is refused when the manifest is read.
+    @Test func deltaFormatVersionsInTheManifest() async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            try makeDeltaBundle(sandbox, output: "\(dir)/v3.ferry")
+            let v3 = try manifest(of: "\(dir)/v3.ferry")
+            #expect(v3.payloads.compactMap(\.delta).map(\.formatVersion) == [3])
+            let images = try makeDeltaBundle(
+                sandbox, output: "\(dir)/v2.ferry", extra: ["--delta-format-version", "2"])
+            let reader = BundleReader(source: try FileByteSource(path: "\(dir)/v2.ferry"))
+            try reader.readSignedManifest()
+            #expect(try Manifest.parse(reader.manifestBytes).payloads.compactMap(\.delta).map(\.formatVersion) == [2])
+            let v2Text = String(decoding: reader.manifestBytes, as: UTF8.self)
+            #expect(!v2Text.contains("\"formatVersion\": 2") && !v2Text.contains("\"formatVersion\":2"))
+            let result = try ferry(["install", "\(dir)/v2.ferry", "--config", sandbox.configurationPath])
+            #expect(result.status == 0, "\(result.output)")
+            #expect(try slotBytes(sandbox, "rootfs_b", count: images["rootfs"]!.count) == images["rootfs"]!)
+            // Version 4 is not read: refused with the manifest, before anything is planned.
+            let v3Reader = BundleReader(source: try FileByteSource(path: "\(dir)/v3.ferry"))
+            try v3Reader.readSignedManifest()
+            var text = String(decoding: v3Reader.manifestBytes, as: UTF8.self)
+            #expect(text.contains("\"formatVersion\": 3"))
+            text = text.replacing("\"formatVersion\": 3", with: "\"formatVersion\": 4")
+            expectFerryError(.bundleInvalid) { try Manifest.parse(Array(text.utf8)) }
+            let refused = try ferry([
+                "bundle", "create", "--compatible", "x", "--version", "1.0.0", "--cert", "c",
+                "--key", "k", "--image", "rootfs=r", "--delta-format-version", "4", "-o", "\(dir)/x.ferry",
+            ])
+            #expect(refused.status != 0 && refused.output.contains("--delta-format-version must be 2 or 3"))
+        }
+    }
+
     @Test func anInterruptedDeltaInstallResumes() async throws {
         try await withTemporaryDirectory { dir in
             let sandbox = try Sandbox.make(in: dir)
