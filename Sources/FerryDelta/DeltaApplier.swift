@@ -6,7 +6,7 @@ import FerryXZ
 ///
 /// Every operation is checked before its bytes are handed out: it must start where the previous
 /// one ended (no gap, overlap or reordering), stay inside the target, read only inside the source,
-/// and respect ``DeltaFormat``'s size limits (so memory is bounded: 4 MiB of target, 8 MiB of source, 8 MiB of a patch's decoded streams and one LZMA2 window of at most 12 MiB). The
+/// and respect ``DeltaFormat``'s size limits (so memory is bounded: 4 MiB of target, 16 MiB of source, 8 MiB of a patch's decoded streams and one LZMA2 window of at most 12 MiB). The
 /// source extents it reads are hashed and compared with the operation's source SHA-256 before
 /// they are used; the bytes it produces are compared with its target SHA-256 before `body`
 /// sees them. The whole target's SHA-256 is compared at the end.
@@ -120,7 +120,7 @@ public struct DeltaApplier {
         let targetBuffer = UnsafeMutableRawBufferPointer.allocate(
             byteCount: DeltaFormat.maximumTargetLength, alignment: 4096)
         let sourceBuffer = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: DeltaFormat.maximumSourceLength, alignment: 4096)
+            byteCount: DeltaFormat.maximumPatchSourceLength, alignment: 4096)
         // Patch operations' decoded streams; allocated at the first one (formatVersion 3).
         var scratch: UnsafeMutableRawBufferPointer?
         defer {
@@ -249,10 +249,11 @@ public struct DeltaApplier {
         reader = LittleEndianReader(rest)
         var sources: [Range<Int64>] = []
         var total: UInt64 = 0
+        let sourceLimit = UInt64(DeltaFormat.maximumSourceLength(kind))
         for _ in 0..<extentCount {
             let offset = reader.u64()
             let length = reader.u64()
-            guard length > 0, length <= UInt64(DeltaFormat.maximumSourceLength), offset <= UInt64(header.sourceSize),
+            guard length > 0, length <= sourceLimit, offset <= UInt64(header.sourceSize),
                 offset + length <= UInt64(header.sourceSize)
             else {
                 throw DeltaFormat.invalid("operation \(index) reads outside the \(header.sourceSize)-byte source")
@@ -260,11 +261,10 @@ public struct DeltaApplier {
             total += length
             sources.append(Int64(offset)..<Int64(offset + length))
         }
-        guard total <= UInt64(DeltaFormat.maximumSourceLength) else {
+        guard total <= sourceLimit else {
             throw FerryError(
                 code: .limitExceeded,
-                message:
-                    "delta: operation \(index) reads \(total) source bytes (at most \(DeltaFormat.maximumSourceLength))"
+                message: "delta: operation \(index) (\(kind)) reads \(total) source bytes (at most \(sourceLimit))"
             )
         }
         for extent in sources where !isChecked(extent) {

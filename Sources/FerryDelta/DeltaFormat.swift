@@ -35,6 +35,13 @@ public enum DeltaFormat {
     /// Limits that bound the applier's memory whatever the delta says.
     public static let maximumTargetLength = 4 << 20
     public static let maximumSourceLength = 8 << 20
+    /// A `patch` reads up to this much source (its streams need no window over it).
+    public static let maximumPatchSourceLength = 16 << 20
+
+    /// The most source bytes one operation of `kind` reads.
+    public static func maximumSourceLength(_ kind: Kind) -> Int {
+        kind == .patch ? maximumPatchSourceLength : maximumSourceLength
+    }
     public static let maximumSourceExtents = 64
     /// The most data one operation carries (LZMA2's worst case for incompressible target bytes).
     public static let maximumDataLength = maximumTargetLength + maximumTargetLength / 8 + 4096

@@ -22,7 +22,7 @@ import Glibc
 ///    against a dictionary of its regions (a `diff`), or alone (a `literal`). On all cores.
 ///
 /// Memory: both indexes (about 40 bytes per source block and per anchor) and one batch of
-/// operations per core (each up to 4 MiB of target and 8 MiB of source, the matcher's hash chains
+/// operations per core (each up to 4 MiB of target and 16 MiB of source, the matcher's hash chains
 /// over the source, and liblzma's encoder).
 ///
 /// `@unchecked Sendable`: the workers only read the two images with positional reads and the
@@ -229,6 +229,13 @@ public struct DeltaGenerator: @unchecked Sendable {
                         targetSHA256: targetHash, sourceSHA256: SHA256Hasher.hash(dictionary)), patch
                 )
             }
+            // A patch over the limits falls back to a diff, or to a literal when its source is
+            // more than a diff may read.
+            var kind = run.kind == .patch ? DeltaFormat.Kind.diff : run.kind
+            if dictionary.count > DeltaFormat.maximumSourceLength(kind) {
+                kind = .literal
+                dictionary = []
+            }
             let data = try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
                 try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) in
                     try XZDictionaryCodec.encode(
@@ -237,10 +244,10 @@ public struct DeltaGenerator: @unchecked Sendable {
             }
             return (
                 DeltaFormat.Operation(
-                    kind: run.kind == .patch ? .diff : run.kind, target: run.target, sources: run.sources,
+                    kind: kind, target: run.target, sources: kind == .literal ? [] : run.sources,
                     dataLength: Int64(data.count),
                     targetSHA256: targetHash,
-                    sourceSHA256: run.sources.isEmpty ? nil : SHA256Hasher.hash(dictionary)), data
+                    sourceSHA256: kind == .literal ? nil : SHA256Hasher.hash(dictionary)), data
             )
         }
     }
@@ -286,7 +293,7 @@ public struct DeltaGenerator: @unchecked Sendable {
             let total = union.reduce(0) { $0 + $1.count }
             let span = current.first.map { run.target.upperBound - $0.target.lowerBound } ?? length
             if !current.isEmpty
-                && (span > Int64(DeltaFormat.maximumTargetLength) || total > DeltaFormat.maximumSourceLength
+                && (span > Int64(DeltaFormat.maximumTargetLength) || total > DeltaFormat.maximumPatchSourceLength
                     || union.count > DeltaFormat.maximumSourceExtents)
             {
                 flush()
@@ -391,7 +398,7 @@ public struct DeltaGenerator: @unchecked Sendable {
             }
         }
         let margin: Int64 = 64 << 10
-        let budget = Int64(DeltaFormat.maximumSourceLength)
+        let budget = Int64(DeltaFormat.maximumSourceLength(options.formatVersion >= 3 ? .patch : .diff))
         var regions: [Range<Int64>] = []
         var used: Int64 = 0
         for (shift, count) in votes.sorted(by: { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key })
@@ -434,7 +441,7 @@ public struct DeltaGenerator: @unchecked Sendable {
     /// Anchors every 2^k bytes on average, k chosen so that the index stays near a million entries.
     static func anchorMask(for size: Int64) -> UInt64 {
         var bits = 8
-        while bits < 16 && (size >> bits) > 1 << 20 { bits += 1 }
+        while bits < 16 && (size >> bits) > 1 << 22 { bits += 1 }
         return (1 << UInt64(bits)) - 1
     }
 }

@@ -10,8 +10,8 @@ import FerryXZ
 ///     diffLength u64 · diffCompressed u64            cover bytes' differences, raw LZMA2
 ///     literalLength u64 · literalCompressed u64      uncovered bytes, raw LZMA2
 ///
-/// A stream of length 0 is absent (compressed length 0). The control stream is a sequence of
-/// records, each three LEB128 varints: `cover`, `literal`, `seek` (zigzag-signed). The applier
+/// A stream of length 0 is absent (compressed length 0). The control stream is LEB128 varints:
+/// the record count n, then n `cover`s, n `literal`s and n `seek`s (zigzag-signed). The applier
 /// keeps a position `p` in the source extents' bytes (concatenated), starting at 0; for each record
 /// the next `cover` target bytes are `source[p + i] &+ diff[next]` (so `p + cover` must stay
 /// inside the source bytes), then `p += cover`; the next `literal` target bytes are the literal
@@ -36,7 +36,9 @@ public enum DeltaPatch {
 
         var encoded: [UInt8] {
             var bytes: [UInt8] = []
-            for value in [controlLength, controlCompressed, diffLength, diffCompressed, literalLength, literalCompressed] {
+            for value in [
+                controlLength, controlCompressed, diffLength, diffCompressed, literalLength, literalCompressed,
+            ] {
                 bytes.appendLittleEndian(UInt64(value))
             }
             return bytes
@@ -57,13 +59,15 @@ public enum DeltaPatch {
         }
     }
 
-    /// The control stream of `records`.
+    /// The control stream of `records`: their count, then every `cover`, every `literal`, every
+    /// `seek` (grouped by field, which LZMA2 compresses about 5 % better than record by record).
     public static func control(_ records: [Record]) -> [UInt8] {
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(records.count * 6)
+        bytes.reserveCapacity(records.count * 6 + 8)
+        appendVarint(UInt64(records.count), to: &bytes)
+        for record in records { appendVarint(UInt64(record.cover), to: &bytes) }
+        for record in records { appendVarint(UInt64(record.literal), to: &bytes) }
         for record in records {
-            appendVarint(UInt64(record.cover), to: &bytes)
-            appendVarint(UInt64(record.literal), to: &bytes)
             let seek = Int64(record.seek)
             appendVarint(UInt64(bitPattern: (seek << 1) ^ (seek >> 63)), to: &bytes)
         }
@@ -120,7 +124,8 @@ public enum DeltaPatch {
         var pieces: [UnsafeRawBufferPointer] = []
         for (name, length, compressed) in [
             ("control", layout.controlLength, layout.controlCompressed),
-            ("diff", layout.diffLength, layout.diffCompressed), ("literal", layout.literalLength, layout.literalCompressed),
+            ("diff", layout.diffLength, layout.diffCompressed),
+            ("literal", layout.literalLength, layout.literalCompressed),
         ] {
             let into = UnsafeMutableRawBufferPointer(rebasing: scratch[output..<(output + length)])
             if length > 0 {
@@ -144,7 +149,8 @@ public enum DeltaPatch {
         throws(FerryError) -> Layout
     {
         guard data.count >= layoutSize else {
-            throw DeltaFormat.invalid("operation \(index) (patch) has \(data.count) bytes of data, less than its layout")
+            throw DeltaFormat.invalid(
+                "operation \(index) (patch) has \(data.count) bytes of data, less than its layout")
         }
         var reader = LittleEndianReader(Array(data[0..<layoutSize]))
         let values = (0..<6).map { _ in reader.u64() }
@@ -184,30 +190,41 @@ public enum DeltaPatch {
         func bad(_ problem: String) -> FerryError {
             DeltaFormat.invalid("operation \(index) (patch): \(problem)")
         }
-        var controlPosition = 0
-        func varint() throws(FerryError) -> UInt64 {
+        /// Reads the varint at `position` and moves past it.
+        func varint(_ position: inout Int) throws(FerryError) -> UInt64 {
             var value: UInt64 = 0
             var shift: UInt64 = 0
             while true {
-                guard controlPosition < control.count else { throw bad("a control record is cut short") }
-                let byte = control[controlPosition]
-                controlPosition += 1
+                guard position < control.count else { throw bad("the control stream is cut short") }
+                let byte = control[position]
+                position += 1
                 guard shift < 63 || (shift == 63 && byte <= 1) else { throw bad("a control varint is too long") }
                 value |= UInt64(byte & 0x7F) << shift
                 if byte < 0x80 { return value }
                 shift += 7
             }
         }
+        // The count, then where each field's varints start (each varint ends at a byte below 0x80).
+        var coverPosition = 0
+        let count = try varint(&coverPosition)
+        guard count <= UInt64(control.count) else { throw bad("the control stream claims \(count) records") }
+        var literalPosition = coverPosition
+        for _ in 0..<count { _ = try varint(&literalPosition) }
+        var seekPosition = literalPosition
+        for _ in 0..<count { _ = try varint(&seekPosition) }
+        var end = seekPosition
+        for _ in 0..<count { _ = try varint(&end) }
+        guard end == control.count else { throw bad("the control stream has bytes after its records") }
         var sourcePosition: Int64 = 0
         var diffPosition = 0
-        var literalPosition = 0
+        var literalBytes = 0
         var out = 0
-        while controlPosition < control.count {
-            let cover = try varint()
-            let literalCount = try varint()
-            let zigzag = try varint()
+        for _ in 0..<count {
+            let cover = try varint(&coverPosition)
+            let literalCount = try varint(&literalPosition)
+            let zigzag = try varint(&seekPosition)
             let seek = Int64(bitPattern: zigzag >> 1) ^ -Int64(bitPattern: zigzag & 1)
-            guard cover <= UInt64(diff.count - diffPosition), literalCount <= UInt64(literal.count - literalPosition)
+            guard cover <= UInt64(diff.count - diffPosition), literalCount <= UInt64(literal.count - literalBytes)
             else { throw bad("a control record uses more bytes than its streams hold") }
             let coverLength = Int(cover)
             if coverLength > 0 {
@@ -225,15 +242,15 @@ public enum DeltaPatch {
             let literalLength = Int(literalCount)
             if literalLength > 0 {
                 UnsafeMutableRawBufferPointer(rebasing: target[out..<(out + literalLength)]).copyMemory(
-                    from: UnsafeRawBufferPointer(rebasing: literal[literalPosition..<(literalPosition + literalLength)]))
+                    from: UnsafeRawBufferPointer(rebasing: literal[literalBytes..<(literalBytes + literalLength)]))
                 out += literalLength
-                literalPosition += literalLength
+                literalBytes += literalLength
             }
             let (moved, overflow) = sourcePosition.addingReportingOverflow(seek)
             guard !overflow else { throw bad("a control record seeks out of range") }
             sourcePosition = moved
         }
-        guard diffPosition == diff.count, literalPosition == literal.count, out == target.count else {
+        guard diffPosition == diff.count, literalBytes == literal.count, out == target.count else {
             throw bad("the control records produce \(out) of \(target.count) target bytes")
         }
     }

@@ -10,11 +10,11 @@
 /// (the prefix maximizing 3 × matches − 2 × length: bsdiff keeps half, this two thirds), start the next one as far back as its matches reach, and put the bytes
 /// between them in the literal stream. The exact-match search uses hash chains over 8-byte
 /// sequences of the source (the newest `chainDepth` candidates, plus the current alignment)
-/// instead of a suffix array: 4 bytes per source byte and a table of heads (at most 32 MiB for
-/// an operation's 8 MiB of source).
+/// instead of a suffix array: 4 bytes per source byte and a table of heads (at most 64 MiB for
+/// an operation's 16 MiB of source).
 struct PatchMatcher {
     static let hashLength = 8
-    static let chainDepth = 64
+    static let chainDepth = 256
     /// The longest exact match measured; longer ones are taken as this long (the scan continues
     /// from there along the same alignment).
     static let longestMeasured = 1 << 16
@@ -131,7 +131,8 @@ struct PatchMatcher {
                     if matches(target, scored, scored + lastOffset) { oldScore += 1 }
                     scored += 1
                 }
-                if (length == oldScore && length != 0) || length > oldScore + switchMargin(position - scan - lastOffset) {
+                if (length == oldScore && length != 0) || length > oldScore + switchMargin(position - scan - lastOffset)
+                {
                     break
                 }
                 if matches(target, scan, scan + lastOffset) { oldScore -= 1 }
@@ -172,7 +173,8 @@ struct PatchMatcher {
                 bestScore = 0
                 var split = 0
                 for index in 0..<overlap {
-                    if target[lastScan + forward - overlap + index] == source[lastPosition + forward - overlap + index] {
+                    if target[lastScan + forward - overlap + index] == source[lastPosition + forward - overlap + index]
+                    {
                         score += 1
                     }
                     if target[scan - backward + index] == source[position - backward + index] { score -= 1 }

@@ -92,7 +92,8 @@ import Testing
         var delta = header.encoded()
         delta += DeltaFormat.encoded(HashedRange(range: 0..<Int64(source.count), sha256: SHA256Hasher.hash(source)))
         let sourceBytes = sources.reduce(0) { $0 + $1.count }
-        let data = try data ?? patchData([.init(cover: 8192, literal: 0, seek: 0)], diff: [UInt8](repeating: 1, count: 8192))
+        let data =
+            try data ?? patchData([.init(cover: 8192, literal: 0, seek: 0)], diff: [UInt8](repeating: 1, count: 8192))
         delta += DeltaFormat.Operation(
             kind: .patch, target: 0..<Int64(target.count), sources: sources, dataLength: Int64(data.count),
             targetSHA256: SHA256Hasher.hash(target),
@@ -120,12 +121,22 @@ import Testing
     }
 
     static let badPatches: [(String, [DeltaPatch.Record], Int, Int, FerryError.Code)] = [
-        ("a cover past the source bytes", [.init(cover: 100, literal: 0, seek: 8000), .init(cover: 8092, literal: 0, seek: 0)], 8192, 0, .bundleInvalid),
-        ("a cover before the source bytes", [.init(cover: 0, literal: 0, seek: -1), .init(cover: 8192, literal: 0, seek: 0)], 8192, 0, .bundleInvalid),
+        (
+            "a cover past the source bytes",
+            [.init(cover: 100, literal: 0, seek: 8000), .init(cover: 8092, literal: 0, seek: 0)], 8192, 0,
+            .bundleInvalid
+        ),
+        (
+            "a cover before the source bytes",
+            [.init(cover: 0, literal: 0, seek: -1), .init(cover: 8192, literal: 0, seek: 0)], 8192, 0, .bundleInvalid
+        ),
         ("records short of the streams", [.init(cover: 4096, literal: 0, seek: 0)], 8192, 0, .bundleInvalid),
         ("records past the streams", [.init(cover: 8192, literal: 1, seek: 0)], 8192, 0, .bundleInvalid),
         ("streams short of the target", [.init(cover: 4096, literal: 0, seek: 0)], 4096, 0, .bundleInvalid),
-        ("a huge seek", [.init(cover: 1, literal: 0, seek: Int.max), .init(cover: 8191, literal: 0, seek: Int.max)], 8192, 0, .bundleInvalid),
+        (
+            "a huge seek", [.init(cover: 1, literal: 0, seek: Int.max), .init(cover: 8191, literal: 0, seek: Int.max)],
+            8192, 0, .bundleInvalid
+        ),
     ]
 
     @Test(arguments: badPatches)
@@ -135,30 +146,55 @@ import Testing
         try await withTemporaryDirectory { directory in
             let data = try Self.patchData(
                 records, diff: [UInt8](repeating: 1, count: diff), literal: [UInt8](repeating: 0x12, count: literal))
-            expectFerryError(code) { try DeltaTests.apply(try Self.crafted(directory, data: data), source: "\(directory)/old.img") }
+            expectFerryError(code) {
+                try DeltaTests.apply(try Self.crafted(directory, data: data), source: "\(directory)/old.img")
+            }
         }
     }
 
     @Test func aPatchWithABadLayoutIsRefused() async throws {
         try await withTemporaryDirectory { directory in
-            let valid = try Self.patchData([.init(cover: 8192, literal: 0, seek: 0)], diff: [UInt8](repeating: 1, count: 8192))
+            let valid = try Self.patchData(
+                [.init(cover: 8192, literal: 0, seek: 0)], diff: [UInt8](repeating: 1, count: 8192))
             let old = "\(directory)/old.img"
             // A control stream over the limit (its length field, bytes 0-7).
             var huge = valid
             huge.replaceSubrange(0..<8, with: [0, 0, 0x40, 0x01, 0, 0, 0, 0])
-            expectFerryError(.limitExceeded) { try DeltaTests.apply(try Self.crafted(directory, data: huge), source: old) }
+            expectFerryError(.limitExceeded) {
+                try DeltaTests.apply(try Self.crafted(directory, data: huge), source: old)
+            }
             // Compressed lengths that do not add up to the data.
             var long = valid
             long[8] &+= 1
-            expectFerryError(.bundleInvalid) { try DeltaTests.apply(try Self.crafted(directory, data: long), source: old) }
+            expectFerryError(.bundleInvalid) {
+                try DeltaTests.apply(try Self.crafted(directory, data: long), source: old)
+            }
             // Shorter than its layout; a corrupt stream.
-            expectFerryError(.bundleInvalid) { try DeltaTests.apply(try Self.crafted(directory, data: Array(valid[..<40])), source: old) }
+            expectFerryError(.bundleInvalid) {
+                try DeltaTests.apply(try Self.crafted(directory, data: Array(valid[..<40])), source: old)
+            }
             var corrupt = valid
             corrupt[DeltaPatch.layoutSize + 2] ^= 0xFF
-            expectFerryError(.bundleInvalid) { try DeltaTests.apply(try Self.crafted(directory, data: corrupt), source: old) }
+            expectFerryError(.bundleInvalid) {
+                try DeltaTests.apply(try Self.crafted(directory, data: corrupt), source: old)
+            }
+            // A control stream that claims more records than it holds, or has bytes after them.
+            for control: [UInt8] in [
+                [5, 1, 1, 1], DeltaPatch.control([.init(cover: 8192, literal: 0, seek: 0)]) + [0],
+            ] {
+                let data = try DeltaPatch.encode(
+                    control: control, diff: [UInt8](repeating: 1, count: 8192), literal: [], preset: 1, extreme: false)
+                expectFerryError(.bundleInvalid) {
+                    try DeltaTests.apply(try Self.crafted(directory, data: data), source: old)
+                }
+            }
             // A patch without source extents; a patch in a formatVersion 2 delta.
-            expectFerryError(.bundleInvalid) { try DeltaTests.apply(try Self.crafted(directory, sources: []), source: old) }
-            expectFerryError(.bundleInvalid) { try DeltaTests.apply(try Self.crafted(directory, formatVersion: 2), source: old) }
+            expectFerryError(.bundleInvalid) {
+                try DeltaTests.apply(try Self.crafted(directory, sources: []), source: old)
+            }
+            expectFerryError(.bundleInvalid) {
+                try DeltaTests.apply(try Self.crafted(directory, formatVersion: 2), source: old)
+            }
         }
     }
 
