@@ -221,7 +221,8 @@ public struct DeltaGenerator: @unchecked Sendable {
             var dictionary: [UInt8] = []
             for region in run.sources { dictionary += try source.read(at: region.lowerBound, count: region.count) }
             if run.kind == .patch || (run.kind == .diff && options.formatVersion >= 3),
-                let patch = try patch(bytes, dictionary: dictionary)
+                let patch = try patch(bytes, dictionary: dictionary),
+                try !diffIsSmaller(than: patch, bytes, dictionary: dictionary)
             {
                 return (
                     DeltaFormat.Operation(
@@ -318,6 +319,21 @@ public struct DeltaGenerator: @unchecked Sendable {
         }
     }
 
+    /// Whether a `diff` of `bytes` against `dictionary` would be smaller than `patch`: tried
+    /// where the patch is over 5 % of the bytes (approximate matches found little: another build of
+    /// a library, say, where LZ matches of any length anywhere in the old bytes do better) and the
+    /// dictionary is one a diff may use.
+    func diffIsSmaller(than patch: [UInt8], _ bytes: [UInt8], dictionary: [UInt8]) throws(FerryError) -> Bool {
+        guard patch.count * 20 >= bytes.count, dictionary.count <= DeltaFormat.maximumSourceLength else { return false }
+        let diff = try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
+            try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) in
+                try XZDictionaryCodec.encode(
+                    input, dictionary: dictionary, preset: options.preset, extreme: options.extreme)
+            }
+        }
+        return diff.count < patch.count
+    }
+
     /// A `patch` operation's data for `bytes` against `dictionary`, or nil when its control
     /// stream or its data would be over the limits.
     func patch(_ bytes: [UInt8], dictionary: [UInt8]) throws(FerryError) -> [UInt8]? {
@@ -325,9 +341,17 @@ public struct DeltaGenerator: @unchecked Sendable {
             let matched = bytes.withUnsafeBytes { PatchMatcher(source: dictionary).match($0) }
             let control = DeltaPatch.control(matched.records)
             guard control.count <= DeltaPatch.maximumControlLength else { return nil }
-            let data = try DeltaPatch.encode(
+            var data = try DeltaPatch.encode(
                 control: control, diff: matched.diff, literal: matched.literal, preset: options.preset,
                 extreme: options.extreme)
+            // Where matches cover little (another build of a library, say), the literals go
+            // against the source too, as a diff would: LZ matches of any length, anywhere in it.
+            if matched.literal.count * 4 >= bytes.count, dictionary.count <= DeltaFormat.maximumSourceLength {
+                let against = try DeltaPatch.encode(
+                    control: control, diff: matched.diff, literal: matched.literal, preset: options.preset,
+                    extreme: options.extreme, literalDictionary: dictionary)
+                if against.count < data.count { data = against }
+            }
             return data.count <= DeltaFormat.maximumDataLength ? data : nil
         }
     }

@@ -4,11 +4,12 @@ import FerryXZ
 /// The data of a `patch` operation (formatVersion 3, docs/delta-format.md): approximate matches
 /// against the operation's source extents, as three LZMA2 streams.
 ///
-/// A 48-byte layout, then the three streams back to back:
+/// A 56-byte layout (the six lengths below, then `flags` u64), then the three streams back to back:
 ///
 ///     controlLength u64 · controlCompressed u64      control records (below), raw LZMA2
 ///     diffLength u64 · diffCompressed u64            cover bytes' differences, raw LZMA2
-///     literalLength u64 · literalCompressed u64      uncovered bytes, raw LZMA2
+///     literalLength u64 · literalCompressed u64      uncovered bytes, raw LZMA2 (flag 1: whose
+///                                                    preset dictionary is the source bytes)
 ///
 /// A stream of length 0 is absent (compressed length 0). The control stream is LEB128 varints:
 /// the record count n, then n `cover`s, n `literal`s and n `seek`s (zigzag-signed). The applier
@@ -22,7 +23,10 @@ import FerryXZ
 /// of every instruction that refers across the change: as LZ matches that is a new match every few
 /// bytes, as differences it is a stream of mostly zeros and repeated small values.
 public enum DeltaPatch {
-    public static let layoutSize = 48
+    public static let layoutSize = 56
+    /// Layout flag: the literal stream's preset dictionary is the source bytes (allowed only when
+    /// they are at most `DeltaFormat.maximumSourceLength`, which bounds the decoder's window).
+    public static let literalAgainstSource: UInt64 = 1
     /// The longest control stream an operation may carry (decoded).
     public static let maximumControlLength = DeltaFormat.maximumTargetLength
 
@@ -33,6 +37,7 @@ public enum DeltaPatch {
         public var diffCompressed: Int
         public var literalLength: Int
         public var literalCompressed: Int
+        public var flags: UInt64 = 0
 
         var encoded: [UInt8] {
             var bytes: [UInt8] = []
@@ -41,6 +46,7 @@ public enum DeltaPatch {
             ] {
                 bytes.appendLittleEndian(UInt64(value))
             }
+            bytes.appendLittleEndian(flags)
             return bytes
         }
     }
@@ -83,26 +89,31 @@ public enum DeltaPatch {
         bytes.append(UInt8(value))
     }
 
-    /// A patch operation's data: the layout and the three streams, compressed.
+    /// A patch operation's data: the layout and the three streams, compressed; the literal
+    /// stream against `literalDictionary` when one is given (the operation's source bytes).
     public static func encode(
-        control: [UInt8], diff: [UInt8], literal: [UInt8], preset: Int, extreme: Bool
+        control: [UInt8], diff: [UInt8], literal: [UInt8], preset: Int, extreme: Bool,
+        literalDictionary: UnsafeRawBufferPointer? = nil
     ) throws(FerryError) -> [UInt8] {
-        func compress(_ bytes: [UInt8], lc: Int = 3, lp: Int = 0, pb: Int = 2) throws(FerryError) -> [UInt8] {
+        func compress(
+            _ bytes: [UInt8], against dictionary: UnsafeRawBufferPointer? = nil, lc: Int = 3, lp: Int = 0, pb: Int = 2
+        ) throws(FerryError) -> [UInt8] {
             guard !bytes.isEmpty else { return [] }
             return try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
                 try XZDictionaryCodec.encode(
-                    input, dictionary: UnsafeRawBufferPointer(start: nil, count: 0), preset: preset, extreme: extreme,
-                    literalContextBits: lc, literalPositionBits: lp, positionBits: pb)
+                    input, dictionary: dictionary ?? UnsafeRawBufferPointer(start: nil, count: 0), preset: preset,
+                    extreme: extreme, literalContextBits: lc, literalPositionBits: lp, positionBits: pb)
             }
         }
         // pb=0: differences and literals have no 4-byte structure LZMA's position bits would find
         // (measured: about 1 % smaller on Debian kernel modules).
         let controlData = try compress(control)
         let diffData = try compress(diff, pb: 0)
-        let literalData = try compress(literal, pb: 0)
-        let layout = Layout(
+        let literalData = try compress(literal, against: literalDictionary, pb: 0)
+        var layout = Layout(
             controlLength: control.count, controlCompressed: controlData.count, diffLength: diff.count,
             diffCompressed: diffData.count, literalLength: literal.count, literalCompressed: literalData.count)
+        if literalDictionary != nil && !literal.isEmpty { layout.flags = literalAgainstSource }
         return layout.encoded + controlData + diffData + literalData
     }
 
@@ -118,20 +129,28 @@ public enum DeltaPatch {
         scratch: UnsafeMutableRawBufferPointer, operation index: Int64
     ) throws(FerryError) {
         let layout = try readLayout(data, targetLength: target.count, operation: index)
+        guard layout.flags & ~literalAgainstSource == 0,
+            layout.flags == 0 || (layout.literalLength > 0 && source.count <= DeltaFormat.maximumSourceLength)
+        else {
+            throw DeltaFormat.invalid(
+                "operation \(index) (patch) has layout flags \(layout.flags) that do not fit it (known: 1, with a literal stream and at most \(DeltaFormat.maximumSourceLength) source bytes)"
+            )
+        }
         let none = UnsafeRawBufferPointer(start: nil, count: 0)
         var input = layoutSize
         var output = 0
         var pieces: [UnsafeRawBufferPointer] = []
-        for (name, length, compressed) in [
-            ("control", layout.controlLength, layout.controlCompressed),
-            ("diff", layout.diffLength, layout.diffCompressed),
-            ("literal", layout.literalLength, layout.literalCompressed),
+        let literalDictionary = layout.flags & literalAgainstSource != 0 ? source : none
+        for (name, length, compressed, dictionary) in [
+            ("control", layout.controlLength, layout.controlCompressed, none),
+            ("diff", layout.diffLength, layout.diffCompressed, none),
+            ("literal", layout.literalLength, layout.literalCompressed, literalDictionary),
         ] {
             let into = UnsafeMutableRawBufferPointer(rebasing: scratch[output..<(output + length)])
             if length > 0 {
                 do throws(FerryError) {
                     try XZDictionaryCodec.decode(
-                        UnsafeRawBufferPointer(rebasing: data[input..<(input + compressed)]), dictionary: none,
+                        UnsafeRawBufferPointer(rebasing: data[input..<(input + compressed)]), dictionary: dictionary,
                         into: into)
                 } catch {
                     throw error.prefixed("delta operation \(index) (patch, \(name) stream)")
@@ -154,12 +173,14 @@ public enum DeltaPatch {
         }
         var reader = LittleEndianReader(Array(data[0..<layoutSize]))
         let values = (0..<6).map { _ in reader.u64() }
+        let flags = reader.u64()
         guard values.allSatisfy({ $0 <= UInt64(Int32.max) }) else {
             throw DeltaFormat.invalid("operation \(index) (patch) has absurd stream lengths")
         }
         let layout = Layout(
             controlLength: Int(values[0]), controlCompressed: Int(values[1]), diffLength: Int(values[2]),
-            diffCompressed: Int(values[3]), literalLength: Int(values[4]), literalCompressed: Int(values[5]))
+            diffCompressed: Int(values[3]), literalLength: Int(values[4]), literalCompressed: Int(values[5]),
+            flags: flags)
         guard layout.controlLength <= maximumControlLength else {
             throw FerryError(
                 code: .limitExceeded,

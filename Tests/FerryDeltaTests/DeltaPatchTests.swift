@@ -111,6 +111,17 @@ import Testing
         try await withTemporaryDirectory { directory in
             let delta = try Self.crafted(directory)
             #expect(try DeltaTests.apply(delta, source: "\(directory)/old.img") == Self.target)
+            // Literals compressed against the source bytes (layout flag 1).
+            let against = try [UInt8](repeating: 0x11, count: 8192).withUnsafeBytes { (source) throws(FerryError) in
+                try DeltaPatch.encode(
+                    control: DeltaPatch.control([.init(cover: 4096, literal: 4096, seek: 0)]),
+                    diff: [UInt8](repeating: 1, count: 4096), literal: [UInt8](repeating: 0x12, count: 4096), preset: 1,
+                    extreme: false, literalDictionary: source)
+            }
+            #expect(against[48] == 1)
+            #expect(
+                try DeltaTests.apply(try Self.crafted(directory, data: against), source: "\(directory)/old.img")
+                    == Self.target)
             // Covers and literals mixed, with a seek back to reuse the same source bytes.
             let mixed = try Self.patchData(
                 [.init(cover: 100, literal: 50, seek: -100), .init(cover: 8000, literal: 42, seek: 0)],
@@ -187,6 +198,17 @@ import Testing
                 expectFerryError(.bundleInvalid) {
                     try DeltaTests.apply(try Self.crafted(directory, data: data), source: old)
                 }
+            }
+            // Layout flags: an unknown one; the literal dictionary flag without literals.
+            var unknownFlag = valid
+            unknownFlag[48] = 2
+            expectFerryError(.bundleInvalid) {
+                try DeltaTests.apply(try Self.crafted(directory, data: unknownFlag), source: old)
+            }
+            var noLiterals = valid
+            noLiterals[48] = 1
+            expectFerryError(.bundleInvalid) {
+                try DeltaTests.apply(try Self.crafted(directory, data: noLiterals), source: old)
             }
             // A patch without source extents; a patch in a formatVersion 2 delta.
             expectFerryError(.bundleInvalid) {
