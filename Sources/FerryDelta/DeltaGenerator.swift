@@ -220,29 +220,28 @@ public struct DeltaGenerator: @unchecked Sendable {
         case .literal, .diff, .patch:
             var dictionary: [UInt8] = []
             for region in run.sources { dictionary += try source.read(at: region.lowerBound, count: region.count) }
+            var tried: [UInt8]?
             if run.kind == .patch || (run.kind == .diff && options.formatVersion >= 3),
-                let patch = try patch(bytes, dictionary: dictionary),
-                try !diffIsSmaller(than: patch, bytes, dictionary: dictionary)
+                let patch = try patch(bytes, dictionary: dictionary)
             {
-                return (
-                    DeltaFormat.Operation(
-                        kind: .patch, target: run.target, sources: run.sources, dataLength: Int64(patch.count),
-                        targetSHA256: targetHash, sourceSHA256: SHA256Hasher.hash(dictionary)), patch
-                )
+                tried = try smallerDiff(than: patch, bytes, dictionary: dictionary)
+                if tried == nil {
+                    return (
+                        DeltaFormat.Operation(
+                            kind: .patch, target: run.target, sources: run.sources, dataLength: Int64(patch.count),
+                            targetSHA256: targetHash, sourceSHA256: SHA256Hasher.hash(dictionary)), patch
+                    )
+                }
             }
-            // A patch over the limits falls back to a diff, or to a literal when its source is
-            // more than a diff may read.
+            // A patch over the limits (or larger than a diff) falls back to a diff, or to a literal
+            // when its source is more than a diff may read.
             var kind = run.kind == .patch ? DeltaFormat.Kind.diff : run.kind
             if dictionary.count > DeltaFormat.maximumSourceLength(kind) {
                 kind = .literal
                 dictionary = []
             }
-            let data = try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
-                try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) in
-                    try XZDictionaryCodec.encode(
-                        input, dictionary: dictionary, preset: options.preset, extreme: options.extreme)
-                }
-            }
+            let data: [UInt8]
+            if let tried { data = tried } else { data = try compressed(bytes, against: dictionary) }
             return (
                 DeltaFormat.Operation(
                     kind: kind, target: run.target, sources: kind == .literal ? [] : run.sources,
@@ -319,19 +318,24 @@ public struct DeltaGenerator: @unchecked Sendable {
         }
     }
 
-    /// Whether a `diff` of `bytes` against `dictionary` would be smaller than `patch`: tried
+    /// A `diff`'s data for `bytes` against `dictionary` when it is smaller than `patch`: tried
     /// where the patch is over 5 % of the bytes (approximate matches found little: another build of
     /// a library, say, where LZ matches of any length anywhere in the old bytes do better) and the
     /// dictionary is one a diff may use.
-    func diffIsSmaller(than patch: [UInt8], _ bytes: [UInt8], dictionary: [UInt8]) throws(FerryError) -> Bool {
-        guard patch.count * 20 >= bytes.count, dictionary.count <= DeltaFormat.maximumSourceLength else { return false }
-        let diff = try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
+    func smallerDiff(than patch: [UInt8], _ bytes: [UInt8], dictionary: [UInt8]) throws(FerryError) -> [UInt8]? {
+        guard patch.count * 20 >= bytes.count, dictionary.count <= DeltaFormat.maximumSourceLength else { return nil }
+        let diff = try compressed(bytes, against: dictionary)
+        return diff.count < patch.count ? diff : nil
+    }
+
+    /// `bytes` as raw LZMA2 with `dictionary` as its preset dictionary (a diff, or a literal when empty).
+    func compressed(_ bytes: [UInt8], against dictionary: [UInt8]) throws(FerryError) -> [UInt8] {
+        try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
             try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) in
                 try XZDictionaryCodec.encode(
                     input, dictionary: dictionary, preset: options.preset, extreme: options.extreme)
             }
         }
-        return diff.count < patch.count
     }
 
     /// A `patch` operation's data for `bytes` against `dictionary`, or nil when its control

@@ -27,19 +27,11 @@ import Testing
     static func makeDelta(
         _ directory: String, source: [UInt8], target: [UInt8], formatVersion: UInt32 = DeltaFormat.formatVersion
     ) throws -> (delta: [UInt8], statistics: DeltaGenerator.Statistics) {
-        try makeFile("\(directory)/old.img", bytes: source)
-        try makeFile("\(directory)/new.img", bytes: target)
         var options = DeltaGenerator.Options()
         options.preset = 6
         options.extreme = false
         options.formatVersion = formatVersion
-        var delta: [UInt8] = []
-        let statistics = try DeltaGenerator(
-            source: try BlockDevice.openForReading("\(directory)/old.img"),
-            target: try BlockDevice.openForReading("\(directory)/new.img"),
-            options: options
-        ).create { (bytes) throws(FerryError) in delta += bytes }
-        return (delta, statistics)
+        return try DeltaTests.makeDelta(directory, source: source, target: target, options: options)
     }
 
     @Test func shiftedCodeBecomesPatchesThatRoundTripAndBeatVersion2() async throws {

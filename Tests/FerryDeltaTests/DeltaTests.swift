@@ -27,10 +27,17 @@ import Testing
     }
 
     static func makeDelta(_ directory: String, source: [UInt8], target: [UInt8]) throws -> [UInt8] {
-        try makeFile("\(directory)/old.img", bytes: source)
-        try makeFile("\(directory)/new.img", bytes: target)
         var options = DeltaGenerator.Options()
         options.preset = 1
+        return try makeDelta(directory, source: source, target: target, options: options).delta
+    }
+
+    /// The delta from `source` to `target` (written as old.img and new.img in `directory`).
+    static func makeDelta(_ directory: String, source: [UInt8], target: [UInt8], options: DeltaGenerator.Options)
+        throws -> (delta: [UInt8], statistics: DeltaGenerator.Statistics)
+    {
+        try makeFile("\(directory)/old.img", bytes: source)
+        try makeFile("\(directory)/new.img", bytes: target)
         var delta: [UInt8] = []
         let statistics = try DeltaGenerator(
             source: try BlockDevice.openForReading("\(directory)/old.img"),
@@ -38,7 +45,7 @@ import Testing
             options: options
         ).create { (bytes) throws(FerryError) in delta += bytes }
         #expect(statistics.deltaBytes == Int64(delta.count))
-        return delta
+        return (delta, statistics)
     }
 
     static func apply(_ delta: [UInt8], source: String) throws -> [UInt8] {
