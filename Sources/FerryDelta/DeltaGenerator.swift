@@ -21,9 +21,10 @@ import Glibc
 ///    and control streams, each LZMA2. formatVersion 2: each changed run is compressed with LZMA2
 ///    against a dictionary of its regions (a `diff`), or alone (a `literal`). On all cores.
 ///
-/// Memory: both indexes (about 40 bytes per source block and per anchor) and one batch of
-/// operations per core (each up to 4 MiB of target and 16 MiB of source, the matcher's hash chains
-/// over the source, and liblzma's encoder).
+/// Memory: both indexes (about 40 bytes per source block and per anchor), one operation being
+/// encoded per core (up to 4 MiB of target and 16 MiB of source, the matcher's hash chains over
+/// the source, and liblzma's encoder), and up to 4 encoded operations per core waiting to be
+/// written in order.
 ///
 /// `@unchecked Sendable`: the workers only read the two images with positional reads and the
 /// index after it was built.
@@ -90,30 +91,19 @@ public struct DeltaGenerator: @unchecked Sendable {
         try write(headerBytes)
         statistics.deltaBytes += Int64(headerBytes.count)
 
-        // Compress in batches on all cores; write in order.
-        let batchSize = max(1, options.threads) * 4
-        var first = 0
-        while first < runs.count {
-            let batch = Array(runs[first..<min(runs.count, first + batchSize)])
-            let results = ResultBox(count: batch.count)
-            let work = { @Sendable (slot: Int) in
-                results.set(slot, Result { () throws(FerryError) in try encode(batch[slot], index: index) })
-            }
-            if batch.count == 1 {
-                work(0)
-            } else {
-                DispatchQueue.concurrentPerform(iterations: batch.count, execute: work)
-            }
-            for slot in 0..<batch.count {
-                let (operation, data) = try results.get(slot).get()
-                let record = operation.encoded()
-                try write(record)
-                if !data.isEmpty { try write(data) }
-                statistics.operations[operation.kind, default: 0] += 1
-                statistics.targetBytes[operation.kind, default: 0] += Int64(operation.target.count)
-                statistics.deltaBytes += Int64(record.count + data.count)
-            }
-            first += batch.count
+        // Compress on all cores; write in order.
+        let planned = runs
+        try inOrder(
+            count: planned.count, threads: max(1, options.threads), window: max(1, options.threads) * 4,
+            work: { item in Result { () throws(FerryError) in try encode(planned[item], index: index) } }
+        ) { (result) throws(FerryError) in
+            let (operation, data) = try result.get()
+            let record = operation.encoded()
+            try write(record)
+            if !data.isEmpty { try write(data) }
+            statistics.operations[operation.kind, default: 0] += 1
+            statistics.targetBytes[operation.kind, default: 0] += Int64(operation.target.count)
+            statistics.deltaBytes += Int64(record.count + data.count)
         }
         return statistics
     }
@@ -221,17 +211,16 @@ public struct DeltaGenerator: @unchecked Sendable {
             var dictionary: [UInt8] = []
             for region in run.sources { dictionary += try source.read(at: region.lowerBound, count: region.count) }
             var tried: [UInt8]?
-            if run.kind == .patch || (run.kind == .diff && options.formatVersion >= 3),
-                let patch = try patch(bytes, dictionary: dictionary)
-            {
-                tried = try smallerDiff(than: patch, bytes, dictionary: dictionary)
-                if tried == nil {
+            if run.kind == .patch || (run.kind == .diff && options.formatVersion >= 3) {
+                let chosen = try patchOrDiff(bytes, dictionary: dictionary)
+                if let patch = chosen.patch {
                     return (
                         DeltaFormat.Operation(
                             kind: .patch, target: run.target, sources: run.sources, dataLength: Int64(patch.count),
                             targetSHA256: targetHash, sourceSHA256: SHA256Hasher.hash(dictionary)), patch
                     )
                 }
+                tried = chosen.diff
             }
             // A patch over the limits (or larger than a diff) falls back to a diff, or to a literal
             // when its source is more than a diff may read.
@@ -318,44 +307,63 @@ public struct DeltaGenerator: @unchecked Sendable {
         }
     }
 
-    /// A `diff`'s data for `bytes` against `dictionary` when it is smaller than `patch`: tried
-    /// where the patch is over 5 % of the bytes (approximate matches found little: another build of
-    /// a library, say, where LZ matches of any length anywhere in the old bytes do better) and the
-    /// dictionary is one a diff may use.
-    func smallerDiff(than patch: [UInt8], _ bytes: [UInt8], dictionary: [UInt8]) throws(FerryError) -> [UInt8]? {
-        guard patch.count * 20 >= bytes.count, dictionary.count <= DeltaFormat.maximumSourceLength else { return nil }
-        let diff = try compressed(bytes, against: dictionary)
-        return diff.count < patch.count ? diff : nil
+    /// A segment's data as a `patch`, or as a `diff` where that is smaller (at most one of the
+    /// two; neither when the patch is over the limits and no diff was tried).
+    ///
+    /// A diff is tried where the patch is over 5 % of the bytes (approximate matches found
+    /// little: another build of a library, say, where LZ matches of any length anywhere in the old
+    /// bytes do better) and the dictionary is one a diff may use. Where the matches leave 15 % or
+    /// more of the bytes as literals, the diff goes first, and when it is at most 70 % of those
+    /// literal bytes the patch is not encoded at all: its literals alone would hardly compress
+    /// better than the whole segment does as a diff. (On the small and debian benchmark pairs,
+    /// every segment this skips was 10-20 % smaller as a diff, and every segment where the patch
+    /// won had a diff over 70 % of its literals; it saves about half the encoding time of the
+    /// small pair.) That diff is compressed without `--extreme`: a whole segment against up to
+    /// 8 MiB of preset dictionary is where `-9e` costs most (a quarter of the small pair's
+    /// generation time) and gains least (0.07 % there; the patch streams keep `-9e`, which is
+    /// worth 2.9 % on the debian pair).
+    func patchOrDiff(_ bytes: [UInt8], dictionary: [UInt8]) throws(FerryError) -> (patch: [UInt8]?, diff: [UInt8]?) {
+        let matched = bytes.withUnsafeBytes { target in
+            dictionary.withUnsafeBytes { PatchMatcher(source: $0).match(target) }
+        }
+        let diffAllowed = dictionary.count <= DeltaFormat.maximumSourceLength
+        var diff: [UInt8]?
+        if diffAllowed && matched.literal.count * 20 >= bytes.count * 3 {
+            let first = try compressed(bytes, against: dictionary, extreme: false)
+            if first.count * 10 <= matched.literal.count * 7 { return (nil, first) }
+            diff = first
+        }
+        guard let patch = try patch(matched, count: bytes.count, dictionary: dictionary) else { return (nil, diff) }
+        if diff == nil && diffAllowed && patch.count * 20 >= bytes.count {
+            diff = try compressed(bytes, against: dictionary, extreme: false)
+        }
+        if let diff, diff.count < patch.count { return (nil, diff) }
+        return (patch, nil)
     }
 
-    /// `bytes` as raw LZMA2 with `dictionary` as its preset dictionary (a diff, or a literal when empty).
-    func compressed(_ bytes: [UInt8], against dictionary: [UInt8]) throws(FerryError) -> [UInt8] {
+    /// `bytes` as raw LZMA2 with `dictionary` as its preset dictionary (a diff, or a literal when
+    /// empty), at the options' preset, `--extreme` unless told otherwise.
+    func compressed(_ bytes: [UInt8], against dictionary: [UInt8], extreme: Bool? = nil) throws(FerryError) -> [UInt8] {
         try bytes.withTypedUnsafeBytes { (input) throws(FerryError) in
             try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) in
                 try XZDictionaryCodec.encode(
-                    input, dictionary: dictionary, preset: options.preset, extreme: options.extreme)
+                    input, dictionary: dictionary, preset: options.preset, extreme: extreme ?? options.extreme)
             }
         }
     }
 
-    /// A `patch` operation's data for `bytes` against `dictionary`, or nil when its control
-    /// stream or its data would be over the limits.
-    func patch(_ bytes: [UInt8], dictionary: [UInt8]) throws(FerryError) -> [UInt8]? {
-        try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) -> [UInt8]? in
-            let matched = bytes.withUnsafeBytes { PatchMatcher(source: dictionary).match($0) }
-            let control = DeltaPatch.control(matched.records)
-            guard control.count <= DeltaPatch.maximumControlLength else { return nil }
-            var data = try DeltaPatch.encode(
+    /// A `patch` operation's data for `count` bytes matched against `dictionary`, or nil when
+    /// its control stream or its data would be over the limits.
+    func patch(_ matched: PatchMatcher.Result, count: Int, dictionary: [UInt8]) throws(FerryError) -> [UInt8]? {
+        let control = DeltaPatch.control(matched.records)
+        guard control.count <= DeltaPatch.maximumControlLength else { return nil }
+        return try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) -> [UInt8]? in
+            // Where matches cover little (another build of a library, say), the literals are also
+            // tried against the source, as a diff would be: LZ matches of any length, anywhere in it.
+            let tryAgainst = matched.literal.count * 4 >= count && dictionary.count <= DeltaFormat.maximumSourceLength
+            let data = try DeltaPatch.encode(
                 control: control, diff: matched.diff, literal: matched.literal, preset: options.preset,
-                extreme: options.extreme)
-            // Where matches cover little (another build of a library, say), the literals go
-            // against the source too, as a diff would: LZ matches of any length, anywhere in it.
-            if matched.literal.count * 4 >= bytes.count, dictionary.count <= DeltaFormat.maximumSourceLength {
-                let against = try DeltaPatch.encode(
-                    control: control, diff: matched.diff, literal: matched.literal, preset: options.preset,
-                    extreme: options.extreme, literalDictionary: dictionary)
-                if against.count < data.count { data = against }
-            }
+                extreme: options.extreme, literalDictionary: tryAgainst ? dictionary : nil, orAlone: true)
             return data.count <= DeltaFormat.maximumDataLength ? data : nil
         }
     }
@@ -570,5 +578,4 @@ private final class SlotResults<Value>: @unchecked Sendable {
     func get(_ slot: Int) -> Result<Value, FerryError> { results[slot]! }
 }
 
-private typealias ResultBox = SlotResults<(DeltaFormat.Operation, [UInt8])>
 private typealias RegionBox = SlotResults<[Range<Int64>]>

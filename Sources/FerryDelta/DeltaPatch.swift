@@ -90,10 +90,12 @@ public enum DeltaPatch {
     }
 
     /// A patch operation's data: the layout and the three streams, compressed; the literal
-    /// stream against `literalDictionary` when one is given (the operation's source bytes).
+    /// stream against `literalDictionary` when one is given (the operation's source bytes), or,
+    /// with `orAlone`, against it or alone, whichever is smaller (the other two streams are
+    /// compressed once).
     public static func encode(
         control: [UInt8], diff: [UInt8], literal: [UInt8], preset: Int, extreme: Bool,
-        literalDictionary: UnsafeRawBufferPointer? = nil
+        literalDictionary: UnsafeRawBufferPointer? = nil, orAlone: Bool = false
     ) throws(FerryError) -> [UInt8] {
         func compress(
             _ bytes: [UInt8], against dictionary: UnsafeRawBufferPointer? = nil, lc: Int = 3, lp: Int = 0, pb: Int = 2
@@ -109,11 +111,19 @@ public enum DeltaPatch {
         // (measured: about 1 % smaller on Debian kernel modules).
         let controlData = try compress(control)
         let diffData = try compress(diff, pb: 0)
-        let literalData = try compress(literal, against: literalDictionary, pb: 0)
+        var literalData = try compress(literal, against: literalDictionary, pb: 0)
+        var againstSource = literalDictionary != nil && !literal.isEmpty
+        if againstSource && orAlone {
+            let alone = try compress(literal, pb: 0)
+            if alone.count <= literalData.count {
+                literalData = alone
+                againstSource = false
+            }
+        }
         var layout = Layout(
             controlLength: control.count, controlCompressed: controlData.count, diffLength: diff.count,
             diffCompressed: diffData.count, literalLength: literal.count, literalCompressed: literalData.count)
-        if literalDictionary != nil && !literal.isEmpty { layout.flags = literalAgainstSource }
+        if againstSource { layout.flags = literalAgainstSource }
         return layout.encoded + controlData + diffData + literalData
     }
 

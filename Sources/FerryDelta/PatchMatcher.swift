@@ -14,7 +14,9 @@
 /// an operation's 16 MiB of source).
 struct PatchMatcher {
     static let hashLength = 8
-    static let chainDepth = 256
+    /// Candidates looked at per position: 256 made the debian pair's delta 0.3 % smaller than 64
+    /// and took 17 % more CPU time (12 % more on the small pair).
+    static let chainDepth = 64
     /// The longest exact match measured; longer ones are taken as this long (the scan continues
     /// from there along the same alignment).
     static let longestMeasured = 1 << 16
