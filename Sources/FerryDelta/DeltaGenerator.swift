@@ -210,27 +210,32 @@ public struct DeltaGenerator: @unchecked Sendable {
         case .literal, .diff, .patch:
             var dictionary: [UInt8] = []
             for region in run.sources { dictionary += try source.read(at: region.lowerBound, count: region.count) }
-            var tried: [UInt8]?
             if run.kind == .patch || (run.kind == .diff && options.formatVersion >= 3) {
-                let chosen = try patchOrDiff(bytes, dictionary: dictionary)
+                let chosen = try patchOrDiff(bytes, sources: run.sources, dictionary: dictionary)
                 if let patch = chosen.patch {
                     return (
                         DeltaFormat.Operation(
-                            kind: .patch, target: run.target, sources: run.sources, dataLength: Int64(patch.count),
-                            targetSHA256: targetHash, sourceSHA256: SHA256Hasher.hash(dictionary)), patch
+                            kind: .patch, target: run.target, sources: patch.sources,
+                            dataLength: Int64(patch.data.count), targetSHA256: targetHash,
+                            sourceSHA256: SHA256Hasher.hash(patch.dictionary)), patch.data
                     )
                 }
-                tried = chosen.diff
+                if let diff = chosen.diff {
+                    return (
+                        DeltaFormat.Operation(
+                            kind: .diff, target: run.target, sources: diff.sources, dataLength: Int64(diff.data.count),
+                            targetSHA256: targetHash, sourceSHA256: SHA256Hasher.hash(diff.dictionary)), diff.data
+                    )
+                }
             }
-            // A patch over the limits (or larger than a diff) falls back to a diff, or to a literal
-            // when its source is more than a diff may read.
+            // A patch over the limits falls back to a diff, or to a literal when its source is more
+            // than a diff may read.
             var kind = run.kind == .patch ? DeltaFormat.Kind.diff : run.kind
             if dictionary.count > DeltaFormat.maximumSourceLength(kind) {
                 kind = .literal
                 dictionary = []
             }
-            let data: [UInt8]
-            if let tried { data = tried } else { data = try compressed(bytes, against: dictionary) }
+            let data = try compressed(bytes, against: dictionary)
             return (
                 DeltaFormat.Operation(
                     kind: kind, target: run.target, sources: kind == .literal ? [] : run.sources,
@@ -307,38 +312,109 @@ public struct DeltaGenerator: @unchecked Sendable {
         }
     }
 
+    /// An operation's data, the source extents it reads and their bytes.
+    struct Encoded {
+        var data: [UInt8]
+        var sources: [Range<Int64>]
+        var dictionary: [UInt8]
+    }
+
     /// A segment's data as a `patch`, or as a `diff` where that is smaller (at most one of the
     /// two; neither when the patch is over the limits and no diff was tried).
     ///
     /// A diff is tried where the patch is over 5 % of the bytes (approximate matches found
     /// little: another build of a library, say, where LZ matches of any length anywhere in the old
-    /// bytes do better) and the dictionary is one a diff may use. Where the matches leave 15 % or
-    /// more of the bytes as literals, the diff goes first, and when it is at most 70 % of those
-    /// literal bytes the patch is not encoded at all: its literals alone would hardly compress
-    /// better than the whole segment does as a diff. (On the small and debian benchmark pairs,
-    /// every segment this skips was 10-20 % smaller as a diff, and every segment where the patch
-    /// won had a diff over 70 % of its literals; it saves about half the encoding time of the
-    /// small pair.) That diff is compressed without `--extreme`: a whole segment against up to
-    /// 8 MiB of preset dictionary is where `-9e` costs most (a quarter of the small pair's
-    /// generation time) and gains least (0.07 % there; the patch streams keep `-9e`, which is
-    /// worth 2.9 % on the debian pair).
-    func patchOrDiff(_ bytes: [UInt8], dictionary: [UInt8]) throws(FerryError) -> (patch: [UInt8]?, diff: [UInt8]?) {
+    /// bytes do better). Its dictionary is the segment's source bytes, or, where they are more
+    /// than a diff may read (8 MiB), the 64 KiB pieces of them the patch's covers drew most from
+    /// (``busiestSources(_:records:)``). Where the matches leave 15 % or more of the bytes as
+    /// literals, the diff goes first, and when it is at most 70 % of those literal bytes the patch
+    /// is not encoded at all: its literals alone would hardly compress better than the whole
+    /// segment does as a diff. (On the small and debian benchmark pairs, every segment this skips
+    /// was 10-20 % smaller as a diff, and every segment where the patch won had a diff over 70 % of
+    /// its literals; it saves about half the encoding time of the small pair.) That diff is
+    /// compressed without `--extreme`: a whole segment against up to 8 MiB of preset dictionary is
+    /// where `-9e` costs most (a quarter of the small pair's generation time) and gains least
+    /// (0.07 % there; the patch streams keep `-9e`, which is worth 2.9 % on the debian pair).
+    func patchOrDiff(
+        _ bytes: [UInt8], sources: [Range<Int64>], dictionary: [UInt8]
+    ) throws(FerryError) -> (patch: Encoded?, diff: Encoded?) {
         let matched = bytes.withUnsafeBytes { target in
             dictionary.withUnsafeBytes { PatchMatcher(source: $0).match(target) }
         }
-        let diffAllowed = dictionary.count <= DeltaFormat.maximumSourceLength
-        var diff: [UInt8]?
-        if diffAllowed && matched.literal.count * 20 >= bytes.count * 3 {
-            let first = try compressed(bytes, against: dictionary, extreme: false)
-            if first.count * 10 <= matched.literal.count * 7 { return (nil, first) }
+        func makeDiff() throws(FerryError) -> Encoded? {
+            if dictionary.count <= DeltaFormat.maximumSourceLength {
+                return Encoded(
+                    data: try compressed(bytes, against: dictionary, extreme: false), sources: sources,
+                    dictionary: dictionary)
+            }
+            let busiest = Self.busiestSources(sources, records: matched.records)
+            guard !busiest.isEmpty else { return nil }
+            var smaller: [UInt8] = []
+            for region in busiest { smaller += try source.read(at: region.lowerBound, count: region.count) }
+            return Encoded(
+                data: try compressed(bytes, against: smaller, extreme: false), sources: busiest, dictionary: smaller)
+        }
+        var diff: Encoded?
+        if matched.literal.count * 20 >= bytes.count * 3, let first = try makeDiff() {
+            if first.data.count * 10 <= matched.literal.count * 7 { return (nil, first) }
             diff = first
         }
-        guard let patch = try patch(matched, count: bytes.count, dictionary: dictionary) else { return (nil, diff) }
-        if diff == nil && diffAllowed && patch.count * 20 >= bytes.count {
-            diff = try compressed(bytes, against: dictionary, extreme: false)
+        guard let patch = try patch(matched, count: bytes.count, sources: sources, dictionary: dictionary) else {
+            return (nil, diff)
         }
-        if let diff, diff.count < patch.count { return (nil, diff) }
+        if diff == nil && patch.data.count * 20 >= bytes.count { diff = try makeDiff() }
+        if let diff, diff.data.count < patch.data.count { return (nil, diff) }
         return (patch, nil)
+    }
+
+    /// The 64 KiB pieces of `sources` (as concatenated) that `records`' covers drew most bytes
+    /// from, as source extents in source order: at most `DeltaFormat.maximumSourceLength` bytes
+    /// in at most `DeltaFormat.maximumSourceExtents` extents, within `sources`. A diff's
+    /// dictionary where all of `sources` is more than a diff may read.
+    public static func busiestSources(_ sources: [Range<Int64>], records: [DeltaPatch.Record]) -> [Range<Int64>] {
+        let piece = 64 << 10
+        let total = sources.reduce(0) { $0 + $1.count }
+        var drawn = [Int](repeating: 0, count: (total + piece - 1) / piece)
+        var position = 0
+        for record in records {
+            var start = position
+            var remaining = record.cover
+            while remaining > 0 && start >= 0 && start < total {
+                let count = min(remaining, (start / piece + 1) * piece - start)
+                drawn[start / piece] += count
+                start += count
+                remaining -= count
+            }
+            position += record.cover + record.seek
+        }
+        let ranked = drawn.indices.filter { drawn[$0] > 0 }.sorted {
+            drawn[$0] != drawn[$1] ? drawn[$0] > drawn[$1] : $0 < $1
+        }
+        var take = min(ranked.count, DeltaFormat.maximumSourceLength / piece)
+        while true {
+            let extents = mergedExtents(
+                ranked.prefix(take).flatMap { index in
+                    extentsOf(index * piece..<min(total, (index + 1) * piece), within: sources)
+                })
+            if extents.count <= DeltaFormat.maximumSourceExtents || take == 0 { return extents }
+            take -= max(1, take / 8)
+        }
+    }
+
+    /// Where bytes `range` of the concatenation of `sources` lie in the source.
+    static func extentsOf(_ range: Range<Int>, within sources: [Range<Int64>]) -> [Range<Int64>] {
+        var result: [Range<Int64>] = []
+        var start = 0
+        for extent in sources {
+            let end = start + extent.count
+            let lower = max(start, range.lowerBound)
+            let upper = min(end, range.upperBound)
+            if lower < upper {
+                result.append((extent.lowerBound + Int64(lower - start))..<(extent.lowerBound + Int64(upper - start)))
+            }
+            start = end
+        }
+        return result
     }
 
     /// `bytes` as raw LZMA2 with `dictionary` as its preset dictionary (a diff, or a literal when
@@ -352,20 +428,88 @@ public struct DeltaGenerator: @unchecked Sendable {
         }
     }
 
-    /// A `patch` operation's data for `count` bytes matched against `dictionary`, or nil when
-    /// its control stream or its data would be over the limits.
-    func patch(_ matched: PatchMatcher.Result, count: Int, dictionary: [UInt8]) throws(FerryError) -> [UInt8]? {
+    /// A `patch` operation for `count` bytes matched against `dictionary` (the bytes of
+    /// `sources`), or nil when its control stream or its data would be over the limits.
+    ///
+    /// The operation reads only the 64 KiB pieces of `sources` its covers draw from
+    /// (``trimmed(_:sources:)``): the applier reads and hashes every byte of an operation's
+    /// sources, and a segment's regions (each changed run's old version with 64 KiB around it, at
+    /// every shift its anchors voted for) are several times what the covers use.
+    func patch(
+        _ matched: PatchMatcher.Result, count: Int, sources: [Range<Int64>], dictionary: [UInt8]
+    ) throws(FerryError) -> Encoded? {
+        var matched = matched
+        var sources = sources
+        var dictionary = dictionary
+        if let trimmed = Self.trimmed(matched.records, sources: sources) {
+            matched.records = trimmed.records
+            sources = trimmed.sources
+            dictionary = []
+            for region in sources { dictionary += try source.read(at: region.lowerBound, count: region.count) }
+        }
         let control = DeltaPatch.control(matched.records)
         guard control.count <= DeltaPatch.maximumControlLength else { return nil }
-        return try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) -> [UInt8]? in
+        let data = try dictionary.withTypedUnsafeBytes { (dictionary) throws(FerryError) -> [UInt8] in
             // Where matches cover little (another build of a library, say), the literals are also
             // tried against the source, as a diff would be: LZ matches of any length, anywhere in it.
             let tryAgainst = matched.literal.count * 4 >= count && dictionary.count <= DeltaFormat.maximumSourceLength
-            let data = try DeltaPatch.encode(
+            return try DeltaPatch.encode(
                 control: control, diff: matched.diff, literal: matched.literal, preset: options.preset,
                 extreme: options.extreme, literalDictionary: tryAgainst ? dictionary : nil, orAlone: true)
-            return data.count <= DeltaFormat.maximumDataLength ? data : nil
         }
+        guard data.count <= DeltaFormat.maximumDataLength else { return nil }
+        return Encoded(data: data, sources: sources, dictionary: dictionary)
+    }
+
+    /// `records` against only the 64 KiB pieces of `sources` (as concatenated) their covers draw
+    /// from, with the seeks recomputed for the shorter concatenation, and those pieces as source
+    /// extents; nil when that would not be shorter, would need more than
+    /// `DeltaFormat.maximumSourceExtents` extents, or no cover draws from the sources at all.
+    /// A cover's pieces are all kept and stay in order, so each cover still reads one stretch.
+    public static func trimmed(
+        _ records: [DeltaPatch.Record], sources: [Range<Int64>]
+    ) -> (records: [DeltaPatch.Record], sources: [Range<Int64>])? {
+        let piece = 64 << 10
+        let total = sources.reduce(0) { $0 + $1.count }
+        var kept = [Bool](repeating: false, count: (total + piece - 1) / piece)
+        var position = 0
+        for record in records {
+            if record.cover > 0 {
+                guard position >= 0 && position + record.cover <= total else { return nil }
+                for index in (position / piece)...((position + record.cover - 1) / piece) { kept[index] = true }
+            }
+            position += record.cover + record.seek
+        }
+        // Where each kept piece starts in the new concatenation.
+        var newStart = [Int](repeating: -1, count: kept.count)
+        var length = 0
+        for index in kept.indices where kept[index] {
+            newStart[index] = length
+            length += min(piece, total - index * piece)
+        }
+        guard length > 0 && length < total else { return nil }
+        let extents = mergedExtents(
+            kept.indices.filter { kept[$0] }.flatMap {
+                extentsOf($0 * piece..<min(total, ($0 + 1) * piece), within: sources)
+            })
+        guard extents.count <= DeltaFormat.maximumSourceExtents else { return nil }
+        // Each record's cover starts where the previous record's seek ends; a record without a
+        // cover stays where it is, and the next cover's start is reached by the seek before it.
+        var result = records
+        var old = 0
+        var new = 0
+        var lastWithSeek: Int?
+        for (number, record) in records.enumerated() {
+            if record.cover > 0 {
+                let start = newStart[old / piece] + old % piece
+                if let lastWithSeek { result[lastWithSeek].seek += start - new } else { precondition(start == new) }
+                new = start + record.cover
+            }
+            result[number].seek = 0
+            lastWithSeek = number
+            old += record.cover + record.seek
+        }
+        return (result, extents)
     }
 
     /// Chooses, for every changed run, the source regions it resembles (on all cores): those runs

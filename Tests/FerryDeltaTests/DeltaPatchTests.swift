@@ -222,3 +222,115 @@ import Testing
         }
     }
 }
+
+/// The dictionary of a diff tried for a segment whose sources are more than a diff may read.
+@Suite struct BusiestSourcesTests {
+    static let mib = 1 << 20
+
+    @Test func thePiecesTheCoversDrewFromWithinTheLimits() {
+        let mib = Int64(Self.mib)
+        // 12 MiB of sources in two extents; covers draw 1 MiB at the start, 3 MiB across the
+        // boundary between the extents (concatenated 5 MiB to 8 MiB), and 4 KiB near the end.
+        let sources = [(100 * mib)..<(106 * mib), (200 * mib)..<(206 * mib)]
+        let records = [
+            DeltaPatch.Record(cover: Self.mib, literal: 10, seek: 4 * Self.mib),
+            DeltaPatch.Record(cover: 3 * Self.mib, literal: 0, seek: 3 * Self.mib),
+            DeltaPatch.Record(cover: 4096, literal: 0, seek: 0),
+        ]
+        let chosen = DeltaGenerator.busiestSources(sources, records: records)
+        #expect(
+            chosen == [
+                (100 * mib)..<(101 * mib), (105 * mib)..<(106 * mib), (200 * mib)..<(202 * mib),
+                (205 * mib)..<(205 * mib + 65536),
+            ])
+        #expect(chosen.reduce(0) { $0 + $1.count } <= DeltaFormat.maximumSourceLength)
+    }
+
+    @Test func atMostTheLimitWhenCoversDrawFromEverywhere() {
+        let mib = Int64(Self.mib)
+        let sources = [0..<(16 * mib)]
+        // A 4 KiB cover in every 64 KiB piece, more in the later ones: 16 MiB of pieces drawn from.
+        var records: [DeltaPatch.Record] = []
+        for piece in 0..<256 {
+            records.append(DeltaPatch.Record(cover: 4096 + piece, literal: 0, seek: 65536 - 4096 - piece))
+        }
+        let chosen = DeltaGenerator.busiestSources(sources, records: records)
+        #expect(chosen == [(8 * mib)..<(16 * mib)])
+    }
+
+    @Test func atMostSixtyFourExtents() {
+        // 200 extents of 64 KiB, each drawn from: the pieces kept fit in 64 extents.
+        let sources = (0..<200).map { Int64($0) * (1 << 20)..<(Int64($0) * (1 << 20) + 65536) }
+        let records = (0..<200).map { _ in DeltaPatch.Record(cover: 1000, literal: 0, seek: 65536 - 1000) }
+        let chosen = DeltaGenerator.busiestSources(sources, records: records)
+        #expect(chosen.count <= DeltaFormat.maximumSourceExtents)
+        #expect(chosen.count >= 32)
+        #expect(
+            chosen.allSatisfy { extent in
+                sources.contains { $0.contains(extent.lowerBound) && $0.upperBound >= extent.upperBound }
+            })
+    }
+
+    @Test func noCoversNoDictionary() {
+        #expect(
+            DeltaGenerator.busiestSources([0..<(9 << 20)], records: [DeltaPatch.Record(cover: 0, literal: 5, seek: 0)])
+                .isEmpty)
+    }
+}
+
+/// A patch's records moved onto only the source pieces their covers read.
+@Suite struct TrimmedSourcesTests {
+    /// The absolute source offsets each cover reads, in order, as (start, length).
+    static func reads(_ records: [DeltaPatch.Record], _ sources: [Range<Int64>]) -> [(Int64, Int)] {
+        var position = 0
+        var result: [(Int64, Int)] = []
+        for record in records {
+            if record.cover > 0 {
+                var start = 0
+                for extent in sources {
+                    if position >= start && position < start + extent.count {
+                        result.append((extent.lowerBound + Int64(position - start), record.cover))
+                    }
+                    start += extent.count
+                }
+            }
+            position += record.cover + record.seek
+        }
+        return result
+    }
+
+    @Test func coversReadTheSameBytesFromFewerSources() throws {
+        let mib = Int64(1 << 20)
+        let sources = [(10 * mib)..<(14 * mib), (30 * mib)..<(38 * mib)]
+        // Covers in the first extent, a literal-only record, a cover across the extents'
+        // boundary, one far into the second extent, and a backward jump.
+        let records = [
+            DeltaPatch.Record(cover: 5000, literal: 3, seek: 100_000),
+            DeltaPatch.Record(cover: 0, literal: 7, seek: 0),
+            DeltaPatch.Record(cover: 20000, literal: 0, seek: (4 << 20) - 10000 - 125_000),
+            DeltaPatch.Record(cover: 30000, literal: 1, seek: 5 << 20),
+            DeltaPatch.Record(cover: 4096, literal: 0, seek: -(6 << 20)),
+            DeltaPatch.Record(cover: 100, literal: 2, seek: 0),
+        ]
+        let before = Self.reads(records, sources)
+        let trimmed = try #require(DeltaGenerator.trimmed(records, sources: sources))
+        #expect(trimmed.sources.reduce(0) { $0 + $1.count } < 1 << 20)
+        #expect(
+            trimmed.sources.allSatisfy { part in
+                sources.contains { $0.lowerBound <= part.lowerBound && part.upperBound <= $0.upperBound }
+            })
+        let after = Self.reads(trimmed.records, trimmed.sources)
+        #expect(after.map(\.0) == before.map(\.0))
+        #expect(after.map(\.1) == before.map(\.1))
+        #expect(trimmed.records.map(\.cover) == records.map(\.cover))
+        #expect(trimmed.records.map(\.literal) == records.map(\.literal))
+    }
+
+    @Test func nothingToTrim() {
+        // Covers that read every piece, or none: nil (the sources stay as they are).
+        let everything = [DeltaPatch.Record(cover: 1 << 20, literal: 0, seek: 0)]
+        #expect(DeltaGenerator.trimmed(everything, sources: [0..<(1 << 20)]) == nil)
+        let none = [DeltaPatch.Record(cover: 0, literal: 10, seek: 0)]
+        #expect(DeltaGenerator.trimmed(none, sources: [0..<(1 << 20)]) == nil)
+    }
+}
