@@ -5,6 +5,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <linux/falloc.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include "CFerryShims.h"
 
 const unsigned long CFerryShims_BLKGETSIZE64 = BLKGETSIZE64;
@@ -38,3 +41,13 @@ int CFerryShims_ioctl_value(int fd, unsigned long request, unsigned long argumen
 
 const char *CFerryShims_build_date(void) { return __DATE__; }
 const char *CFerryShims_build_time(void) { return __TIME__; }
+
+int CFerryShims_tune_malloc(size_t threshold, size_t trim) {
+#ifdef __GLIBC__
+    return mallopt(M_MMAP_THRESHOLD, (int)threshold) && mallopt(M_TRIM_THRESHOLD, (int)trim);
+#else
+    (void)threshold;
+    (void)trim;
+    return 0;
+#endif
+}

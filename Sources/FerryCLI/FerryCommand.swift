@@ -30,6 +30,7 @@ public struct FerryCommand: AsyncParsableCommand {
 
     /// Parses `arguments`, runs the command, and exits with the status `execute` returns.
     public static func mainWithFerryErrors(_ arguments: [String]? = nil) async -> Never {
+        MemoryPolicy.apply()
         let status = await execute(arguments ?? Array(CommandLine.arguments.dropFirst()))
         Glibc.exit(status)
     }

@@ -8,8 +8,8 @@ import Logging
 extension Installer {
     /// Writes a delta payload: applies it to the booted slot `source` (read only, every range
     /// checked before use) into `slot`, operation by operation, each checked before it is
-    /// written; checkpoints at operation boundaries; then reads the slot back and compares it
-    /// with the target image's SHA-256.
+    /// written; checkpoints at operation boundaries; reads the slot back as checkpoints make it
+    /// durable, and compares it with the target image's SHA-256 at the end.
     func writeDelta(
         _ payload: Manifest.Payload, to slot: SlotConfiguration, from source: SlotConfiguration, reader: BundleReader,
         access: SlotAccess, journal: inout InstallJournal, store: StateStore
@@ -42,6 +42,15 @@ extension Installer {
         }
         progress(
             ProgressEvent(stage: .write, slot: slot.name, bytesDone: start.targetOffset, bytesTotal: info.targetSize))
+        // The slot is read back from the device, in order, and compared with the target image's
+        // signed SHA-256: each region on a thread of its own once a checkpoint made it durable,
+        // while later operations are decoded and written. What an interrupted run wrote before
+        // its last checkpoint is durable already.
+        let readBack = session.wholeReadBack(
+            sha256: info.targetSHA256, size: info.targetSize, what: "the delta's target image")
+        // (Runs before the device is closed: no read may outlive its descriptor.)
+        defer { readBack.cancel() }
+        readBack.verify(through: start.targetOffset)
         var sinceCheckpoint: Int64 = 0
         try applier.apply(from: stream, start: start, verifyWholeTarget: false) {
             (offset, bytes, next) throws(FerryError) in
@@ -53,6 +62,8 @@ extension Installer {
                     try store.setInstallJournal(journal)
                 }
                 sinceCheckpoint = 0
+                if let failure = readBack.failure { throw failure }
+                readBack.verify(through: next.targetOffset)
             }
             progress(
                 ProgressEvent(stage: .write, slot: slot.name, bytesDone: next.targetOffset, bytesTotal: info.targetSize)
@@ -62,8 +73,12 @@ extension Installer {
             throw FerryError(
                 code: .bundleInvalid, message: "payload '\(payload.member)' has data after the delta's last operation")
         }
-        progress(ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: 0, bytesTotal: info.targetSize))
-        try session.readBack(byteCount: info.targetSize, sha256: info.targetSHA256, what: "the delta's target image")
+        try session.synchronize()
+        progress(
+            ProgressEvent(
+                stage: .readBack, slot: slot.name, bytesDone: readBack.verifiedBytes, bytesTotal: info.targetSize))
+        readBack.verify(through: info.targetSize)
+        try readBack.finish()
         progress(
             ProgressEvent(stage: .readBack, slot: slot.name, bytesDone: info.targetSize, bytesTotal: info.targetSize))
     }

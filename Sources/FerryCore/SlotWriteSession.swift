@@ -58,6 +58,15 @@ final class SlotWriteSession {
             path: open.devicePath)
     }
 
+    /// A queue that reads a whole image back, in order, while the rest of it is written, and
+    /// compares it with `sha256` at the end (delta payloads).
+    func wholeReadBack(sha256: SHA256Digest, size: Int64, what: String) -> ReadBackQueue {
+        ReadBackQueue(
+            device: device, direct: open.device.directReader().map(wrap),
+            dropCaches: { [open] (range) throws(FerryError) in try open.device.dropCaches(range) },
+            wholeImage: sha256, size: size, slot: slot.name, path: open.devicePath, what: what)
+    }
+
     /// The SHA-256 of the slot's first `byteCount` bytes as the device holds them (synced first).
     func deviceHash(byteCount: Int64) throws(FerryError) -> SHA256Digest {
         try device.synchronize()

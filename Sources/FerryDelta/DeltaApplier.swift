@@ -6,10 +6,13 @@ import FerryXZ
 ///
 /// Every operation is checked before its bytes are handed out: it must start where the previous
 /// one ended (no gap, overlap or reordering), stay inside the target, read only inside the source,
-/// and respect ``DeltaFormat``'s size limits (so memory is bounded: 4 MiB of target, 16 MiB of source, 8 MiB of a patch's decoded streams and one LZMA2 window of at most 12 MiB). The
-/// source extents it reads are hashed and compared with the operation's source SHA-256 before
-/// they are used; the bytes it produces are compared with its target SHA-256 before `body`
-/// sees them. The whole target's SHA-256 is compared at the end.
+/// and respect ``DeltaFormat``'s size limits (so memory is bounded: two 4 MiB target buffers (one
+/// decoded while the other is written), 21 MiB for an operation's source bytes and LZMA2's window
+/// together, 8 MiB of a patch's decoded streams and 4.5 MiB of data, each allocated once per
+/// apply). The bytes it produces are compared with its target SHA-256 before `body` sees them. The source extents it reads are compared with the operation's
+/// source SHA-256: a copy's before they are used; a diff's or patch's when the bytes it produced
+/// (or its data) are found wrong, so that a source that changed since ``verifySource()`` is
+/// reported as such. The whole target's SHA-256 is compared at the end.
 public struct DeltaApplier {
     public let header: DeltaFormat.Header
     /// The source ranges the delta reads, with their SHA-256 (from the delta's check section).
@@ -117,17 +120,6 @@ public struct DeltaApplier {
         from delta: any ByteSource, start: Position? = nil, verifyWholeTarget: Bool = true,
         _ body: (_ offset: Int64, _ bytes: UnsafeRawBufferPointer, _ next: Position) throws(FerryError) -> Void
     ) throws(FerryError) {
-        let targetBuffer = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: DeltaFormat.maximumTargetLength, alignment: 4096)
-        let sourceBuffer = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: DeltaFormat.maximumPatchSourceLength, alignment: 4096)
-        // Patch operations' decoded streams; allocated at the first one (formatVersion 3).
-        var scratch: UnsafeMutableRawBufferPointer?
-        defer {
-            targetBuffer.deallocate()
-            sourceBuffer.deallocate()
-            scratch?.deallocate()
-        }
         let start = start ?? firstOperation
         guard start.operation >= 0, start.operation <= header.operationCount, start.targetOffset >= 0,
             start.targetOffset <= header.targetSize, start.deltaOffset >= firstOperation.deltaOffset
@@ -137,66 +129,23 @@ public struct DeltaApplier {
         }
         let whole = start.operation == 0 && verifyWholeTarget ? SHA256Hasher() : nil
         var position = start
-        var zeroDigests: [Int: SHA256Digest] = [:]
-        for index in start.operation..<header.operationCount {
-            let operation = try readOperation(delta, index: index, expectedStart: position.targetOffset)
-            let target = UnsafeMutableRawBufferPointer(rebasing: targetBuffer[..<operation.target.count])
-            let sourceBytes = try readSources(operation, into: sourceBuffer, index: index)
-            switch operation.kind {
-            case .zero:
-                target.initializeMemory(as: UInt8.self, repeating: 0)
-            case .copy:
-                guard sourceBytes.count == target.count else {
-                    throw DeltaFormat.invalid(
-                        "operation \(index) copies \(sourceBytes.count) bytes into \(target.count)")
-                }
-                target.copyMemory(from: UnsafeRawBufferPointer(sourceBytes))
-            case .literal, .diff:
-                let data = try delta.readExactly(
-                    Int(operation.dataLength), what: "the data of delta operation \(index)")
-                try data.withTypedUnsafeBytes { (compressed) throws(FerryError) in
-                    do throws(FerryError) {
-                        try XZDictionaryCodec.decode(
-                            compressed,
-                            dictionary: operation.kind == .diff
-                                ? UnsafeRawBufferPointer(sourceBytes) : UnsafeRawBufferPointer(start: nil, count: 0),
-                            into: target)
-                    } catch {
-                        throw error.prefixed("delta operation \(index) (target bytes \(operation.target))")
-                    }
-                }
-            case .patch:
-                let data = try delta.readExactly(
-                    Int(operation.dataLength), what: "the data of delta operation \(index)")
-                let buffer =
-                    scratch ?? UnsafeMutableRawBufferPointer.allocate(byteCount: DeltaPatch.scratchSize, alignment: 16)
-                scratch = buffer
-                try data.withTypedUnsafeBytes { (data) throws(FerryError) in
-                    try DeltaPatch.decode(
-                        data, source: UnsafeRawBufferPointer(sourceBytes), into: target, scratch: buffer,
-                        operation: index)
-                }
-            }
-            // A copy whose source hash is its target hash was checked when its source was read.
-            // Zeros of one length always hash alike: once per length.
-            var alreadyChecked = operation.kind == .copy && operation.sourceSHA256 == operation.targetSHA256
-            if operation.kind == .zero {
-                let digest = zeroDigests[target.count] ?? SHA256Hasher.hash(UnsafeRawBufferPointer(target))
-                zeroDigests[target.count] = digest
-                alreadyChecked = digest == operation.targetSHA256
-            }
-            guard alreadyChecked || SHA256Hasher.hash(UnsafeRawBufferPointer(target)) == operation.targetSHA256 else {
-                throw DeltaFormat.invalid(
-                    "operation \(index) produces target bytes \(operation.target) that do not match their SHA-256")
-            }
-            whole?.update(UnsafeRawBufferPointer(target))
+        // Operations are read and decoded on one thread while the caller's `body` writes the
+        // previous one (two target buffers): one operation at a time, in order, each checked
+        // before it is handed over.
+        let producer = Producer(applier: self, delta: delta, start: start)
+        try inOrder(
+            count: Int(header.operationCount - start.operation), threads: 2, window: 1,
+            work: { item in producer.produce(item) }
+        ) { (produced) throws(FerryError) in
+            let (operation, target) = try produced.get()
+            whole?.update(target)
             position = Position(
-                operation: index + 1,
+                operation: position.operation + 1,
                 deltaOffset: position.deltaOffset
                     + Int64(DeltaFormat.Operation.encodedSize(sourceExtents: operation.sources.count))
                     + operation.dataLength,
                 targetOffset: operation.target.upperBound)
-            try body(operation.target.lowerBound, UnsafeRawBufferPointer(target), position)
+            try body(operation.target.lowerBound, target, position)
         }
         guard position.targetOffset == header.targetSize else {
             throw DeltaFormat.invalid(
@@ -204,6 +153,142 @@ public struct DeltaApplier {
         }
         if let whole, whole.finalize() != header.targetSHA256 {
             throw DeltaFormat.invalid("the target does not match its SHA-256 \(header.targetSHA256)")
+        }
+    }
+
+    /// Reads, decodes and checks operations one after the other (``inOrder(count:threads:window:work:body:)``
+    /// with a window of one runs them strictly in turn, whichever thread takes each): operation
+    /// `item` lands in target buffer `item % 2`, which the caller is done with by then (item
+    /// starts only once item − 1 was taken, which follows `body`'s return for item − 2). After a
+    /// failure it reads nothing more.
+    ///
+    /// `@unchecked Sendable`: its state is touched by one operation at a time, in order; the
+    /// window's mutex orders one after the next.
+    private final class Producer: @unchecked Sendable {
+        let applier: DeltaApplier
+        let delta: any ByteSource
+        let first: Int64
+        var nextTarget: Int64
+        let targets = (0..<2).map { _ in
+            UnsafeMutableRawBufferPointer.allocate(byteCount: DeltaFormat.maximumTargetLength, alignment: 4096)
+        }
+        /// An operation's source bytes, then (page-aligned after them) LZMA2's window: what one
+        /// operation needs of both is at most 20 MiB (a patch's 16 MiB of source and a window of
+        /// at most its 4 MiB of target; or 8 MiB of source and a window over them and the
+        /// target), where two separate buffers would hold up to 16 + 12 MiB; 1 MiB more for
+        /// liblzma's rounding.
+        let arena = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: DeltaFormat.maximumPatchSourceLength + DeltaFormat.maximumTargetLength + (1 << 20),
+            alignment: 4096)
+        let buffers = Buffers()
+        var zeroDigests: [Int: SHA256Digest] = [:]
+        var failed = false
+
+        init(applier: DeltaApplier, delta: any ByteSource, start: Position) {
+            self.applier = applier
+            self.delta = delta
+            first = start.operation
+            nextTarget = start.targetOffset
+        }
+
+        deinit {
+            for target in targets { target.deallocate() }
+            arena.deallocate()
+        }
+
+        func produce(_ item: Int) -> Result<(DeltaFormat.Operation, UnsafeRawBufferPointer), FerryError> {
+            guard !failed else {
+                return .failure(FerryError(code: .internal, message: "delta: an earlier operation failed"))
+            }
+            do throws(FerryError) {
+                let index = first + Int64(item)
+                let operation = try applier.readOperation(delta, index: index, expectedStart: nextTarget)
+                nextTarget = operation.target.upperBound
+                let target = UnsafeMutableRawBufferPointer(rebasing: targets[item % 2][..<operation.target.count])
+                // A copy's source is checked as it is read. A diff or patch's source is checked
+                // only when its data or output is found wrong (its target SHA-256 is checked
+                // before anything is handed out either way), so that a changed source is still
+                // named as such: decoding against wrong bytes is harmless, and each source byte
+                // is hashed once (by the source checks) instead of twice.
+                let sourceBytes = UnsafeRawBufferPointer(
+                    try applier.readSources(operation, into: arena, index: index, check: operation.kind == .copy))
+                let windowStart = (sourceBytes.count + 4095) / 4096 * 4096
+                buffers.memory.use(UnsafeMutableRawBufferPointer(rebasing: arena[windowStart...]))
+                do throws(FerryError) {
+                    try applier.produce(
+                        operation, index: index, from: delta, source: sourceBytes, into: target, buffers: buffers,
+                        zeroDigests: &zeroDigests)
+                } catch {
+                    try applier.checkSources(operation, sourceBytes, index: index)
+                    throw error
+                }
+                return .success((operation, UnsafeRawBufferPointer(target)))
+            } catch {
+                failed = true
+                return .failure(error)
+            }
+        }
+    }
+
+    /// The buffers one apply reuses from operation to operation.
+    private final class Buffers {
+        // An operation's data, and LZMA2's window: allocated once, kept from one operation to the next.
+        let data = UnsafeMutableRawBufferPointer.allocate(byteCount: DeltaFormat.maximumDataLength, alignment: 16)
+        let memory = LZMADecoderMemory()
+        // Patch operations' decoded streams; allocated at the first one (formatVersion 3).
+        var scratch: UnsafeMutableRawBufferPointer?
+
+        deinit {
+            data.deallocate()
+            scratch?.deallocate()
+        }
+    }
+
+    /// Produces an operation's target bytes into `target` and checks them against its target SHA-256.
+    private func produce(
+        _ operation: DeltaFormat.Operation, index: Int64, from delta: any ByteSource,
+        source sourceBytes: UnsafeRawBufferPointer,
+        into target: UnsafeMutableRawBufferPointer, buffers: Buffers, zeroDigests: inout [Int: SHA256Digest]
+    ) throws(FerryError) {
+        switch operation.kind {
+        case .zero:
+            target.initializeMemory(as: UInt8.self, repeating: 0)
+        case .copy:
+            guard sourceBytes.count == target.count else {
+                throw DeltaFormat.invalid(
+                    "operation \(index) copies \(sourceBytes.count) bytes into \(target.count)")
+            }
+            target.copyMemory(from: sourceBytes)
+        case .literal, .diff:
+            let compressed = try readData(delta, operation, into: buffers.data, index: index)
+            do throws(FerryError) {
+                try XZDictionaryCodec.decode(
+                    compressed,
+                    dictionary: operation.kind == .diff ? sourceBytes : UnsafeRawBufferPointer(start: nil, count: 0),
+                    into: target, memory: buffers.memory)
+            } catch {
+                throw error.prefixed("delta operation \(index) (target bytes \(operation.target))")
+            }
+        case .patch:
+            let data = try readData(delta, operation, into: buffers.data, index: index)
+            let buffer =
+                buffers.scratch
+                ?? UnsafeMutableRawBufferPointer.allocate(byteCount: DeltaPatch.scratchSize, alignment: 16)
+            buffers.scratch = buffer
+            try DeltaPatch.decode(
+                data, source: sourceBytes, into: target, scratch: buffer, operation: index, memory: buffers.memory)
+        }
+        // A copy whose source hash is its target hash was checked when its source was read.
+        // Zeros of one length always hash alike: once per length.
+        var alreadyChecked = operation.kind == .copy && operation.sourceSHA256 == operation.targetSHA256
+        if operation.kind == .zero {
+            let digest = zeroDigests[target.count] ?? SHA256Hasher.hash(UnsafeRawBufferPointer(target))
+            zeroDigests[target.count] = digest
+            alreadyChecked = digest == operation.targetSHA256
+        }
+        guard alreadyChecked || SHA256Hasher.hash(UnsafeRawBufferPointer(target)) == operation.targetSHA256 else {
+            throw DeltaFormat.invalid(
+                "operation \(index) produces target bytes \(operation.target) that do not match their SHA-256")
         }
     }
 
@@ -320,9 +405,20 @@ public struct DeltaApplier {
         return covered >= extent.upperBound
     }
 
+    /// Reads an operation's data into `buffer` (``DeltaFormat/maximumDataLength`` bytes, which
+    /// ``readOperation(_:index:expectedStart:)`` checked the length against).
+    private func readData(
+        _ delta: any ByteSource, _ operation: DeltaFormat.Operation, into buffer: UnsafeMutableRawBufferPointer,
+        index: Int64
+    ) throws(FerryError) -> UnsafeRawBufferPointer {
+        let data = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(operation.dataLength)])
+        try delta.readExactly(into: data, what: "the data of delta operation \(index)")
+        return UnsafeRawBufferPointer(data)
+    }
+
     /// Reads and checks an operation's source extents.
     private func readSources(
-        _ operation: DeltaFormat.Operation, into buffer: UnsafeMutableRawBufferPointer, index: Int64
+        _ operation: DeltaFormat.Operation, into buffer: UnsafeMutableRawBufferPointer, index: Int64, check: Bool
     ) throws(FerryError)
         -> UnsafeMutableRawBufferPointer
     {
@@ -333,7 +429,16 @@ public struct DeltaApplier {
             filled += extent.count
         }
         let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[..<filled])
-        if let expected = operation.sourceSHA256, SHA256Hasher.hash(UnsafeRawBufferPointer(bytes)) != expected {
+        if check { try checkSources(operation, UnsafeRawBufferPointer(bytes), index: index) }
+        return bytes
+    }
+
+    /// Compares an operation's source bytes with its source SHA-256.
+    /// - Throws: `.sourceMismatch` naming the first block of the operation's source.
+    private func checkSources(_ operation: DeltaFormat.Operation, _ bytes: UnsafeRawBufferPointer, index: Int64)
+        throws(FerryError)
+    {
+        if let expected = operation.sourceSHA256, SHA256Hasher.hash(bytes) != expected {
             let block = operation.sources[0].lowerBound / Int64(DeltaFormat.blockSize)
             throw FerryError(
                 code: .sourceMismatch,
@@ -341,6 +446,5 @@ public struct DeltaApplier {
                     "delta needs source sha256 \(header.sourceSHA256) (\(header.sourceSize) bytes), but \(sourceName) differs at block \(block) (operation \(index))"
             )
         }
-        return bytes
     }
 }

@@ -136,7 +136,7 @@ public enum DeltaPatch {
     ///   stream over the limit.
     public static func decode(
         _ data: UnsafeRawBufferPointer, source: UnsafeRawBufferPointer, into target: UnsafeMutableRawBufferPointer,
-        scratch: UnsafeMutableRawBufferPointer, operation index: Int64
+        scratch: UnsafeMutableRawBufferPointer, operation index: Int64, memory: LZMADecoderMemory? = nil
     ) throws(FerryError) {
         let layout = try readLayout(data, targetLength: target.count, operation: index)
         guard layout.flags & ~literalAgainstSource == 0,
@@ -161,7 +161,7 @@ public enum DeltaPatch {
                 do throws(FerryError) {
                     try XZDictionaryCodec.decode(
                         UnsafeRawBufferPointer(rebasing: data[input..<(input + compressed)]), dictionary: dictionary,
-                        into: into)
+                        into: into, memory: memory)
                 } catch {
                     throw error.prefixed("delta operation \(index) (patch, \(name) stream)")
                 }

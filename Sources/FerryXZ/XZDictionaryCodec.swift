@@ -1,6 +1,12 @@
 internal import CLzma
 import FerrySystem
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// LZMA2 with a preset dictionary: compresses new data against old data it resembles.
 ///
 /// The dictionary (for a delta, the source extents a target extent was derived from) is loaded into
@@ -58,12 +64,14 @@ public enum XZDictionaryCodec {
     }
 
     /// Decodes `compressed` against `dictionary` into exactly `output.count` bytes.
+    /// - Parameter memory: keeps liblzma's window between calls (one decoder at a time); without
+    ///   it every call allocates (and faults in) a fresh window.
     /// - Throws: `.bundleInvalid` when the stream is corrupt, decodes to another size, or is
     ///   followed by other bytes; `.limitExceeded` when it would need more than `memoryLimit`.
     public static func decode(
         _ compressed: UnsafeRawBufferPointer, dictionary: UnsafeRawBufferPointer,
         into output: UnsafeMutableRawBufferPointer,
-        memoryLimit: Int = 256 << 20
+        memoryLimit: Int = 256 << 20, memory: LZMADecoderMemory? = nil
     ) throws(FerryError) {
         guard Int(windowSize(dictionary: dictionary.count, output: output.count)) <= memoryLimit else {
             throw FerryError(
@@ -83,7 +91,7 @@ public enum XZDictionaryCodec {
             ]
             return filters.withUnsafeMutableBufferPointer { filters in
                 lzma_raw_buffer_decode(
-                    filters.baseAddress, nil, compressed.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                    filters.baseAddress, memory?.allocator, compressed.baseAddress?.assumingMemoryBound(to: UInt8.self),
                     &inputPosition,
                     compressed.count, output.baseAddress?.assumingMemoryBound(to: UInt8.self), &outputPosition,
                     output.count)
@@ -102,5 +110,79 @@ public enum XZDictionaryCodec {
     /// LZMA2's window: room for the dictionary and the output, so every byte of both can be matched.
     static func windowSize(dictionary: Int, output: Int) -> UInt32 {
         UInt32(clamping: max(Int(CLzma_DICT_SIZE_MIN), dictionary + output))
+    }
+}
+
+/// Memory for liblzma's decoders, kept from one decode to the next: a decoder's one large block
+/// (its window, up to dictionary + output bytes) comes from a region the caller lends
+/// (``use(_:)``: the rest of an arena whose start holds the dictionary), or else from a block
+/// allocated once and grown when a later decoder needs more; never a fresh window (mapped,
+/// faulted in and zeroed page by page, then unmapped) per delta operation. Smaller requests go to
+/// `malloc`. Serves one decoder at a time: a second large request while the first is out gets its
+/// own `malloc` block.
+public final class LZMADecoderMemory {
+    /// Requests of at least this many bytes are large.
+    static let largeRequest = 1 << 20
+    private var region: UnsafeMutableRawBufferPointer?
+    private var block: UnsafeMutableRawPointer?
+    private var blockSize = 0
+    private var lent: UnsafeMutableRawPointer?
+    private let storage: UnsafeMutablePointer<lzma_allocator>
+
+    public init() {
+        storage = .allocate(capacity: 1)
+        storage.initialize(
+            to: lzma_allocator(
+                alloc: { opaque, count, size in
+                    let (bytes, overflow) = count.multipliedReportingOverflow(by: size)
+                    guard !overflow, let opaque else { return nil }
+                    return Unmanaged<LZMADecoderMemory>.fromOpaque(opaque).takeUnretainedValue().allocate(bytes)
+                },
+                free: { opaque, pointer in
+                    guard let opaque else { return }
+                    Unmanaged<LZMADecoderMemory>.fromOpaque(opaque).takeUnretainedValue().release(pointer)
+                },
+                opaque: nil))
+        storage.pointee.opaque = Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    deinit {
+        free(block)
+        storage.deallocate()
+    }
+
+    var allocator: UnsafePointer<lzma_allocator> { UnsafePointer(storage) }
+
+    /// Large requests go to `region` (when it is big enough) until the next call; nil: to the
+    /// kept block. The caller keeps `region` allocated and untouched while a decoder runs.
+    public func use(_ region: UnsafeMutableRawBufferPointer?) {
+        precondition(lent == nil, "Ferry bug: the LZMA window moved while a decoder held it")
+        self.region = region
+    }
+
+    /// The bytes of the kept block (0 while every window fitted the lent regions).
+    public var keptBytes: Int { blockSize }
+
+    private func allocate(_ bytes: Int) -> UnsafeMutableRawPointer? {
+        guard bytes >= Self.largeRequest, lent == nil else { return malloc(max(bytes, 1)) }
+        if let region, bytes <= region.count {
+            lent = region.baseAddress
+        } else {
+            if bytes > blockSize {
+                free(block)
+                block = malloc(bytes)
+                blockSize = block == nil ? 0 : bytes
+            }
+            lent = block
+        }
+        return lent
+    }
+
+    private func release(_ pointer: UnsafeMutableRawPointer?) {
+        if let pointer, pointer == lent {
+            lent = nil
+        } else {
+            free(pointer)
+        }
     }
 }

@@ -111,6 +111,35 @@ import Testing
         }
     }
 
+    /// A source that changes after its checks passed (a diff's or patch's source is compared
+    /// only when its output is wrong): still named as a changed source, with the operation, and
+    /// nothing of that operation is handed out.
+    @Test func aSourceChangedAfterItsChecksIsNamed() async throws {
+        try await withTemporaryDirectory { directory in
+            let (source, target) = Self.images()
+            let delta = try Self.makeDelta(directory, source: source, target: target)
+            let old = "\(directory)/old.img"
+            let input = MemoryByteSource(delta)
+            let applier = try DeltaApplier(delta: input, source: try BlockDevice.openForReading(old), sourceName: "old")
+            try applier.verifySource()
+            // Block 65 is read by the operation that makes the changed blocks 60-69 (target blocks 20-29).
+            var changed = source
+            changed[65 * Self.block + 9] ^= 0x01
+            try makeFile(old, bytes: changed)
+            var handedOut: [Range<Int64>] = []
+            let error = #expect(throws: FerryError.self) {
+                try applier.apply(from: input) { (offset, bytes, _) throws(FerryError) in
+                    handedOut.append(offset..<(offset + Int64(bytes.count)))
+                }
+            }
+            #expect(error?.code == .sourceMismatch, "\(error?.message ?? "")")
+            #expect(error?.message.contains("but old differs at block") == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains("(operation ") == true)
+            let changedTarget = Int64(25 * Self.block)
+            #expect(!handedOut.contains { $0.contains(changedTarget) }, "\(handedOut)")
+        }
+    }
+
     @Test func aCorruptOrTruncatedDeltaIsRefused() async throws {
         try await withTemporaryDirectory { directory in
             let (source, target) = Self.images()

@@ -311,6 +311,59 @@ struct DeltaInstallTests {
             #expect(store.installJournal() == nil)
         }
     }
+
+    /// The slot is read back while later operations are written: a device that loses a byte, or
+    /// fails a read, is one clean error with the booted group untouched, and the next install on
+    /// a healthy device finishes.
+    @Test(arguments: [
+        ("a byte silently corrupted near the start", FerryError.Code.readBackMismatch),
+        ("a byte silently corrupted in the new data near the end", .readBackMismatch),
+        ("EIO on read during the read-back", .io),
+    ])
+    func aFaultyReadBackIsOneCleanError(_ fault: String, _ code: FerryError.Code) async throws {
+        try await withTemporaryDirectory { dir in
+            let sandbox = try Sandbox.make(in: dir)
+            let configuration = try sandbox.configuration()
+            let images = try makeDeltaBundle(sandbox, output: "\(dir)/delta.ferry")
+            let before = try snapshot(sandbox)
+            let store = StateStore(directory: configuration.stateDirectory)
+            var installer = Installer(
+                configuration: configuration, booted: BootedGroup(bootname: "A", source: "test"), logger: quietLogger)
+            installer.checkpointBytes = 2 << 20
+            installer.wrapDevice = { device in
+                switch fault {
+                case "EIO on read during the read-back": FaultyBlockTarget(device, failReadAfterBytes: 3 << 20)
+                case "a byte silently corrupted near the start": FaultyBlockTarget(device, corruptByteAt: 4097)
+                // (In the 2 MiB of new data at 12-14 MiB: the image's last MiB is zeros, which the
+                // device zeroes instead of writing.)
+                default: FaultyBlockTarget(device, corruptByteAt: (14 << 20) - 3)
+                }
+            }
+            var lock = try store.acquireWriteLock(command: "test")
+            let error = #expect(throws: FerryError.self) {
+                try installer.install(
+                    from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false,
+                    force: false)
+            }
+            lock.release()
+            #expect(error?.code == code, "\(error?.message ?? "")")
+            #expect(error?.message.contains("\n") == false)
+            if code == .readBackMismatch {
+                #expect(error?.message.contains("reads back differently from the delta's target image") == true)
+            }
+            #expect(try snapshot(sandbox).a == before.a, "the booted group changed")
+
+            installer.wrapDevice = { $0 }
+            lock = try store.acquireWriteLock(command: "test")
+            _ = try installer.install(
+                from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false,
+                force: false)
+            lock.release()
+            for (name, bytes) in images {
+                #expect(try slotBytes(sandbox, "\(name)_b", count: bytes.count) == bytes, "\(name)_b")
+            }
+        }
+    }
 }
 
 /// Passes everything through and reports the bytes written (writes and zeroed ranges).

@@ -348,3 +348,57 @@ final class FailingByteSource: ByteSource {
         return count
     }
 }
+
+/// `LZMADecoderMemory`: one set of memory for decoder after decoder (a delta's operations).
+@Suite struct LZMADecoderMemoryTests {
+    /// A stream of 1.1 MiB against a 2 MiB dictionary: a window over 3 MiB, a large request.
+    static func stream() throws -> (dictionary: [UInt8], input: [UInt8], compressed: [UInt8]) {
+        let dictionary = seededBytes(count: 2 << 20, seed: 5)
+        let input = Array(dictionary[(1 << 20)..<(2 << 20)]) + seededBytes(count: 100_000, seed: 6)
+        let compressed = try dictionary.withUnsafeBytes { dictionary in
+            try input.withUnsafeBytes { try XZDictionaryCodec.encode($0, dictionary: dictionary, preset: 1) }
+        }
+        return (dictionary, input, compressed)
+    }
+
+    static func decode(
+        _ stream: (dictionary: [UInt8], input: [UInt8], compressed: [UInt8]), _ memory: LZMADecoderMemory
+    )
+        throws -> [UInt8]
+    {
+        var output = [UInt8](repeating: 0, count: stream.input.count)
+        try stream.compressed.withUnsafeBytes { compressed in
+            try stream.dictionary.withUnsafeBytes { dictionary in
+                try output.withUnsafeMutableBytes { output in
+                    try XZDictionaryCodec.decode(compressed, dictionary: dictionary, into: output, memory: memory)
+                }
+            }
+        }
+        return output
+    }
+
+    @Test func theWindowIsKeptAndReused() throws {
+        let stream = try Self.stream()
+        let memory = LZMADecoderMemory()
+        #expect(try Self.decode(stream, memory) == stream.input)
+        let kept = memory.keptBytes
+        #expect(kept >= stream.dictionary.count + stream.input.count, "kept \(kept)")
+        #expect(try Self.decode(stream, memory) == stream.input)
+        #expect(memory.keptBytes == kept, "a second decoder of the same size grew the kept block")
+    }
+
+    @Test func aLentRegionServesTheWindowWhenItIsBigEnough() throws {
+        let stream = try Self.stream()
+        let region = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
+        defer { region.deallocate() }
+        let memory = LZMADecoderMemory()
+        memory.use(region)
+        #expect(try Self.decode(stream, memory) == stream.input)
+        #expect(try Self.decode(stream, memory) == stream.input)
+        #expect(memory.keptBytes == 0, "the window did not come from the lent region")
+        // Too small a region: the kept block serves it instead.
+        memory.use(UnsafeMutableRawBufferPointer(rebasing: region[..<(64 << 10)]))
+        #expect(try Self.decode(stream, memory) == stream.input)
+        #expect(memory.keptBytes >= stream.dictionary.count + stream.input.count)
+    }
+}

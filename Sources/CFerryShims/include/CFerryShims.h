@@ -100,6 +100,12 @@ typedef struct {
     char not_after[32];
 } CFerryShims_TLSPolicy;
 
+/// Makes glibc's malloc return every large block (at least `threshold` bytes) to the kernel when
+/// it is freed, and trim the heap above `trim` bytes: glibc otherwise raises both thresholds after
+/// the first large free, keeping freed buffers resident (a device's memory budget is peak RSS).
+/// Returns 0 where the C library is not glibc (nothing to tune).
+int CFerryShims_tune_malloc(size_t threshold, size_t trim);
+
 /// The CURLOPT_SSL_CTX_FUNCTION: (CURL *, SSL_CTX *, CFerryShims_TLSPolicy *) -> CURLcode.
 int CFerryShims_tls_setup(void *curl, void *ssl_ctx, void *policy);
 /// OpenSSL's text for an X509_V_ERR_* code.
