@@ -83,9 +83,9 @@ extension FerryCommand {
             static let configuration = CommandConfiguration(
                 abstract: "Apply a delta to image OLD, writing image NEW.",
                 discussion: """
-                    The same checks as on a device: every source extent against its SHA-256 before it is \
-                    used, every operation's output against its SHA-256, the whole result against the \
-                    delta's target SHA-256. NEW is written only when all of it verified.
+                    The same checks as on a device: every source range the delta reads against its SHA-256 \
+                    before anything is written, every operation's output against its SHA-256, the whole \
+                    result against the delta's target SHA-256. NEW is written only when all of it verified.
                     """)
             @Option(help: ArgumentHelp("The image the delta was made from.", valueName: "image"))
             var from: String
