@@ -287,6 +287,7 @@ extension FerryCommand.Bundle {
         }
 
         func run() async throws {
+            MemoryPolicy.applyForHost()
             try checkAsDevicesWould()
             let output = Paths.absolute(self.output)
             // Bootloaders first: a device switches them before anything else (docs/bootloader-updates.md).

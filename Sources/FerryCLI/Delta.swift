@@ -48,6 +48,7 @@ extension FerryCommand {
             }
 
             func run() async throws {
+                MemoryPolicy.applyForHost()
                 let source = try BlockDevice.openForReading(from)
                 let target = try BlockDevice.openForReading(to)
                 var options = DeltaGenerator.Options()
@@ -95,6 +96,7 @@ extension FerryCommand {
             var output: String
 
             func run() async throws {
+                MemoryPolicy.applyForHost()
                 let source = try BlockDevice.openForReading(from)
                 let input = try FileByteSource(path: delta)
                 let applier = try DeltaApplier(delta: input, source: source, sourceName: "'\(from)'")

@@ -325,8 +325,8 @@ public struct DeltaGenerator: @unchecked Sendable {
     /// A diff is tried where the patch is over 5 % of the bytes (approximate matches found
     /// little: another build of a library, say, where LZ matches of any length anywhere in the old
     /// bytes do better). Its dictionary is the segment's source bytes, or, where they are more
-    /// than a diff may read (8 MiB), the 64 KiB pieces of them the patch's covers drew most from
-    /// (``busiestSources(_:records:)``). Where the matches leave 15 % or more of the bytes as
+    /// than ``diffDictionaryLimit(targetLength:)``, the 64 KiB pieces of them the patch's covers
+    /// drew most from, up to that limit (``busiestSources(_:records:limit:)``). Where the matches leave 15 % or more of the bytes as
     /// literals, the diff goes first, and when it is at most 70 % of those literal bytes the patch
     /// is not encoded at all: its literals alone would hardly compress better than the whole
     /// segment does as a diff. (On the small and debian benchmark pairs, every segment this skips
@@ -342,13 +342,14 @@ public struct DeltaGenerator: @unchecked Sendable {
             dictionary.withUnsafeBytes { PatchMatcher(source: $0).match(target) }
         }
         func makeDiff() throws(FerryError) -> Encoded? {
-            if dictionary.count <= DeltaFormat.maximumSourceLength {
+            let limit = Self.diffDictionaryLimit(targetLength: bytes.count)
+            let busiest = Self.busiestSources(sources, records: matched.records, limit: limit)
+            if busiest.isEmpty || dictionary.count <= limit {
+                guard dictionary.count <= DeltaFormat.maximumSourceLength else { return nil }
                 return Encoded(
                     data: try compressed(bytes, against: dictionary, extreme: false), sources: sources,
                     dictionary: dictionary)
             }
-            let busiest = Self.busiestSources(sources, records: matched.records)
-            guard !busiest.isEmpty else { return nil }
             var smaller: [UInt8] = []
             for region in busiest { smaller += try source.read(at: region.lowerBound, count: region.count) }
             return Encoded(
@@ -367,11 +368,24 @@ public struct DeltaGenerator: @unchecked Sendable {
         return (patch, nil)
     }
 
+    /// The most source bytes a segment's diff is compressed against: 1.25 × its target bytes (at
+    /// least 1 MiB). liblzma reads a preset dictionary through its match finder, which costs
+    /// about half as much per byte as compressing; on the files benchmark pair a segment's regions
+    /// were up to twice its length, and the pieces its covers drew most from, up to this limit,
+    /// made the delta 0.04 % larger and its diffs a fifth faster to compress (1.0 × was 0.5 %
+    /// larger).
+    public static func diffDictionaryLimit(targetLength: Int) -> Int {
+        max(1 << 20, targetLength + targetLength / 4)
+    }
+
     /// The 64 KiB pieces of `sources` (as concatenated) that `records`' covers drew most bytes
-    /// from, as source extents in source order: at most `DeltaFormat.maximumSourceLength` bytes
-    /// in at most `DeltaFormat.maximumSourceExtents` extents, within `sources`. A diff's
-    /// dictionary where all of `sources` is more than a diff may read.
-    public static func busiestSources(_ sources: [Range<Int64>], records: [DeltaPatch.Record]) -> [Range<Int64>] {
+    /// from, as source extents in source order: at most `limit` bytes (and at most
+    /// `DeltaFormat.maximumSourceLength`; at least one piece) in at most
+    /// `DeltaFormat.maximumSourceExtents` extents, within `sources`. A diff's dictionary where
+    /// all of `sources` is more than ``diffDictionaryLimit(targetLength:)``.
+    public static func busiestSources(
+        _ sources: [Range<Int64>], records: [DeltaPatch.Record], limit: Int = DeltaFormat.maximumSourceLength
+    ) -> [Range<Int64>] {
         let piece = 64 << 10
         let total = sources.reduce(0) { $0 + $1.count }
         var drawn = [Int](repeating: 0, count: (total + piece - 1) / piece)
@@ -390,7 +404,7 @@ public struct DeltaGenerator: @unchecked Sendable {
         let ranked = drawn.indices.filter { drawn[$0] > 0 }.sorted {
             drawn[$0] != drawn[$1] ? drawn[$0] > drawn[$1] : $0 < $1
         }
-        var take = min(ranked.count, DeltaFormat.maximumSourceLength / piece)
+        var take = min(ranked.count, max(1, min(limit, DeltaFormat.maximumSourceLength) / piece))
         while true {
             let extents = mergedExtents(
                 ranked.prefix(take).flatMap { index in

@@ -70,4 +70,13 @@ public enum MemoryPolicy {
     public static func apply() {
         _ = CFerryShims_tune_malloc(256 << 10, 1 << 20)
     }
+
+    /// For the host-side generators (`ferry delta create`, `ferry bundle create`): freed buffers
+    /// under 32 MiB (glibc's own upper bound for them) stay in the heap for the next operation
+    /// instead of going back to the kernel and being faulted in again, zeroed. On the files
+    /// benchmark pair this took a third of `delta create`'s system time (2.7 s to 1.7 s) for
+    /// about 100 MiB more peak memory.
+    public static func applyForHost() {
+        _ = CFerryShims_tune_malloc(32 << 20, 64 << 20)
+    }
 }

@@ -258,6 +258,27 @@ import Testing
         #expect(chosen == [(8 * mib)..<(16 * mib)])
     }
 
+    @Test func atMostAGivenLimit() {
+        let mib = Int64(Self.mib)
+        // The same covers as above, with a 5 MiB limit (a 4 MiB segment's diff): the 80 busiest
+        // pieces, the last 5 MiB.
+        var records: [DeltaPatch.Record] = []
+        for piece in 0..<256 {
+            records.append(DeltaPatch.Record(cover: 4096 + piece, literal: 0, seek: 65536 - 4096 - piece))
+        }
+        let limit = DeltaGenerator.diffDictionaryLimit(targetLength: 4 << 20)
+        #expect(limit == 5 << 20)
+        #expect(
+            DeltaGenerator.busiestSources([0..<(16 * mib)], records: records, limit: limit) == [(11 * mib)..<(16 * mib)]
+        )
+        // A small segment's limit is 1 MiB; a limit under a piece still keeps the busiest piece.
+        #expect(DeltaGenerator.diffDictionaryLimit(targetLength: 4096) == 1 << 20)
+        #expect(
+            DeltaGenerator.busiestSources([0..<(16 * mib)], records: records, limit: 1000) == [
+                (16 * mib - 65536)..<(16 * mib)
+            ])
+    }
+
     @Test func atMostSixtyFourExtents() {
         // 200 extents of 64 KiB, each drawn from: the pieces kept fit in 64 extents.
         let sources = (0..<200).map { Int64($0) * (1 << 20)..<(Int64($0) * (1 << 20) + 65536) }
