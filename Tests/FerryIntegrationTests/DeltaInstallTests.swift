@@ -64,6 +64,16 @@ struct DeltaInstallTests {
         return images
     }
 
+    /// Installs `dir`/delta.ferry under the state's write lock, as `ferry install` does.
+    @discardableResult
+    func installDelta(_ installer: Installer, _ store: StateStore, _ dir: String) throws -> Installer.Result {
+        let lock = try store.acquireWriteLock(command: "test")
+        defer { lock.release() }
+        return try installer.install(
+            from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false,
+            force: false)
+    }
+
     func manifest(of bundle: String) throws -> Manifest {
         let reader = BundleReader(source: try FileByteSource(path: bundle))
         try reader.readSignedManifest()
@@ -282,13 +292,7 @@ struct DeltaInstallTests {
             var installer = Installer(configuration: configuration, booted: booted, logger: quietLogger)
             installer.checkpointBytes = 2 << 20
             installer.wrapDevice = { FaultyBlockTarget($0, failAfterBytes: 6 << 20) }
-            var lock = try store.acquireWriteLock(command: "test")
-            let error = #expect(throws: FerryError.self) {
-                try installer.install(
-                    from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false,
-                    force: false)
-            }
-            lock.release()
+            let error = #expect(throws: FerryError.self) { try installDelta(installer, store, dir) }
             #expect(error?.code == .io)
             let journal = try #require(store.installJournal())
             let position = try #require(journal.deltaPositions["rootfs_b"])
@@ -296,11 +300,7 @@ struct DeltaInstallTests {
 
             var written: Int64 = 0
             installer.wrapDevice = { device in CountingTarget(device) { written += $0 } }
-            lock = try store.acquireWriteLock(command: "test")
-            let result = try installer.install(
-                from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false,
-                force: false)
-            lock.release()
+            let result = try installDelta(installer, store, dir)
             #expect(result.resumed)
             // Only what follows the checkpoint was written again (plus the modem and tee slots).
             #expect(
@@ -339,13 +339,7 @@ struct DeltaInstallTests {
                 default: FaultyBlockTarget(device, corruptByteAt: (14 << 20) - 3)
                 }
             }
-            var lock = try store.acquireWriteLock(command: "test")
-            let error = #expect(throws: FerryError.self) {
-                try installer.install(
-                    from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false,
-                    force: false)
-            }
-            lock.release()
+            let error = #expect(throws: FerryError.self) { try installDelta(installer, store, dir) }
             #expect(error?.code == code, "\(error?.message ?? "")")
             #expect(error?.message.contains("\n") == false)
             if code == .readBackMismatch {
@@ -354,11 +348,7 @@ struct DeltaInstallTests {
             #expect(try snapshot(sandbox).a == before.a, "the booted group changed")
 
             installer.wrapDevice = { $0 }
-            lock = try store.acquireWriteLock(command: "test")
-            _ = try installer.install(
-                from: FileByteSource(path: "\(dir)/delta.ferry"), bundleName: "delta.ferry", allowDowngrade: false,
-                force: false)
-            lock.release()
+            _ = try installDelta(installer, store, dir)
             for (name, bytes) in images {
                 #expect(try slotBytes(sandbox, "\(name)_b", count: bytes.count) == bytes, "\(name)_b")
             }
