@@ -1,3 +1,5 @@
+import FerrySystem
+
 /// Approximate matches of changed target bytes against the source bytes they resemble, for a
 /// `patch` operation (host side).
 ///
@@ -37,8 +39,10 @@ struct PatchMatcher {
 
     let source: UnsafeRawBufferPointer
     private let hashBits: Int
-    private var head: [Int32]
-    private var chain: [Int32]
+    /// The hash chains, in huge pages (``HugePageTable``): every lookup reads them at random.
+    private let tables: (head: HugePageTable, chain: HugePageTable)
+    private let head: UnsafeMutableBufferPointer<Int32>
+    private let chain: UnsafeMutableBufferPointer<Int32>
 
     init(source: UnsafeRawBufferPointer) {
         precondition(source.count < Int(Int32.max), "Ferry bug: a patch source over 2 GiB")
@@ -46,8 +50,11 @@ struct PatchMatcher {
         var bits = 12
         while bits < 24 && (1 << bits) < source.count { bits += 1 }
         hashBits = bits
-        var head = [Int32](repeating: -1, count: 1 << bits)
-        var chain = [Int32](repeating: -1, count: max(source.count, 1))
+        tables = (
+            HugePageTable(count: 1 << bits, filledWith: -1), HugePageTable(count: max(source.count, 1), filledWith: -1)
+        )
+        head = tables.head.elements
+        chain = tables.chain.elements
         if source.count >= Self.hashLength {
             for position in 0...(source.count - Self.hashLength) {
                 let key = Self.hash(source, position, bits: bits)
@@ -55,8 +62,6 @@ struct PatchMatcher {
                 head[key] = Int32(position)
             }
         }
-        self.head = head
-        self.chain = chain
     }
 
     static func hash(_ bytes: UnsafeRawBufferPointer, _ position: Int, bits: Int) -> Int {

@@ -47,7 +47,8 @@ public enum XZDictionaryCodec {
             return filters.withUnsafeMutableBufferPointer { filters in
                 output.withUnsafeMutableBufferPointer { out in
                     lzma_raw_buffer_encode(
-                        filters.baseAddress, nil, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count,
+                        filters.baseAddress, hugePageAllocator, input.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                        input.count,
                         out.baseAddress, &position, out.count)
                 }
             }
@@ -112,6 +113,27 @@ public enum XZDictionaryCodec {
         UInt32(clamping: max(Int(CLzma_DICT_SIZE_MIN), dictionary + output))
     }
 }
+
+/// liblzma's allocations for the encoders: its match finder's tables (tens of MiB for a diff
+/// against megabytes of dictionary, read and written at random) from ``HugePageMemory/shared``,
+/// everything else from `malloc`.
+nonisolated(unsafe) private let hugePageAllocator: UnsafePointer<lzma_allocator> = {
+    let allocator = UnsafeMutablePointer<lzma_allocator>.allocate(capacity: 1)
+    allocator.initialize(
+        to: lzma_allocator(
+            alloc: { _, count, size in
+                let (bytes, overflow) = count.multipliedReportingOverflow(by: size)
+                guard !overflow else { return nil }
+                return HugePageMemory.worthIt(bytes)
+                    ? HugePageMemory.shared.allocate(byteCount: bytes) : malloc(max(bytes, 1))
+            },
+            free: { _, pointer in
+                guard let pointer else { return }
+                if !HugePageMemory.shared.release(pointer) { free(pointer) }
+            },
+            opaque: nil))
+    return UnsafePointer(allocator)
+}()
 
 /// Memory for liblzma's decoders, kept from one decode to the next: a decoder's one large block
 /// (its window, up to dictionary + output bytes) comes from a region the caller lends
