@@ -53,7 +53,8 @@ public final class HugePageMemory: @unchecked Sendable {
         let size = max(Self.pageSize, (byteCount + Self.pageSize - 1) / Self.pageSize * Self.pageSize)
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        if let best = kept.indices.filter({ kept[$0].size >= size && kept[$0].size <= 2 * size }).min(by: { kept[$0].size < kept[$1].size }) {
+        let fitting = kept.indices.filter { kept[$0].size >= size && kept[$0].size <= 2 * size }
+        if let best = fitting.min(by: { kept[$0].size < kept[$1].size }) {
             let block = kept.remove(at: best)
             lent[block.pointer] = block.size
             return block.pointer
